@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test venv podman lint-zeek bench clean zeek-data
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/stowaway demo --out demo-out
+
+podman:
+	@bash .ci/setup-podman.sh || echo "podman set-up failed: podman tests will be skipped"
+
+# The whole suite: unit, Thrift (osqueryd emulation), Zeek script parse, fixtures end to end,
+# and real podman containers where podman is available.
+test: $(STAMP) podman
+	$(PY) -m pytest -q -ra tests
+
+lint-zeek: $(STAMP)
+	$(PY) -m pytest -q tests/test_zeek_package.py
+
+zeek-data: $(STAMP)
+	$(PY) -m osquery_ext.indicators --export-zeek zeek_scripts/data
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

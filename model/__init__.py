@@ -1,0 +1,1 @@
+"""Per-image anomaly baselines for container behaviour."""

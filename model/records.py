@@ -1,0 +1,82 @@
+"""Normalised records: the contract between the scheduler (which collects and joins) and the model
+(which turns them into feature windows).
+
+The scheduler builds these from osquery results and Zeek logs after attributing each network record
+to a container; the model never reads raw logs. Times are epoch seconds (float, UTC).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ProcessRecord:
+    """One process start inside a container (exec event or first poll sighting)."""
+
+    ts: float
+    container_id: str
+    image: str
+    pid: int
+    ppid: int = 0
+    name: str = ""          # comm / basename of the executable
+    path: str = ""          # executable path
+    cmdline: str = ""       # argv joined with spaces
+    host: str = ""
+    location_discovery: bool = False
+    indicator: str = ""     # what the T1614 classifier matched, if anything
+
+
+@dataclass(slots=True)
+class NetRecord:
+    """One Zeek record (conn, dns, http, ssl or container_geo) attributed to a container.
+
+    `container_id` is "" when the source address lies in a container subnet but no known container
+    held it at that time.
+    """
+
+    ts: float
+    kind: str               # "conn" | "dns" | "http" | "ssl" | "geo"
+    container_id: str
+    image: str
+    orig_h: str
+    resp_h: str
+    resp_p: int = 0
+    orig_p: int = 0
+    proto: str = ""         # tcp / udp / icmp
+    uid: str = ""
+    host: str = ""          # sensor or container host name
+    domain: str = ""        # DNS query, HTTP Host, TLS SNI
+    rcode: str = ""         # DNS rcode name (NOERROR, NXDOMAIN, ...)
+    conn_state: str = ""
+    bytes_out: int = 0      # orig_bytes (conn)
+    bytes_in: int = 0       # resp_bytes (conn)
+    uri: str = ""
+    user_agent: str = ""
+    geo_service: str = ""   # set when the destination is an IP-geolocation / IP-echo service
+
+
+@dataclass(slots=True)
+class LifecycleRecord:
+    """A container lifecycle event from the runtime's event stream."""
+
+    ts: float
+    container_id: str
+    image: str
+    action: str             # create | start | die | destroy | restart | exec | ...
+    name: str = ""
+    host: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(slots=True)
+class ContainerInfo:
+    """What the inventory knows about a container; used for age and grouping."""
+
+    container_id: str
+    image: str
+    name: str = ""
+    host: str = ""
+    image_id: str = ""      # digest when known
+    created: float | None = None
+    environment: str = "default"
+    ip_addresses: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Stowaway osquery extension: container and process tables for osqueryd."""

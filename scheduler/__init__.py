@@ -1,0 +1,1 @@
+"""Stowaway scheduler: collect osquery and Zeek records, join, score, alert."""
