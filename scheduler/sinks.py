@@ -1,0 +1,323 @@
+"""Where alerts go: a JSONL file (default), stdout, syslog, a webhook.
+
+Every sink is idempotent on the alert id, because the pipeline re-emits the alerts of the last
+unfinished batch after a crash (at-least-once upstream) and the sinks turn that into exactly-once:
+
+* JSONL: the ids already in the file are loaded when the sink opens; a known id is not written
+  again. Each line is written and flushed whole (one `write` of the full line plus fsync per batch).
+* webhook: every alert is first written to an on-disk spool (one file per alert id, atomic rename),
+  then POSTed with the header `Idempotency-Key: <id>`; on a 2xx the spool file becomes a
+  `.delivered` marker. A receiver that is down only delays delivery: the spool is retried with
+  exponential backoff on every flush and at start-up. A marker means "never send again".
+* stdout / syslog: fire-and-forget; they dedupe within the process lifetime only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+from .alerts import Alert
+from .config import SinksConfig, WebhookConfig
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    name: str
+
+    def emit(self, alerts: list[Alert]) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Append alerts as JSON lines; skip ids already in the file (replay after a crash)."""
+
+    name = "jsonl"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ids = self._load_ids()
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _load_ids(self) -> set[str]:
+        ids: set[str] = set()
+        if not self.path.exists():
+            return ids
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        if data and not data.endswith(b"\n"):
+            # A torn last line (killed mid-write): cut it so the file stays valid JSONL; the
+            # alert comes again from the replayed batch.
+            cut = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a torn last line (%d bytes)", self.path, len(data) - cut)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+            data = data[:cut]
+        for line in data.splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
+
+    def emit(self, alerts: list[Alert]) -> int:
+        n = 0
+        for a in alerts:
+            if a.id in self._ids:
+                continue
+            self._fh.write(a.to_json() + "\n")
+            self._ids.add(a.id)
+            n += 1
+        if n:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        self._fh.flush()
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self.flush()
+            self._fh.close()
+
+
+class StdoutSink:
+    name = "stdout"
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self._ids: set[str] = set()
+
+    def emit(self, alerts: list[Alert]) -> int:
+        n = 0
+        for a in alerts:
+            if a.id in self._ids:
+                continue
+            self._ids.add(a.id)
+            self.stream.write(a.to_json() + "\n")
+            n += 1
+        self.stream.flush()
+        return n
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+_FACILITIES = logging.handlers.SysLogHandler.facility_names
+
+
+class SyslogSink:
+    """RFC 3164-style syslog through the standard library handler (local socket or UDP)."""
+
+    name = "syslog"
+
+    def __init__(self, target: str, facility: str = "local0") -> None:
+        if target.startswith("/"):
+            address: Any = target
+        else:
+            host, _, port = target.rpartition(":")
+            address = (host or "127.0.0.1", int(port or 514))
+        fac = _FACILITIES.get(facility, _FACILITIES["local0"])
+        self._handler = logging.handlers.SysLogHandler(address=address, facility=fac,
+                                                       socktype=socket.SOCK_DGRAM)
+        self._handler.ident = "stowaway: "
+        self._ids: set[str] = set()
+
+    def emit(self, alerts: list[Alert]) -> int:
+        n = 0
+        for a in alerts:
+            if a.id in self._ids:
+                continue
+            self._ids.add(a.id)
+            level = {"low": logging.INFO, "medium": logging.WARNING}.get(a.severity, logging.ERROR)
+            rec = logging.LogRecord("stowaway", level, __file__, 0, a.to_json(), None, None)
+            self._handler.emit(rec)
+            n += 1
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+Poster = Callable[[str, bytes, dict[str, str], float], int]
+
+
+def _http_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
+        return resp.status
+
+
+class WebhookSink:
+    """POST each alert as JSON, through an on-disk spool so nothing is lost while the receiver
+    is down, with an idempotency key so the receiver can drop a repeat."""
+
+    name = "webhook"
+
+    def __init__(self, cfg: WebhookConfig, poster: Poster | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not cfg.url:
+            raise ValueError("webhook sink needs a url")
+        self.cfg = cfg
+        self.spool = Path(cfg.spool_dir)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self._post = poster or _http_post
+        self._sleep = sleep
+        self.stats = {"delivered": 0, "failed_attempts": 0, "spooled": 0}
+        self._retry_at = 0.0        # after a failed flush, do not block again before this time
+        self._clock = time.monotonic
+
+    def _pending(self, alert_id: str) -> Path:
+        return self.spool / f"{alert_id}.json"
+
+    def _marker(self, alert_id: str) -> Path:
+        return self.spool / f"{alert_id}.delivered"
+
+    def emit(self, alerts: list[Alert]) -> int:
+        n = 0
+        for a in alerts:
+            if self._marker(a.id).exists() or self._pending(a.id).exists():
+                continue
+            tmp = self.spool / f".{a.id}.tmp"
+            tmp.write_text(a.to_json(), encoding="utf-8")
+            os.replace(tmp, self._pending(a.id))
+            self.stats["spooled"] += 1
+            n += 1
+        self.flush()
+        return n
+
+    def pending_ids(self) -> list[str]:
+        files = sorted(self.spool.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+        return [p.stem for p in files]
+
+    def flush(self) -> None:
+        """Try to deliver everything in the spool; stop at the first receiver failure (after
+        backoff) so the order of alerts is kept and a dead receiver is not hammered."""
+        for alert_id in self.pending_ids():
+            path = self._pending(alert_id)
+            if self._marker(alert_id).exists():
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                body = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            if not self._deliver(alert_id, body):
+                self._retry_at = self._clock() + min(60.0, self.cfg.backoff_s * 2 ** self.cfg.max_attempts)
+                return
+            self._marker(alert_id).touch()
+            path.unlink(missing_ok=True)
+            self.stats["delivered"] += 1
+
+    def force_retry(self) -> None:
+        self._retry_at = 0.0
+
+    def _deliver(self, alert_id: str, body: bytes) -> bool:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": alert_id,
+                   **self.cfg.headers}
+        delay = self.cfg.backoff_s
+        for attempt in range(1, max(1, self.cfg.max_attempts) + 1):
+            try:
+                status = self._post(self.cfg.url, body, headers, self.cfg.timeout_s)
+                if 200 <= status < 300:
+                    return True
+                if 400 <= status < 500 and status not in (408, 429):
+                    # The receiver rejects this alert for good: keep it in the spool under a
+                    # different name for a human, and move on.
+                    log.error("webhook rejected alert %s with HTTP %d; kept as .rejected",
+                              alert_id, status)
+                    os.replace(self._pending(alert_id), self.spool / f"{alert_id}.rejected")
+                    return True
+                log.warning("webhook HTTP %d for %s (attempt %d)", status, alert_id, attempt)
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    log.error("webhook rejected alert %s with HTTP %d", alert_id, exc.code)
+                    os.replace(self._pending(alert_id), self.spool / f"{alert_id}.rejected")
+                    return True
+                log.warning("webhook HTTP %d for %s (attempt %d)", exc.code, alert_id, attempt)
+            except (OSError, urllib.error.URLError) as exc:
+                log.warning("webhook unreachable for %s (attempt %d): %s", alert_id, attempt, exc)
+            self.stats["failed_attempts"] += 1
+            if attempt < self.cfg.max_attempts:
+                self._sleep(delay)
+                delay *= 2
+        return False
+
+    def prune_markers(self, older_than_s: float) -> int:
+        """Delivered markers only need to outlive a possible replay; drop old ones."""
+        cutoff = time.time() - older_than_s
+        n = 0
+        for p in self.spool.glob("*.delivered"):
+            if p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+class SinkSet:
+    """All configured sinks; one failing sink does not stop the others."""
+
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def emit(self, alerts: list[Alert]) -> int:
+        written = 0
+        for s in self.sinks:
+            try:
+                n = s.emit(alerts)
+                if s.name == "jsonl" or written == 0:
+                    written = max(written, n)
+            except Exception as exc:  # keep the others going; the webhook spool retries later
+                log.error("sink %s failed: %s", s.name, exc)
+        return written
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            try:
+                s.flush()
+            except Exception as exc:
+                log.error("sink %s flush failed: %s", s.name, exc)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as exc:
+                log.error("sink %s close failed: %s", s.name, exc)
+
+
+def build_sinks(cfg: SinksConfig) -> SinkSet:
+    sinks: list[Sink] = []
+    if cfg.jsonl:
+        sinks.append(JsonlSink(cfg.jsonl))
+    if cfg.stdout:
+        sinks.append(StdoutSink())
+    if cfg.syslog:
+        sinks.append(SyslogSink(cfg.syslog, cfg.syslog_facility))
+    if cfg.webhook.url:
+        sinks.append(WebhookSink(cfg.webhook))
+    return SinkSet(sinks)
