@@ -1,0 +1,404 @@
+"""T1614 location-discovery lookups from *stock* Zeek logs (sites that run Zeek without our package).
+
+The Zeek package (``zeek_scripts/``) writes ``container_geo.log`` itself. Many sensors run plain
+Zeek, so this module finds the same evidence in the logs every Zeek writes, with the same indicator
+list and container subnets (``osquery_ext.indicators`` / ``osquery_ext.classifier``):
+
+* ``http.log``: the Host header (port stripped) names a geolocation / IP-echo service -> ``http``;
+  a request to a cloud instance-metadata location path -> ``http`` with category
+  ``cloud_metadata``;
+* ``dns.log``: the query names such a service (label-boundary match, so ``www.ipinfo.io`` counts and
+  ``notipinfo.io`` does not; DNS tricks like ``myip.opendns.com`` are in the list) -> ``dns``; the
+  answers are remembered per address for the answer's TTL (plus a grace period);
+* ``ssl.log``: the SNI names a service -> ``tls``; no (or another) SNI to an address that a DNS
+  answer for a listed name returned -> ``resolved_ip`` (HTTPS without SNI, domain fronting);
+* ``conn.log``: any other connection to such an address -> ``resolved_ip``, unless the same uid was
+  already reported from http/ssl.
+
+Only sources inside a container subnet count. Per-line work is kept small because logs are large:
+only the needed columns are converted, and address and name verdicts are cached.
+
+Design for streaming: :class:`GeoStockDetector` is fed one record at a time (``feed(stream, rec)``),
+so a tailer can drive it; :func:`detect_directory` is the batch driver (dns first, so the address
+cache is filled before ssl/conn are looked at; lookups are still checked against the DNS answer's
+time window, so reading order cannot create anachronistic matches).
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from scheduler.zeeklog import ParseStats, find_logs, iter_zeek_log
+
+log = logging.getLogger(__name__)
+
+#: Columns each stock log must provide to the detector (the fast path converts only these).
+FIELDS: dict[str, tuple[str, ...]] = {
+    "http": ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "method", "host",
+             "uri", "user_agent"),
+    "dns": ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "query",
+            "qtype_name", "rcode_name", "answers", "TTLs"),
+    "ssl": ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "server_name"),
+    "conn": ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service"),
+}
+#: Reading order of :func:`detect_directory`.
+STREAMS = ("dns", "http", "ssl", "conn")
+
+
+@dataclass(slots=True)
+class GeoDetection:
+    """One location-discovery lookup seen on the wire (the stock-log twin of container_geo.log)."""
+
+    ts: float
+    uid: str
+    orig_h: str
+    orig_p: int | None
+    resp_h: str | None
+    resp_p: int | None
+    method: str             # http | dns | tls | resolved_ip
+    service: str            # e.g. "ipinfo", "opendns-myip", "aws-metadata"
+    category: str           # ip_geolocation | ip_echo | dns_echo | cloud_metadata
+    host: str               # HTTP Host, DNS query, TLS SNI, or the DNS name behind a resolved_ip
+    uri: str | None = None
+    user_agent: str | None = None
+    log: str = ""           # file the evidence came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Resolved:
+    start: float
+    expires: float
+    name: str
+    service: str
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    service: str
+    category: str
+    domain: str
+
+
+def _default_indicators() -> tuple[list[Any], Callable[[str], Any]]:
+    """Subnets and the domain matcher from the shared indicator module (one source of truth)."""
+    from osquery_ext import classifier, indicators
+
+    return list(indicators.load_container_subnets()), classifier.match_domain
+
+
+def _load_metadata_endpoints() -> list[tuple[str, str, str, str]]:
+    """(host, path_prefix, cloud, what) rows of metadata_endpoints.tsv.
+
+    Uses the indicator module's loader when it has one; otherwise reads the shared file (same
+    Zeek input format: ``#fields`` header, tab separated, ``#`` comments)."""
+    try:
+        from osquery_ext import indicators
+    except ImportError:  # pragma: no cover - the module is part of the repo
+        return []
+    loader = getattr(indicators, "load_metadata_endpoints", None)
+    rows: list[tuple[str, str, str, str]] = []
+    if loader is not None:
+        try:
+            loaded = loader()
+        except Exception as exc:  # noqa: BLE001 - a broken optional file must not stop detection
+            log.warning("metadata endpoints not loaded: %s", exc)
+            return []
+        items = loaded.values() if isinstance(loaded, dict) else loaded
+        for item in items:
+            if isinstance(item, (tuple, list)):
+                host, prefix, cloud, what = (list(item) + ["", "", "", ""])[:4]
+            else:
+                host = getattr(item, "host", "")
+                prefix = getattr(item, "path_prefix", "")
+                cloud = getattr(item, "cloud", "")
+                what = getattr(item, "what", "")
+            if host:
+                rows.append((str(host).lower(), str(prefix), str(cloud), str(what)))
+        return rows
+    path = Path(indicators.__file__).resolve().parent / "data" / "metadata_endpoints.tsv"
+    if not path.exists():
+        return []
+    names: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#fields\t"):
+            names = line.split("\t")[1:]
+            continue
+        if not line or line.startswith("#") or not names:
+            continue
+        row = dict(zip(names, line.split("\t")))
+        if row.get("host"):
+            rows.append((row["host"].lower(), row.get("path_prefix", ""), row.get("cloud", ""),
+                         row.get("what", "")))
+    return rows
+
+
+def strip_port(host: str) -> str:
+    """HTTP Host header -> bare lower-case name: ``ipinfo.io:80`` -> ``ipinfo.io``,
+    ``[2001:db8::1]:8080`` -> ``2001:db8::1``; a trailing dot is dropped."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[1:end] if end > 0 else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+class GeoStockDetector:
+    """Stateful detector over stock Zeek records; see the module docstring for the rules."""
+
+    def __init__(self, subnets: Iterable[Any] | None = None,
+                 match_domain: Callable[[str], Any] | None = None,
+                 metadata_endpoints: Iterable[tuple[str, str, str, str]] | None = None,
+                 ttl_grace: float = 60.0, max_ttl: float = 86400.0,
+                 resolved_max: int = 100_000, memo_max: int = 200_000) -> None:
+        if subnets is None or match_domain is None:
+            default_subnets, default_match = _default_indicators()
+            subnets = default_subnets if subnets is None else subnets
+            match_domain = default_match if match_domain is None else match_domain
+        self.subnets = [ipaddress.ip_network(str(s), strict=False) for s in subnets]
+        self._match_domain = match_domain
+        self.metadata = list(metadata_endpoints) if metadata_endpoints is not None \
+            else _load_metadata_endpoints()
+        self._metadata_hosts = {row[0] for row in self.metadata}
+        self.ttl_grace = ttl_grace
+        self.max_ttl = max_ttl
+        self.resolved_max = resolved_max
+        self.memo_max = memo_max
+        self._addr_memo: dict[str, bool] = {}
+        self._name_memo: dict[str, _Match | None] = {}
+        # address -> DNS answers for listed names (time windows), oldest address first
+        self.resolved: OrderedDict[str, list[_Resolved]] = OrderedDict()
+        self._resolved_count = 0
+        # uids already reported by a name (http/tls) or resolved_ip, and DNS (uid, query) pairs
+        self._named_uids: OrderedDict[str, None] = OrderedDict()
+        self._dns_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- verdict caches --------------------------------------------------------------------
+    def is_container(self, addr: str | None) -> bool:
+        """Is ``addr`` inside a container subnet? Cached: logs repeat the same few addresses."""
+        if not addr:
+            return False
+        verdict = self._addr_memo.get(addr)
+        if verdict is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+                verdict = any(ip in net for net in self.subnets)
+            except ValueError:
+                verdict = False
+            if len(self._addr_memo) >= self.memo_max:
+                self._addr_memo.clear()
+            self._addr_memo[addr] = verdict
+        return verdict
+
+    def match_name(self, name: str | None) -> _Match | None:
+        """Label-boundary match of a DNS name / Host / SNI against the shared list (cached)."""
+        if not name:
+            return None
+        key = name.strip().lower().rstrip(".")
+        if key in self._name_memo:
+            return self._name_memo[key]
+        found = None
+        m = self._match_domain(key) if key else None
+        if m is not None:
+            found = _Match(str(getattr(m, "service", "")), str(getattr(m, "category", "")),
+                           str(getattr(m, "domain", key)))
+        if len(self._name_memo) >= self.memo_max:
+            self._name_memo.clear()
+        self._name_memo[key] = found
+        return found
+
+    def _remember_uid(self, uid: str | None) -> None:
+        if not uid:
+            return
+        self._named_uids[uid] = None
+        if len(self._named_uids) > self.memo_max:
+            self._named_uids.popitem(last=False)
+
+    # -- DNS answer cache ------------------------------------------------------------------
+    def remember_answers(self, ts: float, name: str, match: _Match, answers: list[Any] | None,
+                         ttls: list[Any] | None) -> int:
+        """Keep the addresses a DNS answer for a listed name returned, for TTL + grace seconds."""
+        added = 0
+        for i, answer in enumerate(answers or []):
+            text = str(answer)
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                continue  # CNAME / TXT / PTR data, not an address
+            ttl = 0.0
+            if ttls and i < len(ttls) and ttls[i] is not None:
+                try:
+                    ttl = float(ttls[i])
+                except (TypeError, ValueError):
+                    ttl = 0.0
+            expires = ts + min(max(ttl, 0.0), self.max_ttl) + self.ttl_grace
+            entry = _Resolved(ts, expires, name, match.service, match.category)
+            bucket = self.resolved.get(text)
+            if bucket is None:
+                bucket = self.resolved[text] = []
+            else:
+                self.resolved.move_to_end(text)
+            bucket[:] = [e for e in bucket if e.expires >= ts or e.start > ts]
+            bucket.append(entry)
+            added += 1
+            self._resolved_count += 1
+        while self._resolved_count > self.resolved_max and self.resolved:
+            _, old = self.resolved.popitem(last=False)
+            self._resolved_count -= len(old)
+        return added
+
+    def resolved_for(self, addr: str | None, ts: float) -> _Resolved | None:
+        """The DNS answer (for a listed name) that made ``addr`` known at time ``ts``, if any."""
+        if not addr:
+            return None
+        bucket = self.resolved.get(addr)
+        if not bucket:
+            return None
+        for entry in reversed(bucket):
+            if entry.start - 1.0 <= ts <= entry.expires:
+                return entry
+        return None
+
+    # -- per-stream rules ------------------------------------------------------------------
+    def feed(self, stream: str, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
+        """Dispatch one record of ``stream`` (http|dns|ssl|conn); other streams are ignored."""
+        handler = self._handlers.get(stream)
+        return handler(self, rec, source) if handler else []
+
+    def on_http(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
+        orig = rec.get("id.orig_h")
+        if not self.is_container(orig):
+            return []
+        raw_host = rec.get("host")
+        if not raw_host:
+            return []
+        host = strip_port(str(raw_host))
+        uri = rec.get("uri")
+        m = self.match_name(host)
+        if m is None and host in self._metadata_hosts:
+            m = self._metadata_match(host, uri or "")
+        if m is None:
+            return []
+        self._remember_uid(rec.get("uid"))
+        return [self._detection(rec, "http", m, host, source, uri=uri,
+                                user_agent=rec.get("user_agent"))]
+
+    def _metadata_match(self, host: str, uri: str) -> _Match | None:
+        for mhost, prefix, cloud, _what in self.metadata:
+            if mhost == host and uri.startswith(prefix):
+                return _Match(f"{cloud}-metadata" if cloud else "cloud-metadata",
+                              "cloud_metadata", host)
+        return None
+
+    def on_dns(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
+        orig = rec.get("id.orig_h")
+        if not self.is_container(orig):
+            return []
+        query = rec.get("query")
+        m = self.match_name(query)
+        if m is None:
+            return []
+        ts = float(rec.get("ts") or 0.0)
+        self.remember_answers(ts, str(query).lower(), m, rec.get("answers"), rec.get("TTLs"))
+        key = (str(rec.get("uid") or ""), str(query).lower())
+        if key in self._dns_seen:
+            return []  # the AAAA twin of an A query on the same socket: one lookup
+        self._dns_seen[key] = None
+        if len(self._dns_seen) > self.memo_max:
+            self._dns_seen.popitem(last=False)
+        return [self._detection(rec, "dns", m, str(query), source)]
+
+    def on_ssl(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
+        orig = rec.get("id.orig_h")
+        if not self.is_container(orig):
+            return []
+        sni = rec.get("server_name")
+        m = self.match_name(sni)
+        if m is not None:
+            self._remember_uid(rec.get("uid"))
+            return [self._detection(rec, "tls", m, str(sni), source)]
+        return self._resolved(rec, source)
+
+    def on_conn(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
+        if rec.get("uid") in self._named_uids:
+            return []
+        if not self.is_container(rec.get("id.orig_h")):
+            return []
+        return self._resolved(rec, source)
+
+    def _resolved(self, rec: dict[str, Any], source: str) -> list[GeoDetection]:
+        ts = float(rec.get("ts") or 0.0)
+        entry = self.resolved_for(rec.get("id.resp_h"), ts)
+        if entry is None:
+            return []
+        self._remember_uid(rec.get("uid"))
+        m = _Match(entry.service, entry.category, entry.name)
+        return [self._detection(rec, "resolved_ip", m, entry.name, source)]
+
+    _handlers: dict[str, Callable[..., list[GeoDetection]]] = {
+        "http": on_http, "dns": on_dns, "ssl": on_ssl, "conn": on_conn,
+    }
+
+    @staticmethod
+    def _detection(rec: dict[str, Any], method: str, m: _Match, host: str, source: str,
+                   uri: Any = None, user_agent: Any = None) -> GeoDetection:
+        return GeoDetection(
+            ts=float(rec.get("ts") or 0.0), uid=str(rec.get("uid") or ""),
+            orig_h=str(rec.get("id.orig_h")), orig_p=rec.get("id.orig_p"),
+            resp_h=rec.get("id.resp_h"), resp_p=rec.get("id.resp_p"), method=method,
+            service=m.service, category=m.category, host=host, uri=uri, user_agent=user_agent,
+            log=source)
+
+
+def iter_stream(detector: GeoStockDetector, stream: str, paths: Iterable[str | os.PathLike[str]],
+                stats: ParseStats | None = None) -> Iterator[GeoDetection]:
+    """Run one stock log stream's files through the detector."""
+    fields = FIELDS[stream]
+    feed = detector._handlers[stream]
+    for path in paths:
+        source = str(path)
+        for rec in iter_zeek_log(path, stats, fields=fields):
+            yield from feed(detector, rec, source)
+
+
+def detect_directory(directory: str | os.PathLike[str], detector: GeoStockDetector | None = None,
+                     stats: ParseStats | None = None) -> list[GeoDetection]:
+    """All lookups in one Zeek log directory (TSV or JSON, plain or .gz), in time order."""
+    detector = detector if detector is not None else GeoStockDetector()
+    found: list[GeoDetection] = []
+    for stream in STREAMS:
+        found.extend(iter_stream(detector, stream, find_logs(directory, stream), stats))
+    found.sort(key=lambda d: (d.ts, d.uid, d.method))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scheduler.geo_stock DIR [DIR ...]``: print detections as JSON lines."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="Zeek log directories")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stats = ParseStats()
+    for d in args.dirs:
+        for det in detect_directory(d, stats=stats):
+            print(json.dumps(det.to_dict(), sort_keys=True))
+    print(f"# files={stats.files} records={stats.records} bad_lines={stats.bad_lines} "
+          f"io_errors={stats.io_errors}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,343 @@
+"""Read Zeek logs (ASCII/TSV or JSON lines, plain or gzip) into plain dicts with Zeek field names.
+
+Why this exists next to zat: the scheduler needs a *per-line*, *stateful* reader that a tailer can
+feed one line at a time, that keeps going over damaged input, and that says which file and line was
+bad. zat 0.4.9's ``ZeekLogReader`` does not fit that path: it maps ``-`` to type defaults (``0``,
+``False``, ``"-"``) so "unset" cannot be told from a real zero, turns ``time`` into naive
+local-time ``datetime`` objects, only opens plain files, reads the header once per file (so a
+concatenated or rotated file with a second header breaks it), and prints conversion problems to
+stdout. We therefore parse lines ourselves and use zat where it fits: whole-file analytics into
+pandas (:func:`read_dataframe` wraps zat's ``LogToDataFrame`` / ``JSONLogToDataFrame``).
+
+Normalised record (both formats give the same shape):
+
+* keys are Zeek's field names (``ts``, ``uid``, ``id.orig_h``, ``id.resp_p``, ...);
+* ``time``/``interval``/``double`` -> ``float`` (``ts`` is epoch seconds), ``count``/``int``/
+  ``port`` -> ``int``, ``bool`` -> ``bool``, ``addr``/``subnet``/``string``/``enum`` -> ``str``;
+* ``set[..]``/``vector[..]``/``table[..]`` -> ``list`` (``(empty)`` -> ``[]``);
+* unset (``-`` in TSV) -> ``None``. JSON logs omit unset fields, so use ``rec.get(name)``.
+
+Malformed lines (wrong field count, unconvertible value, bad JSON, data before any ``#fields``)
+are counted in :class:`ParseStats` and skipped with a ``logging`` warning naming the file and the
+line number; they never raise. A damaged gzip stream ends the file early, counted as an I/O error.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+#: At most this many per-line warnings per file; the rest are only counted (a million bad lines
+#: must not become a million log lines).
+MAX_WARNINGS_PER_FILE = 20
+
+_HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+@dataclass
+class ParseStats:
+    """Counters for one or more files. Shared by reference so a caller can sum over many files."""
+
+    lines: int = 0          # physical lines seen (including headers and blanks)
+    records: int = 0        # records returned
+    headers: int = 0        # '#' lines
+    blank: int = 0
+    bad_lines: int = 0      # malformed lines skipped
+    io_errors: int = 0      # unreadable / truncated files
+    files: int = 0
+    bad_by_file: dict[str, int] = field(default_factory=dict)
+
+    def add_bad(self, path: str) -> None:
+        self.bad_lines += 1
+        self.bad_by_file[path] = self.bad_by_file.get(path, 0) + 1
+
+
+class MalformedLine(ValueError):
+    """A line that cannot be turned into a record (internal; callers see counts and warnings)."""
+
+
+def unescape(value: str) -> str:
+    """Undo Zeek's ASCII-writer escaping (``\\xHH`` for separators and non-printable bytes)."""
+    if "\\x" not in value:
+        return value
+    return _HEX_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def _to_bool(value: str) -> bool:
+    if value == "T":
+        return True
+    if value == "F":
+        return False
+    raise ValueError(f"not a Zeek bool: {value!r}")
+
+
+def _scalar_converter(zeek_type: str) -> Callable[[str], Any] | None:
+    """Converter for one scalar Zeek type; None means "keep the string" (fast path)."""
+    if zeek_type in ("time", "interval", "double"):
+        return float
+    if zeek_type in ("count", "int", "port"):
+        return int
+    if zeek_type == "bool":
+        return _to_bool
+    return None  # addr, subnet, string, enum, pattern, unknown: text
+
+
+def _container_inner(zeek_type: str) -> str | None:
+    """Element type of ``set[x]``/``vector[x]``/``table[x]``; None when not a container type."""
+    for prefix in ("set[", "vector[", "table["):
+        if zeek_type.startswith(prefix) and zeek_type.endswith("]"):
+            return zeek_type[len(prefix):-1]
+    return None
+
+
+class ZeekLogParser:
+    """Stateful parser for the lines of one Zeek log file (TSV with headers, or JSON lines).
+
+    Feed it every line in order with :meth:`parse_line`; it keeps the header state (separator,
+    field names and types, unset/empty markers), so it also works for a tailer that sees lines as
+    they are appended, including a new header block after rotation or ``#close``.
+
+    ``fields`` optionally restricts the returned keys (and the conversion work) to those names;
+    this is the fast path for detectors that need five columns of a thirty-column log.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fields: Iterable[str] | None = None,
+                 stats: ParseStats | None = None) -> None:
+        self.path = str(path)
+        self.stats = stats if stats is not None else ParseStats()
+        self.wanted: frozenset[str] | None = frozenset(fields) if fields is not None else None
+        self.separator = "\t"
+        self.set_separator = ","
+        self.empty_field = "(empty)"
+        self.unset_field = "-"
+        self.log_path: str | None = None    # the '#path' header (stream name)
+        self.field_names: list[str] = []
+        self.field_types: list[str] = []
+        self.closed = False                 # saw '#close' (lines after it reuse the header)
+        self._plan: list[tuple[int, str, Callable[[str], Any] | None, bool]] = []
+        self._nfields = 0
+        self._warned = 0
+
+    # -- header handling -------------------------------------------------------------------
+    def _header(self, line: str) -> None:
+        self.stats.headers += 1
+        if line.startswith("#separator"):
+            # '#separator \x09' (space) or '#separator<TAB>\x09' (seen in the wild): the value is
+            # everything after the keyword and one delimiter.
+            raw = line[len("#separator") + 1:]
+            sep = unescape(raw)
+            if len(sep) == 1:
+                self.separator = sep
+            else:
+                self._bad(None, f"unusable #separator {raw!r}")
+            return
+        parts = line.split(self.separator)
+        key, values = parts[0], parts[1:]
+        if key == "#fields":
+            self.field_names = values
+            self._rebuild_plan()
+            self.closed = False
+        elif key == "#types":
+            self.field_types = values
+            self._rebuild_plan()
+        elif key == "#set_separator" and values:
+            self.set_separator = unescape(values[0])
+        elif key == "#empty_field" and values:
+            self.empty_field = values[0]
+        elif key == "#unset_field" and values:
+            self.unset_field = values[0]
+        elif key == "#path" and values:
+            self.log_path = values[0]
+        elif key == "#close":
+            self.closed = True
+        # '#open' and unknown comment lines need nothing.
+
+    def _rebuild_plan(self) -> None:
+        names = self.field_names
+        types = self.field_types if len(self.field_types) == len(names) else ["string"] * len(names)
+        plan = []
+        for index, (name, zeek_type) in enumerate(zip(names, types)):
+            if self.wanted is not None and name not in self.wanted:
+                continue
+            inner = _container_inner(zeek_type)
+            if inner is not None:
+                plan.append((index, name, _scalar_converter(inner), True))
+            else:
+                plan.append((index, name, _scalar_converter(zeek_type), False))
+        self._plan = plan
+        self._nfields = len(names)
+
+    # -- data lines ------------------------------------------------------------------------
+    def parse_line(self, line: str, lineno: int) -> dict[str, Any] | None:
+        """Return the record for one line, or None for header, blank and malformed lines.
+
+        ``lineno`` is 1-based and only used in warnings. Never raises on bad input.
+        """
+        self.stats.lines += 1
+        line = line.rstrip("\r\n")
+        if not line:
+            self.stats.blank += 1
+            return None
+        first = line[0]
+        if first == "#":
+            self._header(line)
+            return None
+        try:
+            if first == "{":
+                rec = self._json(line)
+            else:
+                rec = self._tsv(line)
+        except (MalformedLine, ValueError, TypeError) as exc:
+            self._bad(lineno, str(exc))
+            return None
+        self.stats.records += 1
+        return rec
+
+    def _tsv(self, line: str) -> dict[str, Any]:
+        if not self._nfields:
+            raise MalformedLine("data line before any #fields header")
+        values = line.split(self.separator)
+        if len(values) != self._nfields:
+            raise MalformedLine(f"{len(values)} fields, header has {self._nfields}")
+        unset, empty, set_sep = self.unset_field, self.empty_field, self.set_separator
+        rec: dict[str, Any] = {}
+        for index, name, conv, is_container in self._plan:
+            value = values[index]
+            if value == unset:
+                rec[name] = None
+            elif is_container:
+                if value == empty:
+                    rec[name] = []
+                elif conv is None:
+                    rec[name] = [unescape(v) for v in value.split(set_sep)]
+                else:
+                    rec[name] = [conv(v) for v in value.split(set_sep)]
+            elif conv is None:
+                if value == empty:
+                    rec[name] = ""
+                elif "\\x" in value:
+                    rec[name] = unescape(value)
+                else:
+                    rec[name] = value
+            else:
+                rec[name] = conv(value)
+        return rec
+
+    def _json(self, line: str) -> dict[str, Any]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MalformedLine(f"bad JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(rec, dict):
+            raise MalformedLine("JSON line is not an object")
+        ts = rec.get("ts")
+        if ts is not None and not isinstance(ts, float):
+            rec["ts"] = _json_time(ts)
+        if self.wanted is not None:
+            rec = {k: v for k, v in rec.items() if k in self.wanted}
+        return rec
+
+    def _bad(self, lineno: int | None, why: str) -> None:
+        self.stats.add_bad(self.path)
+        self._warned += 1
+        where = f"{self.path}:{lineno}" if lineno is not None else self.path
+        if self._warned <= MAX_WARNINGS_PER_FILE:
+            log.warning("skipping malformed Zeek log line %s: %s", where, why)
+        elif self._warned == MAX_WARNINGS_PER_FILE + 1:
+            log.warning("%s: more malformed lines; further ones are only counted", self.path)
+
+
+def _json_time(value: Any) -> float:
+    """JSON ``ts``: epoch number (default writer) or ISO 8601 (``JSON::TS_ISO8601``)."""
+    if isinstance(value, bool):
+        raise MalformedLine(f"bad ts {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise MalformedLine(f"bad ts {value!r}") from None
+    raise MalformedLine(f"bad ts {value!r}")
+
+
+def open_log_text(path: str | os.PathLike[str]) -> io.TextIOBase:
+    """Open a log as text; ``.gz`` (or gzip magic) is decompressed. Undecodable bytes are replaced."""
+    p = str(path)
+    with open(p, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(p, "rt", encoding="utf-8", errors="replace", newline="\n")
+    return open(p, "r", encoding="utf-8", errors="replace", newline="\n")
+
+
+def iter_zeek_log(path: str | os.PathLike[str], stats: ParseStats | None = None,
+                  fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield normalised records of one log file (TSV or JSON, plain or gzip).
+
+    Damage never raises: bad lines are counted in ``stats.bad_lines``; an unreadable or truncated
+    file is counted in ``stats.io_errors`` and ends the iteration with a warning.
+    """
+    stats = stats if stats is not None else ParseStats()
+    parser = ZeekLogParser(path, fields=fields, stats=stats)
+    stats.files += 1
+    lineno = 0
+    try:
+        with open_log_text(path) as fh:
+            parse = parser.parse_line
+            for lineno, line in enumerate(fh, 1):
+                rec = parse(line, lineno)
+                if rec is not None:
+                    yield rec
+    except (OSError, EOFError, UnicodeError, zlib.error) as exc:
+        # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError; a damaged deflate
+        # block raises zlib.error. Everything read before the damage has been yielded.
+        stats.io_errors += 1
+        log.warning("stopped reading %s after line %d: %s", path, lineno, exc)
+
+
+def find_logs(directory: str | os.PathLike[str], stream: str) -> list[Path]:
+    """The files of one log stream in a Zeek log directory: ``dns.log``, ``dns.log.gz`` and rotated
+    ``dns.<stamp>.log[.gz]``, oldest name first."""
+    d = Path(directory)
+    found: set[Path] = set()
+    for pattern in (f"{stream}.log", f"{stream}.log.gz", f"{stream}.*.log", f"{stream}.*.log.gz"):
+        found.update(p for p in d.glob(pattern) if p.is_file())
+    return sorted(found)
+
+
+def read_dataframe(path: str | os.PathLike[str]):
+    """Whole-file load into a pandas DataFrame (for analytics, not the per-line path).
+
+    Plain TSV logs go through zat's ``LogToDataFrame`` and plain JSON logs through zat's
+    ``JSONLogToDataFrame`` (zat's dtypes: ``ts`` index as datetime). Gzip files, which zat cannot
+    open, are read with :func:`iter_zeek_log` and turned into a frame with a float ``ts`` column.
+    """
+    import pandas as pd  # heavy; only for analytics callers
+
+    p = str(path)
+    with open(p, "rb") as fh:
+        head = fh.read(2)
+    if head == b"\x1f\x8b":
+        return pd.DataFrame.from_records(list(iter_zeek_log(p)))
+    if head[:1] == b"{":
+        from zat.json_log_to_dataframe import JSONLogToDataFrame
+
+        return JSONLogToDataFrame().create_dataframe(p)
+    from zat.log_to_dataframe import LogToDataFrame
+
+    return LogToDataFrame().create_dataframe(p)
