@@ -1,0 +1,394 @@
+"""Per-image baselines: what is normal for containers of one image, learned from its own windows.
+
+Why per image: a `webapp` container that runs wget every two seconds is normal; a `worker` doing the
+same is not. Each image key gets a scikit-learn Pipeline (scaler + IsolationForest, fixed
+random_state) trained on that image's feature windows in one environment. Images with too few windows
+(default < 50) are scored by an environment-wide model instead, and every result says which model
+scored it (`model_scope`, `fallback`).
+
+The score (higher = more anomalous) has two parts:
+* the IsolationForest anomaly score, -score_samples, in (0, 1]; about 0.35-0.5 for ordinary windows;
+* a novelty term for behaviour features outside the range the image showed in training. An
+  IsolationForest only splits inside the training range, so a value beyond the training maximum
+  lands in the same leaf as the maximum: 50 refused connections from an image that never had one
+  would look no stranger than the image's busiest window. The novelty term adds
+  `novelty_weight * min(excess, novelty_cap)` per feature, where excess is the distance above
+  the training maximum in robust units (less activity than usual is left to the forest) (scale = max(1.4826 MAD, IQR/1.349, a per-feature
+  floor)). Lifecycle features (age, restarts, churn) are left to the forest, so routine restarts and
+  redeploys do not trip it.
+
+The threshold is calibrated per image from its training scores: the `threshold_quantile` (default
+0.99) quantile plus `threshold_margin` (default 0.05). A quantile, not the maximum, keeps it robust to
+a few odd windows in training; the margin keeps the ordinary tail of training windows below it.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import RobustScaler, StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from model.features import FEATURE_NAMES, FeatureWindows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_WINDOWS = 50
+ENVIRONMENT_SCOPE = "environment"
+IMAGE_SCOPE = "image"
+
+#: Features whose values outside the training range add to the novelty term.
+BEHAVIOUR_FEATURES: tuple[str, ...] = (
+    "processes_started", "distinct_executables", "shell_processes", "network_tool_processes",
+    "location_discovery_processes", "outbound_conns", "failed_conns", "distinct_remote_addrs",
+    "distinct_remote_ports", "distinct_domains", "dns_queries", "dns_label_entropy_mean",
+    "nxdomain_share", "http_requests", "geo_service_contacts", "bytes_out", "bytes_in",
+    "public_conn_share", "exec_sessions",
+)
+
+#: Smallest scale (robust units) per feature, so a feature that never varied in training does not
+#: turn a difference of one into an infinite z-score. Counts: 1; shares: 0.1; entropy: 0.5 bit.
+_SCALE_FLOORS: dict[str, float] = {
+    "dns_label_entropy_mean": 0.5, "nxdomain_share": 0.1, "public_conn_share": 0.1,
+    "bytes_out": 200.0, "bytes_in": 200.0, "container_age_s": 60.0,
+}
+
+
+def scale_floors(feature_names: Sequence[str]) -> np.ndarray:
+    return np.array([_SCALE_FLOORS.get(f, 1.0) for f in feature_names], dtype=float)
+
+
+# --------------------------------------------------------------------------- image keys
+
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str
+    repository: str
+    tag: str
+    digest: str
+
+    def key(self, grouping: str = "tag") -> str:
+        """The baseline key. grouping: `tag` (registry/repo:tag, default), `repository` (ignore tags),
+        `digest` (registry/repo@digest when the digest is known, else the tag form)."""
+        base = f"{self.registry}/{self.repository}"
+        if grouping == "repository":
+            return base
+        if grouping == "digest":
+            return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
+        if grouping != "tag":
+            raise ValueError(f"unknown grouping {grouping!r} (tag, repository, digest)")
+        return f"{base}:{self.tag}"
+
+
+def parse_image(image: str, image_id: str = "") -> ImageRef:
+    """Split an image reference the way container runtimes do.
+
+    `nginx` -> docker.io/library/nginx:latest; `localhost/webapp:1.4` keeps its registry; a
+    `@sha256:...` suffix or an `image_id` that looks like a digest fills `digest`.
+    """
+    ref = (image or "").strip()
+    digest = ""
+    if "@" in ref:
+        ref, digest = ref.split("@", 1)
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, rest
+    else:
+        registry, path = "docker.io", ref
+    tag = "latest"
+    last = path.rsplit("/", 1)[-1]
+    if ":" in last:
+        path, tag = path.rsplit(":", 1)
+    if registry == "docker.io" and "/" not in path and path:
+        path = f"library/{path}"
+    if not digest and image_id:
+        iid = image_id.strip()
+        if _DIGEST_RE.match(iid):
+            digest = iid
+        elif re.fullmatch(r"[0-9a-fA-F]{64}", iid):
+            digest = f"sha256:{iid.lower()}"
+    return ImageRef(registry=registry.lower(), repository=(path or "unknown").lower(), tag=tag,
+                    digest=digest.lower())
+
+
+def normalise_image(image: str, image_id: str = "", grouping: str = "tag") -> str:
+    """Baseline key of an image reference (see ImageRef.key for `grouping`)."""
+    return parse_image(image, image_id).key(grouping)
+
+
+# --------------------------------------------------------------------------- the estimator
+
+class ImageBaseline(OutlierMixin, BaseEstimator):
+    """Scaler + IsolationForest with a calibrated threshold and robust training statistics.
+
+    scikit-learn conventions: `score_samples` is higher for more normal windows, `decision_function`
+    is negative for anomalies, `predict` returns -1 (anomaly) / 1. `anomaly_score` is the
+    operator-facing score (higher = stranger) that results and thresholds are expressed in.
+    """
+
+    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", random_state: int = 0,
+                 scaler: str = "standard", threshold_quantile: float = 0.99,
+                 threshold_margin: float = 0.05, novelty_weight: float = 0.05,
+                 novelty_cap: float = 10.0, feature_names: Sequence[str] = FEATURE_NAMES,
+                 calibration_max: int = 4096, n_jobs: int | None = None):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
+        self.scaler = scaler
+        self.threshold_quantile = threshold_quantile
+        self.threshold_margin = threshold_margin
+        self.novelty_weight = novelty_weight
+        self.novelty_cap = novelty_cap
+        self.feature_names = feature_names
+        self.calibration_max = calibration_max
+        self.n_jobs = n_jobs
+
+    def _make_pipeline(self) -> Pipeline:
+        scaler = {"standard": StandardScaler(), "robust": RobustScaler()}.get(self.scaler)
+        if scaler is None:
+            raise ValueError(f"unknown scaler {self.scaler!r}")
+        forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                                 contamination="auto", random_state=self.random_state, n_jobs=self.n_jobs)
+        return Pipeline([("scale", scaler), ("iforest", forest)])
+
+    def fit(self, X, y=None):  # noqa: ARG002 - sklearn signature
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected (n, {len(self.feature_names)}) matrix, got {X.shape}")
+        if X.shape[0] < 2:
+            raise ValueError("need at least 2 windows to fit a baseline")
+        self.pipeline_ = self._make_pipeline().fit(X)
+        self.n_windows_ = int(X.shape[0])
+        self.feature_names_in_list_ = list(self.feature_names)
+        # robust statistics, used for the novelty term and the plain-words explanation
+        q1, med, q3 = np.percentile(X, [25, 50, 75], axis=0)
+        mad = np.median(np.abs(X - med), axis=0)
+        self.median_ = med
+        self.min_ = X.min(axis=0)
+        self.max_ = X.max(axis=0)
+        self.scale_ = np.maximum.reduce([1.4826 * mad, (q3 - q1) / 1.349, scale_floors(self.feature_names)])
+        self.novelty_mask_ = np.array([f in BEHAVIOUR_FEATURES for f in self.feature_names])
+        # calibrate on (at most calibration_max, evenly spaced) training windows: the quantile of a few
+        # thousand scores is as good as of all of them, and fitting stays close to a bare forest
+        if X.shape[0] > self.calibration_max:
+            idx = np.linspace(0, X.shape[0] - 1, self.calibration_max).astype(int)
+            calib = X[idx]
+        else:
+            calib = X
+        train_scores = self.anomaly_score(calib)
+        self.train_score_quantile_ = float(np.quantile(train_scores, self.threshold_quantile))
+        self.train_score_median_ = float(np.median(train_scores))
+        self.threshold_ = self.train_score_quantile_ + float(self.threshold_margin)
+        self.offset_ = -self.threshold_
+        return self
+
+    # scoring ---------------------------------------------------------------------------------
+    def novelty(self, X) -> np.ndarray:
+        """Per-window sum of capped excess outside the training range, in robust units."""
+        check_is_fitted(self, "pipeline_")
+        X = np.asarray(X, dtype=float)
+        excess = X - self.max_
+        np.maximum(excess, 0.0, out=excess)
+        excess /= self.scale_
+        np.minimum(excess, self.novelty_cap, out=excess)
+        return excess[:, self.novelty_mask_].sum(axis=1)
+
+    def anomaly_score(self, X) -> np.ndarray:
+        """Higher = stranger. IsolationForest score plus the novelty term (see module doc)."""
+        check_is_fitted(self, "pipeline_")
+        X = np.asarray(X, dtype=float)
+        base = -self.pipeline_.score_samples(X)
+        if self.novelty_weight:
+            base = base + self.novelty_weight * self.novelty(X)
+        return base
+
+    def score_samples(self, X) -> np.ndarray:
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    # explanations ----------------------------------------------------------------------------
+    def robust_z(self, X) -> np.ndarray:
+        check_is_fitted(self, "pipeline_")
+        return (np.asarray(X, dtype=float) - self.median_) / self.scale_
+
+    def deviations(self, x: np.ndarray, top: int = 3, min_abs_z: float = 1.0) -> list[dict[str, Any]]:
+        """The features of one window that deviate most from this baseline's training data."""
+        x = np.asarray(x, dtype=float)
+        z = self.robust_z(x[None, :])[0]
+        # values above anything seen in training first (that is what is new), then by |robust z|
+        above = x > self.max_
+        order = np.lexsort((-np.abs(z), ~above))
+        out = []
+        for i in order[:top]:
+            if abs(z[i]) < min_abs_z:
+                break
+            out.append({"feature": self.feature_names[i], "value": float(x[i]),
+                        "baseline_median": float(self.median_[i]), "robust_z": round(float(z[i]), 2),
+                        "training_range": [float(self.min_[i]), float(self.max_[i])]})
+        return out
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
+
+
+def explain(deviations: list[dict[str, Any]]) -> str:
+    """Plain words: 'distinct_remote_ports=25, baseline median 3 (training range 1-3)'."""
+    if not deviations:
+        return "no single feature stands out; the combination is unusual for this image"
+    parts = []
+    for d in deviations:
+        lo, hi = d["training_range"]
+        parts.append(f"{d['feature']}={_fmt(d['value'])}, baseline median {_fmt(d['baseline_median'])} "
+                     f"(training range {_fmt(lo)}-{_fmt(hi)})")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class ScoreResult:
+    """One scored window: what an alert carries."""
+
+    container_id: str
+    image: str
+    image_key: str
+    environment: str
+    window_start: float
+    window_end: float
+    score: float
+    threshold: float
+    is_anomaly: bool
+    fallback: bool
+    model_scope: str           # "image" or "environment"
+    explanation: str
+    deviations: list[dict[str, Any]] = field(default_factory=list)
+    container_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- one environment
+
+def _fit_one(key: str, X: np.ndarray, params: dict[str, Any]) -> tuple[str, ImageBaseline]:
+    """Module-level so joblib (loky, Dask) can ship it to workers."""
+    return key, ImageBaseline(**params).fit(X)
+
+
+class EnvironmentBaselines:
+    """All baselines of one environment: one per image key, plus the environment-wide fallback.
+
+    No global state: everything a score needs (keys, thresholds, training statistics) is on this
+    object, which the model store persists one file per image.
+    """
+
+    def __init__(self, environment: str = "default", min_windows: int = DEFAULT_MIN_WINDOWS,
+                 grouping: str = "tag", params: dict[str, Any] | None = None):
+        self.environment = environment
+        self.min_windows = int(min_windows)
+        self.grouping = grouping
+        self.params = dict(params or {})
+        self.models: dict[str, ImageBaseline] = {}
+        self.fallback: ImageBaseline | None = None
+        self.window_counts: dict[str, int] = {}
+
+    def key_of(self, image: str) -> str:
+        return normalise_image(image, grouping=self.grouping)
+
+    def group(self, windows: FeatureWindows) -> dict[str, np.ndarray]:
+        """Row indices per image key."""
+        keys = np.array([self.key_of(i) for i in windows.image], dtype=object)
+        return {k: np.flatnonzero(keys == k) for k in sorted(set(keys.tolist()))}
+
+    def fit(self, windows: FeatureWindows, *, n_jobs: int | None = None, backend: str | None = None,
+            progress: Callable[[str], None] | None = None) -> "EnvironmentBaselines":
+        """Fit the fallback on every window and one model per image with >= min_windows windows.
+
+        Images train in parallel through joblib; `backend` picks joblib's backend ("loky",
+        "threading", "dask" with an active dask.distributed Client, ...), None keeps the default.
+        """
+        import joblib
+
+        if len(windows) < 2:
+            raise ValueError("no windows to train on")
+        groups = self.group(windows)
+        self.window_counts = {k: int(v.size) for k, v in groups.items()}
+        jobs = [("__environment__", windows.X)]
+        for key, idx in groups.items():
+            if idx.size >= self.min_windows:
+                jobs.append((key, windows.X[idx]))
+            else:
+                log.info("%s: %d windows < %d, scored by the environment-wide model",
+                         key, idx.size, self.min_windows)
+        ctx = joblib.parallel_config(backend=backend) if backend else _nullcontext()
+        with ctx:
+            parallel = joblib.Parallel(n_jobs=n_jobs if n_jobs is not None else 1, return_as="generator")
+            fitted = {}
+            for key, model in parallel(joblib.delayed(_fit_one)(k, X, self.params) for k, X in jobs):
+                fitted[key] = model
+                if progress:
+                    progress(key)
+        self.fallback = fitted.pop("__environment__")
+        self.models = dict(sorted(fitted.items()))
+        return self
+
+    def model_for(self, image: str) -> tuple[str, ImageBaseline, bool]:
+        key = self.key_of(image)
+        m = self.models.get(key)
+        if m is not None:
+            return key, m, False
+        if self.fallback is None:
+            raise RuntimeError(f"no model for {key} and no environment-wide fallback")
+        return key, self.fallback, True
+
+    def score(self, windows: FeatureWindows, top: int = 3) -> list[ScoreResult]:
+        """Score every window with its image's model (or the fallback) and explain the anomalies."""
+        results: list[ScoreResult | None] = [None] * len(windows)
+        keys = [self.key_of(i) for i in windows.image]
+        by_key: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, []).append(i)
+        for key, rows in by_key.items():
+            _, model, is_fallback = self.model_for(windows.image[rows[0]])
+            X = windows.X[rows]
+            scores = model.anomaly_score(X)
+            for j, r in enumerate(rows):
+                s = float(scores[j])
+                anomalous = s > model.threshold_
+                devs = model.deviations(X[j], top=top)
+                text = explain(devs)
+                if is_fallback:
+                    text = (f"{key} has {self.window_counts.get(key, 0)} training windows (< {self.min_windows}): "
+                            f"scored by the environment-wide model of {self.environment!r}; ") + text
+                results[r] = ScoreResult(
+                    container_id=windows.container_id[r], image=windows.image[r], image_key=key,
+                    environment=self.environment, window_start=float(windows.window_start[r]),
+                    window_end=float(windows.window_end[r]), score=round(s, 6),
+                    threshold=round(float(model.threshold_), 6), is_anomaly=bool(anomalous),
+                    fallback=is_fallback, model_scope=ENVIRONMENT_SCOPE if is_fallback else IMAGE_SCOPE,
+                    explanation=text, deviations=devs,
+                    container_name=windows.name[r] if windows.name else "")
+        return [r for r in results if r is not None]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

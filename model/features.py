@@ -1,0 +1,477 @@
+"""Feature windows: one row per container per time window, built from normalised records.
+
+Why windows: a baseline must compare like with like. Each container's behaviour is summarised over
+fixed, epoch-aligned windows (default 300 s) so that a window of a container can be scored against
+the windows its image produced during training. The column order is fixed by FEATURE_NAMES; every
+stored model records the list it was trained with, so a change here is caught at load time.
+
+Heavy lifting is vectorised with numpy: records are turned into (row, value) index arrays once and
+aggregated with bincount / unique, so tens of thousands of records per window batch cost milliseconds.
+The only per-record Python is the attribute extraction from the dataclasses (unavoidable) and a cached
+per-name entropy computation.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_S = 300.0
+
+#: Stable column order of every feature matrix. Append only; never reorder (stored models keep it).
+FEATURE_NAMES: tuple[str, ...] = (
+    "processes_started",
+    "distinct_executables",
+    "shell_processes",
+    "network_tool_processes",
+    "location_discovery_processes",
+    "outbound_conns",
+    "failed_conns",
+    "distinct_remote_addrs",
+    "distinct_remote_ports",
+    "distinct_domains",
+    "dns_queries",
+    "dns_label_entropy_mean",
+    "nxdomain_share",
+    "http_requests",
+    "geo_service_contacts",
+    "bytes_out",
+    "bytes_in",
+    "public_conn_share",
+    "container_age_s",
+    "restarts",
+    "exec_sessions",
+    "image_creates",
+    "image_destroys",
+)
+FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox-sh"})
+NETWORK_TOOLS = frozenset({
+    "curl", "wget", "nc", "ncat", "netcat", "nslookup", "dig", "host", "drill", "telnet", "socat",
+    "nmap", "masscan", "ssh", "scp", "sftp", "ftp", "tftp", "openssl", "ping", "traceroute",
+    "tracepath", "arp", "ip", "ifconfig", "aria2c", "lynx", "httpie", "http",
+})
+#: Processes that belong to the container runtime entering the cgroup, not to the workload.
+RUNTIME_NAMES = frozenset({"runc", "runc:[0:parent]", "runc:[1:child]", "runc:[2:init]", "crun", "conmon"})
+#: Zeek conn_state values meaning the connection attempt did not get an answer or was refused.
+FAILED_CONN_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
+CREATE_ACTIONS = frozenset({"create"})
+DESTROY_ACTIONS = frozenset({"destroy", "remove"})
+RESTART_ACTIONS = frozenset({"restart"})
+EXEC_ACTIONS = frozenset({"exec", "exec_create", "exec_start"})
+
+_RFC1918 = (
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("172.16.0.0/12"),
+    ipaddress.ip_network("192.168.0.0/16"),
+)
+
+
+@dataclass
+class FeatureWindows:
+    """A batch of feature windows: the matrix `X` plus the identity of every row.
+
+    Rows are sorted by (window_start, container_id) so the same records always give the same matrix.
+    """
+
+    X: np.ndarray
+    container_id: list[str]
+    image: list[str]
+    host: list[str]
+    window_start: np.ndarray
+    window_end: np.ndarray
+    environment: str = "default"
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    name: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def select(self, mask: np.ndarray | Sequence[int]) -> "FeatureWindows":
+        """Subset of rows (boolean mask or index list), keeping identities aligned."""
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=int)
+        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        return FeatureWindows(
+            X=self.X[idx], container_id=pick(self.container_id), image=pick(self.image),
+            host=pick(self.host), window_start=self.window_start[idx], window_end=self.window_end[idx],
+            environment=self.environment, feature_names=self.feature_names,
+            name=pick(self.name) if self.name else [],
+        )
+
+    def column(self, feature: str) -> np.ndarray:
+        return self.X[:, self.feature_names.index(feature)]
+
+    def row_dict(self, i: int) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(self.feature_names, self.X[i])}
+
+    @classmethod
+    def empty(cls, environment: str = "default") -> "FeatureWindows":
+        return cls(X=np.zeros((0, len(FEATURE_NAMES))), container_id=[], image=[], host=[],
+                   window_start=np.zeros(0), window_end=np.zeros(0), environment=environment)
+
+    @classmethod
+    def concat(cls, parts: Sequence["FeatureWindows"]) -> "FeatureWindows":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        return cls(
+            X=np.vstack([p.X for p in parts]),
+            container_id=[c for p in parts for c in p.container_id],
+            image=[c for p in parts for c in p.image],
+            host=[c for p in parts for c in p.host],
+            window_start=np.concatenate([p.window_start for p in parts]),
+            window_end=np.concatenate([p.window_end for p in parts]),
+            environment=parts[0].environment, feature_names=parts[0].feature_names,
+            name=[c for p in parts for c in (p.name or [""] * len(p))],
+        )
+
+
+# --------------------------------------------------------------------------- small pure helpers
+
+def executable_name(rec: ProcessRecord) -> str:
+    """The program a process runs, as a short name.
+
+    argv[0]'s basename comes first: busybox images run every applet from /bin/busybox (so `path` is
+    useless) and the kernel's comm is often `exe` at exec time, while argv[0] is `wget`, `/bin/cat`...
+    """
+    argv0 = rec.cmdline.split(" ", 1)[0] if rec.cmdline else ""
+    for candidate in (argv0, rec.name, rec.path):
+        base = posixpath.basename(candidate.strip())
+        if base and base != "exe":
+            return base.lower()
+    return (rec.name or "").lower()
+
+
+def is_runtime_process(rec: ProcessRecord) -> bool:
+    """True for the OCI runtime entering the container (`runc init`), which is not the workload."""
+    exe = executable_name(rec)
+    return exe in RUNTIME_NAMES or rec.cmdline.startswith(("/usr/bin/runc init", "runc init"))
+
+
+@lru_cache(maxsize=65536)
+def label_entropy(name: str) -> float:
+    """Shannon entropy (bits per character) of the leftmost DNS label.
+
+    The leftmost label is where DGA / tunnelling puts its random part; service names like `db` or
+    `api` stay low (≤ 2 bits), random 16+ character labels reach 3.5-4.5 bits.
+    """
+    label = name.strip(".").split(".", 1)[0].lower()
+    if not label:
+        return 0.0
+    n = len(label)
+    return -sum((c / n) * math.log2(c / n) for c in Counter(label).values())
+
+
+@lru_cache(maxsize=65536)
+def leaves_rfc1918(addr: str) -> bool:
+    """True when a destination lies outside private space (RFC 1918, loopback, link-local, ULA)."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 4:
+        return not (any(ip in net for net in _RFC1918) or ip.is_loopback or ip.is_link_local
+                    or ip.is_unspecified or ip.is_multicast)
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+                or ip.is_unspecified)
+
+
+@lru_cache(maxsize=65536)
+def domain_of(value: str) -> str:
+    """A domain name for distinct counting, or "" for IP literals / empty (Host: 10.0.0.3:8080)."""
+    v = value.strip().lower().rstrip(".")
+    if not v:
+        return ""
+    host = v
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        return host
+
+
+def window_index(ts: np.ndarray, window_s: float, origin: float) -> np.ndarray:
+    return np.floor((np.asarray(ts, dtype=float) - origin) / window_s).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the builder
+
+@dataclass
+class _Span:
+    image: str
+    host: str
+    name: str
+    created: float | None
+    first: float
+    last: float
+    ended: bool
+
+
+def _container_spans(processes, nets, lifecycle, containers) -> dict[str, _Span]:
+    """When each container existed: inventory creation, lifecycle events and first/last record."""
+    spans: dict[str, _Span] = {}
+
+    def touch(cid: str, ts: float, image: str = "", host: str = "", name: str = "") -> _Span:
+        s = spans.get(cid)
+        if s is None:
+            s = spans[cid] = _Span(image=image, host=host, name=name, created=None, first=ts, last=ts,
+                                   ended=False)
+        else:
+            s.first = min(s.first, ts)
+            s.last = max(s.last, ts)
+            s.image = s.image or image
+            s.host = s.host or host
+            s.name = s.name or name
+        return s
+
+    for c in containers:
+        if not c.container_id:
+            continue
+        ts = c.created if c.created is not None else math.inf
+        s = spans.get(c.container_id)
+        if s is None:
+            s = spans[c.container_id] = _Span(image=c.image, host=c.host, name=c.name,
+                                              created=c.created, first=ts, last=-math.inf, ended=False)
+        else:
+            s.image, s.host, s.name = c.image or s.image, c.host or s.host, c.name or s.name
+            if c.created is not None:
+                s.created = c.created
+                s.first = min(s.first, c.created)
+    for e in lifecycle:
+        if not e.container_id:
+            continue
+        s = touch(e.container_id, e.ts, e.image, e.host, e.name)
+        if e.action in CREATE_ACTIONS and s.created is None:
+            s.created = e.ts
+        if e.action in DESTROY_ACTIONS:
+            s.ended = True
+    for r in processes:
+        if r.container_id:
+            touch(r.container_id, r.ts, r.image, r.host)
+    for r in nets:
+        if r.container_id:
+            touch(r.container_id, r.ts, r.image, r.host)
+    for s in spans.values():
+        if s.last == -math.inf:
+            s.last = s.first
+    return spans
+
+
+def build_windows(
+    processes: Iterable[ProcessRecord] = (),
+    nets: Iterable[NetRecord] = (),
+    lifecycle: Iterable[LifecycleRecord] = (),
+    containers: Iterable[ContainerInfo] = (),
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    origin: float = 0.0,
+    start: float | None = None,
+    end: float | None = None,
+    environment: str = "default",
+    image_key=None,
+    align: str = "container",
+) -> FeatureWindows:
+    """Turn records into one feature row per container per window.
+
+    A container gets a row for every window from its creation (or first sighting) to its removal
+    (or last sighting, or `end` when it was still running), so quiet windows are rows of zeros rather
+    than missing: quiet is part of normal.
+
+    align="container" (default): each container's windows start at its creation (or first sighting),
+    [created + k*window_s, created + (k+1)*window_s), so a container's first window is a full one and
+    start-up looks the same whenever it happens. align="epoch": windows are
+    [origin + k*window_s, origin + (k+1)*window_s) for every container (shared wall-clock grid).
+    `start`/`end` restrict the rows to windows overlapping that range; pass the records of whole
+    windows. `image_key` (a callable) maps an
+    image name to the key churn is grouped by; default: the image string as given.
+    """
+    if window_s <= 0:
+        raise ValueError("window_s must be positive")
+    processes, nets = list(processes), list(nets)
+    lifecycle, containers = list(lifecycle), list(containers)
+    keyfn = image_key or (lambda s: s)
+    spans = _container_spans(processes, nets, lifecycle, containers)
+    if not spans:
+        return FeatureWindows.empty(environment)
+
+    # every (container, window) row -----------------------------------------------------------
+    if align not in ("container", "epoch"):
+        raise ValueError("align must be 'container' or 'epoch'")
+    cids = sorted(spans)
+    cid_index = {c: i for i, c in enumerate(cids)}
+    if align == "container":
+        c_origin = np.array([spans[c].created if spans[c].created is not None else spans[c].first
+                             for c in cids], dtype=float)
+    else:
+        c_origin = np.full(len(cids), float(origin))
+    horizon_end = end
+    if horizon_end is None:
+        horizon_end = max(s.last for s in spans.values())
+    row_c, row_w = [], []
+    for i, cid in enumerate(cids):
+        s = spans[cid]
+        last = s.last if s.ended else max(s.last, horizon_end)
+        o = c_origin[i]
+        w0, w1 = window_index(np.array([s.first, last]), window_s, o)
+        if start is not None:
+            w0 = max(w0, int(window_index(np.array([start]), window_s, o)[0]))
+        if end is not None:
+            # `end` is exclusive: a window starting exactly at `end` is not included
+            w1 = min(w1, int(np.ceil((end - o) / window_s)) - 1)
+        if w1 < w0:
+            continue
+        ws = np.arange(w0, w1 + 1, dtype=np.int64)
+        row_c.append(np.full(ws.shape, i, dtype=np.int64))
+        row_w.append(ws)
+    if not row_c:
+        return FeatureWindows.empty(environment)
+    rc = np.concatenate(row_c)
+    rw = np.concatenate(row_w)
+    order = np.lexsort((rc, rw))            # sort by window, then container (stable, deterministic)
+    rc, rw = rc[order], rw[order]
+    n_rows, n_feat = rc.size, len(FEATURE_NAMES)
+    span_w = int(rw.max() - rw.min() + 1)
+    wmin = int(rw.min())
+    row_key = rc * span_w + (rw - wmin)
+    key_order = np.argsort(row_key)
+    sorted_keys = row_key[key_order]
+
+    def rows_for(cidx: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Row number of each record, -1 when it falls outside every row."""
+        if cidx.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        w = np.floor((ts - c_origin[np.clip(cidx, 0, None)]) / window_s).astype(np.int64) - wmin
+        ok = (cidx >= 0) & (w >= 0) & (w < span_w)
+        key = np.where(ok, cidx * span_w + np.clip(w, 0, span_w - 1), -1)
+        pos = np.clip(np.searchsorted(sorted_keys, key), 0, sorted_keys.size - 1)
+        hit = ok & (sorted_keys[pos] == key)
+        return np.where(hit, key_order[pos], -1)
+
+    X = np.zeros((n_rows, n_feat), dtype=np.float64)
+    col = FEATURE_INDEX
+
+    def count(rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        m = rows >= 0
+        return np.bincount(rows[m], weights=None if weights is None else weights[m], minlength=n_rows)
+
+    def distinct(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        m = (rows >= 0) & (codes >= 0)
+        if not m.any():
+            return np.zeros(n_rows)
+        pairs = np.unique(np.stack([rows[m], codes[m]], axis=1), axis=0)
+        return np.bincount(pairs[:, 0], minlength=n_rows).astype(float)
+
+    def encode(values: list[str]) -> np.ndarray:
+        """Integer codes for strings; "" gets -1 (not counted as a distinct value)."""
+        table: dict[str, int] = {}
+        return np.fromiter((table.setdefault(v, len(table)) if v else -1 for v in values),
+                           dtype=np.int64, count=len(values))
+
+    # processes ---------------------------------------------------------------------------------
+    procs = [p for p in processes if p.container_id in cid_index and not is_runtime_process(p)]
+    if procs:
+        p_rows = rows_for(np.fromiter((cid_index[p.container_id] for p in procs), np.int64, len(procs)),
+                          np.fromiter((p.ts for p in procs), float, len(procs)))
+        exe = [executable_name(p) for p in procs]
+        X[:, col["processes_started"]] = count(p_rows)
+        X[:, col["distinct_executables"]] = distinct(p_rows, encode(exe))
+        X[:, col["shell_processes"]] = count(p_rows, np.array([e in SHELLS for e in exe], float))
+        X[:, col["network_tool_processes"]] = count(p_rows, np.array([e in NETWORK_TOOLS for e in exe], float))
+        X[:, col["location_discovery_processes"]] = count(
+            p_rows, np.array([bool(p.location_discovery) for p in procs], float))
+
+    # network -----------------------------------------------------------------------------------
+    known = [r for r in nets if r.container_id in cid_index]
+    if known:
+        n_rows_all = rows_for(np.fromiter((cid_index[r.container_id] for r in known), np.int64, len(known)),
+                              np.fromiter((r.ts for r in known), float, len(known)))
+        kind = np.array([r.kind for r in known])
+        conn = kind == "conn"
+        dns = kind == "dns"
+        http = kind == "http"
+        c_rows = np.where(conn, n_rows_all, -1)
+        X[:, col["outbound_conns"]] = count(c_rows)
+        X[:, col["failed_conns"]] = count(c_rows, np.array([r.conn_state in FAILED_CONN_STATES for r in known], float))
+        X[:, col["distinct_remote_addrs"]] = distinct(c_rows, encode([r.resp_h for r in known]))
+        X[:, col["distinct_remote_ports"]] = distinct(
+            c_rows, np.array([r.resp_p if r.resp_p else -1 for r in known], dtype=np.int64))
+        X[:, col["bytes_out"]] = count(c_rows, np.array([float(r.bytes_out or 0) for r in known]))
+        X[:, col["bytes_in"]] = count(c_rows, np.array([float(r.bytes_in or 0) for r in known]))
+        n_conn = X[:, col["outbound_conns"]]
+        public = count(c_rows, np.array([leaves_rfc1918(r.resp_h) for r in known], float))
+        X[:, col["public_conn_share"]] = np.divide(public, n_conn, out=np.zeros(n_rows), where=n_conn > 0)
+
+        domains = [domain_of(r.domain) if r.kind in ("dns", "http", "ssl", "geo") else "" for r in known]
+        X[:, col["distinct_domains"]] = distinct(n_rows_all, encode(domains))
+        d_rows = np.where(dns, n_rows_all, -1)
+        n_dns = count(d_rows)
+        X[:, col["dns_queries"]] = n_dns
+        ent = np.array([label_entropy(r.domain) if r.kind == "dns" else 0.0 for r in known])
+        X[:, col["dns_label_entropy_mean"]] = np.divide(count(d_rows, ent), n_dns, out=np.zeros(n_rows),
+                                                        where=n_dns > 0)
+        answered = np.where(dns & np.array([bool(r.rcode) for r in known]), n_rows_all, -1)
+        n_answered = count(answered)
+        nx = count(answered, np.array([r.rcode.upper() == "NXDOMAIN" for r in known], float))
+        X[:, col["nxdomain_share"]] = np.divide(nx, n_answered, out=np.zeros(n_rows), where=n_answered > 0)
+        X[:, col["http_requests"]] = count(np.where(http, n_rows_all, -1))
+        X[:, col["geo_service_contacts"]] = count(n_rows_all, np.array([bool(r.geo_service) for r in known], float))
+
+    # lifecycle ---------------------------------------------------------------------------------
+    ev = [e for e in lifecycle if e.container_id in cid_index]
+    if ev:
+        e_rows = rows_for(np.fromiter((cid_index[e.container_id] for e in ev), np.int64, len(ev)),
+                          np.fromiter((e.ts for e in ev), float, len(ev)))
+        X[:, col["restarts"]] = count(e_rows, np.array([e.action in RESTART_ACTIONS for e in ev], float))
+        X[:, col["exec_sessions"]] = count(e_rows, np.array([e.action in EXEC_ACTIONS for e in ev], float))
+
+    # churn per (image key, host): creates / destroys inside each row's window, copied onto every
+    # row of that image on that host
+    churn: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for e in lifecycle:
+        if e.action in CREATE_ACTIONS or e.action in DESTROY_ACTIONS:
+            image = e.image or (spans[e.container_id].image if e.container_id in spans else "")
+            host = e.host or (spans[e.container_id].host if e.container_id in spans else "")
+            pair = churn.setdefault((keyfn(image), host), ([], []))
+            pair[0 if e.action in CREATE_ACTIONS else 1].append(e.ts)
+
+    window_start = c_origin[rc] + rw.astype(float) * window_s
+    window_end = window_start + window_s
+    images = [spans[cids[c]].image for c in rc]
+    hosts = [spans[cids[c]].host for c in rc]
+    names = [spans[cids[c]].name for c in rc]
+    if churn:
+        keys_cache: dict[str, str] = {}
+        row_group = np.array([hash((keys_cache.setdefault(im, keyfn(im)), h)) for im, h in zip(images, hosts)])
+        for (ik, h), (creates, destroys) in churn.items():
+            m = row_group == hash((ik, h))
+            if not m.any():
+                continue
+            for name, times in (("image_creates", creates), ("image_destroys", destroys)):
+                t = np.sort(np.asarray(times, dtype=float))
+                X[m, col[name]] = (np.searchsorted(t, window_end[m], side="left")
+                                   - np.searchsorted(t, window_start[m], side="left"))
+    created = np.array([spans[cids[c]].created if spans[cids[c]].created is not None else spans[cids[c]].first
+                        for c in rc], dtype=float)
+    X[:, col["container_age_s"]] = np.clip(window_end - created, 0.0, None)
+
+    log.debug("built %d windows for %d containers (window %.0fs)", n_rows, len(cids), window_s)
+    return FeatureWindows(
+        X=X, container_id=[cids[c] for c in rc], image=images, host=hosts,
+        window_start=window_start, window_end=window_end, environment=environment, name=names,
+    )
