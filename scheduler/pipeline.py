@@ -1,0 +1,716 @@
+"""The engine: osquery rows and Zeek records in, alerts out.
+
+    collect (osquery_results / tailer / recording) -> inventory + join (address -> container at time)
+      -> rules (T1614 host + network, churn, risky config) -> feature windows -> baseline scores
+      -> AlertAggregator (merge host+network evidence, suppress repeats) -> sinks
+
+Two ways to drive it:
+
+* incremental (`Pipeline.feed_*` then `Pipeline.flush()`): the daemon feeds whatever the tailers
+  produced since the last tick; windows are scored when data time passes their end.
+* batch (`replay(recording, ...)`): every record of a recording is put in one time order and fed in
+  chunks. After each chunk the alerts go to an outbox table and the pipeline state (aggregator,
+  churn counters, open windows, position in the stream) is committed in the *same* SQLite
+  transaction; the outbox is then delivered to the sinks, which drop ids they already have. A kill -9
+  anywhere therefore resumes at the last committed chunk and yields the same alerts, none twice.
+
+For the emulator and tests the short form is `Pipeline(config).process(items) -> list[Alert]`, where
+items are OsqueryRow, (stream, zeek_dict) tuples or model.records objects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
+
+from . import rules
+from .alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
+from .config import Config
+from .inventory import Inventory, event_time
+from .osquery_results import OsqueryRow, ParseStats as OsqueryStats
+
+log = logging.getLogger(__name__)
+
+try:
+    from .geo_stock import GeoStockDetector
+except Exception:  # pragma: no cover
+    GeoStockDetector = None  # type: ignore
+
+try:
+    from osquery_ext import indicators as _indicators  # type: ignore
+except Exception:  # pragma: no cover
+    _indicators = None
+
+PIPELINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipeline_state (
+    name   TEXT PRIMARY KEY,      -- 'daemon' or 'replay:<recording>'
+    data   TEXT NOT NULL,         -- JSON: aggregator, churn, windows, position
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id        TEXT PRIMARY KEY,   -- stable alert id: a replayed alert is the same row
+    time      REAL NOT NULL,
+    rule      TEXT NOT NULL,
+    container TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox(delivered);
+"""
+
+ZEEK_STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
+_DEFAULT_SUBNETS = ("172.17.0.0/16", "10.88.0.0/16")
+
+
+def _f(v: Any, default: float = 0.0) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _i(v: Any, default: int = 0) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return default
+
+
+def _in_container_subnet(addr: str) -> bool:
+    if not addr:
+        return False
+    if _indicators is not None:
+        try:
+            return bool(_indicators.in_container_subnet(addr))
+        except Exception:
+            pass
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n) for n in _DEFAULT_SUBNETS)
+
+
+@dataclass
+class PipelineStats:
+    osquery_rows: int = 0
+    zeek_records: int = 0
+    processes: int = 0
+    nets: int = 0
+    nets_unattributed: int = 0
+    lifecycle: int = 0
+    windows_scored: int = 0
+    alerts: int = 0
+    bad_input: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Pipeline:
+    """Incremental detection engine (see module docstring)."""
+
+    def __init__(self, config: Config | None = None, baselines: Any = None,
+                 host: str | None = None, environment: str | None = None) -> None:
+        self.config = config or Config()
+        det = self.config.detection
+        self.host = host if host is not None else self.config.host_name
+        self.environment = environment or self.config.environment
+        self.inventory = Inventory()
+        self.aggregator = AlertAggregator(det.merge_s, det.suppression_s, self.environment)
+        self.churn = rules.ChurnDetector(det.churn_n, det.churn_t_s)
+        self.geo = None
+        if GeoStockDetector is not None:
+            try:
+                self.geo = GeoStockDetector()
+            except Exception as exc:  # indicator data or classifier missing
+                log.info("stock-log geo detector unavailable (%s); using domain rules only", exc)
+        self.baselines = baselines
+        self.window_s = det.window_s
+        self.stats = PipelineStats()
+        # open feature windows: index -> records of that window
+        self._win: dict[int, dict[str, list]] = {}
+        self._proc_seen: dict[tuple[str, int, str], float] = {}
+        self._risky_seen: set[tuple[str, str, str]] = set()
+        self.data_time = 0.0
+        # Replay bookkeeping: the stream position of the current item and of each open window's
+        # first item, so a resumed replay can rebuild open windows (`windows_only` re-feed).
+        self.cur_pos = 0
+        self._win_pos: dict[int, int] = {}
+        self.windows_only = False
+        self._rebuild: set[int] = set()
+        self.on_window_scored: Callable[[Any], None] | None = None
+
+    # ----------------------------------------------------------------------------- containers
+    def container_ref(self, host: str, container_id: str, image: str = "",
+                      address: str = "") -> ContainerRef:
+        st = self.inventory.get(host, container_id) if container_id else None
+        if st is None and container_id:
+            st = next((c for h in self.inventory.hosts()
+                       if (c := self.inventory.get(h, container_id))), None)
+        if st is None:
+            if not container_id:
+                return ContainerRef(id="", name=UNKNOWN_CONTAINER_NAME, image=image or "unknown",
+                                    address=address)
+            return ContainerRef(id=container_id, image=image, address=address)
+        return ContainerRef(id=st.container_id, name=st.name, image=st.image or image,
+                            runtime=st.runtime or "", address=address)
+
+    # ----------------------------------------------------------------------------- osquery
+    def feed_osquery_row(self, row: OsqueryRow) -> None:
+        """One osquery result row (any of the pack's tables)."""
+        t, col = row.table, row.columns
+        host = row.host or self.host
+        if not self.windows_only:
+            self.stats.osquery_rows += 1
+        if t in ("container_inventory", "container_events") and not self.windows_only:
+            self.inventory.observe(row)
+        if t == "container_inventory" and row.action != "removed":
+            if not self.windows_only:
+                self._inventory_rules(host, row)
+        elif t == "container_events":
+            ts = event_time(col) or row.unix_time
+            rec = LifecycleRecord(ts=ts, container_id=col.get("container_id", ""),
+                                  image=col.get("image", ""), action=col.get("action", "").lower(),
+                                  name=col.get("name", ""), host=host,
+                                  exit_code=_i(col["exit_code"]) if col.get("exit_code") else None)
+            self.feed_lifecycle(rec)
+        elif t in ("container_process_events", "container_processes") and row.action != "removed":
+            self.feed_process(self._process_from_row(t, host, row))
+
+    def _process_from_row(self, table: str, host: str, row: OsqueryRow) -> ProcessRecord:
+        col = row.columns
+        if table == "container_process_events":
+            ts = event_time(col) or row.unix_time
+        else:
+            ts = _f(col.get("start_time")) or row.unix_time
+        cid = col.get("container_id", "")
+        image = col.get("image", "")
+        if not image and cid:
+            st = self.inventory.get(host, cid)
+            image = st.image if st else ""
+        return ProcessRecord(ts=ts, container_id=cid, image=image, pid=_i(col.get("pid")),
+                             ppid=_i(col.get("ppid")), name=col.get("name", ""),
+                             path=col.get("path", ""), cmdline=col.get("cmdline", ""), host=host,
+                             location_discovery=col.get("location_discovery", "0") in ("1", "true"),
+                             indicator=col.get("indicator", ""))
+
+    def _inventory_rules(self, host: str, row: OsqueryRow) -> None:
+        if not self.config.detection.risky_config:
+            return
+        col = row.columns
+        cid = col.get("id", "")
+        flags = ",".join(rules.risky_flags(col))
+        if not flags or (host, cid, flags) in self._risky_seen:
+            return
+        self._risky_seen.add((host, cid, flags))
+        ts = _f(col.get("started")) or _f(col.get("created")) or row.unix_time
+        cand = rules.risky_config(col, ts, host, self.container_ref(host, cid, col.get("image", "")))
+        if cand:
+            self._add(cand)
+
+    # ----------------------------------------------------------------------------- records
+    def feed_process(self, rec: ProcessRecord) -> None:
+        key = (rec.container_id, rec.pid, rec.cmdline)
+        prev = self._proc_seen.get(key)
+        if prev is not None and abs(prev - rec.ts) < 5.0:
+            return  # the same process from the event table and the snapshot table
+        self._proc_seen[key] = rec.ts
+        if len(self._proc_seen) > 200_000:
+            self._prune_proc_seen(rec.ts)
+        if self.windows_only:
+            self._window_add("p", rec.ts, rec)
+            return
+        self.stats.processes += 1
+        self._advance(rec.ts)
+        self._window_add("p", rec.ts, rec)
+        cand = rules.host_location_discovery(
+            rec, self.container_ref(rec.host or self.host, rec.container_id, rec.image))
+        if cand:
+            if rec.container_id and not rec.location_discovery:
+                rec.location_discovery = True
+            self._add(cand)
+
+    def _prune_proc_seen(self, now: float) -> None:
+        self._proc_seen = {k: t for k, t in self._proc_seen.items() if now - t < 60.0}
+
+    def feed_lifecycle(self, rec: LifecycleRecord) -> None:
+        if self.windows_only:
+            self._window_add("l", rec.ts, rec)
+            return
+        self.stats.lifecycle += 1
+        self._advance(rec.ts)
+        self._window_add("l", rec.ts, rec)
+        cand = self.churn.observe(rec, self.container_ref(rec.host, rec.container_id, rec.image))
+        if cand:
+            self._add(cand)
+
+    def feed_net(self, rec: NetRecord, detection: Any = None) -> None:
+        """An attributed network record; `detection` is a geo_stock GeoDetection for it, if any."""
+        if self.windows_only:
+            if rec.container_id:
+                self._window_add("n", rec.ts, rec)
+            return
+        self.stats.nets += 1
+        self._advance(rec.ts)
+        if rec.container_id:
+            self._window_add("n", rec.ts, rec)
+        container = self.container_ref(rec.host or self.host, rec.container_id, rec.image,
+                                       address=rec.orig_h)
+        if detection is not None:
+            rec.geo_service = rec.geo_service or detection.service
+        cand = rules.network_location_discovery(rec, container)
+        if cand:
+            if detection is not None:
+                cand.evidence[0]["method"] = detection.method
+                cand.evidence[0]["category"] = detection.category
+            self._add(cand)
+
+    def feed_zeek(self, stream: str, rec: dict[str, Any], sensor_host: str | None = None) -> None:
+        """A Zeek record (field names as Zeek writes them) from one of the streams."""
+        host = sensor_host or self.host
+        if self.windows_only:
+            net = self.zeek_to_net(stream, rec, host)
+            if net is not None and net.container_id:
+                self._window_add("n", net.ts, net)
+            return
+        self.stats.zeek_records += 1
+        dets = []
+        if self.geo is not None and stream in ("dns", "http", "ssl", "conn"):
+            try:
+                dets = self.geo.feed(stream, rec)
+            except Exception as exc:
+                log.warning("geo_stock failed on a %s record: %s", stream, exc)
+        net = self.zeek_to_net(stream, rec, host)
+        if net is None:
+            self._bad(f"zeek:{stream}")
+            return
+        if not net.container_id and not _in_container_subnet(net.orig_h):
+            return  # not from a container: outside our scope
+        if not net.container_id:
+            self.stats.nets_unattributed += 1
+        if stream == "conn" and not dets:
+            # A plain conn is only window input; geo hits on conn come from resolved addresses.
+            self.stats.nets += 1
+            self._advance(net.ts)
+            if net.container_id:
+                self._window_add("n", net.ts, net)
+            return
+        self.feed_net(net, dets[0] if dets else None)
+
+    def zeek_to_net(self, stream: str, d: dict[str, Any], host: str) -> NetRecord | None:
+        ts = d.get("ts")
+        if isinstance(ts, str):
+            ts = _f(ts, math.nan)
+        if ts is None or (isinstance(ts, float) and math.isnan(ts)):
+            return None
+        orig = str(d.get("id.orig_h") or d.get("orig_h") or d.get("src") or "")
+        if not orig:
+            return None
+        kind = {"container_geo": "geo"}.get(stream, stream)
+        domain = ""
+        if stream == "dns":
+            domain = d.get("query") or ""
+        elif stream == "http":
+            domain = rules_strip_port(d.get("host") or "")
+        elif stream == "ssl":
+            domain = d.get("server_name") or ""
+        elif stream == "container_geo":
+            domain = d.get("domain") or d.get("query") or d.get("host") or d.get("name") or ""
+        cid = str(d.get("container_id") or "")
+        image = str(d.get("image") or "")
+        if not cid:
+            st = self.inventory.lookup(host, orig, float(ts)) or \
+                self.inventory.lookup_any_host(orig, float(ts))
+            if st is not None:
+                cid, image = st.container_id, st.image
+        return NetRecord(
+            ts=float(ts), kind=kind, container_id=cid, image=image, orig_h=orig,
+            resp_h=str(d.get("id.resp_h") or d.get("resp_h") or ""),
+            resp_p=_i(d.get("id.resp_p")), orig_p=_i(d.get("id.orig_p")),
+            proto=str(d.get("proto") or ""), uid=str(d.get("uid") or ""), host=host,
+            domain=str(domain or ""), rcode=str(d.get("rcode_name") or ""),
+            conn_state=str(d.get("conn_state") or ""), bytes_out=_i(d.get("orig_bytes")),
+            bytes_in=_i(d.get("resp_bytes")), uri=str(d.get("uri") or ""),
+            user_agent=str(d.get("user_agent") or ""),
+            geo_service=str(d.get("service") or "") if stream == "container_geo" else "")
+
+    def _bad(self, source: str, n: int = 1) -> None:
+        self.stats.bad_input[source] = self.stats.bad_input.get(source, 0) + n
+
+    # ----------------------------------------------------------------------------- windows
+    def _widx(self, ts: float) -> int:
+        return int(math.floor(ts / self.window_s))
+
+    def _window_add(self, kind: str, ts: float, rec: Any) -> None:
+        if not (self.config.detection.anomaly and self.baselines is not None):
+            return
+        idx = self._widx(ts)
+        w = self._win.get(idx)
+        if w is None:
+            if self.windows_only and idx not in self._rebuild:
+                return  # that window was already scored before the checkpoint
+            w = self._win[idx] = {"p": [], "n": [], "l": []}
+            self._win_pos.setdefault(idx, self.cur_pos)
+        w[kind].append(rec)
+
+    def _advance(self, ts: float) -> None:
+        """Data time moved to `ts`: windows that ended before it are complete; score them."""
+        if ts <= self.data_time:
+            return
+        self.data_time = ts
+        cur = self._widx(ts)
+        for w in sorted(k for k in self._win if k < cur):
+            self._score_window(w)
+
+    def close_windows(self, upto: float | None = None) -> None:
+        """Score every open window (end of a replay) or those ending before `upto`."""
+        for w in sorted(self._win):
+            if upto is None or (w + 1) * self.window_s <= upto:
+                self._score_window(w)
+
+    def _score_window(self, w: int) -> None:
+        recs = self._win.pop(w, None)
+        self._win_pos.pop(w, None)
+        if recs is None or self.baselines is None:
+            return
+        from model.features import build_windows  # heavy import only when scoring
+
+        start, end = w * self.window_s, (w + 1) * self.window_s
+        ids = {r.container_id for k in ("p", "n", "l") for r in recs[k] if r.container_id}
+        containers = []
+        for cid in sorted(ids):
+            st = self.inventory.get(self.host, cid) or next(
+                (c for h in self.inventory.hosts() if (c := self.inventory.get(h, cid))), None)
+            if st is not None:
+                containers.append(st.info(self.environment))
+        fw = build_windows(recs["p"], recs["n"], recs["l"], containers, window_s=self.window_s,
+                           origin=0.0, start=start, end=end, environment=self.environment)
+        if not len(fw):
+            return
+        try:
+            results = self.baselines.score(fw)
+        except Exception as exc:
+            log.warning("scoring window %s failed: %s", w, exc)
+            return
+        self.stats.windows_scored += len(results)
+        for r in results:
+            if self.on_window_scored:
+                self.on_window_scored(r)
+            if not r.is_anomaly or not r.container_id:
+                continue
+            devs = r.deviations or []
+            top = devs[0].get("feature", "") if devs and isinstance(devs[0], dict) else ""
+            fallback = ""
+            if r.fallback:
+                fallback = (f"cold start: {r.image_key} has too few training windows, scored by "
+                            f"the {r.environment!r} environment-wide baseline")
+            host = fw.host[fw.container_id.index(r.container_id)] if r.container_id in fw.container_id else self.host
+            cand = rules.anomaly(r.window_start, host or self.host,
+                                 self.container_ref(host or self.host, r.container_id, r.image),
+                                 r.score, r.threshold, devs or r.explanation, fallback,
+                                 (r.window_start, r.window_end), top)
+            if cand:
+                cand.details["explanation_text"] = r.explanation
+                cand.details["model_scope"] = r.model_scope
+                self._add(cand)
+
+    # ----------------------------------------------------------------------------- alerts
+    def _add(self, cand: rules.Candidate) -> None:
+        self.aggregator.add(cand, wall=time.time())
+
+    def flush(self, force: bool = False, wall: float | None = None) -> list[Alert]:
+        if force:
+            self.close_windows()
+        out = self.aggregator.flush(self.data_time, force=force, wall=wall)
+        self.stats.alerts += len(out)
+        return out
+
+    def process(self, items: Iterable[Any], finish: bool = True) -> list[Alert]:
+        """Feed a batch (sorted by time here) and return the alerts; `finish` closes everything."""
+        batch = sorted(_timed_items(items), key=lambda x: (x[0], x[1]))
+        # Inventory first, so network records of a container that started in this batch attribute.
+        for _, _, kind, payload in batch:
+            if kind == "osq" and payload.table in ("container_inventory", "container_events"):
+                self.inventory.observe(payload)
+        for _, _, kind, payload in batch:
+            self._dispatch(kind, payload)
+        return self.flush(force=finish)
+
+    def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind == "osq":
+            self.feed_osquery_row(payload)
+        elif kind == "zeek":
+            stream, rec = payload
+            self.feed_zeek(stream, rec)
+        elif kind == "proc":
+            self.feed_process(payload)
+        elif kind == "net":
+            self.feed_net(payload)
+        elif kind == "life":
+            self.feed_lifecycle(payload)
+        elif kind == "info":
+            c: ContainerInfo = payload
+            st = self.inventory._state(c.host or self.host, c.container_id)
+            st.name, st.image = c.name or st.name, c.image or st.image
+            st.created = c.created if c.created is not None else st.created
+            for ip in c.ip_addresses:
+                self.inventory._add_ip(st, ip)
+
+    # ----------------------------------------------------------------------------- state
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "aggregator": self.aggregator.dump_state(),
+            "churn": self.churn.dump_state(),
+            "data_time": self.data_time,
+            "risky_seen": [list(x) for x in sorted(self._risky_seen)],
+            "open_windows": {str(w): p for w, p in sorted(self._win_pos.items())},
+            "stats": self.stats.to_dict(),
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.aggregator.load_state(st.get("aggregator", {}))
+        self.churn.load_state(st.get("churn", []))
+        self.data_time = float(st.get("data_time", 0.0))
+        self._risky_seen = {tuple(x) for x in st.get("risky_seen", [])}
+        self._rebuild = {int(w) for w in st.get("open_windows", {})}
+        for k, v in st.get("stats", {}).items():
+            setattr(self.stats, k, v)
+
+
+def rules_strip_port(host: str) -> str:
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def item_time(kind: str, payload: Any) -> float:
+    if kind == "osq":
+        row: OsqueryRow = payload
+        col = row.columns
+        if row.table in ("container_events", "container_process_events"):
+            return event_time(col) or row.unix_time
+        if row.table == "container_processes":
+            return _f(col.get("start_time")) or row.unix_time
+        if row.table == "container_inventory":
+            return _f(col.get("started")) or _f(col.get("created")) or row.unix_time
+        return row.unix_time
+    if kind == "zeek":
+        return _f(payload[1].get("ts"))
+    if kind == "info":
+        return payload.created or 0.0
+    return float(payload.ts)
+
+
+def _timed_items(items: Iterable[Any]) -> Iterator[tuple[float, int, str, Any]]:
+    for seq, it in enumerate(items):
+        if isinstance(it, OsqueryRow):
+            kind = "osq"
+        elif isinstance(it, tuple) and len(it) == 2 and isinstance(it[1], dict):
+            kind = "zeek"
+        elif isinstance(it, ProcessRecord):
+            kind = "proc"
+        elif isinstance(it, NetRecord):
+            kind = "net"
+        elif isinstance(it, LifecycleRecord):
+            kind = "life"
+        elif isinstance(it, ContainerInfo):
+            kind = "info"
+        else:
+            raise TypeError(f"cannot process {type(it).__name__}")
+        yield item_time(kind, it), seq, kind, it
+
+
+# =============================================================================================
+# Batch replay of a recording
+
+
+@dataclass
+class ReplayResult:
+    name: str
+    alerts: list[Alert]
+    stats: dict[str, Any]
+    resumed_from: int = 0
+    items: int = 0
+
+
+def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
+                         streams: Iterable[str] = ZEEK_STREAMS) -> tuple[Any, list[tuple]]:
+    """All items of a recording in one deterministic time order: [(ts, seq, kind, payload)].
+
+    Deterministic order is what makes a resumed replay produce the same alert ids."""
+    from .recording import Recording
+    from .zeeklog import ParseStats as ZeekStats
+
+    rec = Recording(rec_dir)
+    ostats = OsqueryStats()
+    zstats = ZeekStats()
+    items: list[tuple] = []
+    seq = 0
+    for row in rec.iter_osquery_rows(ostats):
+        items.append((item_time("osq", row), 0, seq, "osq", row))
+        seq += 1
+    for si, stream in enumerate(streams):
+        for d in rec.iter_zeek(stream, zstats):
+            items.append((item_time("zeek", (stream, d)), 1 + si, seq, "zeek", (stream, d)))
+            seq += 1
+    items.sort(key=lambda x: (x[0], x[1], x[2]))
+    if stats is not None:
+        stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
+                            "malformed": ostats.malformed}
+        stats["zeek"] = {k: v for k, v in vars(zstats).items()
+                         if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
+            {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
+    return rec, [(t, k, p) for t, _, _, k, p in items]
+
+
+class ReplayStore:
+    """Replay state + alert outbox in the collectors' StateStore (one SQLite file)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from .state import StateStore
+
+        self.store = StateStore(path)
+        self.store.ensure_schema(PIPELINE_SCHEMA)
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
+                                      (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def commit(self, name: str, state: dict[str, Any], alerts: list[Alert]) -> None:
+        with self.store.transaction() as conn:
+            for a in alerts:
+                conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body) "
+                             "VALUES (?,?,?,?,?)",
+                             (a.id, a.time, a.rule, a.container.id or a.container.name,
+                              a.to_json()))
+            conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
+                         (name, json.dumps(state, default=str), time.time()))
+
+    def pending(self) -> list[Alert]:
+        from .alerts import alert_from_dict
+
+        rows = self.store.conn.execute(
+            "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()
+        return [alert_from_dict(json.loads(r[0])) for r in rows]
+
+    def mark_delivered(self, ids: list[str]) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
+
+    def all_alerts(self) -> list[dict[str, Any]]:
+        rows = self.store.conn.execute("SELECT body FROM alert_outbox ORDER BY time, id").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def reset(self, name: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM pipeline_state WHERE name=?", (name,))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def deliver_outbox(store: ReplayStore, sinks: Any) -> int:
+    """Hand undelivered alerts to the sinks, then mark them (sinks drop known ids on a repeat)."""
+    pending = store.pending()
+    if not pending:
+        return 0
+    if sinks is not None:
+        sinks.emit(pending)
+    store.mark_delivered([a.id for a in pending])
+    return len(pending)
+
+
+def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = None, *,
+           sinks: Any = None, state_db: str | Path | None = None, chunk: int = 2000,
+           progress: bool = False, resume: bool = True,
+           after_chunk: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay one recording through a fresh pipeline.
+
+    With `state_db`, progress is committed per chunk (see module docstring) and a later call with
+    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook."""
+    config = config or Config()
+    stats: dict[str, Any] = {}
+    rec, items = load_recording_items(rec_dir, stats)
+    name = f"replay:{rec.name}"
+    pipe = Pipeline(config, baselines, host=rec.host or config.host_name,
+                    environment=rec.meta.environment if config.environment == "default"
+                    else config.environment)
+    # Inventory history first: a record is attributed with everything the recording knows.
+    for _, kind, payload in items:
+        if kind == "osq" and payload.table in ("container_inventory", "container_events"):
+            pipe.inventory.observe(payload)
+    pipe.inventory.close_snapshots()
+
+    store = ReplayStore(state_db) if state_db else None
+    start = 0
+    if store is not None:
+        st = store.load(name) if resume else None
+        if st is not None:
+            pipe.load_state(st["pipeline"])
+            start = int(st["position"])
+            # Rebuild the windows that were open at the checkpoint from their first item on.
+            wpos = st["pipeline"].get("open_windows", {})
+            if wpos and pipe.baselines is not None:
+                pipe.windows_only = True
+                for i in range(min(wpos.values()), start):
+                    pipe.cur_pos = i
+                    pipe._dispatch(items[i][1], items[i][2])
+                pipe.windows_only = False
+                pipe._rebuild = set()
+            pipe._proc_seen = {tuple(k): v for k, v in st.get("proc_seen", [])}
+            log.info("%s: resuming at item %d of %d", name, start, len(items))
+        deliver_outbox(store, sinks)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), initial=start, desc=f"replay {rec.name}", unit="rec",
+                   leave=False, dynamic_ncols=True)
+    alerts: list[Alert] = []
+    pos = start
+    n_chunk = 0
+    while pos < len(items):
+        end = min(len(items), pos + chunk)
+        for i in range(pos, end):
+            pipe.cur_pos = i
+            pipe._dispatch(items[i][1], items[i][2])
+        done = end >= len(items)
+        out = pipe.flush(force=done)
+        alerts.extend(out)
+        if store is not None:
+            state = {"pipeline": pipe.dump_state(), "position": end,
+                     "proc_seen": [[list(k), v] for k, v in pipe._proc_seen.items()
+                                   if pipe.data_time - v < 10.0]}
+            store.commit(name, state, out)
+            deliver_outbox(store, sinks)
+        elif sinks is not None and out:
+            sinks.emit(out)
+        if bar is not None:
+            bar.update(end - pos)
+        pos = end
+        n_chunk += 1
+        if after_chunk is not None:
+            after_chunk(n_chunk)
+    if bar is not None:
+        bar.close()
+    stats["pipeline"] = pipe.stats.to_dict()
+    stats["aggregator"] = dict(pipe.aggregator.stats)
+    if store is not None:
+        all_alerts = store.all_alerts()
+        store.close()
+        from .alerts import alert_from_dict
+        alerts = [alert_from_dict(d) for d in all_alerts]
+    return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
+                        items=len(items))
