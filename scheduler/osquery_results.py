@@ -1,0 +1,301 @@
+"""Parse osqueryd filesystem-logger result lines into `OsqueryRow` objects.
+
+osqueryd writes one JSON object per line to `osqueryd.results.log`. Three shapes occur, depending on
+the query's mode and the logger flags, and all three must be understood because operators choose
+the flags, not us:
+
+* differential, one row per line (the default, `logger_event_type=true`)::
+
+    {"name": "pack_stowaway_stowaway_container_events", "hostIdentifier": "h1",
+     "unixTime": 1795805066, "action": "added", "columns": {...}, ...}
+
+* snapshot (`"snapshot": true` in the pack)::
+
+    {"name": ..., "action": "snapshot", "snapshot": [{...}, {...}], ...}
+
+* batched differential (`logger_event_type=false`)::
+
+    {"name": ..., "diffResults": {"added": [{...}], "removed": [{...}]}, ...}
+
+Older osquery versions say `hostname` instead of `hostIdentifier`, and `unixTime` was a string
+before 4.x; both are accepted. The query name is `pack_<pack>_<query>` for pack queries or just
+`<query>` for schedule queries; the pack's queries are named `stowaway_<table>`, so we map a name to
+a table by its suffix (longest known table name first), which also tolerates operators renaming the
+pack. Lines for queries that are not ours are skipped silently (counted as `ignored`); lines that are
+not valid result objects are counted as `malformed` and logged with file and line number.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+# The extension's tables (CONTRACTS.md). Longest first so that suffix matching is unambiguous.
+KNOWN_TABLES: tuple[str, ...] = tuple(sorted((
+    "container_processes",
+    "container_inventory",
+    "container_events",
+    "container_process_events",
+    "container_sockets",
+), key=len, reverse=True))
+
+ACTIONS = ("added", "removed", "snapshot")
+
+
+@dataclass(slots=True)
+class OsqueryRow:
+    """One result row from one query execution.
+
+    `action` is "added" / "removed" for differential results and "snapshot" for snapshot results.
+    `unix_time` is when osqueryd ran the query (not when the event happened: event tables carry their
+    own `time` column). `columns` values are strings, as on the wire.
+    """
+
+    table: str
+    host: str
+    unix_time: float
+    action: str
+    columns: dict[str, str]
+    query: str = ""
+
+
+@dataclass(slots=True)
+class ParseStats:
+    """Counters for one source; `warnings` keeps the first few messages for reports and tests."""
+
+    lines: int = 0
+    rows: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str, limit: int = 50) -> None:
+        self.malformed += 1
+        log.warning("%s", message)
+        if len(self.warnings) < limit:
+            self.warnings.append(message)
+
+
+class MalformedLine(ValueError):
+    """A results line that is not a valid osqueryd result object."""
+
+
+def table_for_query(name: str) -> str | None:
+    """Map an osquery query name to one of our table names, or None if it is not ours.
+
+    `pack_stowaway_stowaway_container_events` -> `container_events`; `container_events` ->
+    `container_events`; `stowaway_container_events` -> `container_events`.
+    """
+    if not name:
+        return None
+    for table in KNOWN_TABLES:
+        if name == table or name.endswith("_" + table):
+            return table
+    return None
+
+
+def _stringify(value: Any) -> str:
+    """Column values are strings on the wire; tolerate numbers/bools/null from other producers."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _columns(obj: Any) -> dict[str, str]:
+    if not isinstance(obj, dict):
+        raise MalformedLine(f"row is {type(obj).__name__}, not an object")
+    return {str(k): _stringify(v) for k, v in obj.items()}
+
+
+def _unix_time(obj: dict[str, Any]) -> float:
+    raw = obj.get("unixTime")
+    if raw is None or raw == "":
+        raise MalformedLine("no unixTime")
+    try:
+        return float(raw)
+    except (TypeError, ValueError) as exc:
+        raise MalformedLine(f"unixTime {raw!r} is not a number") from exc
+
+
+def _host(obj: dict[str, Any]) -> str:
+    for key in ("hostIdentifier", "hostname"):
+        value = obj.get(key)
+        if isinstance(value, str) and value:
+            return value
+    decorations = obj.get("decorations")
+    if isinstance(decorations, dict):
+        for key in ("hostname", "host_uuid"):
+            value = decorations.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return ""
+
+
+def parse_object(obj: Any) -> list[OsqueryRow] | None:
+    """Turn one decoded results object into rows; None if the query is not one of ours.
+
+    Raises MalformedLine when the object is not a results object.
+    """
+    if not isinstance(obj, dict):
+        raise MalformedLine(f"line is {type(obj).__name__}, not an object")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise MalformedLine("no query name")
+    table = table_for_query(name)
+    has_payload = any(k in obj for k in ("columns", "snapshot", "diffResults"))
+    if not has_payload:
+        raise MalformedLine("none of columns / snapshot / diffResults")
+    unix_time = _unix_time(obj)
+    if table is None:
+        return None
+    host = _host(obj)
+    rows: list[OsqueryRow] = []
+    if "diffResults" in obj:
+        diff = obj["diffResults"]
+        if not isinstance(diff, dict):
+            raise MalformedLine("diffResults is not an object")
+        for action in ("removed", "added"):  # removed first: a changed row is removed then re-added
+            items = diff.get(action) or []
+            if not isinstance(items, list):
+                raise MalformedLine(f"diffResults.{action} is not a list")
+            rows.extend(OsqueryRow(table, host, unix_time, action, _columns(r), name) for r in items)
+    elif "snapshot" in obj:
+        items = obj["snapshot"]
+        if not isinstance(items, list):
+            raise MalformedLine("snapshot is not a list")
+        rows.extend(OsqueryRow(table, host, unix_time, "snapshot", _columns(r), name) for r in items)
+    else:
+        action = obj.get("action")
+        if action not in ("added", "removed"):
+            raise MalformedLine(f"action {action!r} is not added/removed")
+        rows.append(OsqueryRow(table, host, unix_time, action, _columns(obj["columns"]), name))
+    return rows
+
+
+def parse_line(line: str | bytes) -> list[OsqueryRow] | None:
+    """Parse one results-log line. Returns [] for a blank line, None for a query that is not ours.
+
+    Raises MalformedLine for anything else that is not a valid results object.
+    """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedLine(f"not UTF-8: {exc}") from exc
+    text = line.strip()
+    if not text:
+        return []
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedLine(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    return parse_object(obj)
+
+
+class OsqueryResultsParser:
+    """Line parser bound to a source name, counting malformed and foreign lines.
+
+    Used by the tailer (one instance per followed file) and by batch readers.
+    """
+
+    def __init__(self, source: str | Path = "<stream>", stats: ParseStats | None = None) -> None:
+        self.source = str(source)
+        self.stats = stats if stats is not None else ParseStats()
+
+    def parse_line(self, line: str | bytes, lineno: int) -> list[OsqueryRow]:
+        """Rows of one line; [] (and a counted warning) when the line is malformed."""
+        self.stats.lines += 1
+        try:
+            rows = parse_line(line)
+        except MalformedLine as exc:
+            self.stats.warn(f"{self.source}:{lineno}: malformed osquery result line skipped: {exc}")
+            return []
+        if rows is None:
+            self.stats.ignored += 1
+            return []
+        self.stats.rows += len(rows)
+        return rows
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open a plain or gzip-compressed text file (by the `.gz` suffix), tolerating bad bytes."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def iter_results(path: str | Path, stats: ParseStats | None = None) -> Iterator[OsqueryRow]:
+    """All rows of a results log (plain or .gz), in file order, malformed lines skipped."""
+    parser = OsqueryResultsParser(path, stats)
+    with open_text(path) as handle:
+        for lineno, line in enumerate(handle, start=1):
+            yield from parser.parse_line(line, lineno)
+
+
+def iter_lines(lines: Iterable[str], source: str = "<lines>",
+               stats: ParseStats | None = None) -> Iterator[OsqueryRow]:
+    """Rows of an iterable of lines (tests, stdin)."""
+    parser = OsqueryResultsParser(source, stats)
+    for lineno, line in enumerate(lines, start=1):
+        yield from parser.parse_line(line, lineno)
+
+
+# ---- writing (recordings, tests, the Thrift client's log mirror) ------------------------------
+
+def query_name(table: str, pack: str = "stowaway") -> str:
+    """The name osqueryd gives the pack query for `table` (CONTRACTS.md: `stowaway_<table>`)."""
+    return f"pack_{pack}_stowaway_{table}"
+
+
+def _base(table: str, host: str, unix_time: float, pack: str) -> dict[str, Any]:
+    import time as _time
+    ut = int(unix_time)
+    return {
+        "name": query_name(table, pack),
+        "hostIdentifier": host,
+        "calendarTime": _time.strftime("%a %b %d %H:%M:%S %Y UTC", _time.gmtime(ut)),
+        "unixTime": ut,
+        "epoch": 0,
+        "counter": 0,
+        "numerics": False,
+    }
+
+
+def differential_line(table: str, host: str, unix_time: float, action: str,
+                      columns: dict[str, Any], pack: str = "stowaway") -> str:
+    """One differential result line (`action` added/removed + `columns`)."""
+    obj = _base(table, host, unix_time, pack)
+    obj["columns"] = {k: _stringify(v) for k, v in columns.items()}
+    obj["action"] = action
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def snapshot_line(table: str, host: str, unix_time: float, rows: list[dict[str, Any]],
+                  pack: str = "stowaway") -> str:
+    """One snapshot result line."""
+    obj = _base(table, host, unix_time, pack)
+    obj["snapshot"] = [{k: _stringify(v) for k, v in r.items()} for r in rows]
+    obj["action"] = "snapshot"
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def batched_line(table: str, host: str, unix_time: float, added: list[dict[str, Any]],
+                 removed: list[dict[str, Any]] | None = None, pack: str = "stowaway") -> str:
+    """One batched differential line (`diffResults`)."""
+    obj = _base(table, host, unix_time, pack)
+    obj["diffResults"] = {
+        "added": [{k: _stringify(v) for k, v in r.items()} for r in added],
+        "removed": [{k: _stringify(v) for k, v in r.items()} for r in (removed or [])],
+    }
+    return json.dumps(obj, separators=(",", ":"))
