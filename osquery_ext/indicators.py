@@ -44,6 +44,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 # at least one dot unless it is a single-label special name such as "whoami.cloudflare".
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
                         r"(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)+$")
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -158,7 +159,8 @@ def parse_metadata_endpoints(path: Path) -> list[MetadataEndpoint]:
     out: list[MetadataEndpoint] = []
     seen: set[tuple[str, str]] = set()
     for lineno, (host, prefix, cloud, what) in iter_rows(path, _FIELDS[METADATA_ENDPOINTS_FILE]):
-        host_ok = _DOMAIN_RE.match(host)
+        # Single-label names are allowed here: GCP answers on plain "metadata" too.
+        host_ok = _DOMAIN_RE.match(host) or _LABEL_RE.match(host)
         if not host_ok:
             try:
                 ipaddress.ip_address(host)
