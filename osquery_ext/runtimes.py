@@ -200,7 +200,7 @@ class HealthLog:
             first = name not in self._down
             self._down[name] = why
         if first:
-            log.warning("runtime %s unavailable (%s); its rows degrade until it answers again",
+            log.warning("runtime %s unavailable (%s); its rows degrade until it is back",
                         name, why)
 
     def up(self, name: str) -> None:
