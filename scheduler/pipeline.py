@@ -19,10 +19,12 @@ items are OsqueryRow, (stream, zeek_dict) tuples or model.records objects.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -135,17 +137,24 @@ class Pipeline:
         self.baselines = baselines
         self.window_s = det.window_s
         self.stats = PipelineStats()
-        # open feature windows: index -> records of that window
-        self._win: dict[int, dict[str, list]] = {}
+        # open feature windows per container (see the windows section)
+        self._cw: dict[str, dict[str, Any]] = {}
+        self._heap: list[tuple[float, str, int]] = []
+        self._closed: list[tuple[str, dict[str, Any]]] = []
+        self._origins: dict[str, float] = {}
+        self._life_recent: deque = deque()
+        self.collect_windows = False      # keep every built window in `collected` (training)
+        self.collected: list[Any] = []
+        self.window_sink: Callable[[Any], None] | None = None   # e.g. WindowStore.add
         self._proc_seen: dict[tuple[str, int, str], float] = {}
         self._risky_seen: set[tuple[str, str, str]] = set()
         self.data_time = 0.0
         # Replay bookkeeping: the stream position of the current item and of each open window's
         # first item, so a resumed replay can rebuild open windows (`windows_only` re-feed).
         self.cur_pos = 0
-        self._win_pos: dict[int, int] = {}
+        self._win_pos: dict[tuple[str, int], int] = {}
         self.windows_only = False
-        self._rebuild: set[int] = set()
+        self._rebuild: set[tuple[str, int]] = set()
         self.on_window_scored: Callable[[Any], None] | None = None
 
     # ----------------------------------------------------------------------------- containers
@@ -346,77 +355,132 @@ class Pipeline:
         self.stats.bad_input[source] = self.stats.bad_input.get(source, 0) + n
 
     # ----------------------------------------------------------------------------- windows
-    def _widx(self, ts: float) -> int:
-        return int(math.floor(ts / self.window_s))
+    # Windows are container-anchored like model.features' default: container c's window k is
+    # [origin_c + k*W, origin_c + (k+1)*W) with origin_c its creation time (or first sighting), so a
+    # start-up always looks the same. Records are buffered per open window; when data time passes a
+    # window's end it is closed, and closed windows are built and scored in one batch at `flush`.
+
+    @property
+    def windows_enabled(self) -> bool:
+        return self.config.detection.anomaly and (self.baselines is not None or self.collect_windows)
+
+    def _origin(self, cid: str, ts: float) -> float:
+        o = self._origins.get(cid)
+        if o is None:
+            st = self.inventory.get(self.host, cid)
+            created = st.begin if st is not None and st.begin else None
+            o = created if created is not None and created <= ts else ts
+            self._origins[cid] = o
+        return o
 
     def _window_add(self, kind: str, ts: float, rec: Any) -> None:
-        if not (self.config.detection.anomaly and self.baselines is not None):
+        if not self.windows_enabled:
             return
-        idx = self._widx(ts)
-        w = self._win.get(idx)
-        if w is None:
-            if self.windows_only and idx not in self._rebuild:
-                return  # that window was already scored before the checkpoint
-            w = self._win[idx] = {"p": [], "n": [], "l": []}
-            self._win_pos.setdefault(idx, self.cur_pos)
-        w[kind].append(rec)
+        cid = rec.container_id
+        if not cid:
+            return
+        if kind == "l" and not self.windows_only:
+            self._life_recent.append(rec)
+        origin = self._origin(cid, ts)
+        k = int(math.floor((ts - origin) / self.window_s))
+        cw = self._cw.get(cid)
+        if cw is not None and cw["k"] < k:
+            self._close(cid)
+            cw = None
+        if cw is None:
+            if self.windows_only and (cid, k) not in self._rebuild:
+                return  # that window was scored before the checkpoint
+            cw = self._cw[cid] = {"origin": origin, "k": k, "p": [], "n": [], "l": []}
+            heapq.heappush(self._heap, (origin + (k + 1) * self.window_s, cid, k))
+            self._win_pos.setdefault((cid, k), self.cur_pos)
+        cw[kind].append(rec)
+
+    def _close(self, cid: str) -> None:
+        cw = self._cw.pop(cid, None)
+        if cw is None:
+            return
+        self._win_pos.pop((cid, cw["k"]), None)
+        self._closed.append((cid, cw))
 
     def _advance(self, ts: float) -> None:
-        """Data time moved to `ts`: windows that ended before it are complete; score them."""
+        """Data time moved to `ts`: windows that ended before it are complete."""
         if ts <= self.data_time:
             return
         self.data_time = ts
-        cur = self._widx(ts)
-        for w in sorted(k for k in self._win if k < cur):
-            self._score_window(w)
+        heap = self._heap
+        while heap and heap[0][0] <= ts:
+            _, cid, k = heapq.heappop(heap)
+            cw = self._cw.get(cid)
+            if cw is not None and cw["k"] == k:
+                self._close(cid)
 
-    def close_windows(self, upto: float | None = None) -> None:
-        """Score every open window (end of a replay) or those ending before `upto`."""
-        for w in sorted(self._win):
-            if upto is None or (w + 1) * self.window_s <= upto:
-                self._score_window(w)
+    def close_windows(self) -> None:
+        """Close every open window (end of a replay)."""
+        for cid in sorted(self._cw):
+            self._close(cid)
+        self._heap = []
 
-    def _score_window(self, w: int) -> None:
-        recs = self._win.pop(w, None)
-        self._win_pos.pop(w, None)
-        if recs is None or self.baselines is None:
+    def _score_closed(self) -> None:
+        if not self._closed:
             return
-        from model.features import build_windows  # heavy import only when scoring
+        from model.features import build_windows, FeatureWindows  # heavy: only when scoring
 
-        start, end = w * self.window_s, (w + 1) * self.window_s
-        ids = {r.container_id for k in ("p", "n", "l") for r in recs[k] if r.container_id}
-        containers = []
-        for cid in sorted(ids):
-            st = self.inventory.get(self.host, cid) or next(
-                (c for h in self.inventory.hosts() if (c := self.inventory.get(h, cid))), None)
-            if st is not None:
-                containers.append(st.info(self.environment))
-        fw = build_windows(recs["p"], recs["n"], recs["l"], containers, window_s=self.window_s,
-                           origin=0.0, start=start, end=end, environment=self.environment)
+        closed, self._closed = self._closed, []
+        parts = []
+        for cid, cw in closed:
+            start = cw["origin"] + cw["k"] * self.window_s
+            end = start + self.window_s
+            st = self.inventory.get(self.host, cid)
+            info = ContainerInfo(container_id=cid, image=(st.image if st else "") or _img(cw),
+                                 name=st.name if st else "", host=self.host,
+                                 created=cw["origin"], environment=self.environment)
+            life = [r for r in self._life_recent if start <= r.ts < end]
+            fw = build_windows(cw["p"], cw["n"], life, [info], window_s=self.window_s,
+                               start=start, end=end, environment=self.environment)
+            if len(fw):
+                parts.append(fw.select([i for i, c in enumerate(fw.container_id) if c == cid]))
+        horizon = self.data_time - 3 * self.window_s
+        while self._life_recent and self._life_recent[0].ts < horizon:
+            self._life_recent.popleft()
+        fw = FeatureWindows.concat(parts)
         if not len(fw):
+            return
+        fw.environment = self.environment
+        self.stats.windows_scored += len(fw)
+        if self.collect_windows:
+            self.collected.append(fw)
+        if self.window_sink is not None:
+            try:
+                self.window_sink(fw)
+            except Exception as exc:
+                log.warning("storing %d windows failed: %s", len(fw), exc)
+        if self.baselines is None:
             return
         try:
             results = self.baselines.score(fw)
         except Exception as exc:
-            log.warning("scoring window %s failed: %s", w, exc)
+            log.warning("scoring %d windows failed: %s", len(fw), exc)
             return
-        self.stats.windows_scored += len(results)
-        for r in results:
+        for i, r in enumerate(results):
             if self.on_window_scored:
                 self.on_window_scored(r)
             if not r.is_anomaly or not r.container_id:
                 continue
             devs = r.deviations or []
-            top = devs[0].get("feature", "") if devs and isinstance(devs[0], dict) else ""
+            # Signature: the set of the top deviating features. The same deviation repeating is
+            # suppressed; a different one (a port sweep after a DNS burst) is a new alert.
+            top = ",".join(sorted(str(d.get("feature", "")) for d in devs[:3]
+                                  if isinstance(d, dict)))
             fallback = ""
             if r.fallback:
-                fallback = (f"cold start: {r.image_key} has too few training windows, scored by "
+                fallback = (f"cold start: {r.image_key} has too few training windows; scored by "
                             f"the {r.environment!r} environment-wide baseline")
-            host = fw.host[fw.container_id.index(r.container_id)] if r.container_id in fw.container_id else self.host
-            cand = rules.anomaly(r.window_start, host or self.host,
-                                 self.container_ref(host or self.host, r.container_id, r.image),
+            host = fw.host[i] if i < len(fw.host) and fw.host[i] else self.host
+            cand = rules.anomaly(r.window_start, host,
+                                 self.container_ref(host, r.container_id, r.image),
                                  r.score, r.threshold, devs or r.explanation, fallback,
-                                 (r.window_start, r.window_end), top)
+                                 (r.window_start, r.window_end), top,
+                                 explanation_text=r.explanation)
             if cand:
                 cand.details["explanation_text"] = r.explanation
                 cand.details["model_scope"] = r.model_scope
@@ -429,6 +493,7 @@ class Pipeline:
     def flush(self, force: bool = False, wall: float | None = None) -> list[Alert]:
         if force:
             self.close_windows()
+        self._score_closed()
         out = self.aggregator.flush(self.data_time, force=force, wall=wall)
         self.stats.alerts += len(out)
         return out
@@ -471,7 +536,10 @@ class Pipeline:
             "churn": self.churn.dump_state(),
             "data_time": self.data_time,
             "risky_seen": [list(x) for x in sorted(self._risky_seen)],
-            "open_windows": {str(w): p for w, p in sorted(self._win_pos.items())},
+            "open_windows": [[c, k, p] for (c, k), p in sorted(self._win_pos.items())],
+            "origins": self._origins,
+            "life_recent": [[r.ts, r.container_id, r.image, r.action, r.name, r.host]
+                            for r in self._life_recent],
             "stats": self.stats.to_dict(),
         }
 
@@ -480,9 +548,21 @@ class Pipeline:
         self.churn.load_state(st.get("churn", []))
         self.data_time = float(st.get("data_time", 0.0))
         self._risky_seen = {tuple(x) for x in st.get("risky_seen", [])}
-        self._rebuild = {int(w) for w in st.get("open_windows", {})}
+        self._rebuild = {(c, int(k)) for c, k, _ in st.get("open_windows", [])}
+        self._origins = {k: float(v) for k, v in st.get("origins", {}).items()}
+        self._life_recent = deque(LifecycleRecord(ts=t, container_id=c, image=i, action=a, name=n,
+                                                  host=h) for t, c, i, a, n, h in
+                                  st.get("life_recent", []))
         for k, v in st.get("stats", {}).items():
             setattr(self.stats, k, v)
+
+
+def _img(cw: dict[str, Any]) -> str:
+    for kind in ("p", "n", "l"):
+        for r in cw[kind]:
+            if r.image:
+                return r.image
+    return ""
 
 
 def rules_strip_port(host: str) -> str:
@@ -542,6 +622,8 @@ class ReplayResult:
     stats: dict[str, Any]
     resumed_from: int = 0
     items: int = 0
+    windows: list[Any] = field(default_factory=list)
+    environment: str = "default"
 
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
@@ -634,7 +716,7 @@ def deliver_outbox(store: ReplayStore, sinks: Any) -> int:
 
 def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = None, *,
            sinks: Any = None, state_db: str | Path | None = None, chunk: int = 2000,
-           progress: bool = False, resume: bool = True,
+           progress: bool = False, resume: bool = True, collect_windows: bool = False,
            after_chunk: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay one recording through a fresh pipeline.
 
@@ -647,6 +729,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     pipe = Pipeline(config, baselines, host=rec.host or config.host_name,
                     environment=rec.meta.environment if config.environment == "default"
                     else config.environment)
+    pipe.collect_windows = collect_windows
     # Inventory history first: a record is attributed with everything the recording knows.
     for _, kind, payload in items:
         if kind == "osq" and payload.table in ("container_inventory", "container_events"):
@@ -661,10 +744,10 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             pipe.load_state(st["pipeline"])
             start = int(st["position"])
             # Rebuild the windows that were open at the checkpoint from their first item on.
-            wpos = st["pipeline"].get("open_windows", {})
-            if wpos and pipe.baselines is not None:
+            wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
+            if wpos and pipe.windows_enabled:
                 pipe.windows_only = True
-                for i in range(min(wpos.values()), start):
+                for i in range(min(wpos), start):
                     pipe.cur_pos = i
                     pipe._dispatch(items[i][1], items[i][2])
                 pipe.windows_only = False
@@ -713,4 +796,31 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         from .alerts import alert_from_dict
         alerts = [alert_from_dict(d) for d in all_alerts]
     return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
-                        items=len(items))
+                        items=len(items), windows=pipe.collected, environment=pipe.environment)
+
+
+def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None = None,
+                          progress: bool = False, model_dir: str | Path | None = None) -> Any:
+    """Per-image baselines from benign recordings, built from exactly the windows the pipeline
+    scores (same code path, same window length), optionally saved to the model store."""
+    from model.baseline import EnvironmentBaselines
+    from model.features import FeatureWindows
+
+    config = config or Config()
+    parts, env = [], None
+    for d in rec_dirs:
+        res = replay(d, config, None, progress=progress, collect_windows=True)
+        parts.extend(res.windows)
+        env = env or res.environment
+    fw = FeatureWindows.concat(parts)
+    env = env or config.environment
+    fw.environment = env
+    eb = EnvironmentBaselines(env, min_windows=config.model.min_windows).fit(fw)
+    if model_dir is not None:
+        try:
+            from model.store import ModelStore
+            ModelStore(model_dir).save(eb, training_range=(float(fw.window_start.min()),
+                                                           float(fw.window_end.max())))
+        except Exception as exc:
+            log.warning("could not save baselines to %s: %s", model_dir, exc)
+    return eb, fw

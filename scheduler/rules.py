@@ -169,7 +169,9 @@ class ChurnDetector:
         q.append((rec.ts, rec.container_id, rec.name))
         while q and rec.ts - q[0][0] > self.t_s:
             q.popleft()
-        if len(q) <= self.n:
+        # Fire when the count first exceeds n and again each further n (11, 21, 31 for n=10): a
+        # burst gives a few candidates, merged and suppressed into one alert downstream.
+        if len(q) <= self.n or (len(q) - self.n - 1) % self.n:
             return None
         names = [n or cid[:12] for _, cid, n in q]
         ev = {"side": "host", "kind": "lifecycle", "time": round(rec.ts, 6),
@@ -244,16 +246,17 @@ def risky_config(row: dict[str, Any], ts: float, host: str,
 
 def anomaly(ts: float, host: str, container: ContainerRef, score: float, threshold: float,
             explanation: Any, fallback: str = "", window: tuple[float, float] | None = None,
-            top_feature: str = "") -> Candidate | None:
+            top_feature: str = "", explanation_text: str = "") -> Candidate | None:
     """A window above its image baseline's threshold; the explanation and any cold-start fallback
     are written on the alert so an analyst can see why, and how much to trust it."""
     if score is None or threshold is None or score <= threshold:
         return None
-    expl_text = _explanation_text(explanation)
+    expl_text = explanation_text or _explanation_text(explanation)
     ev = {"side": "model", "kind": "window", "time": round(ts, 6),
           "window_start": window[0] if window else ts, "window_end": window[1] if window else ts,
           "score": round(float(score), 6), "threshold": round(float(threshold), 6),
-          "explanation": explanation, "summary": f"score {score:.3f} > {threshold:.3f}: {expl_text}"}
+          "explanation": explanation,
+          "summary": f"score {score:.3f} > {threshold:.3f}: {expl_text}"[:300]}
     if fallback:
         ev["baseline_fallback"] = fallback
         ev["summary"] += f" [{fallback}]"
@@ -262,7 +265,8 @@ def anomaly(ts: float, host: str, container: ContainerRef, score: float, thresho
         details["baseline_fallback"] = fallback
     return Candidate(
         rule=RULE_ANOMALY, ts=ts, host=host, container=container, severity="medium",
-        title=f"Behaviour anomaly in {_who(container)} ({container.image}): {expl_text}"[:200],
+        title=f"Behaviour anomaly in {_who(container)} ({container.image}): "
+              f"{_explanation_text(explanation) or expl_text}"[:200],
         evidence=[ev], signature=top_feature, score=float(score), threshold=float(threshold),
         details=details)
 
