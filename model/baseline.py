@@ -16,6 +16,10 @@ The score (higher = more anomalous) has two parts:
   the training maximum in robust units (less activity than usual is left to the forest) (scale = max(1.4826 MAD, IQR/1.349, a per-feature
   floor)). Lifecycle features (age, restarts, churn) are left to the forest, so routine restarts and
   redeploys do not trip it.
+* an unseen-executable term: `unseen_weight` per executable name in the window that the image never
+  ran in training (its vocabulary, learned when `fit` is given the windows' executables). `cat`,
+  `id`, `ps` from a web image that only ever ran sh, httpd, wget and sleep is what a window count
+  cannot show: three extra processes among thirty look ordinary.
 
 The threshold is calibrated per image from its training scores: the `threshold_quantile` (default
 0.99) quantile plus `threshold_margin` (default 0.05). A quantile, not the maximum, keeps it robust to
@@ -138,7 +142,8 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
     def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", random_state: int = 0,
                  scaler: str = "standard", threshold_quantile: float = 0.99,
                  threshold_margin: float = 0.05, novelty_weight: float = 0.05,
-                 novelty_cap: float = 10.0, feature_names: Sequence[str] = FEATURE_NAMES,
+                 novelty_cap: float = 10.0, unseen_weight: float = 0.1,
+                 feature_names: Sequence[str] = FEATURE_NAMES,
                  calibration_max: int = 4096, n_jobs: int | None = None):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -148,6 +153,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.threshold_margin = threshold_margin
         self.novelty_weight = novelty_weight
         self.novelty_cap = novelty_cap
+        self.unseen_weight = unseen_weight
         self.feature_names = feature_names
         self.calibration_max = calibration_max
         self.n_jobs = n_jobs
@@ -160,7 +166,9 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
                                  contamination="auto", random_state=self.random_state, n_jobs=self.n_jobs)
         return Pipeline([("scale", scaler), ("iforest", forest)])
 
-    def fit(self, X, y=None):  # noqa: ARG002 - sklearn signature
+    def fit(self, X, y=None, executables: Sequence[Sequence[str]] | None = None):  # noqa: ARG002
+        """Fit on training windows; `executables` (one collection of names per row) sets the
+        image's executable vocabulary, without it the unseen-executable term is off."""
         X = np.asarray(X, dtype=float)
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise ValueError(f"expected (n, {len(self.feature_names)}) matrix, got {X.shape}")
@@ -177,6 +185,8 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.max_ = X.max(axis=0)
         self.scale_ = np.maximum.reduce([1.4826 * mad, (q3 - q1) / 1.349, scale_floors(self.feature_names)])
         self.novelty_mask_ = np.array([f in BEHAVIOUR_FEATURES for f in self.feature_names])
+        self.vocabulary_ = (frozenset(e for row in executables for e in row)
+                            if executables is not None else None)
         # calibrate on (at most calibration_max, evenly spaced) training windows: the quantile of a few
         # thousand scores is as good as of all of them, and fitting stays close to a bare forest
         if X.shape[0] > self.calibration_max:
@@ -184,7 +194,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
             calib = X[idx]
         else:
             calib = X
-        train_scores = self.anomaly_score(calib)
+        train_scores = self.anomaly_score(calib)   # training executables are all in the vocabulary
         self.train_score_quantile_ = float(np.quantile(train_scores, self.threshold_quantile))
         self.train_score_median_ = float(np.median(train_scores))
         self.threshold_ = self.train_score_quantile_ + float(self.threshold_margin)
@@ -202,13 +212,23 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         np.minimum(excess, self.novelty_cap, out=excess)
         return excess[:, self.novelty_mask_].sum(axis=1)
 
-    def anomaly_score(self, X) -> np.ndarray:
-        """Higher = stranger. IsolationForest score plus the novelty term (see module doc)."""
+    def unseen(self, executables: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Per window: executable names the image never ran in training (empty without vocabulary)."""
+        vocab = getattr(self, "vocabulary_", None)
+        if vocab is None:
+            return [[] for _ in executables]
+        return [sorted(set(row) - vocab) for row in executables]
+
+    def anomaly_score(self, X, executables: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """Higher = stranger. IsolationForest score plus the novelty terms (see module doc)."""
         check_is_fitted(self, "pipeline_")
         X = np.asarray(X, dtype=float)
         base = -self.pipeline_.score_samples(X)
         if self.novelty_weight:
             base = base + self.novelty_weight * self.novelty(X)
+        if executables is not None and self.unseen_weight and getattr(self, "vocabulary_", None) is not None:
+            n_unseen = np.array([min(len(u), self.novelty_cap) for u in self.unseen(executables)], dtype=float)
+            base = base + self.unseen_weight * n_unseen
         return base
 
     def score_samples(self, X) -> np.ndarray:
@@ -285,9 +305,10 @@ class ScoreResult:
 
 # --------------------------------------------------------------------------- one environment
 
-def _fit_one(key: str, X: np.ndarray, params: dict[str, Any]) -> tuple[str, ImageBaseline]:
+def _fit_one(key: str, X: np.ndarray, params: dict[str, Any],
+             executables: list | None = None) -> tuple[str, ImageBaseline]:
     """Module-level so joblib (loky, Dask) can ship it to workers."""
-    return key, ImageBaseline(**params).fit(X)
+    return key, ImageBaseline(**params).fit(X, executables=executables)
 
 
 class EnvironmentBaselines:
@@ -328,10 +349,11 @@ class EnvironmentBaselines:
             raise ValueError("no windows to train on")
         groups = self.group(windows)
         self.window_counts = {k: int(v.size) for k, v in groups.items()}
-        jobs = [("__environment__", windows.X)]
+        exes = windows.executables or None
+        jobs = [("__environment__", windows.X, exes)]
         for key, idx in groups.items():
             if idx.size >= self.min_windows:
-                jobs.append((key, windows.X[idx]))
+                jobs.append((key, windows.X[idx], [exes[i] for i in idx] if exes else None))
             else:
                 log.info("%s: %d windows < %d, scored by the environment-wide model",
                          key, idx.size, self.min_windows)
@@ -339,7 +361,7 @@ class EnvironmentBaselines:
         with ctx:
             parallel = joblib.Parallel(n_jobs=n_jobs if n_jobs is not None else 1, return_as="generator")
             fitted = {}
-            for key, model in parallel(joblib.delayed(_fit_one)(k, X, self.params) for k, X in jobs):
+            for key, model in parallel(joblib.delayed(_fit_one)(k, X, self.params, e) for k, X, e in jobs):
                 fitted[key] = model
                 if progress:
                     progress(key)
@@ -366,12 +388,19 @@ class EnvironmentBaselines:
         for key, rows in by_key.items():
             _, model, is_fallback = self.model_for(windows.image[rows[0]])
             X = windows.X[rows]
-            scores = model.anomaly_score(X)
+            exes = [windows.executables[r] for r in rows] if windows.executables else None
+            scores = model.anomaly_score(X, exes)
+            unseen = model.unseen(exes) if exes is not None else [[] for _ in rows]
             for j, r in enumerate(rows):
                 s = float(scores[j])
                 anomalous = s > model.threshold_
                 devs = model.deviations(X[j], top=top)
                 text = explain(devs)
+                if unseen[j]:
+                    text = (f"executables never seen for this image in training: {', '.join(unseen[j])}; "
+                            + text)
+                    devs = [{"feature": "unseen_executables", "value": len(unseen[j]),
+                             "names": unseen[j]}] + devs
                 if is_fallback:
                     text = (f"{key} has {self.window_counts.get(key, 0)} training windows (< {self.min_windows}): "
                             f"scored by the environment-wide model of {self.environment!r}; ") + text

@@ -95,6 +95,8 @@ class FeatureWindows:
     environment: str = "default"
     feature_names: tuple[str, ...] = FEATURE_NAMES
     name: list[str] = field(default_factory=list)
+    #: distinct executable names seen in each row's window (for the per-image vocabulary check)
+    executables: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -108,6 +110,7 @@ class FeatureWindows:
             host=pick(self.host), window_start=self.window_start[idx], window_end=self.window_end[idx],
             environment=self.environment, feature_names=self.feature_names,
             name=pick(self.name) if self.name else [],
+            executables=pick(self.executables) if self.executables else [],
         )
 
     def column(self, feature: str) -> np.ndarray:
@@ -135,6 +138,7 @@ class FeatureWindows:
             window_end=np.concatenate([p.window_end for p in parts]),
             environment=parts[0].environment, feature_names=parts[0].feature_names,
             name=[c for p in parts for c in (p.name or [""] * len(p))],
+            executables=[c for p in parts for c in (p.executables or [()] * len(p))],
         )
 
 
@@ -385,10 +389,14 @@ def build_windows(
 
     # processes ---------------------------------------------------------------------------------
     procs = [p for p in processes if p.container_id in cid_index and not is_runtime_process(p)]
+    row_exes: list[set[str]] = [set() for _ in range(n_rows)]
     if procs:
         p_rows = rows_for(np.fromiter((cid_index[p.container_id] for p in procs), np.int64, len(procs)),
                           np.fromiter((p.ts for p in procs), float, len(procs)))
         exe = [executable_name(p) for p in procs]
+        for r, e in zip(p_rows.tolist(), exe):
+            if r >= 0 and e:
+                row_exes[r].add(e)
         X[:, col["processes_started"]] = count(p_rows)
         X[:, col["distinct_executables"]] = distinct(p_rows, encode(exe))
         X[:, col["shell_processes"]] = count(p_rows, np.array([e in SHELLS for e in exe], float))
@@ -474,4 +482,5 @@ def build_windows(
     return FeatureWindows(
         X=X, container_id=[cids[c] for c in rc], image=images, host=hosts,
         window_start=window_start, window_end=window_end, environment=environment, name=names,
+        executables=[tuple(sorted(e)) for e in row_exes],
     )

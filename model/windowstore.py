@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS windows (
     window_start  REAL NOT NULL,
     window_end    REAL NOT NULL,
     features      TEXT NOT NULL,
+    executables   TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (environment, container_id, window_start)
 );
 CREATE INDEX IF NOT EXISTS windows_env_time ON windows (environment, window_start);
@@ -66,15 +67,16 @@ class WindowStore:
                 windows.name[i] if windows.name else "", windows.host[i],
                 float(windows.window_start[i]), float(windows.window_end[i]),
                 json.dumps(dict(zip(names, map(float, windows.X[i]))), separators=(",", ":")),
+                json.dumps(list(windows.executables[i]) if windows.executables else []),
             ))
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         return len(rows)
 
     def load(self, environment: str, start: float | None = None, end: float | None = None,
              images: Iterable[str] | None = None) -> FeatureWindows:
         """Windows of one environment starting in [start, end), optionally only some image keys."""
-        sql = ("SELECT image, container_id, container_name, host, window_start, window_end, features "
+        sql = ("SELECT image, container_id, container_name, host, window_start, window_end, features, executables "
                "FROM windows WHERE environment = ?")
         args: list = [environment]
         if start is not None:
@@ -105,7 +107,8 @@ class WindowStore:
         return FeatureWindows(
             X=X, container_id=[r[1] for r in rows], image=[r[0] for r in rows], host=[r[3] for r in rows],
             window_start=np.array([r[4] for r in rows]), window_end=np.array([r[5] for r in rows]),
-            environment=environment, name=[r[2] for r in rows])
+            environment=environment, name=[r[2] for r in rows],
+            executables=[tuple(json.loads(r[7])) for r in rows])
 
     def environments(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT environment FROM windows ORDER BY 1")]
