@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     offset      INTEGER NOT NULL,   -- byte offset just after the last consumed line
     lineno      INTEGER NOT NULL,   -- number of lines consumed from this inode
     header      TEXT NOT NULL DEFAULT '',  -- Zeek TSV '#' header lines seen in this file
+    fingerprint TEXT NOT NULL DEFAULT '',  -- "<n>:<sha1 of the first n bytes>": detects replacement
     updated     REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS containers (
@@ -80,6 +81,7 @@ class Checkpoint:
     offset: int
     lineno: int
     header: list[str] = field(default_factory=list)
+    fingerprint: str = ""
     updated: float = 0.0
 
 
@@ -106,9 +108,16 @@ class StateStore:
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(_BASE_SCHEMA)
+        self._migrate()
         for ddl in _extra_schemas:
             self.conn.executescript(ddl)
         self.set_kv_default("schema_version", str(SCHEMA_VERSION))
+
+    def _migrate(self) -> None:
+        """Columns added after a store may have been created (ALTER TABLE ADD COLUMN is cheap)."""
+        cols = {r["name"] for r in self.conn.execute("PRAGMA table_info(checkpoints)")}
+        if "fingerprint" not in cols:
+            self.conn.execute("ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -157,18 +166,19 @@ class StateStore:
             return None
         header = json.loads(row["header"]) if row["header"] else []
         return Checkpoint(row["source"], row["path"], row["device"], row["inode"], row["offset"],
-                          row["lineno"], header, row["updated"])
+                          row["lineno"], header, row["fingerprint"], row["updated"])
 
     def put_checkpoint(self, cp: Checkpoint, conn: sqlite3.Connection | None = None) -> None:
         """Store a checkpoint; pass the transaction's `conn` to commit it with derived data."""
         import time
         cp.updated = time.time()
-        sql = ("INSERT INTO checkpoints(source, path, device, inode, offset, lineno, header, updated) "
-               "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET path=excluded.path, "
-               "device=excluded.device, inode=excluded.inode, offset=excluded.offset, "
-               "lineno=excluded.lineno, header=excluded.header, updated=excluded.updated")
+        sql = ("INSERT INTO checkpoints(source, path, device, inode, offset, lineno, header, "
+               "fingerprint, updated) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET "
+               "path=excluded.path, device=excluded.device, inode=excluded.inode, "
+               "offset=excluded.offset, lineno=excluded.lineno, header=excluded.header, "
+               "fingerprint=excluded.fingerprint, updated=excluded.updated")
         args = (cp.source, cp.path, cp.device, cp.inode, cp.offset, cp.lineno,
-                json.dumps(cp.header) if cp.header else "", cp.updated)
+                json.dumps(cp.header) if cp.header else "", cp.fingerprint, cp.updated)
         if conn is not None:
             conn.execute(sql, args)
         else:

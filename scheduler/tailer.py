@@ -1,0 +1,379 @@
+"""Follow growing log files (osqueryd results, Zeek logs) across rotation and truncation, with
+checkpoints in the StateStore so a restart neither loses nor double-counts a line.
+
+How exactly-once works: `poll()` reads complete lines after the checkpoint and returns them as a
+batch with the position reached. The caller derives whatever it derives from the lines and, in ONE
+SQLite transaction, writes that and `commit(batch, conn)`. A crash before COMMIT leaves the old
+checkpoint and none of the derived rows, so the lines are read again; a crash after COMMIT leaves
+both. If the caller's transaction fails, call `rewind()` so the in-memory position (and the parser's
+header state) go back to the stored checkpoint.
+
+Rotation (Zeek renames `conn.log` to `conn.2026-11-27-19-00-00.log` and opens a new `conn.log`;
+logrotate does the same or copies and truncates):
+  * the path now has a different (device, inode) than the checkpoint: the old inode is looked up
+    among the files of the same directory; its remaining lines are read first (a final line without
+    newline counts, since the rotated file is complete), then the tailer switches to the new file at
+    offset 0;
+  * same inode but smaller than the checkpoint offset, or the first bytes changed: truncated or
+    replaced in place; start again at offset 0.
+A partial last line of the live file is left for the next poll (a writer may be half-way through).
+
+TSV header state: Zeek writes `#separator`, `#fields`, `#types`... once at the top of each file.
+The tailer keeps those lines in the checkpoint, so after a restart in the middle of a file the parser
+is primed with the header before it sees data lines.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from scheduler.state import Checkpoint, StateStore
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_BYTES = 1024
+READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class TailLine:
+    """One complete line. `lineno` counts lines of this file (inode), starting at 1."""
+
+    path: str
+    lineno: int
+    text: str
+    new_file: bool = False   # first line read from a file the tailer just switched to
+
+
+@dataclass(slots=True)
+class Position:
+    path: str
+    device: int
+    inode: int
+    offset: int
+    lineno: int
+    header: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+@dataclass(slots=True)
+class TailBatch:
+    source: str
+    lines: list[TailLine]
+    position: Position | None
+    items: list[Any] = field(default_factory=list)   # parsed records (subclasses fill)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def _fingerprint(path: str, size: int) -> str:
+    n = min(FINGERPRINT_BYTES, size)
+    if n <= 0:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(n)
+    except OSError:
+        return ""
+    return f"{len(head)}:{hashlib.sha1(head).hexdigest()}"
+
+
+def _fingerprint_matches(path: str, expected: str) -> bool:
+    """True when the file still starts with the bytes the fingerprint was taken from."""
+    if not expected:
+        return True
+    n_str, _, digest = expected.partition(":")
+    try:
+        n = int(n_str)
+        with open(path, "rb") as handle:
+            head = handle.read(n)
+    except (OSError, ValueError):
+        return True
+    if len(head) < n:
+        return False
+    return hashlib.sha1(head).hexdigest() == digest
+
+
+def _update_header(header: list[str], text: str) -> list[str]:
+    """Keep the last block of '#' lines (a new block starts with #separator or after #close)."""
+    if text.startswith("#separator") or (header and header[-1].startswith("#close")):
+        return [text]
+    if text.startswith("#close"):
+        return header + [text]
+    return header + [text]
+
+
+class FileTailer:
+    """Follow one path. `source` is the checkpoint key (defaults to the path)."""
+
+    def __init__(self, path: str | Path, store: StateStore, source: str | None = None,
+                 start_at_end: bool = False, max_lines: int = 10_000) -> None:
+        self.path = str(path)
+        self.store = store
+        self.source = source or self.path
+        self.start_at_end = start_at_end
+        self.max_lines = max_lines
+        self.pos: Position | None = None
+        self.rotations = 0
+        self.truncations = 0
+        self.lost_files = 0
+        self.rewind()
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def rewind(self) -> None:
+        """Go back to the stored checkpoint (after a failed transaction, or at start)."""
+        cp = self.store.get_checkpoint(self.source)
+        if cp is None:
+            self.pos = None
+        else:
+            self.pos = Position(cp.path, cp.device, cp.inode, cp.offset, cp.lineno, list(cp.header),
+                                cp.fingerprint)
+        self._on_rewind()
+
+    def _on_rewind(self) -> None:
+        """Hook for subclasses (rebuild parsers)."""
+
+    def commit(self, batch: TailBatch, conn: sqlite3.Connection | None = None) -> None:
+        """Store the batch's end position; pass the caller's transaction connection."""
+        p = batch.position
+        if p is None:
+            return
+        self.store.put_checkpoint(Checkpoint(self.source, p.path, p.device, p.inode, p.offset,
+                                             p.lineno, list(p.header), p.fingerprint), conn=conn)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _find_inode(self, device: int, inode: int) -> str | None:
+        """Where did the file with this inode go? Look in the directory of the followed path."""
+        directory = os.path.dirname(self.path) or "."
+        base = os.path.basename(self.path)
+        stem = base[:-4] if base.endswith(".log") else base
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return None
+        # likely rotation names first, then everything else
+        names.sort(key=lambda n: (not n.startswith(stem), n))
+        for name in names:
+            cand = os.path.join(directory, name)
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if st.st_ino == inode and st.st_dev == device and os.path.isfile(cand):
+                return cand
+        return None
+
+    def _read_from(self, path: str, pos: Position, final: bool, budget: int,
+                   out: list[TailLine]) -> Position:
+        """Append complete lines of `path` after pos.offset to `out`; return the new position."""
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            log.warning("%s: cannot open %s: %s", self.source, path, exc)
+            return pos
+        new = Position(pos.path, pos.device, pos.inode, pos.offset, pos.lineno, list(pos.header),
+                       pos.fingerprint)
+        with handle:
+            handle.seek(new.offset)
+            pending = b""
+            while budget > 0:
+                chunk = handle.read(READ_CHUNK)
+                if not chunk:
+                    break
+                data = pending + chunk
+                parts = data.split(b"\n")
+                pending = parts.pop()
+                for raw in parts:
+                    new.offset += len(raw) + 1
+                    new.lineno += 1
+                    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+                    if text.startswith("#"):
+                        new.header = _update_header(new.header, text)
+                    out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
+                    budget -= 1
+                    if budget <= 0:
+                        break
+                if budget <= 0:
+                    break
+            if final and pending and budget > 0:
+                # the rotated file will not grow any more: its last line is complete
+                new.offset += len(pending)
+                new.lineno += 1
+                text = pending.decode("utf-8", errors="replace").rstrip("\r")
+                out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
+        return new
+
+    def poll(self, max_lines: int | None = None) -> TailBatch:
+        """Read new complete lines (up to max_lines), following rotation and truncation."""
+        budget = max_lines or self.max_lines
+        lines: list[TailLine] = []
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        pos = self.pos
+        if pos is None:
+            if st is None:
+                return TailBatch(self.source, [], None)
+            start = st.st_size if self.start_at_end else 0
+            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+            if start:
+                self.pos = self._skip_to_end(pos, st.st_size)
+                self._on_rewind()  # parsers primed with the header read while skipping
+                pos = self.pos
+        # 1. The file we were reading was rotated away: drain it first.
+        if st is None or (st.st_dev, st.st_ino) != (pos.device, pos.inode):
+            old = self._find_inode(pos.device, pos.inode)
+            if old is not None:
+                pos = self._read_from(old, pos, final=st is not None, budget=budget, out=lines)
+                budget -= len(lines)
+                if budget <= 0 or st is None:
+                    return self._batch(lines, pos)
+            elif pos.offset or pos.lineno:
+                self.lost_files += 1
+                log.warning("%s: %s was rotated and its old file (inode %d) is gone; lines after "
+                            "offset %d of it could not be read", self.source, self.path, pos.inode,
+                            pos.offset)
+            if st is None:
+                return self._batch(lines, pos)
+            self.rotations += 1
+            log.info("%s: following new file %s (inode %d)", self.source, self.path, st.st_ino)
+            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+        # 2. Same inode: truncated or replaced in place?
+        elif st.st_size < pos.offset or not _fingerprint_matches(self.path, pos.fingerprint):
+            self.truncations += 1
+            log.warning("%s: %s was truncated or replaced; reading it from the start",
+                        self.source, self.path)
+            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+        if budget > 0:
+            pos = self._read_from(self.path, pos, final=False, budget=budget, out=lines)
+        if not pos.fingerprint or not pos.fingerprint.startswith(f"{FINGERPRINT_BYTES}:"):
+            pos.fingerprint = _fingerprint(self.path, min(pos.offset, FINGERPRINT_BYTES)) or pos.fingerprint
+        return self._batch(lines, pos)
+
+    def _skip_to_end(self, pos: Position, size: int) -> Position:
+        """start_at_end: count lines and collect the header up to the current end."""
+        sink: list[TailLine] = []
+        new = self._read_from(self.path, pos, final=False, budget=10**12, out=sink)
+        return new
+
+    def _batch(self, lines: list[TailLine], pos: Position) -> TailBatch:
+        self.pos = pos
+        batch = TailBatch(self.source, lines, pos)
+        self._parse(batch)
+        return batch
+
+    def _parse(self, batch: TailBatch) -> None:
+        """Hook for subclasses: fill batch.items."""
+
+    def lines(self) -> Iterator[TailLine]:
+        """Convenience for one-shot reading without checkpoints (tests)."""
+        while True:
+            batch = self.poll()
+            if not batch.lines:
+                return
+            yield from batch.lines
+
+
+class ZeekTailer(FileTailer):
+    """FileTailer that parses Zeek TSV/JSON lines with scheduler.zeeklog.ZeekLogParser.
+
+    batch.items are (lineno, record dict); the parser is re-created (and primed with the stored
+    header) on every file switch and on rewind.
+    """
+
+    def __init__(self, path: str | Path, store: StateStore, stream: str | None = None,
+                 source: str | None = None, stats: Any = None, **kwargs: Any) -> None:
+        from scheduler import zeeklog
+        self._zeeklog = zeeklog
+        self.stream = stream or Path(path).name.split(".")[0]
+        self.stats = stats if stats is not None else zeeklog.ParseStats()
+        self._parser: Any = None
+        self._parser_key: tuple[str, int] | None = None
+        super().__init__(path, store, source=source or f"zeek:{self.stream}", **kwargs)
+
+    def _new_parser(self, path: str, header: list[str]) -> Any:
+        parser = self._zeeklog.ZeekLogParser(path, stats=self.stats)
+        lines_before = self.stats.lines
+        headers_before = self.stats.headers
+        for h in header:
+            parser.parse_line(h, 0)
+        # priming is not reading: keep the line counters honest
+        self.stats.lines = lines_before
+        self.stats.headers = headers_before
+        return parser
+
+    def _on_rewind(self) -> None:
+        # primed with the checkpoint's header: a restart mid-file still knows the #fields
+        self._parser = None
+        if self.pos is not None:
+            self._parser = self._new_parser(self.pos.path, self.pos.header)
+
+    def _parse(self, batch: TailBatch) -> None:
+        for line in batch.lines:
+            if line.new_file or self._parser is None:
+                # a file read from its first line (new after rotation, or truncated): fresh state
+                self._parser = self._new_parser(line.path, [])
+            elif self._parser.path != line.path:
+                self._parser.path = line.path  # same inode, renamed by rotation: warnings say so
+            rec = self._parser.parse_line(line.text, line.lineno)
+            if rec is not None:
+                batch.items.append((line.lineno, rec))
+
+
+class OsqueryTailer(FileTailer):
+    """FileTailer for osqueryd.results.log; batch.items are OsqueryRow objects."""
+
+    def __init__(self, path: str | Path, store: StateStore, source: str | None = None,
+                 stats: Any = None, **kwargs: Any) -> None:
+        from scheduler.osquery_results import OsqueryResultsParser, ParseStats
+        self.stats = stats if stats is not None else ParseStats()
+        self._make = OsqueryResultsParser
+        self._parsers: dict[str, Any] = {}
+        super().__init__(path, store, source=source or "osquery:results", **kwargs)
+
+    def _parse(self, batch: TailBatch) -> None:
+        for line in batch.lines:
+            parser = self._parsers.get(line.path)
+            if parser is None:
+                parser = self._parsers[line.path] = self._make(line.path, self.stats)
+            batch.items.extend(parser.parse_line(line.text, line.lineno))
+
+
+def follow_zeek_dir(directory: str | Path, store: StateStore,
+                    streams: Iterable[str] = ("conn", "dns", "http", "ssl", "container_geo"),
+                    **kwargs: Any) -> list[ZeekTailer]:
+    """One ZeekTailer per stream at `<directory>/<stream>.log` (files may appear later)."""
+    return [ZeekTailer(Path(directory) / f"{s}.log", store, stream=s, **kwargs) for s in streams]
+
+
+def drain(tailer: FileTailer, handler: Callable[[TailBatch, sqlite3.Connection], None],
+          max_batches: int | None = None) -> int:
+    """Poll until no new lines; each batch is handled and checkpointed in one transaction.
+
+    Returns the number of lines consumed. On a handler exception the transaction is rolled back,
+    the tailer rewound, and the exception re-raised.
+    """
+    total = 0
+    n = 0
+    while max_batches is None or n < max_batches:
+        batch = tailer.poll()
+        try:
+            with tailer.store.transaction() as conn:
+                if batch.lines:
+                    handler(batch, conn)
+                tailer.commit(batch, conn)
+        except BaseException:
+            tailer.rewind()
+            raise
+        total += len(batch.lines)
+        n += 1
+        if not batch.lines:
+            break
+    return total
