@@ -191,8 +191,10 @@ class Handler(Extension.Iface):
 
     def shutdown(self) -> None:
         log.info("osquery asked the extension to shut down")
-        threading.Thread(target=self.on_shutdown, args=(0, "shutdown requested"),
-                         daemon=True).start()
+        def later() -> None:
+            time.sleep(0.2)  # let the reply to this call go out first
+            self.on_shutdown(0, "shutdown requested by osquery")
+        threading.Thread(target=later, daemon=True).start()
 
 
 class Extension_:

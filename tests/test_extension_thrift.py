@@ -1,0 +1,201 @@
+"""Play osqueryd over the SDK's real Thrift interface.
+
+The extension runs as a subprocess started exactly as osqueryd starts it (`stowaway-osquery-extension
+--socket <path> --timeout 3 --interval 3`); a stand-in ExtensionManager (tests/fake_osqueryd.py)
+serves osquery's `ExtensionManager` Thrift service on a Unix socket. What osqueryd relies on is
+checked: registration (name, the five table routes), `call('table', ...)` columns and generate with
+constraint context JSON on `<socket>.<uuid>`, ping, a non-zero exit with a clear message when there
+is no manager or registration is refused, and exiting when the manager goes away.
+
+Stowaway's own settings reach the extension through the environment (as the autoload wrapper
+sets them): a fake /proc and a fake Engine-API runtime, so the rows have known right answers.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_hosts import (DOCKER_ID, PODMAN_ID, FakeEngine, engine_event, make_proc,
+                        podman_container)
+from fake_osqueryd import FakeOsqueryd, constraint, start_extension
+from test_tables_unit import CONTRACT_COLUMNS
+
+EQ, GT, LE, LT, GE = 2, 4, 8, 16, 32
+
+
+@pytest.fixture
+def sockdir():
+    d = Path(tempfile.mkdtemp(prefix="stw-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _stop(p: subprocess.Popen) -> tuple[int, str]:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    return p.returncode, err
+
+
+def _wait_for(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_registers_and_serves_every_table(sockdir, tmp_path):
+    proc = make_proc(tmp_path)
+    engine_sock = str(sockdir / "podman.sock")
+    eng = FakeEngine(engine_sock, [podman_container(PODMAN_ID, "web-1", ip="10.89.0.9")]).start()
+    manager = FakeOsqueryd(sockdir).start()
+    ext = start_extension(manager.path, env={
+        "STOWAWAY_PROC": str(proc), "STOWAWAY_RUNTIME_SOCKETS": f"podman=unix://{engine_sock}",
+        "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+    client = None
+    try:
+        uuid, info, registry = manager.wait_registered()
+        assert info.name == "stowaway"
+        assert set(registry) == {"table"}
+        assert set(registry["table"]) == set(CONTRACT_COLUMNS)
+        for name, routes in registry["table"].items():
+            assert [r["name"] for r in routes] == CONTRACT_COLUMNS[name].split()
+
+        client = manager.client(uuid)
+        assert client.client.ping().code == 0
+        # the event stream is live: emit lifecycle events at known times
+        _wait_for(lambda: any(p.endswith("/events") for p in eng.requests))
+        for i, action in enumerate(("create", "start", "died", "remove")):
+            eng.emit(engine_event(action, DOCKER_ID, "oneshot", 1000 + i,
+                                  exit_code="1" if action == "died" else None))
+
+        for name in CONTRACT_COLUMNS:
+            cols = client.columns(name)
+            assert cols.status.code == 0
+            assert [c["name"] for c in cols.response] == CONTRACT_COLUMNS[name].split()
+
+        procs = client.generate("container_processes", [constraint("container_id", EQ, PODMAN_ID, "TEXT")])
+        assert procs.status.code == 0
+        rows = {r["pid"]: r for r in procs.response}
+        assert set(rows) == {"100", "101"}
+        assert rows["101"]["location_discovery"] == "1"
+        assert rows["101"]["container_name"] == "web-1"
+        assert rows["100"]["image"] == "localhost/stowaway-busybox:latest"
+        allp = client.generate("container_processes")
+        assert {r["pid"] for r in allp.response} == {"100", "101", "200", "300"}
+
+        inv = client.generate("container_inventory").response
+        by_id = {r["id"]: r for r in inv}
+        assert by_id[PODMAN_ID]["ip_addresses"] == "10.89.0.9"
+        assert by_id[PODMAN_ID]["source"] == "api" and by_id[DOCKER_ID]["source"] == "cgroup"
+
+        ev = _wait_for(lambda: len(client.generate("container_events").response) >= 4 and
+                       client.generate("container_events").response)
+        assert [r["action"] for r in ev] == ["create", "start", "die", "destroy"]
+        assert ev[2]["exit_code"] == "1" and ev[0]["name"] == "oneshot"
+        later = client.generate("container_events", [constraint("time", GT, 1001)]).response
+        assert [r["action"] for r in later] == ["die", "destroy"]
+        ge = client.generate("container_events", [constraint("time", GE, 1001)]).response
+        assert len(ge) == 3
+        eq = client.generate("container_events", [constraint("time", EQ, 1002)]).response
+        assert [r["action"] for r in eq] == ["die"]
+        lt = client.generate("container_events", [constraint("time", LT, 1001)]).response
+        assert [r["action"] for r in lt] == ["create"]
+        le = client.generate("container_events", [constraint("time", LE, 1001)]).response
+        assert len(le) == 2
+
+        pev = client.generate("container_process_events", [constraint("time", GT, 0)])
+        assert pev.status.code == 0 and pev.response == []  # connector disabled here
+
+        socks = client.generate("container_sockets",
+                                [constraint("container_id", EQ, PODMAN_ID, "TEXT")]).response
+        assert {(r["protocol"], r["local_port"]) for r in socks} == {
+            ("tcp", "8080"), ("tcp", "50000"), ("udp", "53")}
+        assert all(r["container_id"] == PODMAN_ID for r in socks)
+
+        bad = client.client.call("table", "container_events", {"action": "nonsense"})
+        assert bad.status.code != 0
+        assert ext.poll() is None  # still serving
+    finally:
+        if client:
+            client.close()
+        rc, err = _stop(ext)
+        manager.stop()
+        eng.stop()
+    assert "Traceback" not in err, err
+
+
+def test_exits_nonzero_without_manager(sockdir):
+    absent = str(sockdir / "osquery.em")
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [*__import__("fake_osqueryd").extension_command(), "--socket", absent, "--timeout", "1",
+         "--interval", "1"], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0
+    assert "cannot connect to the osquery extension manager" in p.stderr
+    assert absent in p.stderr and "Traceback" not in p.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_refused_registration_is_reported(sockdir):
+    manager = FakeOsqueryd(sockdir).start()
+    first = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": "none",
+                                               "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+    try:
+        manager.wait_registered()
+        second = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": "none",
+                                                    "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+        second.wait(20)
+        rc, err = _stop(second)
+        assert rc == 1
+        assert "refused to register" in err and "Duplicate" in err
+    finally:
+        _stop(first)
+        manager.stop()
+
+
+def test_exits_when_manager_goes_away(sockdir):
+    manager = FakeOsqueryd(sockdir).start()
+    ext = start_extension(manager.path, extra=["--verbose", "--unknown-future-flag", "x"],
+                          env={"STOWAWAY_RUNTIME_SOCKETS": "none"})
+    try:
+        uuid, _info, _reg = manager.wait_registered()
+        _wait_for(lambda: manager.handler.pings > 0 or ext.poll() is not None, 10)
+        assert ext.poll() is None
+        manager.stop()
+        ext.wait(15)  # --interval 3: noticed at the next ping
+        rc, err = _stop(ext)
+        assert "went away" in err
+        assert not Path(f"{manager.path}.{uuid}").exists()  # its own socket removed
+    finally:
+        _stop(ext)
+        manager.stop()
+
+
+def test_shutdown_request_from_osquery(sockdir):
+    manager = FakeOsqueryd(sockdir).start()
+    ext = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": "none",
+                                             "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+    try:
+        uuid, _i, _r = manager.wait_registered()
+        c = manager.client(uuid)
+        c.client.shutdown()
+        ext.wait(10)
+        assert ext.returncode == 0
+    finally:
+        _stop(ext)
+        manager.stop()
