@@ -34,9 +34,11 @@ from scheduler.osquery_results import OsqueryRow
 
 log = logging.getLogger(__name__)
 
-# File name and columns agreed with the Zeek package (zeek_scripts/, docs/zeek.md).
-ADDRESS_MAP_FIELDS = ("addr", "container_id", "container_name", "image")
-ADDRESS_MAP_NAME = "container_addrs.tsv"
+# File name and columns as the Zeek package reads them (zeek_scripts/config.zeek,
+# `Stowaway::container_addresses_file`; zeek_scripts/input.zeek). The address column is `ip`, not
+# `addr`, because `addr` is a type keyword in Zeek and cannot name a record field. "-" = unknown.
+ADDRESS_MAP_FIELDS = ("ip", "container_id", "container_name", "image")
+ADDRESS_MAP_NAME = "container_addresses.tsv"
 
 RUNNING_STATES = {"running", "up", "restarting", "created", "configured", "paused", "initialized"}
 END_ACTIONS = {"destroy", "remove"}
