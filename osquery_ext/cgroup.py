@@ -49,7 +49,8 @@ class CgroupInfo(NamedTuple):
 
 
 # Cheap pre-check: a cgroup file naming none of these is not a container's (most host pids).
-_KEYWORDS = ("docker", "libpod", "kubepods", "crio", "containerd", "lxc", "nerdctl", "ecs/")
+_KEYWORDS = ("docker", "libpod", "kubepods", "crio", "containerd", "lxc", "nerdctl", "ecs/",
+             "/default/", "k8s.io/", "moby/")
 
 _HEX64 = r"[0-9a-f]{64}"
 # One regex per component shape; the group is the container id (or LXC name).
@@ -63,7 +64,7 @@ _COMPONENT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 # Bare 64-hex component: the runtime comes from an ancestor component.
 _BARE_ID = re.compile(rf"^({_HEX64})$")
-_BARE_PARENTS = {"docker": RUNTIME_DOCKER, "ecs": RUNTIME_DOCKER, "default": RUNTIME_CONTAINERD,
+_BARE_PARENTS = {"docker": RUNTIME_DOCKER, "default": RUNTIME_CONTAINERD,
                  "k8s.io": RUNTIME_CONTAINERD, "moby": RUNTIME_DOCKER}
 # Pod UID: cgroupfs "pod<uid>" or systemd "kubepods[-qos]-pod<uid_with_underscores>.slice".
 _POD_RE = re.compile(r"^(?:kubepods(?:-[a-z]+)?-)?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"
@@ -94,8 +95,11 @@ def _parse_path(path: str) -> CgroupInfo | None:
             m = _BARE_ID.match(comp)
             if m and i > 0:
                 parent = parts[i - 1]
+                grand = parts[i - 2] if i > 1 else ""
                 if parent in _BARE_PARENTS:
                     found = (m.group(1), _BARE_PARENTS[parent])
+                elif grand == "ecs":  # /ecs/<task id>/<container id>
+                    found = (m.group(1), RUNTIME_DOCKER)
                 elif in_kubepods and pod_uid:
                     found = (m.group(1), RUNTIME_KUBERNETES)
             elif i > 0 and parts[i - 1] in ("lxc", "lxc.payload") and _LXC_NAME.match(comp):
