@@ -304,15 +304,18 @@ class GeoStockDetector:
         return None
 
     def on_dns(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
-        orig = rec.get("id.orig_h")
-        if not self.is_container(orig):
-            return []
         query = rec.get("query")
         m = self.match_name(query)
         if m is None:
             return []
-        ts = float(rec.get("ts") or 0.0)
-        self.remember_answers(ts, str(query).lower(), m, rec.get("answers"), rec.get("TTLs"))
+        if m.category != "dns_echo" and rec.get("answers"):
+            # Any client's answer counts (a container's lookup often leaves through the
+            # runtime's or the host's resolver); a DNS echo answer is the asker's own
+            # public address, not a server of the service.
+            self.remember_answers(float(rec.get("ts") or 0.0), str(query).lower(), m,
+                                  rec.get("answers"), rec.get("TTLs"))
+        if not self.is_container(rec.get("id.orig_h")):
+            return []
         key = (str(rec.get("uid") or ""), str(query).lower())
         if key in self._dns_seen:
             return []  # the AAAA twin of an A query on the same socket: one lookup
