@@ -204,6 +204,10 @@ class AlertAggregator:
         self._last: dict[tuple, float] = {}        # key -> first_ts of the last emitted alert
         self._suppressed: dict[tuple, int] = {}
         self._ready: list[Alert] = []              # closed early by a later candidate
+        self._last_id: dict[tuple, str] = {}
+        # Suppressed candidates, attributed to the alert that suppressed them (drained by the
+        # caller with `take_repeats`, so a report can show "web-2: 1 alert, 1 repeat").
+        self._repeats: list[dict[str, Any]] = []
         self.watermark = 0.0
         self.stats = {"candidates": 0, "merged": 0, "suppressed": 0, "emitted": 0}
 
@@ -224,6 +228,9 @@ class AlertAggregator:
         if last is not None and 0 <= cand.ts - last < self.suppression_s:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             self.stats["suppressed"] += 1
+            self._repeats.append({"alert_id": self._last_id.get(key, ""), "time": cand.ts,
+                                  "rule": cand.rule, "summary": "; ".join(
+                                      str(e.get("summary", "")) for e in cand.evidence)[:200]})
             return
         self._open[key] = _Open(cand=cand, first_ts=cand.ts, last_ts=cand.ts,
                                 evidence=[], opened_wall=wall)
@@ -279,12 +286,18 @@ class AlertAggregator:
         self.stats["emitted"] += 1
         ev = sorted(op.evidence, key=lambda e: (e.get("time", 0.0), e.get("side", ""),
                                                  e.get("kind", "")))
+        aid = alert_id(c.rule, c.host, key[1], c.signature, op.first_ts)
+        self._last_id[key] = aid
         return Alert(
-            id=alert_id(c.rule, c.host, key[1], c.signature, op.first_ts), time=op.first_ts,
+            id=aid, time=op.first_ts,
             rule=c.rule, severity=c.severity, title=c.title, host=c.host, container=c.container,
             evidence=ev, environment=self.environment, score=c.score, threshold=c.threshold,
             details=c.details, suppressed_before=suppressed, evidence_dropped=op.dropped,
             last_time=op.last_ts)
+
+    def take_repeats(self) -> list[dict[str, Any]]:
+        out, self._repeats = self._repeats, []
+        return out
 
     def open_count(self) -> int:
         return len(self._open)
@@ -293,12 +306,15 @@ class AlertAggregator:
         """Forget suppression memory older than the suppression window (keeps state small)."""
         for k in [k for k, t in self._last.items() if now - t > self.suppression_s]:
             del self._last[k]
+            self._last_id.pop(k, None)
 
     # -- persistence --------------------------------------------------------------------------
     def dump_state(self) -> dict[str, Any]:
         return {
             "watermark": self.watermark,
             "last": [[list(k), t] for k, t in self._last.items()],
+            "last_id": [[list(k), i] for k, i in self._last_id.items()],
+            "repeats": self._repeats,
             "suppressed": [[list(k), n] for k, n in self._suppressed.items()],
             "open": [[list(k), {"cand": _cand_to_dict(op.cand), "first_ts": op.first_ts,
                                 "last_ts": op.last_ts, "evidence": op.evidence,
@@ -310,6 +326,8 @@ class AlertAggregator:
     def load_state(self, st: dict[str, Any]) -> None:
         self.watermark = float(st.get("watermark", 0.0))
         self._last = {tuple(k): float(t) for k, t in st.get("last", [])}
+        self._last_id = {tuple(k): str(i) for k, i in st.get("last_id", [])}
+        self._repeats = list(st.get("repeats", []))
         self._suppressed = {tuple(k): int(n) for k, n in st.get("suppressed", [])}
         self._open = {}
         for k, d in st.get("open", []):

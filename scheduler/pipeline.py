@@ -61,9 +61,17 @@ CREATE TABLE IF NOT EXISTS alert_outbox (
     rule      TEXT NOT NULL,
     container TEXT NOT NULL,
     body      TEXT NOT NULL,
+    source    TEXT NOT NULL DEFAULT '',   -- 'daemon' or 'replay:<recording>'
     delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox(delivered);
+CREATE TABLE IF NOT EXISTS alert_repeats (
+    alert_id TEXT NOT NULL,       -- the alert whose suppression window swallowed this repeat
+    time     REAL NOT NULL,
+    rule     TEXT NOT NULL,
+    summary  TEXT NOT NULL,
+    PRIMARY KEY (alert_id, time, summary)
+);
 """
 
 ZEEK_STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
@@ -624,6 +632,7 @@ class ReplayResult:
     items: int = 0
     windows: list[Any] = field(default_factory=list)
     environment: str = "default"
+    repeats: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
@@ -670,13 +679,17 @@ class ReplayStore:
                                       (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def commit(self, name: str, state: dict[str, Any], alerts: list[Alert]) -> None:
+    def commit(self, name: str, state: dict[str, Any], alerts: list[Alert],
+               repeats: list[dict[str, Any]] = ()) -> None:
         with self.store.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO alert_repeats(alert_id, time, rule, summary) "
+                             "VALUES (?,?,?,?)", [(r["alert_id"], r["time"], r["rule"],
+                                                   r["summary"]) for r in repeats])
             for a in alerts:
-                conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body) "
-                             "VALUES (?,?,?,?,?)",
+                conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body, "
+                             "source) VALUES (?,?,?,?,?,?)",
                              (a.id, a.time, a.rule, a.container.id or a.container.name,
-                              a.to_json()))
+                              a.to_json(), name))
             conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
                          (name, json.dumps(state, default=str), time.time()))
 
@@ -691,8 +704,22 @@ class ReplayStore:
         with self.store.transaction() as conn:
             conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
 
-    def all_alerts(self) -> list[dict[str, Any]]:
-        rows = self.store.conn.execute("SELECT body FROM alert_outbox ORDER BY time, id").fetchall()
+    def repeats(self, source: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT r.alert_id, r.time, r.rule, r.summary FROM alert_repeats r"
+        args: tuple = ()
+        if source is not None:
+            q += " JOIN alert_outbox o ON o.id = r.alert_id WHERE o.source=?"
+            args = (source,)
+        rows = self.store.conn.execute(q + " ORDER BY r.time", args).fetchall()
+        return [dict(zip(("alert_id", "time", "rule", "summary"), r)) for r in rows]
+
+    def all_alerts(self, source: str | None = None) -> list[dict[str, Any]]:
+        if source is None:
+            rows = self.store.conn.execute("SELECT body FROM alert_outbox ORDER BY time, id")
+        else:
+            rows = self.store.conn.execute("SELECT body FROM alert_outbox WHERE source=? "
+                                           "ORDER BY time, id", (source,))
+        rows = rows.fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def reset(self, name: str) -> None:
@@ -762,6 +789,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         bar = tqdm(total=len(items), initial=start, desc=f"replay {rec.name}", unit="rec",
                    leave=False, dynamic_ncols=True)
     alerts: list[Alert] = []
+    repeats: list[dict[str, Any]] = []
     pos = start
     n_chunk = 0
     while pos < len(items):
@@ -772,11 +800,13 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         done = end >= len(items)
         out = pipe.flush(force=done)
         alerts.extend(out)
+        reps = pipe.aggregator.take_repeats()
+        repeats.extend(reps)
         if store is not None:
             state = {"pipeline": pipe.dump_state(), "position": end,
                      "proc_seen": [[list(k), v] for k, v in pipe._proc_seen.items()
                                    if pipe.data_time - v < 10.0]}
-            store.commit(name, state, out)
+            store.commit(name, state, out, reps)
             deliver_outbox(store, sinks)
         elif sinks is not None and out:
             sinks.emit(out)
@@ -791,12 +821,14 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     stats["pipeline"] = pipe.stats.to_dict()
     stats["aggregator"] = dict(pipe.aggregator.stats)
     if store is not None:
-        all_alerts = store.all_alerts()
+        all_alerts = store.all_alerts(name)
+        repeats = store.repeats(name)
         store.close()
         from .alerts import alert_from_dict
         alerts = [alert_from_dict(d) for d in all_alerts]
     return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
-                        items=len(items), windows=pipe.collected, environment=pipe.environment)
+                        items=len(items), windows=pipe.collected, environment=pipe.environment,
+                        repeats=repeats)
 
 
 def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None = None,
@@ -824,3 +856,76 @@ def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None 
         except Exception as exc:
             log.warning("could not save baselines to %s: %s", model_dir, exc)
     return eb, fw
+
+
+# =============================================================================================
+# Ground truth: does every labelled action have its alert?
+
+EXPECTED_RULE = {
+    "location_discovery": "location_discovery",
+    "behaviour_drift": "behaviour_anomaly",
+}
+
+
+def expected_rules(action: dict[str, Any]) -> list[str]:
+    """Rules a labelled action must raise (churn labels also imply location discovery)."""
+    label = str(action.get("label", ""))
+    out = []
+    if "location_discovery" in label:
+        out.append("location_discovery")
+    if action.get("category") == "behaviour_drift" or label in ("dns_burst_nxdomain",
+                                                                  "internal_port_sweep",
+                                                                  "new_process_tree"):
+        out.append("behaviour_anomaly")
+    return out
+
+
+def check_ground_truth(gt: dict[str, Any] | None, alerts: Iterable[Any],
+                       suppression_s: float = 300.0, slack_s: float = 2.0) -> list[dict[str, Any]]:
+    """One row per (labelled action, expected rule): the alert that covers it, and how.
+
+    "evidence": an alert on the action's container and image has evidence inside the action's
+    time span; "window": an anomaly alert whose window contains the action; "repeat": the action
+    fell in the suppression window of an alert for the same container and rule (counted, not
+    re-alerted, by design). The churn summary expects a container_churn alert on its image.
+    """
+    if not gt:
+        return []
+    al = [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts]
+    rows = []
+    for act in gt.get("malicious_actions") or []:
+        start, end = float(act.get("start", 0)), float(act.get("end", act.get("start", 0)))
+        for rule in expected_rules(act):
+            found, how = None, ""
+            same = [a for a in al if a["rule"] == rule
+                    and a["container"].get("id") == act.get("container_id")
+                    and a["container"].get("image") == act.get("image")]
+            for a in same:
+                times = [float(e.get("time", 0)) for e in a.get("evidence", [])]
+                if rule == "behaviour_anomaly":
+                    ws = [(float(e.get("window_start", 0)), float(e.get("window_end", 0)))
+                          for e in a.get("evidence", []) if e.get("kind") == "window"]
+                    if any(s - slack_s <= start <= w + slack_s for s, w in ws):
+                        found, how = a, "window"
+                        break
+                elif any(start - slack_s <= t <= end + slack_s for t in times):
+                    found, how = a, "evidence"
+                    break
+            if found is None and rule != "behaviour_anomaly":
+                for a in same:
+                    if a["time"] <= start <= a["time"] + suppression_s:
+                        found, how = a, "repeat"
+                        break
+            rows.append({"action_id": act.get("action_id", ""), "label": act.get("label", ""),
+                         "rule": rule, "container": act.get("container_name", ""),
+                         "image": act.get("image", ""), "start": start,
+                         "alert_id": found["id"] if found else None, "how": how})
+    cs = gt.get("churn_summary")
+    if cs:
+        hit = next((a for a in al if a["rule"] == "container_churn"
+                    and a["container"].get("image") == cs.get("image")), None)
+        rows.append({"action_id": "churn_summary", "label": cs.get("label", "container_churn"),
+                     "rule": "container_churn", "container": f"(image) {cs.get('image')}",
+                     "image": cs.get("image", ""), "start": cs.get("first_create", 0.0),
+                     "alert_id": hit["id"] if hit else None, "how": "image" if hit else ""})
+    return rows
