@@ -121,7 +121,8 @@ class ScenarioRun:
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> info
     actions: list[Action] = field(default_factory=list)
     expects: list[Expect] = field(default_factory=list)
-    process_expects: list[tuple[str, str, str]] = field(default_factory=list)  # (container id, substring, what)
+    #: (container id, cmdline substring, what, must come from an exec event)
+    process_expects: list[tuple[str, str, str, bool]] = field(default_factory=list)
     lifecycle_expects: list[tuple[str, str]] = field(default_factory=list)     # (container id, what)
     benign: list[dict[str, Any]] = field(default_factory=list)
     churn_summary: dict[str, Any] | None = None
@@ -275,7 +276,7 @@ def scenario_geo_lookup(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
             exec_action(lab, web, act)
             act.container_ip = ip
             sr.expects.append(Expect(RULE_LOCATION, web.id, lab.image, what=f"T1614 alert on {web.name}"))
-            sr.process_expects.append((web.id, act.match, f"{act.action_id} {' '.join(act.command)}"))
+            sr.process_expects.append((web.id, act.match, f"{act.action_id} {' '.join(act.command)}", False))
         else:
             act.start = time.time()
             c = start_container(lab, sr, "oneshot", act.command, auto_remove=True)
@@ -287,7 +288,7 @@ def scenario_geo_lookup(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
             sr.containers[c.id]["finished"] = act.end
             sr.expects.append(Expect(RULE_LOCATION, c.id, lab.image,
                                      what=f"T1614 alert on --rm {c.name} (lived {act.end - act.start:.2f}s)"))
-            sr.process_expects.append((c.id, act.match, f"{act.action_id} --rm {' '.join(act.command)}"))
+            sr.process_expects.append((c.id, act.match, f"{act.action_id} --rm {' '.join(act.command)}", True))
             sr.lifecycle_expects.append((c.id, f"start+die of --rm {c.name}"))
         sr.actions.append(act)
         time.sleep(0.5)
@@ -339,9 +340,9 @@ def scenario_benign(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
         if res.exit_code not in (0, 1):
             log.debug("health check exit %s", res.exit_code)
         time.sleep(2.0)
-    sr.process_expects.append((web.id, "httpd", f"httpd service in {web.name}"))
-    sr.process_expects.append((web.id, "127.0.0.1:8080", f"health-check wget in {web.name}"))
-    sr.process_expects.append((worker.id, "api.example.com", f"API call in {worker.name}"))
+    sr.process_expects.append((web.id, "httpd", f"httpd service in {web.name}", False))
+    sr.process_expects.append((web.id, "127.0.0.1:8080", f"health-check wget in {web.name}", False))
+    sr.process_expects.append((worker.id, "api.example.com", f"API call in {worker.name}", False))
     ids = {web.id, worker.id}
     sr.expects.append(Expect(RULE_LOCATION, present=False, forbid_ids=ids,
                              what="no T1614 alert on the benign control"))
@@ -404,9 +405,12 @@ def check_extension(sr: ScenarioRun, view: Any, source_note: str) -> list[Check]
     out = []
     t0, t1 = sr.start - 2, sr.end + 5
     procs = view.rows("container_processes", t0, t1) + view.rows("container_process_events", t0, t1)
-    for cid, needle, what in sr.process_expects:
+    for cid, needle, what, need_event in sr.process_expects:
         hits = [r for r in procs if same_id(r.get("container_id", ""), cid) and needle in (r.get("cmdline") or "")]
-        if hits:
+        if need_event and hits and not any("time_nano" in r for r in hits):
+            out.append(Check(sr.name, "extension", f"{what} in {short(cid)}", FAIL,
+                             "seen by a process poll only: no container_process_events (exec) row"))
+        elif hits:
             ev = [r for r in hits if "time_nano" in r]
             ld = any(r.get("location_discovery") == "1" for r in hits)
             src = "exec event" if ev else "process poll"
@@ -438,6 +442,29 @@ def _collapse_churn(sr: ScenarioRun, checks: list[Check]) -> list[Check]:
     ok = sum(1 for c in life if c.result == PASS)
     return rest + [Check(sr.name, "extension", f"container_events: create/start of the {len(life)} churn containers",
                          PASS if ok == len(life) else FAIL, f"{ok}/{len(life)} seen")]
+
+
+def check_standin(sr: ScenarioRun, events: list[dict[str, Any]] | None) -> list[Check]:
+    """Layer 0 (the emulation itself): each lookup really reached the stand-in, from the container's
+    address. Not a detection layer; it tells "the technique did not run" apart from "not detected"."""
+    net_actions = [a for a in sr.actions if a.protocol in ("http", "https", "dns") and a.dest_name]
+    if not net_actions:
+        return []
+    if events is None:
+        return [Check(sr.name, "emulation", f"{len(net_actions)} lookup(s) reached the service",
+                      NOT_CHECKED, "--live: no stand-in to ask")]
+    out = []
+    for a in net_actions:
+        kinds = {"http": ("http",), "https": ("tls", "https"), "dns": ("dns",)}[a.protocol]
+        hits = [e for e in events if e.get("kind") in kinds
+                and a.dest_name in (e.get("query"), e.get("sni"), str(e.get("host", "")).split(":")[0])
+                and (not a.container_ip or e.get("client") == a.container_ip)
+                and a.start - 1 <= float(e.get("ts", 0)) <= (a.end or a.start) + 2]
+        what = f"{a.action_id} {a.protocol} {a.dest_name} reached the stand-in"
+        out.append(Check(sr.name, "emulation", what, PASS if hits else FAIL,
+                         f"from {hits[0].get('client')}" + (f", SNI {hits[0]['sni']}" if hits[0].get("sni") else "")
+                         if hits else f"exit {a.exit_code}: {a.output.strip()[:80]}"))
+    return out
 
 
 def check_scheduler(sr: ScenarioRun) -> list[Check]:
@@ -628,12 +655,12 @@ def run_pipeline(recording: Path) -> tuple[list[dict[str, Any]] | None, str]:
         from scheduler import pipeline  # type: ignore[attr-defined]
     except ImportError as exc:
         return None, f"scheduler.pipeline not available ({exc})"
-    for name in ("replay_recording", "run_recording", "replay"):
+    for name in ("replay", "replay_recording"):
         fn = getattr(pipeline, name, None)
         if callable(fn):
             break
     else:
-        return None, "scheduler.pipeline has no replay entry point (replay_recording/run_recording/replay)"
+        return None, "scheduler.pipeline has no replay() entry point"
     try:
         result = fn(recording)
     except Exception as exc:  # noqa: BLE001 - a crash in the pipeline is a failed layer, reported
@@ -740,6 +767,7 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
         if view is not None:
             view.stop()
         for sr in runs:
+            checks.extend(check_standin(sr, lab.standin.events() if lab.standin is not None else None))
             checks.extend(check_extension(sr, view, view_note))
             target = _recording_target(opts, sr, workdir, len(runs))
             sr.recording = write_recording(sr, lab, view, target, None) if view is not None or opts.record else None
