@@ -104,7 +104,7 @@ def parse_image(image: str, image_id: str = "") -> ImageRef:
     if "@" in ref:
         ref, digest = ref.split("@", 1)
     first, _, rest = ref.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
+    if rest and ("." in first or ":" in first or first.lower() == "localhost"):
         registry, path = first, rest
     else:
         registry, path = "docker.io", ref
