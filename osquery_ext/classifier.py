@@ -14,7 +14,11 @@ Work is capped at :data:`MAX_SCAN` bytes from the start, so a 1 MiB command line
 than a 64 KiB one and an indicator near the start is still found.
 
 The service list is ``osquery_ext/data/geo_services.tsv`` and ``metadata_endpoints.tsv`` (the
-same files the Zeek package reads).
+same files the Zeek package reads). One rule lives in code because it is a path on any host:
+Cloudflare's ``/cdn-cgi/trace`` (answers with the client's ``ip=`` and ``loc=``).
+
+Verdicts: ``indicator`` is the host name as used (``www.ipinfo.io``) or host + matched prefix
+for URL rules; ``category`` is ip_geolocation, ip_echo, dns_echo or cloud_metadata.
 """
 from __future__ import annotations
 
@@ -29,7 +33,6 @@ from osquery_ext import indicators
 
 MAX_SCAN = 64 * 1024
 _MAX_DEPTH = 4
-_MAX_SEGMENTS = 2000
 
 CATEGORY_METADATA = "cloud_metadata"
 
@@ -132,7 +135,7 @@ _CANDIDATE = re.compile(r"(?<![a-z0-9_-])[a-z0-9_-]++(?:\.[a-z0-9_-]++)+")
 # Indicators the candidate regex cannot see: the IPv6 metadata address, GCP's single-label
 # "metadata" host, the EC2 metadata helpers and PowerShell's base64 -EncodedCommand.
 _SPECIAL_TRIGGERS = ("fd00:ec2::254", "computemetadata", "ec2-metadata", "ec2metadata",
-                     "powershell", "pwsh")
+                     "powershell", "pwsh", "cdn-cgi/trace")
 
 
 def _has_candidate(low: str) -> bool:
@@ -141,6 +144,8 @@ def _has_candidate(low: str) -> bool:
     geo = t.geo
     for m in _CANDIDATE.finditer(low):
         name = m.group()
+        if len(name) > 253:
+            continue  # longer than any DNS name: not a host (and costly to walk)
         if name in t.metadata_hosts:
             return True
         i = -1
@@ -164,6 +169,9 @@ class _Segment:
 
 
 _SEPARATORS = frozenset(";&|\n()")
+# Runs of characters with no shell meaning, consumed in one step (keeps long text fast).
+_PLAIN_RUN = re.compile(r"[^\s'\"\\$`;&|()<>#]+")
+_DQ_RUN = re.compile(r'[^"\\$`]+')
 _KEYWORDS_DROP = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "}",
                             "time", "exec", "fi", "done", "esac", "[[", "function"})
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?=")
@@ -231,8 +239,14 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
         argv = []
         return seg
 
-    while i < n and len(segments) < _MAX_SEGMENTS:
+    while i < n:
         c = script[i]
+        m = _PLAIN_RUN.match(script, i)
+        if m:
+            word.append(m.group())
+            in_word = True
+            i = m.end()
+            continue
         if c == "'" :
             j = script.find("'", i + 1)
             j = n if j == -1 else j
@@ -244,6 +258,11 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             i += 1
             in_word = True
             while i < n and script[i] != '"':
+                m = _DQ_RUN.match(script, i)
+                if m:
+                    word.append(m.group())
+                    i = m.end()
+                    continue
                 d = script[i]
                 if d == "\\" and i + 1 < n and script[i + 1] in '"\\$`\n':
                     word.append(script[i + 1])
@@ -512,10 +531,18 @@ def split_url(token: str) -> tuple[str, str] | None:
     return host, path
 
 
+# Cloudflare answers /cdn-cgi/trace on every site it fronts (and on 1.1.1.1) with the client's
+# ip= and loc= (country): a location lookup through any Cloudflare host, so it is a path rule.
+CDN_TRACE_PATH = "/cdn-cgi/trace"
+
+
 def _match_url(host: str, path: str, tool: str) -> CommandMatch | None:
     dm = match_domain(host)
     if dm is not None:
         return CommandMatch(True, dm.name, tool, dm.service, dm.category)
+    if path.startswith(CDN_TRACE_PATH):
+        return CommandMatch(True, f"{host}{CDN_TRACE_PATH}", tool, "cloudflare-trace",
+                            "ip_geolocation")
     ep = match_metadata(host, path)
     if ep is not None:
         return CommandMatch(True, f"{host}{ep.path_prefix}", tool, f"{ep.cloud}-metadata",
@@ -767,16 +794,23 @@ def _metadata_tool(argv: Sequence[str], tool: str) -> CommandMatch | None:
 # --------------------------------------------------------------------------------------------
 # Command analysis
 
-def _shell_script(argv: Sequence[str]) -> str | None:
-    """The script of ``sh -c SCRIPT`` / ``bash -lc SCRIPT`` / ``su -c SCRIPT user``."""
+def _shell_script(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """(script, joined rest) of ``sh -c SCRIPT`` / ``bash -lc SCRIPT`` / ``su -c SCRIPT user``.
+
+    The joined rest (everything after ``-c``) is the script when the command line was flattened
+    by joining argv with spaces, as osquery's ``cmdline`` column does: ``sh -c nslookup x; ...``.
+    """
     for i in range(1, len(argv)):
         a = argv[i]
         if a in ("-c", "--command") or (a.startswith("-") and not a.startswith("--")
                                          and "c" in a[1:] and a[1:].isalpha()):
-            return argv[i + 1] if i + 1 < len(argv) else None
+            if i + 1 >= len(argv):
+                return None, None
+            rest = " ".join(argv[i + 1:]) if len(argv) > i + 2 else None
+            return argv[i + 1], rest
         if a.startswith("--command="):
-            return a.split("=", 1)[1]
-    return None
+            return a.split("=", 1)[1], None
+    return None, None
 
 
 def _unwrap(argv: list[str]) -> tuple[list[str], bool]:
@@ -835,13 +869,15 @@ def _classify_argv(argv: list[str], depth: int, piped_from: list[str] | None = N
     elif name in _RAW_TOOLS:
         res = _check_raw(argv, name)
     elif name in _SHELLS:
-        script = _shell_script(argv)
+        script, joined = _shell_script(argv)
         if script is None and stdin_text:
             script = stdin_text
         if script is None and piped_from and _basename(piped_from[0]) in ("echo", "printf"):
             script = " ".join(piped_from[1:])
         if script is not None and depth < _MAX_DEPTH:
             res = _classify_text(script, depth + 1)
+            if res is None and joined:
+                res = _classify_text(joined, depth + 1)
     elif name in _POWERSHELL:
         code = _powershell_code(argv)
         if stdin_text:

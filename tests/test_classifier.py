@@ -132,6 +132,14 @@ POSITIVES = [
     ("""python3 -c "import requests;print(requests.get('http://169.254.169.254/latest/meta-data/placement/region').text)" """,
      "169.254.169.254/latest/meta-data/placement/", "python"),
     ("ec2-metadata --availability-zone", "ec2-metadata --availability-zone", "ec2-metadata"),
+    ("curl -s https://1.1.1.1/cdn-cgi/trace", "1.1.1.1/cdn-cgi/trace", "curl"),
+    ("wget -qO- https://www.cloudflare.com/cdn-cgi/trace", "www.cloudflare.com/cdn-cgi/trace",
+     "wget"),
+    ("dig CH TXT whoami.cloudflare @1.1.1.1", "whoami.cloudflare", "dig"),
+    ("getent hosts checkip.amazonaws.com", "checkip.amazonaws.com", "getent"),
+    ("wget --header='Host: ipinfo.io' http://34.117.59.81/", "ipinfo.io", "wget"),
+    # osquery's cmdline column: argv joined by spaces, the sh -c quoting lost.
+    ("sh -c nslookup checkip.amazonaws.com; sleep 1", "checkip.amazonaws.com", "nslookup"),
 ]
 
 
@@ -178,6 +186,9 @@ NEGATIVES = [
     [],
     ["sh", "-c", "echo ipinfo.io > /tmp/notes"],
     "powershell Get-ChildItem C:\\ipinfo.io",
+    "echo https://www.cloudflare.com/cdn-cgi/trace",
+    "curl https://www.cloudflare.com/",
+    "dig CH TXT version.bind @1.1.1.1",
 ]
 
 
@@ -310,6 +321,17 @@ def test_fixture_location_discovery_actions_positive(scenario: str) -> None:
 
 
 @needs_fixtures
+@pytest.mark.parametrize("scenario", ["geo_lookup", "churn"])
+def test_fixture_positives_also_as_joined_cmdline(scenario: str) -> None:
+    """osquery's cmdline column joins argv with spaces; the verdict must survive that."""
+    for action in _ground_truth(scenario)["malicious_actions"]:
+        for p in [{"cmdline": action["command"]}] + action.get("process_evidence", []):
+            if p.get("cmdline"):
+                joined = " ".join(p["cmdline"])
+                assert classify_command(joined).location_discovery, joined
+
+
+@needs_fixtures
 def test_fixture_geo_lookup_indicators() -> None:
     gt = _ground_truth("geo_lookup")
     got = [classify_command(a["command"]).indicator for a in gt["malicious_actions"]]
@@ -344,6 +366,7 @@ def test_fixture_benign_process_cmdlines_all_negative(scenario: str) -> None:
                 continue
             distinct.add(k)
             assert not classify_command(cmd).location_discovery, (scenario, cmd)
+            assert not classify_command(" ".join(cmd)).location_discovery, (scenario, cmd)
             n += 1
     assert n > 10
     # The background's real traffic is in there: health checks and API calls.
