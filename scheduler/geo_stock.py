@@ -91,57 +91,13 @@ class _Match:
     domain: str
 
 
-def _default_indicators() -> tuple[list[Any], Callable[[str], Any]]:
-    """Subnets and the domain matcher from the shared indicator module (one source of truth)."""
+def _default_indicators() -> tuple[list[Any], Callable[[str], Any], Callable[[str, str], Any]]:
+    """Subnets and matchers from the shared indicator modules (one source of truth with the
+    osquery extension and, through zeek_scripts/data, the Zeek package)."""
     from osquery_ext import classifier, indicators
 
-    return list(indicators.load_container_subnets()), classifier.match_domain
-
-
-def _load_metadata_endpoints() -> list[tuple[str, str, str, str]]:
-    """(host, path_prefix, cloud, what) rows of metadata_endpoints.tsv.
-
-    Uses the indicator module's loader when it has one; otherwise reads the shared file (same
-    Zeek input format: ``#fields`` header, tab separated, ``#`` comments)."""
-    try:
-        from osquery_ext import indicators
-    except ImportError:  # pragma: no cover - the module is part of the repo
-        return []
-    loader = getattr(indicators, "load_metadata_endpoints", None)
-    rows: list[tuple[str, str, str, str]] = []
-    if loader is not None:
-        try:
-            loaded = loader()
-        except Exception as exc:  # noqa: BLE001 - a broken optional file must not stop detection
-            log.warning("metadata endpoints not loaded: %s", exc)
-            return []
-        items = loaded.values() if isinstance(loaded, dict) else loaded
-        for item in items:
-            if isinstance(item, (tuple, list)):
-                host, prefix, cloud, what = (list(item) + ["", "", "", ""])[:4]
-            else:
-                host = getattr(item, "host", "")
-                prefix = getattr(item, "path_prefix", "")
-                cloud = getattr(item, "cloud", "")
-                what = getattr(item, "what", "")
-            if host:
-                rows.append((str(host).lower(), str(prefix), str(cloud), str(what)))
-        return rows
-    path = Path(indicators.__file__).resolve().parent / "data" / "metadata_endpoints.tsv"
-    if not path.exists():
-        return []
-    names: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#fields\t"):
-            names = line.split("\t")[1:]
-            continue
-        if not line or line.startswith("#") or not names:
-            continue
-        row = dict(zip(names, line.split("\t")))
-        if row.get("host"):
-            rows.append((row["host"].lower(), row.get("path_prefix", ""), row.get("cloud", ""),
-                         row.get("what", "")))
-    return rows
+    return (list(indicators.load_container_subnets()), classifier.match_domain,
+            classifier.match_metadata)
 
 
 def strip_port(host: str) -> str:
@@ -161,18 +117,17 @@ class GeoStockDetector:
 
     def __init__(self, subnets: Iterable[Any] | None = None,
                  match_domain: Callable[[str], Any] | None = None,
-                 metadata_endpoints: Iterable[tuple[str, str, str, str]] | None = None,
+                 match_metadata: Callable[[str, str], Any] | None = None,
                  ttl_grace: float = 60.0, max_ttl: float = 86400.0,
                  resolved_max: int = 100_000, memo_max: int = 200_000) -> None:
-        if subnets is None or match_domain is None:
-            default_subnets, default_match = _default_indicators()
+        if subnets is None or match_domain is None or match_metadata is None:
+            default_subnets, default_domain, default_metadata = _default_indicators()
             subnets = default_subnets if subnets is None else subnets
-            match_domain = default_match if match_domain is None else match_domain
+            match_domain = default_domain if match_domain is None else match_domain
+            match_metadata = default_metadata if match_metadata is None else match_metadata
         self.subnets = [ipaddress.ip_network(str(s), strict=False) for s in subnets]
         self._match_domain = match_domain
-        self.metadata = list(metadata_endpoints) if metadata_endpoints is not None \
-            else _load_metadata_endpoints()
-        self._metadata_hosts = {row[0] for row in self.metadata}
+        self._match_metadata = match_metadata
         self.ttl_grace = ttl_grace
         self.max_ttl = max_ttl
         self.resolved_max = resolved_max
@@ -288,8 +243,8 @@ class GeoStockDetector:
         host = strip_port(str(raw_host))
         uri = rec.get("uri")
         m = self.match_name(host)
-        if m is None and host in self._metadata_hosts:
-            m = self._metadata_match(host, uri or "")
+        if m is None:
+            m = self._metadata_match(host, uri or "/")
         if m is None:
             return []
         self._remember_uid(rec.get("uid"))
@@ -297,11 +252,12 @@ class GeoStockDetector:
                                 user_agent=rec.get("user_agent"))]
 
     def _metadata_match(self, host: str, uri: str) -> _Match | None:
-        for mhost, prefix, cloud, _what in self.metadata:
-            if mhost == host and uri.startswith(prefix):
-                return _Match(f"{cloud}-metadata" if cloud else "cloud-metadata",
-                              "cloud_metadata", host)
-        return None
+        """Cloud instance-metadata location request (service ``<cloud>-metadata``)."""
+        ep = self._match_metadata(host, uri)
+        if ep is None:
+            return None
+        cloud = str(getattr(ep, "cloud", "") or "cloud")
+        return _Match(f"{cloud}-metadata", "cloud_metadata", host)
 
     def on_dns(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
         query = rec.get("query")

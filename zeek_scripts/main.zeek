@@ -310,20 +310,28 @@ event http_all_headers(c: connection, is_orig: bool, hlist: mime_header_list)
 	if ( report_name(c, ts, "http", host, uri, ua) )
 		return;
 
-	# Cloud instance-metadata location requests (169.254.169.254 and friends).
+	# Cloud instance-metadata location requests (169.254.169.254 and friends): the
+	# longest matching path prefix of this host wins; the path compares without case.
+	local luri = to_lower(uri == "" ? "/" : uri);
+	local best = "";
+	local best_cloud = "";
+
 	for ( [mhost, mprefix] in metadata_endpoints )
 		{
-		if ( mhost != host )
+		if ( mhost != host || |mprefix| <= |best| )
 			next;
 
-		if ( sub_bytes(uri, 1, |mprefix|) != mprefix )
+		if ( sub_bytes(luri, 1, |mprefix|) != to_lower(mprefix) )
 			next;
 
 		local mv = metadata_endpoints[mhost, mprefix];
-		local cloud = mv?$cloud ? mv$cloud : "cloud";
-		log_lookup(c, ts, "http", cat(cloud, "-metadata"), "cloud_metadata", host, uri, ua);
-		return;
+		best = mprefix;
+		best_cloud = mv?$cloud ? mv$cloud : "cloud";
 		}
+
+	if ( best != "" )
+		log_lookup(c, ts, "http", cat(best_cloud, "-metadata"), "cloud_metadata", host,
+		           uri, ua);
 	}
 
 event dns_request(c: connection, msg: dns_msg, query: string, qtype: count, qclass: count)

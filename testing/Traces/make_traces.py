@@ -87,14 +87,12 @@ def dns_exchange(clock: Clock, client: str, cport: int, qname: str, qtype: str =
                  rcode: int = 0) -> list:
     """One UDP query and its response; ``answers`` are (type, rdata, ttl)."""
     q = _frame(client, RESOLVER, UDP(sport=cport, dport=53),
-               bytes(DNS(id=txid, rd=1, qd=DNSQR(qname=qname, qtype=qtype))))
+               bytes(DNS(id=txid, rd=1, qd=[DNSQR(qname=qname, qtype=qtype)])))
     q.time = clock.tick()
-    rrs = None
-    for rtype, rdata, ttl in answers or []:
-        rr = DNSRR(rrname=qname, type=rtype, ttl=ttl, rdata=rdata)
-        rrs = rr if rrs is None else rrs / rr
+    rrs = [DNSRR(rrname=qname, type=rtype, ttl=ttl, rdata=rdata)
+           for rtype, rdata, ttl in answers or []]
     resp = DNS(id=txid, qr=1, aa=1, rd=1, ra=1, rcode=rcode,
-               qd=DNSQR(qname=qname, qtype=qtype), an=rrs)
+               qd=[DNSQR(qname=qname, qtype=qtype)], an=rrs)
     r = _frame(RESOLVER, client, UDP(sport=53, dport=cport), bytes(resp))
     r.time = clock.tick()
     return [q, r]

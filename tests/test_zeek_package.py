@@ -1,0 +1,266 @@
+"""The Zeek package without Zeek: every script parses (zeekscript), zkg.meta is complete, the
+Zeek input files say exactly what the Python indicator module says, the built-in subnets match
+container_subnets.tsv, the btest pcaps come from their generator, and btest runs where Zeek is
+installed (skipped with the reason elsewhere)."""
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import ipaddress
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zeekscript
+
+from osquery_ext import indicators
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "zeek_scripts"
+ZEEK_DATA = SCRIPTS / "data"
+TESTING = ROOT / "testing"
+SHARED_FILES = ("geo_services.tsv", "metadata_endpoints.tsv", "container_subnets.tsv")
+
+
+def _zeek_files() -> list[Path]:
+    return sorted(SCRIPTS.rglob("*.zeek")) + sorted(TESTING.rglob("*.zeek"))
+
+
+def _btest_input(text: str) -> str:
+    """What btest hands Zeek as %INPUT: @TEST-START-FILE blocks are cut out."""
+    return re.sub(r"^@TEST-START-FILE.*?^@TEST-END-FILE[^\n]*\n?", "", text,
+                  flags=re.S | re.M)
+
+
+def parse_errors(source: bytes) -> str | None:
+    """None when the Zeek source parses cleanly, else zeekscript's description of the error."""
+    import io
+
+    script = zeekscript.Script(io.BytesIO(source))
+    try:
+        ok = script.parse()
+    except zeekscript.error.ParserError as exc:  # no tree at all
+        return f"hard parse error: {exc}"
+    if ok and not script.has_error():
+        return None
+    line, lineno, msg = script.get_error()
+    return f"line {lineno}: {msg} :: {line!r}"
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", _zeek_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_zeek_file_parses(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    if path.is_relative_to(TESTING / "tests"):
+        text = _btest_input(text)
+    err = parse_errors(text.encode())
+    assert err is None, f"{path}: {err}"
+
+
+def test_package_has_scripts() -> None:
+    names = {p.name for p in SCRIPTS.glob("*.zeek")}
+    assert {"__load__.zeek", "main.zeek", "config.zeek", "input.zeek", "cluster.zeek"} <= names
+    load = (SCRIPTS / "__load__.zeek").read_text()
+    for mod in ("config", "input", "main", "cluster"):
+        assert f"@load ./{mod}" in load
+    for p in SCRIPTS.glob("*.zeek"):
+        if p.name != "__load__.zeek":
+            assert re.search(r"^module Stowaway;", p.read_text(), re.M), p
+
+
+@pytest.mark.parametrize("snippet", [
+    b"event zeek_init() { local x = ; }\n",
+    b"module Stowaway;\nexport {\n  const a = 1 &redef;\n",          # unclosed export block
+    b"event zeek_init()\n\t{\n\tprint \"x\"\n\t}\n",                   # missing semicolon
+    b"global t: table[string] of count = { [\"a\"] = 1 \n",            # unclosed constructor
+])
+def test_broken_snippets_fail_to_parse(snippet: bytes) -> None:
+    """The parse check can fail: syntax errors are reported, not silently accepted."""
+    assert parse_errors(snippet) is not None
+
+
+def test_valid_snippet_parses() -> None:
+    assert parse_errors(b"module X;\nevent zeek_init() { print 1; }\n") is None
+
+
+def test_zeek_script_cli_agrees() -> None:
+    """`zeek-script parse -q` (the CLI CI could call) exits 0 on our scripts."""
+    exe = Path(sys.executable).with_name("zeek-script")
+    if not exe.exists():
+        pytest.skip("zeek-script CLI not installed next to the interpreter")
+    for path in sorted(SCRIPTS.glob("*.zeek")):
+        res = subprocess.run([str(exe), "parse", "-q", str(path)], capture_output=True)
+        assert res.returncode == 0, (path, res.stdout[-500:], res.stderr[-500:])
+
+
+# -- zkg.meta ------------------------------------------------------------------------------------
+
+def _meta() -> configparser.SectionProxy:
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(ROOT / "zkg.meta", encoding="utf-8")
+    assert cp.has_section("package"), "zkg.meta must start with [package]"
+    return cp["package"]
+
+
+def test_zkg_meta_fields() -> None:
+    meta = _meta()
+    assert meta.get("script_dir") == "zeek_scripts"
+    assert (ROOT / meta["script_dir"] / "__load__.zeek").is_file()
+    assert meta.get("summary", "").strip()
+    assert meta.get("description", "").strip()
+    tags = [t.strip() for t in meta.get("tags", "").split(",") if t.strip()]
+    assert "T1614" in tags and len(tags) >= 3
+    depends = [d.strip() for d in meta.get("depends", "").strip().splitlines() if d.strip()]
+    zeek_dep = [d for d in depends if d.split()[0] == "zeek"]
+    assert zeek_dep, depends
+    m = re.fullmatch(r"zeek\s+>=\s*(\d+)\.(\d+)(?:\.\d+)?", zeek_dep[0])
+    assert m and (int(m.group(1)), int(m.group(2))) == (6, 0), zeek_dep
+    test_cmd = meta.get("test_command", "")
+    assert "btest" in test_cmd and "testing" in test_cmd
+    assert (TESTING / "btest.cfg").is_file()
+    for cfg in meta.get("config_files", "").split():
+        assert (ROOT / cfg).is_file(), cfg
+        assert cfg.startswith(meta["script_dir"] + "/")
+
+
+# -- data files: Python and Zeek agree --------------------------------------------------------
+
+def read_like_zeek(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Rows as Zeek's ASCII input reader sees them: '#fields' names the columns, other '#'
+    lines and blank lines are skipped, values are tab separated."""
+    names: list[str] = []
+    rows: list[list[str]] = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.rstrip("\r")
+        if line.startswith("#fields\t"):
+            names = line.split("\t")[1:]
+            continue
+        if not line or line.startswith("#"):
+            continue
+        rows.append(line.split("\t"))
+    return names, rows
+
+
+@pytest.mark.parametrize("name", SHARED_FILES)
+def test_zeek_copies_are_byte_identical(name: str) -> None:
+    assert (ZEEK_DATA / name).read_bytes() == indicators.data_path(name).read_bytes(), (
+        f"run: python -m osquery_ext.indicators --export-zeek zeek_scripts/data ({name})")
+
+
+@pytest.mark.parametrize("name", SHARED_FILES + ("container_addresses.tsv",))
+def test_zeek_input_rows_complete(name: str) -> None:
+    """Zeek's reader drops a line whose columns run short (e.g. an empty trailing field), so
+    every data row must fill every column."""
+    names, rows = read_like_zeek(ZEEK_DATA / name)
+    assert names, f"{name}: no #fields header"
+    for row in rows:
+        assert len(row) == len(names) and all(v != "" for v in row), (name, row)
+
+
+def test_geo_services_agree() -> None:
+    names, rows = read_like_zeek(ZEEK_DATA / "geo_services.tsv")
+    zeek = {}
+    for row in rows:
+        rec = dict(zip(names, row))
+        key = rec["domain"]
+        assert key not in zeek, f"duplicate table index {key} (Zeek keeps the last one)"
+        assert key == key.lower().rstrip("."), key
+        zeek[key] = (rec["service"], rec["category"])
+    py = {d: (g.service, g.category) for d, g in indicators.load_geo_services().items()}
+    assert zeek == py
+    for must in ("ipinfo.io", "ifconfig.me", "ipify.org", "icanhazip.com",
+                 "checkip.amazonaws.com", "myip.opendns.com"):
+        assert must in zeek, must
+
+
+def test_metadata_endpoints_agree() -> None:
+    names, rows = read_like_zeek(ZEEK_DATA / "metadata_endpoints.tsv")
+    zeek = [tuple(dict(zip(names, r))[k] for k in ("host", "path_prefix", "cloud")) for r in rows]
+    assert len(set((h, p) for h, p, _ in zeek)) == len(zeek), "duplicate (host, path_prefix)"
+    py = [(e.host, e.path_prefix, e.cloud) for e in indicators.load_metadata_endpoints()]
+    assert sorted(zeek) == sorted(py)
+
+
+def _record_fields(source: str, type_name: str) -> list[str]:
+    m = re.search(rf"type {type_name}: record \{{(.*?)\}};", source, re.S)
+    assert m, type_name
+    return re.findall(r"^\s*(\w+)\s*:", m.group(1), re.M)
+
+
+@pytest.mark.parametrize("file_name,types", [
+    ("geo_services.tsv", ("GeoIdx", "GeoVal")),
+    ("metadata_endpoints.tsv", ("MetaIdx", "MetaVal")),
+    ("container_addresses.tsv", ("AddrIdx", "ContainerVal")),
+])
+def test_input_records_name_file_columns(file_name: str, types: tuple[str, str]) -> None:
+    """The input framework maps record fields to columns by name: each must exist."""
+    source = (SCRIPTS / "input.zeek").read_text()
+    names, _ = read_like_zeek(ZEEK_DATA / file_name)
+    for t in types:
+        for fld in _record_fields(source, t):
+            assert fld in names, (file_name, t, fld, names)
+
+
+def _zeek_default_subnets() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    text = (SCRIPTS / "config.zeek").read_text()
+    m = re.search(r"option container_subnets: set\[subnet\] = \{([^}]*)\};", text)
+    assert m, "config.zeek must declare `option container_subnets: set[subnet] = {...};`"
+    return {ipaddress.ip_network(s.strip()) for s in m.group(1).split(",") if s.strip()}
+
+
+def test_zeek_default_subnets_match_tsv() -> None:
+    defaults = _zeek_default_subnets()
+    assert defaults == {ipaddress.ip_network("172.17.0.0/16"), ipaddress.ip_network("10.88.0.0/16")}
+    rows = indicators.load_container_subnet_rows()
+    by_net = {r.network: r.runtime for r in rows}
+    assert by_net[ipaddress.ip_network("172.17.0.0/16")] == "docker"
+    assert by_net[ipaddress.ip_network("10.88.0.0/16")] == "podman"
+    # What Zeek ends up using (built-in set + the shipped file, first column) is what Python uses.
+    names, file_rows = read_like_zeek(ZEEK_DATA / "container_subnets.tsv")
+    assert names[0] == "subnet"
+    from_file = {ipaddress.ip_network(r[0]) for r in file_rows}
+    assert defaults | from_file == set(indicators.load_container_subnets())
+
+
+def test_address_map_header() -> None:
+    names, rows = read_like_zeek(ZEEK_DATA / "container_addresses.tsv")
+    assert names == ["ip", "container_id", "container_name", "image"]
+    assert rows == []  # shipped empty; the scheduler writes the real one
+
+
+# -- btest material --------------------------------------------------------------------------
+
+def test_traces_come_from_generator(tmp_path: Path) -> None:
+    """The committed pcaps are exactly what testing/Traces/make_traces.py builds."""
+    spec = importlib.util.spec_from_file_location("make_traces",
+                                                  TESTING / "Traces" / "make_traces.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    assert mod.main(["make_traces", str(tmp_path)]) == 0
+    for name in mod.TRACES:
+        assert (tmp_path / name).read_bytes() == (TESTING / "Traces" / name).read_bytes(), name
+
+
+def test_every_btest_has_baseline() -> None:
+    for test in sorted((TESTING / "tests").glob("*.zeek")):
+        text = test.read_text()
+        for out in re.findall(r"btest-diff (\S+)", text):
+            base = TESTING / "Baseline" / f"tests.{test.stem}" / out
+            assert base.is_file(), base
+        for trace in re.findall(r"\$TRACES/(\S+)", text):
+            assert (TESTING / "Traces" / trace).is_file(), trace
+
+
+@pytest.mark.skipif(shutil.which("zeek") is None,
+                    reason="zeek is not on PATH (cannot be installed here); btest runs in CI "
+                           "images that have Zeek")
+def test_btest_suite() -> None:
+    btest = shutil.which("btest") or str(Path(sys.executable).with_name("btest"))
+    res = subprocess.run([btest, "-c", "btest.cfg", "-d"], cwd=TESTING, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
