@@ -181,13 +181,14 @@ class Pipeline:
                             runtime=st.runtime or "", address=address)
 
     # ----------------------------------------------------------------------------- osquery
-    def feed_osquery_row(self, row: OsqueryRow) -> None:
-        """One osquery result row (any of the pack's tables)."""
+    def feed_osquery_row(self, row: OsqueryRow, observe: bool = True) -> None:
+        """One osquery result row (any of the pack's tables); `observe=False` when the caller
+        already fed the inventory with it (batches observe inventory rows first)."""
         t, col = row.table, row.columns
         host = row.host or self.host
         if not self.windows_only:
             self.stats.osquery_rows += 1
-        if t in ("container_inventory", "container_events") and not self.windows_only:
+        if t in ("container_inventory", "container_events") and observe and not self.windows_only:
             self.inventory.observe(row)
         if t == "container_inventory" and row.action != "removed":
             if not self.windows_only:
@@ -517,9 +518,10 @@ class Pipeline:
             self._dispatch(kind, payload)
         return self.flush(force=finish)
 
-    def _dispatch(self, kind: str, payload: Any) -> None:
+    def _dispatch(self, kind: str, payload: Any, observe: bool = False) -> None:
         if kind == "osq":
-            self.feed_osquery_row(payload)
+            # Batch callers (process, replay) observe the inventory up front.
+            self.feed_osquery_row(payload, observe=observe)
         elif kind == "zeek":
             stream, rec = payload
             self.feed_zeek(stream, rec)

@@ -62,7 +62,9 @@ def match_domain(name: str) -> str:
 
 
 def _who(c: ContainerRef) -> str:
-    return c.name or c.id[:12] or f"{UNKNOWN_CONTAINER_NAME} {c.address}".strip()
+    if not c.id:
+        return f"({UNKNOWN_CONTAINER_NAME} at {c.address or '?'})"
+    return c.name or c.id[:12]
 
 
 # --- T1614 -------------------------------------------------------------------------------------

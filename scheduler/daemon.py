@@ -1,0 +1,418 @@
+"""`stowaway run`: the long-running detector.
+
+APScheduler (3.x, BackgroundScheduler) runs four jobs; the main thread only waits for a signal:
+
+* collect (every `daemon.collect_interval_s`): poll the tailers (osqueryd results log, Zeek logs) or
+  query the extension over Thrift, feed the pipeline, and in ONE SQLite transaction commit the tail
+  checkpoints, the new alerts (outbox) and the pipeline state; then deliver the outbox to the sinks
+  and rewrite the address map the Zeek package reads. A kill -9 at any point re-reads only lines
+  whose results were not committed, and the sinks drop alert ids they already have.
+* score (every window_s/6, at least 5 s): data time is moved to "now minus a lag", which closes
+  every window that has ended, scores it against its image baseline, and flushes alerts whose merge
+  window has passed in wall-clock time.
+* retrain (daily at `model.retrain_hour_utc`): per environment, from the stored feature windows;
+  the new baselines are swapped in.
+* prune (every `daemon.prune_interval_s`): retention for windows, delivered alerts, inventory
+  history and webhook markers.
+
+SIGTERM/SIGINT: the jobs are stopped (waiting for a running one), a last collect + flush runs, state
+is committed and the sinks are closed; exit status 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, validate
+from .pipeline import PIPELINE_SCHEMA, Pipeline, deliver_outbox
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "daemon"
+SCORE_LAG_S = 10.0      # Zeek writes a connection when it ends; allow late records this long
+
+
+class Metrics:
+    """Prometheus metrics on 127.0.0.1 by default (optional: prometheus_client may be absent)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.enabled = False
+        self.port = 0
+        if not cfg.metrics.enabled:
+            return
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+        except ImportError:
+            log.warning("metrics enabled but prometheus_client is not installed")
+            return
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records = Counter("stowaway_records", "Records read", ["source"], registry=r)
+        self.bad = Counter("stowaway_bad_lines", "Malformed input lines skipped", ["source"],
+                           registry=r)
+        self.alerts = Counter("stowaway_alerts", "Alerts written", ["rule"], registry=r)
+        self.containers = Gauge("stowaway_containers", "Containers in the inventory", registry=r)
+        self.open_alerts = Gauge("stowaway_open_alerts", "Alerts waiting for their merge window",
+                                 registry=r)
+        self.last_collect = Gauge("stowaway_last_collect_timestamp_seconds",
+                                  "End of the last collect cycle", registry=r)
+        self.collect_seconds = Gauge("stowaway_collect_duration_seconds",
+                                     "Duration of the last collect cycle", registry=r)
+        self.windows = Counter("stowaway_windows_scored", "Feature windows scored", registry=r)
+        server = start_http_server(cfg.metrics.port, addr=cfg.metrics.address, registry=r)
+        self._server = server[0] if isinstance(server, tuple) else None
+        self.port = self._server.server_port if self._server else cfg.metrics.port
+        self.enabled = True
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, self.port)
+
+    def close(self) -> None:
+        srv = getattr(self, "_server", None)
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+
+
+class Daemon:
+    """Everything `stowaway run` holds; `collect_once()` etc. are callable directly (tests)."""
+
+    def __init__(self, cfg: Config) -> None:
+        from .sinks import build_sinks
+        from .state import StateStore
+
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.store = StateStore(cfg.state_db)
+        self.store.ensure_schema(PIPELINE_SCHEMA)
+        self.baselines = self._load_baselines()
+        self.pipeline = Pipeline(cfg, self.baselines)
+        self._restore()
+        self.window_store = self._open_window_store()
+        if self.window_store is not None:
+            self.pipeline.window_sink = self.window_store.add
+        self.sinks = build_sinks(cfg.sinks)
+        self.tailers = self._make_tailers()
+        self.metrics = Metrics(cfg)
+        self._last_map = ""
+        self.cycles = 0
+        deliver_outbox(_Outbox(self.store), self.sinks)
+
+    # ------------------------------------------------------------------------------ set-up
+    def _load_baselines(self) -> Any:
+        try:
+            from model.store import ModelStore
+
+            ms = ModelStore(self.cfg.model.dir)
+            if self.cfg.environment in ms.environments():
+                eb = ms.load(self.cfg.environment)
+                log.info("baselines for %r loaded from %s", self.cfg.environment, self.cfg.model.dir)
+                return eb
+        except Exception as exc:
+            log.warning("no baselines loaded (%s): anomaly scoring off until the first retrain", exc)
+        return None
+
+    def _open_window_store(self) -> Any:
+        try:
+            from model.windowstore import WindowStore
+
+            path = Path(self.cfg.model.dir) / "windows.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.pipeline.collect_windows = False
+            return WindowStore(path)
+        except Exception as exc:
+            log.warning("window store unavailable (%s): daily retrain disabled", exc)
+            return None
+
+    def _make_tailers(self) -> list[Any]:
+        from .tailer import OsqueryTailer, follow_zeek_dir
+
+        src = self.cfg.sources
+        tailers: list[Any] = []
+        if src.osquery_mode == "results_log" and src.osquery_results_log:
+            tailers.append(OsqueryTailer(src.osquery_results_log, self.store))
+        if src.zeek_log_dir:
+            tailers.extend(follow_zeek_dir(src.zeek_log_dir, self.store, streams=src.zeek_streams))
+        return tailers
+
+    def _restore(self) -> None:
+        row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
+                                      (STATE_NAME,)).fetchone()
+        if row:
+            self.pipeline.load_state(json.loads(row[0]))
+        try:
+            from .inventory import Inventory
+
+            inv = Inventory.load(self.store)
+            if len(inv):
+                self.pipeline.inventory = inv
+        except Exception as exc:
+            log.warning("inventory not restored: %s", exc)
+
+    # ------------------------------------------------------------------------------ jobs
+    def collect_once(self) -> int:
+        """One collect cycle; returns the number of alerts delivered."""
+        t0 = time.monotonic()
+        with self.lock:
+            batches = []
+            items: list[tuple[float, int, str, Any]] = []
+            for i, t in enumerate(self.tailers):
+                b = t.poll()
+                batches.append((t, b))
+                kind = "osq" if hasattr(t, "_parsers") else "zeek"
+                for it in b.items:
+                    if kind == "osq":
+                        items.append((_osq_time(it), 0, "osq", it))
+                    else:
+                        _, rec = it
+                        items.append((float(rec.get("ts") or 0.0), 1 + i, "zeek",
+                                      (t.stream, rec)))
+            items.extend(self._thrift_items())
+            items.sort(key=lambda x: (x[0], x[1]))
+            p = self.pipeline
+            for _, _, kind, payload in items:
+                if kind == "osq" and payload.table in ("container_inventory", "container_events"):
+                    p.inventory.observe(payload)
+            for _, _, kind, payload in items:
+                if kind == "osq":
+                    # inventory rows were observed above; feed the rest of the row's logic
+                    p.feed_osquery_row(payload, observe=False)
+                else:
+                    p.feed_zeek(*payload)
+            alerts = p.flush(wall=time.time())
+            try:
+                with self.store.transaction() as conn:
+                    for t, b in batches:
+                        t.commit(b, conn)
+                    _Outbox(self.store).add(conn, alerts, STATE_NAME)
+                    self._save_state(conn)
+            except BaseException:
+                for t, _ in batches:
+                    t.rewind()
+                raise
+            n = deliver_outbox(_Outbox(self.store), self.sinks)
+            self._write_address_map()
+            self.cycles += 1
+        self._observe_metrics(items, alerts, time.monotonic() - t0)
+        return n
+
+    def _thrift_items(self) -> list[tuple[float, int, str, Any]]:
+        if self.cfg.sources.osquery_mode != "thrift":
+            return []
+        try:
+            from . import osquery_client  # collectors dev's direct Thrift queries
+        except ImportError as exc:
+            log.error("osquery_mode = thrift but scheduler.osquery_client is unavailable: %s", exc)
+            return []
+        fn = getattr(osquery_client, "poll_rows", None) or getattr(osquery_client, "query_rows", None)
+        if fn is None:
+            log.error("scheduler.osquery_client has no poll_rows/query_rows")
+            return []
+        try:
+            rows = fn(self.cfg.sources.osquery_socket, host=self.cfg.host_name)
+        except Exception as exc:
+            log.warning("thrift query failed: %s", exc)
+            return []
+        return [(_osq_time(r), 0, "osq", r) for r in rows]
+
+    def score_once(self, now: float | None = None) -> int:
+        """Close windows that ended (data time := now - lag) and flush due alerts."""
+        now = time.time() if now is None else now
+        with self.lock:
+            p = self.pipeline
+            p._advance(now - SCORE_LAG_S)
+            alerts = p.flush(wall=now)
+            with self.store.transaction() as conn:
+                _Outbox(self.store).add(conn, alerts, STATE_NAME)
+                self._save_state(conn)
+            return deliver_outbox(_Outbox(self.store), self.sinks)
+
+    def retrain_once(self) -> bool:
+        if self.window_store is None:
+            return False
+        try:
+            from model.retrain import retrain
+            from model.store import ModelStore
+
+            ms = ModelStore(self.cfg.model.dir)
+            end = time.time()
+            start = end - self.cfg.retention.days * 86400
+            report = retrain(self.window_store, ms, self.cfg.environment, start, end,
+                             min_windows=self.cfg.model.min_windows,
+                             window_s=self.cfg.detection.window_s)
+            eb = ms.load(self.cfg.environment)
+        except Exception as exc:
+            log.warning("retrain of %r skipped: %s", self.cfg.environment, exc)
+            return False
+        with self.lock:
+            self.pipeline.baselines = eb
+        log.info("retrained %r: %s", self.cfg.environment,
+                 getattr(report, "to_text", lambda: "")()[:200])
+        return True
+
+    def prune_once(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        before = now - self.cfg.retention.days * 86400
+        with self.lock:
+            with self.store.transaction() as conn:
+                conn.execute("DELETE FROM alert_outbox WHERE delivered=1 AND time < ?", (before,))
+                conn.execute("DELETE FROM alert_repeats WHERE time < ?", (before,))
+                try:
+                    self.store.prune_containers(before, conn=conn)
+                except Exception as exc:
+                    log.debug("prune containers: %s", exc)
+            try:
+                self.pipeline.inventory.prune(before)
+            except Exception as exc:
+                log.debug("prune inventory: %s", exc)
+            self.pipeline.aggregator.prune(self.pipeline.data_time)
+            self.pipeline.churn.prune(self.pipeline.data_time)
+            if self.window_store is not None:
+                try:
+                    self.window_store._db.execute("DELETE FROM windows WHERE window_end < ?",
+                                                  (before,))
+                    self.window_store._db.commit()
+                except Exception as exc:
+                    log.debug("prune windows: %s", exc)
+            for s in self.sinks.sinks:
+                if hasattr(s, "prune_markers"):
+                    s.prune_markers(self.cfg.retention.days * 86400)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _save_state(self, conn: Any) -> None:
+        state = self.pipeline.dump_state()
+        conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
+                     (STATE_NAME, json.dumps(state, default=str), time.time()))
+        try:
+            self.pipeline.inventory.save(self.store, conn=conn)
+        except Exception as exc:
+            log.debug("inventory save: %s", exc)
+
+    def _write_address_map(self) -> None:
+        path = self.cfg.sources.address_map
+        if not path:
+            return
+        try:
+            current = json.dumps([(a, c.container_id) for a, c in
+                                  self.pipeline.inventory.current_map()])
+            if current == self._last_map:
+                return
+            self.pipeline.inventory.write_address_map(path)
+            self._last_map = current
+        except Exception as exc:
+            log.warning("address map %s not written: %s", path, exc)
+
+    def _observe_metrics(self, items: list, alerts: list, seconds: float) -> None:
+        m = self.metrics
+        if not m.enabled:
+            return
+        for _, _, kind, _ in items:
+            m.records.labels(kind).inc()
+        for a in alerts:
+            m.alerts.labels(a.rule).inc()
+        m.containers.set(len(self.pipeline.inventory))
+        m.open_alerts.set(self.pipeline.aggregator.open_count())
+        m.last_collect.set(time.time())
+        m.collect_seconds.set(seconds)
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.collect_once()
+                self.score_once()
+            except Exception as exc:
+                log.error("final collect failed: %s", exc)
+            self.sinks.close()
+            self.metrics.close()
+            if self.window_store is not None:
+                self.window_store.close()
+            self.store.close()
+
+
+class _Outbox:
+    """The daemon's view of the outbox table shared with replays (scheduler.pipeline)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def add(self, conn: Any, alerts: list, source: str) -> None:
+        for a in alerts:
+            conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body, source)"
+                         " VALUES (?,?,?,?,?,?)", (a.id, a.time, a.rule,
+                                                   a.container.id or a.container.name,
+                                                   a.to_json(), source))
+
+    def pending(self) -> list:
+        from .alerts import alert_from_dict
+
+        rows = self.store.conn.execute(
+            "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()
+        return [alert_from_dict(json.loads(r[0])) for r in rows]
+
+    def mark_delivered(self, ids: list[str]) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
+
+
+def _osq_time(row: Any) -> float:
+    from .pipeline import item_time
+
+    return item_time("osq", row)
+
+
+def run_daemon(cfg: Config, once: bool = False) -> int:
+    """Run until SIGTERM/SIGINT (or one cycle with `once`); returns the exit status."""
+    problems = validate(cfg)
+    if problems:
+        for p in problems:
+            log.error("config: %s", p)
+        print("stowaway run: invalid config:\n  " + "\n  ".join(problems))
+        return 2
+    d = Daemon(cfg)
+    if once:
+        d.collect_once()
+        d.score_once()
+        d.close()
+        return 0
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    stop = threading.Event()
+    sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True,
+                                                              "max_instances": 1,
+                                                              "misfire_grace_time": 30})
+    sched.add_job(d.collect_once, "interval", seconds=cfg.daemon.collect_interval_s, id="collect",
+                  next_run_time=_now_dt())
+    sched.add_job(d.score_once, "interval", seconds=max(5.0, cfg.detection.window_s / 6),
+                  id="score")
+    sched.add_job(d.retrain_once, "cron", hour=cfg.model.retrain_hour_utc, minute=0, id="retrain")
+    sched.add_job(d.prune_once, "interval", seconds=cfg.daemon.prune_interval_s, id="prune")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sched.start()
+    log.info("stowaway daemon running (pid %d): state %s, alerts %s", os.getpid(), cfg.state_db,
+             cfg.sinks.jsonl or "(no jsonl)")
+    print(f"stowaway: running (pid {os.getpid()}); SIGTERM to stop", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        sched.shutdown(wait=True)
+        d.close()
+    log.info("stowaway daemon stopped cleanly")
+    print("stowaway: stopped", flush=True)
+    return 0
+
+
+def _now_dt() -> Any:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc)
