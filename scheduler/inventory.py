@@ -254,6 +254,19 @@ class Inventory:
                     c.gone = unix_time
                     self._dirty.add((host, c.container_id))
 
+    def observe_info(self, info: ContainerInfo, host: str = "") -> ContainerState:
+        """Feed a ContainerInfo (e.g. from the model's fixture loader or another collector)."""
+        c = self._state(info.host or host, info.container_id)
+        c.name = info.name or c.name
+        c.image = info.image or c.image
+        c.image_id = info.image_id or c.image_id
+        if info.created is not None:
+            c.created = info.created
+        for addr in info.ip_addresses:
+            self._add_ip(c, addr)
+        self._seen(c, info.created)
+        return c
+
     def observe_event(self, host: str, ts: float, action: str, container_id: str,
                       name: str = "", image: str = "") -> None:
         if not container_id:
@@ -382,9 +395,9 @@ def _event_time(columns: dict[str, str]) -> float | None:
     if nano:
         try:
             v = int(nano)
-            if v > 10**17:      # epoch nanoseconds
+            if v >= 10**9:      # epoch nanoseconds (the extension's convention)
                 return v / 1e9
-            if v > 0 and _f(columns.get("time")):  # nanoseconds within the second
+            if v > 0 and _f(columns.get("time")):  # nanoseconds within the second (other producers)
                 return float(int(float(columns["time"]))) + v / 1e9
         except ValueError:
             pass
