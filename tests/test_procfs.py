@@ -272,3 +272,50 @@ def test_real_self_process() -> None:
     assert 0 <= time.time() - p.start_time < 3600
     assert p.netns is not None and p.netns > 0
     assert procfs.boot_time() > 1e9
+
+
+# ------------------------------------------------------------------- a real podman container
+
+_IMAGE = "localhost/stowaway-busybox:latest"
+
+
+def _podman_skip_reason() -> str | None:
+    import shutil
+    import subprocess
+    if shutil.which("podman") is None:
+        return "podman is not installed"
+    if os.geteuid() != 0:
+        return "needs root (rootful podman)"
+    if subprocess.run(["podman", "image", "exists", _IMAGE], timeout=60).returncode != 0:
+        return f"image {_IMAGE} missing: run `make podman`"
+    return None
+
+
+@pytest.mark.podman
+def test_real_container_process_scan_and_classify() -> None:
+    """A real container's processes are found with the full id, their own netns and argv, and
+    its wget of ipinfo.io classifies as location discovery (network none: the argv is what
+    counts)."""
+    import subprocess
+    from osquery_ext.classifier import classify_command
+    reason = _podman_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    name = f"stw-procfs-{os.getpid()}"
+    script = "while true; do wget -qO- http://ipinfo.io/ >/dev/null 2>&1; sleep 0.2; done"
+    cid = subprocess.run(["podman", "run", "-d", "--rm", "--network", "none", "--name", name,
+                          _IMAGE, "sh", "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    try:
+        mine = [p for p in procfs.scan_container_processes() if p.container.container_id == cid]
+        assert mine, "container's processes not found in /proc"
+        sh = [p for p in mine if p.cmdline[:2] == ["sh", "-c"]]
+        assert sh and sh[0].cmdline[2] == script
+        assert all(p.container.runtime == "podman" and len(cid) == 64 for p in mine)
+        assert sh[0].netns is not None and sh[0].netns != procfs.read_netns(os.getpid())
+        assert classify_command(sh[0].cmdline).indicator == "ipinfo.io"
+        rows = procfs.read_proc_net(sh[0].pid)
+        assert rows is not None  # network none: only loopback, maybe no sockets at all
+        assert all(r.local_address in ("127.0.0.1", "::1", "0.0.0.0", "::") for r in rows)
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
