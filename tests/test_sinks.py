@@ -1,0 +1,165 @@
+"""Sinks: JSONL dedupe across restarts; webhook down-then-up delivers every alert exactly once."""
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from scheduler.alerts import RULE_LOCATION, Alert, ContainerRef
+from scheduler.config import WebhookConfig
+from scheduler.sinks import JsonlSink, SinkSet, StdoutSink, WebhookSink
+
+
+def make_alerts(n: int, start: int = 0) -> list[Alert]:
+    return [Alert(id=f"alert{i:04d}", time=1795805066.0 + i, rule=RULE_LOCATION, severity="high",
+                  title=f"t{i}", host="h1",
+                  container=ContainerRef(id=f"c{i}", name=f"n{i}", image="img:1", runtime="podman"),
+                  evidence=[{"side": "host", "kind": "process", "time": 1.0 + i, "summary": "x"}])
+            for i in range(start, start + n)]
+
+
+# ---- JSONL ---------------------------------------------------------------------------------------
+
+def test_jsonl_dedupes_by_id_across_reopen(tmp_path: Path) -> None:
+    p = tmp_path / "alerts.jsonl"
+    s = JsonlSink(p)
+    assert s.emit(make_alerts(3)) == 3
+    assert s.emit(make_alerts(3)) == 0
+    s.close()
+    s2 = JsonlSink(p)
+    assert s2.emit(make_alerts(5)) == 2          # only the two new ids
+    s2.close()
+    ids = [json.loads(line)["id"] for line in p.read_text().splitlines()]
+    assert ids == [f"alert{i:04d}" for i in range(5)]
+
+
+def test_jsonl_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "alerts.jsonl"
+    good = make_alerts(2)
+    p.write_text(good[0].to_json() + "\n" + good[1].to_json()[:40])   # killed mid-write
+    s = JsonlSink(p)
+    assert s.emit(good) == 1                     # the torn one is written again, whole
+    s.close()
+    lines = p.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["alert0000", "alert0001"]
+
+
+def test_stdout_sink(capsys: pytest.CaptureFixture) -> None:
+    s = StdoutSink()
+    s.emit(make_alerts(2))
+    s.emit(make_alerts(2))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and json.loads(out[0])["rule"] == RULE_LOCATION
+
+
+# ---- webhook -------------------------------------------------------------------------------------
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records every POST (and can fail on purpose)."""
+
+    def __init__(self, port: int, fail_first: int = 0) -> None:
+        self.port = port
+        self.posts: list[tuple[str, dict]] = []
+        self.fail_left = fail_first
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail_left > 0:
+                    outer.fail_left -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.posts.append((self.headers["Idempotency-Key"], json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", port), H)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def webhook(tmp_path: Path, port: int) -> WebhookSink:
+    cfg = WebhookConfig(url=f"http://127.0.0.1:{port}/hook", spool_dir=str(tmp_path / "spool"),
+                        timeout_s=2.0, max_attempts=3, backoff_s=0.01)
+    return WebhookSink(cfg)
+
+
+def test_webhook_down_then_up_delivers_each_alert_exactly_once(tmp_path: Path) -> None:
+    port = free_port()                           # nothing listens: the receiver is down
+    sink = webhook(tmp_path, port)
+    sink.emit(make_alerts(5))
+    assert len(sink.pending_ids()) == 5          # all spooled, none lost
+    assert sink.stats["delivered"] == 0 and sink.stats["failed_attempts"] >= 3
+    sink.emit(make_alerts(3, start=5))           # more alerts while still down
+    assert len(sink.pending_ids()) == 8
+
+    # The daemon restarts while the receiver is still down: the spool survives.
+    sink = webhook(tmp_path, port)
+    assert len(sink.pending_ids()) == 8
+
+    rx = Receiver(port)                          # the receiver comes up
+    try:
+        sink.force_retry()
+        sink.flush()
+        assert sink.pending_ids() == []
+        # Replays after a crash hand the same alerts again: nothing is re-sent.
+        sink.emit(make_alerts(8))
+        webhook(tmp_path, port).emit(make_alerts(8))
+        keys = [k for k, _ in rx.posts]
+        assert sorted(keys) == [f"alert{i:04d}" for i in range(8)]
+        assert len(keys) == len(set(keys)) == 8
+        assert keys == sorted(keys)              # in order
+        assert all(body["id"] == k for k, body in rx.posts)
+    finally:
+        rx.stop()
+
+
+def test_webhook_retries_transient_errors_with_backoff(tmp_path: Path) -> None:
+    port = free_port()
+    rx = Receiver(port, fail_first=2)
+    try:
+        sink = webhook(tmp_path, port)
+        sink.emit(make_alerts(2))
+        assert [k for k, _ in rx.posts] == ["alert0000", "alert0001"]
+        assert sink.stats["failed_attempts"] == 2
+    finally:
+        rx.stop()
+
+
+def test_sinkset_keeps_going_when_one_sink_fails(tmp_path: Path) -> None:
+    class Broken:
+        name = "broken"
+
+        def emit(self, alerts):
+            raise RuntimeError("boom")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    j = JsonlSink(tmp_path / "a.jsonl")
+    s = SinkSet([Broken(), j])
+    assert s.emit(make_alerts(2)) == 2
+    s.close()
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 2
