@@ -164,7 +164,7 @@ def _has_candidate(low: str) -> bool:
 @dataclass(slots=True)
 class _Segment:
     argv: list[str]
-    piped_from: list[str] | None = None   # argv of the previous command in a pipeline
+    prev: "_Segment | None" = None        # the previous command when this one reads a pipe
     stdin_text: str | None = None         # heredoc / here-string body
 
 
@@ -216,7 +216,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
     word: list[str] = []
     in_word = False
     pending_heredocs: list[tuple[str, _Segment | None, bool]] = []
-    pipe_prev: list[str] | None = None
+    pipe_prev: _Segment | None = None
     stdin_for_current: str | None = None
     i, n = 0, len(script)
 
@@ -235,7 +235,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             seg = _Segment(argv, pipe_prev, stdin_for_current)
             segments.append(seg)
         stdin_for_current = None
-        pipe_prev = argv if (op == "|" and argv) else None
+        pipe_prev = seg if op == "|" else None
         argv = []
         return seg
 
@@ -328,10 +328,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             i += 3
             while i < n and script[i] in " \t":
                 i += 1
-            # The here-string word is read as a normal word, then moved to stdin.
-            start_len = len(argv)
-            sub_argv_word_start = i
-            # read one word with the tokenizer's own rules, cheaply: up to unquoted space
+            # The here-string's word (up to an unquoted blank or operator) becomes stdin.
             j = i
             quote = ""
             while j < n:
@@ -344,8 +341,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
                 elif d.isspace() or d in ";&|()":
                     break
                 j += 1
-            stdin_for_current = script[sub_argv_word_start:j].strip("'\"")
-            del start_len
+            stdin_for_current = script[i:j].strip("'\"")
             i = j
             continue
         if c in _SEPARATORS:
@@ -847,11 +843,25 @@ def _unwrap(argv: list[str]) -> tuple[list[str], bool]:
     return argv, via_xargs
 
 
-def _classify_argv(argv: list[str], depth: int, piped_from: list[str] | None = None,
+def _piped_text(prev: _Segment | None) -> str | None:
+    """What a pipeline feeds the next command when that is visible in the text: the arguments
+    of ``echo``/``printf`` or a heredoc given to ``cat``."""
+    if prev is None or not prev.argv:
+        return None
+    name = _basename(prev.argv[0])
+    if name in ("echo", "printf"):
+        return " ".join(a for a in prev.argv[1:] if not (a.startswith("-") and len(a) <= 3))
+    if name == "cat" and prev.stdin_text:
+        return prev.stdin_text
+    return None
+
+
+def _classify_argv(argv: list[str], depth: int, prev: _Segment | None = None,
                    stdin_text: str | None = None) -> CommandMatch | None:
     """Verdict for one simple command (argv after quote removal)."""
     if not argv:
         return None
+    piped_from = prev.argv if prev is not None else None
     orig = argv
     argv, via_xargs = _unwrap(argv)
     if not argv:
@@ -872,8 +882,8 @@ def _classify_argv(argv: list[str], depth: int, piped_from: list[str] | None = N
         script, joined = _shell_script(argv)
         if script is None and stdin_text:
             script = stdin_text
-        if script is None and piped_from and _basename(piped_from[0]) in ("echo", "printf"):
-            script = " ".join(piped_from[1:])
+        if script is None:
+            script = _piped_text(prev)
         if script is not None and depth < _MAX_DEPTH:
             res = _classify_text(script, depth + 1)
             if res is None and joined:
@@ -892,8 +902,8 @@ def _classify_argv(argv: list[str], depth: int, piped_from: list[str] | None = N
             if code is None:
                 if stdin_text:
                     code = stdin_text
-                elif piped_from and _basename(piped_from[0]) in ("echo", "printf", "cat"):
-                    code = " ".join(piped_from[1:])
+                else:
+                    code = _piped_text(prev)
             if code:
                 res = _scan_code(code, fam, " ".join(argv[:8]))
     if res is None:
@@ -914,7 +924,7 @@ _PS_WORD = re.compile(r"(?<![\w-])(?:powershell|pwsh)(?:\.exe)?(?![\w-])", re.IG
 def _classify_text(script: str, depth: int) -> CommandMatch | None:
     segments, subs = split_shell(script)
     for seg in segments:
-        res = _classify_argv(seg.argv, depth, seg.piped_from, seg.stdin_text)
+        res = _classify_argv(seg.argv, depth, seg.prev, seg.stdin_text)
         if res:
             return res
     if depth < _MAX_DEPTH:

@@ -138,6 +138,11 @@ POSITIVES = [
     ("dig CH TXT whoami.cloudflare @1.1.1.1", "whoami.cloudflare", "dig"),
     ("getent hosts checkip.amazonaws.com", "checkip.amazonaws.com", "getent"),
     ("wget --header='Host: ipinfo.io' http://34.117.59.81/", "ipinfo.io", "wget"),
+    ("cat <<EOF | sh\ncurl -s ipinfo.io\nEOF", "ipinfo.io", "curl"),
+    ("bash <<'EOF'\nset -e\nwget -qO- ifconfig.me\nEOF", "ifconfig.me", "wget"),
+    ('sh <<< "curl ipinfo.io"', "ipinfo.io", "curl"),
+    ("printf 'curl -s api.ipify.org' | bash", "api.ipify.org", "curl"),
+    ("echo -n ipinfo.io | xargs -I{} curl -s {}", "ipinfo.io", "curl"),
     # osquery's cmdline column: argv joined by spaces, the sh -c quoting lost.
     ("sh -c nslookup checkip.amazonaws.com; sleep 1", "checkip.amazonaws.com", "nslookup"),
 ]
@@ -187,6 +192,8 @@ NEGATIVES = [
     ["sh", "-c", "echo ipinfo.io > /tmp/notes"],
     "powershell Get-ChildItem C:\\ipinfo.io",
     "echo https://www.cloudflare.com/cdn-cgi/trace",
+    "cat <<EOF > /tmp/geo.sh\ncurl -s ipinfo.io\nEOF",
+    "cat <<'EOF'\nwget -qO- ifconfig.me\nEOF",
     "curl https://www.cloudflare.com/",
     "dig CH TXT version.bind @1.1.1.1",
 ]
