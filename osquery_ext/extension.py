@@ -112,7 +112,7 @@ def start_background(src: tables.Sources, args: argparse.Namespace) -> list[Any]
             name, image = src.name_image(cid)
             return (name, image) if name or image else None
 
-        pc = ProcConnector(src.process_events, src.attribute_raw_text, src.classify_list, lookup)
+        pc = ProcConnector(src.process_events, src.classify_list, lookup)
         pc.start()
         src.connector = pc
         workers.append(pc)

@@ -1,31 +1,42 @@
 """Kernel process-event connector (netlink, root): every exec inside a container, when it happens.
 
-Why: the T1614 commands (`wget -qO- http://ipinfo.io/` in a `--rm` container) live for a few
-milliseconds, far less than any osquery schedule interval, so polling /proc misses them. The kernel
-announces every exec on the proc connector (NETLINK_CONNECTOR, group CN_IDX_PROC) as soon as it
-happens. This listener subscribes (PROC_CN_MCAST_LISTEN), and on each PROC_EVENT_EXEC reads the new
-process's cgroup first (to drop host processes cheaply) and then its cmdline, stat and exe right
-away, attributes it to a container, classifies it and appends a container_process_events row to a
-bounded ring buffer.
+Why: the T1614 commands (`wget -qO- http://ipinfo.io/` in a `--rm` container) live for a fraction
+of a millisecond after their exec when the network is absent, and a few ms otherwise: far less than
+any osquery schedule interval, so polling /proc misses them. The kernel announces every exec on the
+proc connector (NETLINK_CONNECTOR, group CN_IDX_PROC) as it happens. We subscribe
+(PROC_CN_MCAST_LISTEN) and on each PROC_EVENT_EXEC read the new process's cmdline first (it is the
+first thing to vanish: the kernel drops it when the process releases its memory on exit), then its
+cgroup (still readable on a zombie), stat, exe and owner.
 
-Limits (see docs/osquery.md): needs root in the initial network namespace (the kernel only
-broadcasts there), busybox applets run in-process without execve are invisible, and a process that
-exits before we read /proc still loses its cmdline (the row keeps what could be read).
-Where the connector is unavailable, this says so once in the log and the other tables keep working.
+Why a separate capture process: those reads race the process's exit, so they must start within
+microseconds of the event. Inside the extension, any other Python thread (an osquery generate
+walking /proc, the runtime event listener decoding JSON) holds the GIL for up to the 5 ms switch
+interval, and the read loses the race about half the time on a busy host. The capture loop
+therefore runs in its own small interpreter (`python -m osquery_ext.proc_connector`, stdlib only,
+single-threaded), keeps only container processes (cgroup attribution) and writes one JSON line per
+exec to the extension, which classifies, names and buffers them (`ProcConnector` thread).
+
+Limits (see docs/osquery.md): needs root in the initial network namespace (the kernel broadcasts
+only there), busybox applets run in-process without execve are invisible, and a process that exits
+before its cmdline is read keeps only comm/pid/cgroup in its row. Where the connector is unavailable
+the extension says so once in the log and the other tables keep working.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import json
 import logging
 import os
+import select
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable
-
-from osquery_ext.events import RingBuffer
+from typing import IO, Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +51,22 @@ NLMSG_NOOP = 1
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
 PROC_EVENT_EXIT = 0x80000000
+SO_RCVBUFFORCE = 33
 
 _NLMSGHDR = struct.Struct("=IHHII")        # len, type, flags, seq, pid
 _CN_MSG = struct.Struct("=IIIIHH")          # idx, val, seq, ack, len, flags
 _PROC_EV_HDR = struct.Struct("=IIQ")        # what, cpu, timestamp_ns
 _EXEC = struct.Struct("=II")                # process_pid, process_tgid
 
-#: (cgroup file text) -> attribution dict with container_id, runtime, cgroup_path, pod_uid; or None.
+#: (cgroup file text) -> attribution dict with container_id, runtime, ...; None for host processes.
 Attribute = Callable[[str], "dict[str, str] | None"]
 #: (argv list) -> classification dict with location_discovery (bool), indicator, tool.
-Classify = Callable[[list[str]], dict[str, Any]]
+Classify = Callable[[list[str]], "dict[str, Any]"]
 #: container id -> (name, image) or None, without I/O.
 Lookup = Callable[[str], "tuple[str, str] | None"]
 
 
+# -- netlink messages (pure) ----------------------------------------------------------------------
 def subscribe_message(op: int = PROC_CN_MCAST_LISTEN, pid: int | None = None) -> bytes:
     """The netlink datagram that (un)subscribes this socket to process events."""
     payload = struct.pack("=I", op)
@@ -70,36 +83,46 @@ def parse_messages(data: bytes) -> list[tuple[int, int, int]]:
     """
     out = []
     off = 0
-    while off + _NLMSGHDR.size <= len(data):
+    n = len(data)
+    while off + _NLMSGHDR.size <= n:
         nl_len, nl_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
         if nl_len < _NLMSGHDR.size:
             break
         body = off + _NLMSGHDR.size
-        end = off + nl_len
-        if nl_type not in (NLMSG_ERROR, NLMSG_NOOP) and body + _CN_MSG.size + _PROC_EV_HDR.size <= len(data):
+        if nl_type not in (NLMSG_ERROR, NLMSG_NOOP) and body + _CN_MSG.size + _PROC_EV_HDR.size <= n:
             idx, val, _s, _a, _ln, _f = _CN_MSG.unpack_from(data, body)
             if idx == CN_IDX_PROC and val == CN_VAL_PROC:
                 ev = body + _CN_MSG.size
                 what, _cpu, ts = _PROC_EV_HDR.unpack_from(data, ev)
                 tgid = 0
                 d = ev + _PROC_EV_HDR.size
-                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and d + 8 <= len(data):
+                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and d + 8 <= n:
                     tgid = _EXEC.unpack_from(data, d)[1]
-                elif what == PROC_EVENT_FORK and d + 16 <= len(data):
+                elif what == PROC_EVENT_FORK and d + 16 <= n:
                     tgid = struct.unpack_from("=IIII", data, d)[3]
                 out.append((what, tgid, ts))
         off += (nl_len + 3) & ~3
-        if end > len(data):
-            break
     return out
 
 
-def _read(path: str) -> bytes | None:
+# -- /proc reads (raced against the process's exit: fastest first) --------------------------------
+def _read_fast(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 131072)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def split_cmdline(raw: bytes) -> list[str]:
@@ -114,23 +137,23 @@ def parse_stat(raw: bytes) -> tuple[str, int, int]:
     rpar = raw.rfind(b")")
     comm = raw[lpar + 1:rpar].decode("utf-8", "backslashreplace")
     fields = raw[rpar + 2:].split()
-    # fields[0] is state (field 3); ppid is field 4, starttime field 22.
     return comm, int(fields[1]), int(fields[19])
 
 
-def exec_row(pid: int, attribute: Attribute, classify: Classify, lookup: Lookup | None,
-             proc: str = "/proc", now_ns: int | None = None) -> dict[str, str] | None:
-    """Read one just-exec'd process and build its row; None when it is not in a container or
-    was gone before its cgroup could be read."""
+def capture_exec(pid: int, attribute: Attribute, proc: str = "/proc",
+                 now_ns: int | None = None) -> dict[str, Any] | None:
+    """What /proc still tells about a just-exec'd process; None for host processes or when it
+    was gone before its cgroup could be read. cmdline is read first: it vanishes first."""
+    tns = now_ns if now_ns is not None else time.time_ns()
     base = f"{proc}/{pid}"
-    cg = _read(base + "/cgroup")
+    cmd_raw = _read_fast(base + "/cmdline")
+    cg = _read_fast(base + "/cgroup")
     if cg is None:
         return None
     att = attribute(cg.decode("utf-8", "replace"))
     if not att or not att.get("container_id"):
         return None
-    cmd_raw = _read(base + "/cmdline") or b""
-    stat_raw = _read(base + "/stat")
+    stat_raw = _read_fast(base + "/stat")
     try:
         exe = os.readlink(base + "/exe")
     except OSError:
@@ -145,138 +168,257 @@ def exec_row(pid: int, attribute: Attribute, classify: Classify, lookup: Lookup 
             comm, ppid, _ = parse_stat(stat_raw)
         except (ValueError, IndexError):
             pass
-    argv = split_cmdline(cmd_raw)
+    return {"t": tns, "pid": pid, "ppid": ppid, "uid": uid, "comm": comm,
+            "argv": split_cmdline(cmd_raw or b""), "exe": exe, "att": att}
+
+
+def build_row(rec: dict[str, Any], classify: Classify, lookup: Lookup | None) -> dict[str, str]:
+    """A container_process_events row from a captured exec record."""
+    argv = list(rec.get("argv") or [])
+    comm = rec.get("comm") or ""
     name = comm
     if argv and (not comm or comm == "exe"):  # busybox re-exec via /proc/self/exe
         name = os.path.basename(argv[0])[:15]
     cls = classify(argv) if argv else {}
-    cid = att["container_id"]
+    att = rec.get("att") or {}
+    cid = att.get("container_id", "")
     cname, image = (lookup(cid) if lookup else None) or ("", "")
-    tns = now_ns if now_ns is not None else time.time_ns()
+    tns = int(rec.get("t") or 0)
     return {
-        "time": str(tns // 1_000_000_000), "time_nano": str(tns), "pid": str(pid),
-        "ppid": str(ppid), "uid": str(uid), "name": name, "cmdline": " ".join(argv),
-        "path": exe, "container_id": cid, "container_name": cname, "image": image,
-        "runtime": att.get("runtime", ""),
+        "time": str(tns // 1_000_000_000), "time_nano": str(tns), "pid": str(rec.get("pid", "")),
+        "ppid": str(rec.get("ppid", "")), "uid": str(rec.get("uid", "")), "name": name,
+        "cmdline": " ".join(argv), "path": rec.get("exe") or "", "container_id": cid,
+        "container_name": cname, "image": image, "runtime": att.get("runtime", ""),
         "location_discovery": "1" if cls.get("location_discovery") else "0",
         "indicator": str(cls.get("indicator") or ""), "tool": str(cls.get("tool") or ""),
     }
 
 
-class ProcConnector(threading.Thread):
-    """The listener thread. `status` is one of starting / running / unavailable / stopped."""
+def exec_row(pid: int, attribute: Attribute, classify: Classify, lookup: Lookup | None,
+             proc: str = "/proc", now_ns: int | None = None) -> dict[str, str] | None:
+    """capture_exec + build_row in one step (tests, and the in-process fallback)."""
+    rec = capture_exec(pid, attribute, proc, now_ns)
+    return None if rec is None else build_row(rec, classify, lookup)
 
-    def __init__(self, buffer: RingBuffer, attribute: Attribute, classify: Classify,
-                 lookup: Lookup | None = None, self_test: bool = True) -> None:
+
+# -- the capture process ---------------------------------------------------------------------------
+def open_socket() -> socket.socket:
+    """Create, bind and subscribe a proc-connector socket (raises OSError when not permitted)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):  # bursts of execs: a big buffer
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
+                break
+            except OSError:
+                continue
+        sock.bind((0, CN_IDX_PROC))
+        sock.send(subscribe_message(PROC_CN_MCAST_LISTEN, sock.getsockname()[0]))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the kernel kills us when the extension dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _raise_priority() -> None:
+    """Run ahead of the processes we race: a short-lived exec's cmdline is gone within a
+    millisecond of its exit. Real-time round-robin at the lowest RT priority when allowed (the
+    loop sleeps in recv and does microseconds of work per exec, and the kernel's RT throttling
+    bounds it), otherwise the highest nice level we may take."""
+    try:
+        # RESET_ON_FORK: the probe and anything else we start runs at normal priority.
+        os.sched_setscheduler(0, os.SCHED_RR | getattr(os, "SCHED_RESET_ON_FORK", 0),
+                              os.sched_param(1))
+        return
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.nice(-10)
+    except OSError:
+        pass
+
+
+def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = True) -> int:
+    """The capture process: status line first, then one JSON line per container exec."""
+    out = out or sys.stdout
+    from osquery_ext import cgroup  # stdlib-only parser; imported here to keep start-up small
+
+    def attribute(text: str) -> dict[str, str] | None:
+        info = cgroup.parse_cgroup(text)
+        if info is None or not info.container_id:
+            return None
+        return {"container_id": info.container_id, "runtime": info.runtime,
+                "pod_uid": info.pod_uid, "cgroup_path": info.cgroup_path}
+
+    def emit(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    _die_with_parent()
+    _raise_priority()
+    parent = os.getppid()
+    try:
+        sock = open_socket()
+    except OSError as exc:
+        emit({"status": "unavailable",
+              "reason": f"{exc.strerror or exc}; needs root in the initial network namespace"})
+        return 2
+    probe_pid = 0
+    probe_proc = None
+    if probe:  # silence is how the kernel says "not here" (e.g. another network namespace)
+        probe_proc = subprocess.Popen(["/bin/sh", "-c", "exec sleep 0.2"])
+        probe_pid = probe_proc.pid
+    probe_deadline = time.monotonic() + 3.0
+    if not probe:
+        emit({"status": "running"})
+    overruns = 0
+    while True:
+        try:
+            ready, _, _ = select.select([sock], [], [], 0.5)
+        except InterruptedError:
+            continue
+        if probe_pid and time.monotonic() > probe_deadline:
+            emit({"status": "unavailable", "reason": "subscribed but no exec events arrive "
+                  "(not the initial network namespace?)"})
+            return 3
+        if not ready:
+            if os.getppid() != parent:
+                return 0
+            continue
+        try:
+            data = sock.recv(262144)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we were too slow
+                overruns += 1
+                emit({"status": "overrun", "count": overruns})
+                continue
+            emit({"status": "unavailable", "reason": f"recv failed: {exc}"})
+            return 4
+        for what, tgid, _ts in parse_messages(data):
+            if what != PROC_EVENT_EXEC:
+                continue
+            if probe_pid and tgid == probe_pid:
+                probe_pid = 0
+                if probe_proc is not None:
+                    probe_proc.wait()
+                emit({"status": "running"})
+                continue
+            try:
+                rec = capture_exec(tgid, attribute, proc)
+            except Exception as exc:  # one odd process must not stop the capture
+                rec = None
+                emit({"status": "error", "reason": f"pid {tgid}: {exc}"})
+            if rec is not None:
+                try:
+                    emit(rec)
+                except BrokenPipeError:
+                    return 0
+
+
+# -- the extension side ------------------------------------------------------------------------
+class ProcConnector(threading.Thread):
+    """Runs the capture process and turns its records into buffered rows.
+
+    `status`: starting / running / unavailable / stopped; `ready` is set once it is known.
+    """
+
+    def __init__(self, buffer: Any, classify: Classify, lookup: Lookup | None = None,
+                 command: list[str] | None = None, max_restarts: int = 5) -> None:
         super().__init__(name="proc-connector", daemon=True)
         self.buffer = buffer
-        self.attribute = attribute
         self.classify = classify
         self.lookup = lookup
-        self.self_test = self_test
+        self.command = command or [sys.executable, "-m", "osquery_ext.proc_connector"]
+        self.max_restarts = max_restarts
         self.status = "starting"
         self.reason = ""
         self.ready = threading.Event()
         self.execs = 0
         self.overruns = 0
-        self._sock: socket.socket | None = None
+        self._child: subprocess.Popen | None = None
         self._stop_evt = threading.Event()
-        self._probe_pid = 0
-        self._probe_seen = threading.Event()
-
-    def open(self) -> None:
-        """Create, bind and subscribe the socket (raises OSError when not permitted)."""
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-        try:
-            for opt in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) first: bursts of execs
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
-                    break
-                except OSError:
-                    continue
-            sock.bind((0, CN_IDX_PROC))
-            sock.send(subscribe_message(PROC_CN_MCAST_LISTEN, sock.getsockname()[0]))
-            sock.settimeout(0.5)
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
 
     def unavailable(self, why: str) -> None:
+        if self.status != "unavailable":
+            log.warning("process-event connector unavailable (%s): container_process_events "
+                        "stays empty; the other tables keep working", why)
         self.status = "unavailable"
         self.reason = why
-        log.warning("process-event connector unavailable (%s): container_process_events stays "
-                    "empty; the other tables keep working", why)
         self.ready.set()
 
     def run(self) -> None:
-        try:
-            self.open()
-        except OSError as exc:
-            self.unavailable(f"{exc.strerror or exc} - needs root in the initial network namespace")
-            return
-        self.status = "running"
-        if self.self_test:
-            threading.Thread(target=self._probe, name="proc-connector-probe", daemon=True).start()
-        else:
-            self.ready.set()
-        assert self._sock is not None
+        restarts = 0
         while not self._stop_evt.is_set():
             try:
-                data = self._sock.recv(262144)
-            except socket.timeout:
-                continue
+                self._child = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                               stdin=subprocess.DEVNULL, text=True, bufsize=1)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we were too slow
-                    self.overruns += 1
-                    if self.overruns == 1:
-                        log.warning("process-event connector overrun: some execs were dropped")
-                    continue
-                if self._stop_evt.is_set():
-                    break
-                self.unavailable(f"recv failed: {exc}")
+                self.unavailable(f"cannot start the capture process: {exc}")
                 return
-            for what, tgid, _ts in parse_messages(data):
-                if what != PROC_EVENT_EXEC:
-                    continue
-                if tgid == self._probe_pid:
-                    self._probe_seen.set()
-                    continue
+            self._consume(self._child)
+            rc = self._child.wait()
+            if self._stop_evt.is_set() or self.status == "unavailable":
+                break
+            restarts += 1
+            if restarts > self.max_restarts:
+                self.unavailable(f"capture process keeps exiting (status {rc})")
+                break
+            log.warning("process-event capture exited (status %s); restarting", rc)
+            self._stop_evt.wait(min(5.0, 0.5 * restarts))
+        if self.status != "unavailable":
+            self.status = "stopped"
+
+    def _consume(self, child: subprocess.Popen) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            status = rec.get("status")
+            if status is None:
                 self.execs += 1
                 try:
-                    row = exec_row(tgid, self.attribute, self.classify, self.lookup)
-                except Exception:  # one odd process must not kill the listener
-                    log.debug("exec of %d could not be read", tgid, exc_info=True)
-                    continue
-                if row is not None:
-                    self.buffer.append(row)
-        self.status = "stopped"
-
-    def _probe(self) -> None:
-        """Exec one harmless process and check its event arrives: the kernel delivers nothing
-        (without error) outside the initial network namespace, so silence must be detected."""
-        try:
-            p = subprocess.Popen(["/bin/sh", "-c", "exec sleep 0.2"])  # noqa: S603
-            self._probe_pid = p.pid
-            seen = self._probe_seen.wait(3.0)
-            p.wait()
-        except OSError as exc:
-            log.debug("proc connector probe could not run: %s", exc)
-            self.ready.set()
-            return
-        if not seen:
-            self.unavailable("subscribed but no exec events arrive (not the initial network "
-                             "namespace?)")
-            return
-        log.info("process-event connector running")
-        self.ready.set()
+                    self.buffer.append(build_row(rec, self.classify, self.lookup))
+                except Exception:  # a classifier bug must not stop the stream
+                    log.exception("process event could not be built")
+            elif status == "running":
+                if self.status != "running":
+                    log.info("process-event connector running")
+                self.status = "running"
+                self.ready.set()
+            elif status == "unavailable":
+                self.unavailable(rec.get("reason", "unknown"))
+            elif status == "overrun":
+                self.overruns += 1
+                if self.overruns == 1:
+                    log.warning("process-event connector overrun: the kernel dropped some execs")
+            elif status == "error":
+                log.debug("process-event capture: %s", rec.get("reason"))
 
     def stop(self) -> None:
         self._stop_evt.set()
-        sock = self._sock
-        if sock is not None:
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
             try:
-                sock.send(subscribe_message(PROC_CN_MCAST_IGNORE, sock.getsockname()[0]))
-            except OSError:
-                pass
-            sock.close()
+                child.wait(2)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    try:
+        sys.exit(capture_main())
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(0)

@@ -403,6 +403,44 @@ def test_connector_exec_row(proc):
     assert set(row) == set(CONTRACT_COLUMNS["container_process_events"].split())
 
 
+def test_connector_thread_consumes_capture_records(tmp_path):
+    """The extension side of the connector: status lines, records -> classified rows."""
+    import sys
+    rec = {"t": 7 * 10**9, "pid": 5, "ppid": 4, "uid": 0, "comm": "exe",
+           "argv": ["wget", "-qO-", "http://ipinfo.io/"], "exe": "/bin/busybox",
+           "att": {"container_id": PODMAN_ID, "runtime": "podman"}}
+    script = tmp_path / "cap.py"
+    script.write_text("import json\n"
+                      "print(json.dumps({'status': 'running'}))\n"
+                      f"print(json.dumps({rec!r}))\n"
+                      "print('not json')\n"
+                      "print(json.dumps({'status': 'overrun', 'count': 1}))\n")
+    src = tables.Sources(runtimes=None)
+    buf = events.RingBuffer(10)
+    pc = proc_connector.ProcConnector(buf, src.classify_list, lambda c: ("n", "i"),
+                                      command=[sys.executable, str(script)], max_restarts=0)
+    pc.start()
+    pc.join(10)
+    rows = buf.snapshot()
+    assert len(rows) == 1 and rows[0]["name"] == "wget" and rows[0]["location_discovery"] == "1"
+    assert rows[0]["time"] == "7" and rows[0]["container_name"] == "n"
+    assert pc.overruns == 1 and pc.status == "unavailable"  # the capture exited for good
+
+
+def test_connector_unavailable_is_reported_once(caplog):
+    import sys
+    caplog.set_level(logging.WARNING, logger="osquery_ext.proc_connector")
+    buf = events.RingBuffer(10)
+    cmd = [sys.executable, "-c",
+           "import json; print(json.dumps({'status': 'unavailable', 'reason': 'EPERM'}))"]
+    pc = proc_connector.ProcConnector(buf, lambda a: {}, None, command=cmd)
+    pc.start()
+    pc.join(10)
+    assert pc.status == "unavailable" and pc.ready.is_set() and not pc.is_alive()
+    msgs = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(msgs) == 1 and "EPERM" in msgs[0]
+
+
 def test_process_events_names_filled_at_query_time(proc):
     """An exec seen before the runtime told the container's name gets it when queried."""
     rt = Runtimes({}, timeout=1)
