@@ -382,15 +382,61 @@ class DirectOsquery:
         return out
 
     # -- cursor persistence -------------------------------------------------------------------------
+    def _cursor_key(self) -> str:
+        return f"osquery_direct_cursors:{self.socket_path}"
+
     def save_cursors(self, store: Any, conn: Any = None) -> None:
         """Store cursors in the StateStore (pass the transaction that holds the derived rows)."""
         data = {t: {"time": c, "seen": sorted(self._at_cursor.get(t, ()))} for t, c in self.cursors.items()}
-        store.set_kv("osquery_direct_cursors", json.dumps(data), conn=conn)
+        store.set_kv(self._cursor_key(), json.dumps(data), conn=conn)
 
     def load_cursors(self, store: Any) -> None:
-        raw = store.get_kv("osquery_direct_cursors")
+        raw = store.get_kv(self._cursor_key())
         if not raw:
             return
         for table, d in json.loads(raw).items():
             self.cursors[table] = int(d.get("time", 0))
             self._at_cursor[table] = set(d.get("seen", []))
+
+
+# ---- module-level API for the daemon (`osquery_mode = "thrift"`) ---------------------------------
+_clients: dict[str, DirectOsquery] = {}
+_clients_lock = threading.Lock()
+
+
+def poll_rows(socket_path: str | Path, host: str | None = None, store: Any = None,
+              spawn: bool = True, extension_args: Sequence[str] = (),
+              extension_env: dict[str, str] | None = None,
+              tables: Iterable[str] = KNOWN_TABLES) -> list[OsqueryRow]:
+    """One collection round through a long-lived DirectOsquery per manager socket.
+
+    The first call starts the manager (and the extension when `spawn`) and, when `store` is given,
+    loads the event cursors saved by `save_cursors`, so a daemon restart does not return old events
+    again. Call `save_cursors(store, conn)` in the transaction that commits what the rows produced.
+    """
+    key = str(socket_path)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = DirectOsquery(socket_path, host=host, spawn=spawn, extension_args=extension_args,
+                                   extension_env=extension_env)
+            if store is not None:
+                client.load_cursors(store)
+            client.start()
+            _clients[key] = client
+    return client.collect(tables)
+
+
+def save_cursors(store: Any, conn: Any = None) -> None:
+    """Persist the event cursors of every active client (inside the caller's transaction)."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.save_cursors(store, conn)
+
+
+def close_all() -> None:
+    """Stop every manager and the extensions started for them (daemon shutdown)."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()

@@ -134,3 +134,20 @@ def test_no_extension_times_out_with_a_clear_error(tmp_path: Path) -> None:
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
     assert extension_command()
+
+
+def test_module_level_poll_rows_for_the_daemon(lab, tmp_path: Path) -> None:
+    from scheduler import osquery_client
+    sockdir, eng, env = lab
+    store = StateStore(tmp_path / "s.db")
+    try:
+        rows = osquery_client.poll_rows(sockdir / "osquery.em", host="h", store=store, extension_env=env)
+        assert any(r.table == "container_inventory" and r.columns["id"] == PODMAN_ID for r in rows)
+        again = osquery_client.poll_rows(sockdir / "osquery.em", host="h", store=store)
+        assert len(osquery_client._clients) == 1 and again
+        with store.transaction() as conn:
+            osquery_client.save_cursors(store, conn)
+        assert store.get_kv(f"osquery_direct_cursors:{sockdir / 'osquery.em'}") is not None
+    finally:
+        osquery_client.close_all()
+        store.close()
