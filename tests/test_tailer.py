@@ -290,3 +290,54 @@ def test_kill_minus_9_mid_run_no_loss_no_duplicate(tmp_path: Path) -> None:
     assert 0 < mid < len(written), "the kill should land mid-run"
     assert len(got) == len(set(got)), "duplicates after restart"
     assert got == written
+
+
+FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+GEO = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek"
+
+
+@pytest.mark.skipif(not GEO.is_dir(), reason=f"fixtures not found at {GEO}")
+@pytest.mark.parametrize("rel", ["conn.log", "dns.log", "json/http.log", "json/ssl.log"])
+def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, rel: str) -> None:
+    """A real fixture log appended in odd-sized byte chunks (lines cut in half), rotated in the
+    middle (the new file repeats the TSV header, as Zeek writes it), restarted from the checkpoint
+    twice: exactly the reference records, in order."""
+    import random
+    from scheduler.zeeklog import iter_zeek_log
+
+    src = GEO / rel
+    ref = [r["uid"] for r in iter_zeek_log(src)]
+    data = src.read_bytes()
+    lines = data.splitlines(keepends=True)
+    header = b"".join(l for l in lines if l.startswith(b"#") and not l.startswith(b"#close"))
+    body = [l for l in lines if not l.startswith(b"#")]
+    half = len(body) // 2
+    first = header + b"".join(body[:half])
+    second = header + b"".join(body[half:])
+    stream = Path(rel).name.split(".")[0]
+    log = tmp_path / f"{stream}.log"
+    db = tmp_path / "s.db"
+    rng = random.Random(7)
+    got: list[str] = []
+
+    def run() -> None:
+        store = StateStore(db)
+        t = ZeekTailer(log, store, stream=stream)
+        drain(t, lambda b, c: got.extend(r["uid"] for _, r in b.items))
+        assert t.stats.bad_lines == 0
+        store.close()
+
+    for blob, rotate_after in ((first, True), (second, False)):
+        pos = 0
+        while pos < len(blob):
+            step = rng.randint(1, 4000)
+            with open(log, "ab") as fh:
+                fh.write(blob[pos:pos + step])
+            pos += step
+            if rng.random() < 0.3:
+                run()              # a fresh process each time: checkpoint + header from SQLite
+        if rotate_after:
+            # no read before the rename: the rest of the old file is read after the rotation
+            os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
+    run()
+    assert got == ref and len(ref) > 0
