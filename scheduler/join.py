@@ -25,7 +25,7 @@ import logging
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
@@ -68,7 +68,8 @@ def to_ts(v: Any) -> float | None:
     if isinstance(v, (int, float)):
         return float(v)
     if isinstance(v, datetime):
-        return v.timestamp() if v.tzinfo else v.replace(tzinfo=__import__("datetime").timezone.utc).timestamp()
+        # naive datetimes (zat, pandas) are UTC in Zeek's world
+        return v.timestamp() if v.tzinfo else v.replace(tzinfo=timezone.utc).timestamp()
     if hasattr(v, "timestamp"):
         return float(v.timestamp())
     try:
@@ -282,11 +283,9 @@ class Joiner:
         resp_h = _str(_get(rec, "id.resp_h", "resp_h"))
         self.stats.net += 1
         holder = self._lookup(host, orig_h, ts)
-        side = orig_h
         if holder is None and not self.in_container_subnet(orig_h):
-            peer = self._lookup(host, resp_h, ts)
-            if peer is not None:
-                holder, side = peer, resp_h
+            # inbound: an outside client talking to a container's published service
+            holder = self._lookup(host, resp_h, ts)
         cid, image = "", ""
         if holder is not None:
             cid, image = holder.container_id, holder.image
@@ -305,7 +304,6 @@ class Joiner:
                         orig_p=_int(_get(rec, "id.orig_p", "orig_p")),
                         proto=_str(_get(rec, "proto")), uid=_str(_get(rec, "uid")), host=host)
         self._fill_kind(out, stream, rec)
-        del side
         return out
 
     def _fill_kind(self, out: NetRecord, stream: str, rec: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ KNOWN_TABLES: tuple[str, ...] = tuple(sorted((
 ), key=len, reverse=True))
 
 ACTIONS = ("added", "removed", "snapshot")
+MAX_WARNINGS = 20
 
 
 @dataclass(slots=True)
@@ -75,11 +76,16 @@ class ParseStats:
     ignored: int = 0
     warnings: list[str] = field(default_factory=list)
 
-    def warn(self, message: str, limit: int = 50) -> None:
+    def warn(self, message: str, limit: int = MAX_WARNINGS) -> None:
+        """Count a malformed line; log the first `limit` (a flood of bad lines must not become a
+        flood of log lines), then say once that the rest are only counted."""
         self.malformed += 1
-        log.warning("%s", message)
         if len(self.warnings) < limit:
             self.warnings.append(message)
+            log.warning("%s", message)
+        elif self.malformed == limit + 1 or len(self.warnings) == limit:
+            self.warnings.append("(further malformed lines are only counted)")
+            log.warning("more malformed osquery result lines; further ones are only counted")
 
 
 class MalformedLine(ValueError):

@@ -126,3 +126,12 @@ def test_writers_round_trip() -> None:
         assert obj["unixTime"] == 5 and obj["hostIdentifier"] == "h"
         (row,) = oqr.parse_line(line)
         assert row.columns == {"id": "abc", "created": "1795805038", "labels": '{"a":"b"}'}
+
+
+def test_a_flood_of_bad_lines_is_counted_not_logged_line_by_line(caplog: pytest.LogCaptureFixture) -> None:
+    stats = ParseStats()
+    with caplog.at_level(logging.WARNING):
+        assert list(oqr.iter_lines(["junk"] * 1000, source="f", stats=stats)) == []
+    assert stats.malformed == 1000
+    assert len(caplog.records) == oqr.MAX_WARNINGS + 1
+    assert caplog.messages[0].startswith("f:1:")
