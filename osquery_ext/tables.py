@@ -73,6 +73,19 @@ COLUMNS: dict[str, list[TableColumn]] = {
 }
 TABLE_NAMES = tuple(COLUMNS)
 
+# osquery's ColumnOptions. Current osqueryd passes a WHERE constraint to a table (and so to an
+# extension) only for columns marked INDEX, REQUIRED or ADDITIONAL; for any other column it lets
+# SQLite filter the full result ("not indexed, let sqlite filter it" in xBestIndex). The SDK
+# advertises every column with option 0, so without this `WHERE time > N` would never reach us.
+COLUMN_INDEX = 1
+INDEXED: dict[str, frozenset[str]] = {
+    "container_processes": frozenset({"container_id"}),
+    "container_inventory": frozenset({"id"}),
+    "container_events": frozenset({"time", "container_id"}),
+    "container_process_events": frozenset({"time", "container_id"}),
+    "container_sockets": frozenset({"container_id"}),
+}
+
 
 # -- attribution and classification glue ---------------------------------------------------------
 Attribute = Callable[[str], "dict[str, str] | None"]
@@ -513,6 +526,13 @@ class _StowawayTable(TablePlugin):
 
     def columns(self) -> list[TableColumn]:
         return COLUMNS[self.table]
+
+    def routes(self) -> list[dict[str, str]]:
+        """Column routes as the SDK builds them, plus the INDEX option on the constrained
+        columns (see INDEXED) so that osqueryd forwards their constraints."""
+        return [{"id": "column", "name": c.name, "type": c.type,
+                 "op": str(COLUMN_INDEX if c.name in INDEXED[self.table] else 0)}
+                for c in self.columns()]
 
     def generate(self, context: Any) -> list[dict[str, str]]:
         try:

@@ -74,6 +74,9 @@ def test_registers_and_serves_every_table(sockdir, tmp_path):
         assert set(registry["table"]) == set(CONTRACT_COLUMNS)
         for name, routes in registry["table"].items():
             assert [r["name"] for r in routes] == CONTRACT_COLUMNS[name].split()
+        # the INDEX option (1) that makes osqueryd forward time / container_id constraints
+        ops = {r["name"]: r["op"] for r in registry["table"]["container_events"]}
+        assert ops["time"] == "1" and ops["action"] == "0"
 
         client = manager.client(uuid)
         assert client.client.ping().code == 0
@@ -137,6 +140,27 @@ def test_registers_and_serves_every_table(sockdir, tmp_path):
         manager.stop()
         eng.stop()
     assert "Traceback" not in err, err
+
+
+def test_autoload_wrapper_registers(sockdir):
+    """deploy/stowaway.ext started the way osqueryd autoloads it."""
+    from fake_osqueryd import extension_command
+    wrapper = Path(__file__).resolve().parents[1] / "osquery_ext" / "deploy" / "stowaway.ext"
+    manager = FakeOsqueryd(sockdir).start()
+    p = subprocess.Popen([str(wrapper), "--socket", manager.path, "--timeout", "3",
+                          "--interval", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**__import__("os").environ, "STOWAWAY_BIN": extension_command()[0],
+                              "STOWAWAY_RUNTIME_SOCKETS": "none",
+                              "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+    try:
+        _uuid, info, reg = manager.wait_registered()
+        assert info.name == "stowaway" and set(reg["table"]) == set(CONTRACT_COLUMNS)
+    finally:
+        _stop(p)
+        manager.stop()
+    bad = subprocess.run([str(wrapper), "--socket", manager.path], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "STOWAWAY_BIN": "/nonexistent"})
+    assert bad.returncode == 1 and "not found" in bad.stderr
 
 
 def test_exits_nonzero_without_manager(sockdir):

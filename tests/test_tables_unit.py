@@ -68,6 +68,12 @@ def test_columns_are_the_contract():
         routes = p().routes()
         assert all(r["id"] == "column" and r["type"] in ("TEXT", "INTEGER", "BIGINT")
                    for r in routes)
+        # osqueryd forwards constraints only on INDEX/REQUIRED/ADDITIONAL columns
+        indexed = {r["name"] for r in routes if int(r["op"]) & 1}
+        assert indexed == set(tables.INDEXED[p().name()])
+    assert "time" in tables.INDEXED["container_events"]
+    assert "time" in tables.INDEXED["container_process_events"]
+    assert "container_id" in tables.INDEXED["container_processes"]
 
 
 def test_plugin_call_through_sdk_routing(proc):
@@ -450,6 +456,33 @@ def test_process_events_names_filled_at_query_time(proc):
     src = tables.Sources(proc=str(proc), runtimes=rt, process_events=buf)
     rows = tables.generate_container_process_events(src, None)
     assert (rows[0]["container_name"], rows[0]["image"]) == ("late-name", "img:1")
+
+
+# -- deployment files --------------------------------------------------------------------------------
+DEPLOY = Path(__file__).resolve().parents[1] / "osquery_ext" / "deploy"
+
+
+def test_pack_has_the_five_tables_for_linux():
+    pack = json.loads((DEPLOY / "stowaway.pack.conf").read_text())
+    assert pack["platform"] == "linux"
+    assert set(pack["queries"]) == {f"stowaway_{t}" for t in CONTRACT_COLUMNS}
+    for name, q in pack["queries"].items():
+        table = name[len("stowaway_"):]
+        assert f"FROM {table}" in q["query"] and q["query"].rstrip().endswith(";")
+        assert isinstance(q["interval"], int) and 0 < q["interval"] <= 3600
+        assert "snapshot" in q and q["description"]
+    for t in ("container_events", "container_process_events"):
+        q = pack["queries"][f"stowaway_{t}"]
+        assert "WHERE time >" in q["query"] and q["removed"] is False
+
+
+def test_autoload_files():
+    ext = DEPLOY / "stowaway.ext"
+    assert ext.name.endswith(".ext") and os.access(ext, os.X_OK)
+    assert ext.read_text().startswith("#!/bin/sh")
+    lines = [ln.strip() for ln in (DEPLOY / "extensions.load").read_text().splitlines()]
+    paths = [ln for ln in lines if ln and not ln.startswith(("#", ";"))]
+    assert paths and all(p.endswith(".ext") for p in paths)
 
 
 # -- extension flags ---------------------------------------------------------------------------------
