@@ -296,3 +296,49 @@ def test_redeploy_within_the_same_second_uses_event_precision() -> None:
     inv2.observe_rows([rows[0], rows[3]])
     assert inv2.lookup(HOST, "172.17.0.7", t0 + 0.5).container_id == new
     assert inv2.lookup(HOST, "172.17.0.7", t0 - 5).container_id == old
+
+
+def _inv_row(action: str, t: float, **cols: str) -> OsqueryRow:
+    base = {"id": "e" * 64, "name": "api", "image": "api:2", "ip_addresses": "172.17.0.40",
+            "created": "1795800000", "state": "running"}
+    base.update(cols)
+    return OsqueryRow("container_inventory", HOST, t, action, base)
+
+
+def test_differential_inventory_changed_row_is_not_a_disappearance() -> None:
+    for order in (("removed", "added"), ("added", "removed")):
+        inv = Inventory()
+        inv.observe(_inv_row("added", 1795800010))
+        rows = {"removed": _inv_row("removed", 1795800020),
+                "added": _inv_row("added", 1795800020, state="exited")}
+        for action in order:
+            inv.observe(rows[action])
+        c = inv.get(HOST, "e" * 64)
+        assert c.end is None and c.state == "exited", order
+    # an unchanged row removed = the container is gone
+    inv.observe(_inv_row("removed", 1795800030, state="exited"))
+    assert inv.get(HOST, "e" * 64).end == 1795800030
+    assert inv.lookup(HOST, "172.17.0.40", 1795800025).container_id == "e" * 64
+    assert inv.lookup(HOST, "172.17.0.40", 1795800100) is None
+
+
+def test_snapshot_disappearance_and_persistence(tmp_path: Path) -> None:
+    from scheduler.state import StateStore
+    inv = Inventory()
+    inv.observe_rows([_inv_row("snapshot", 1795800010),
+                      _inv_row("snapshot", 1795800010, id="f" * 64, ip_addresses="172.17.0.41")])
+    inv.observe_rows([_inv_row("snapshot", 1795800020, id="f" * 64, ip_addresses="172.17.0.41")])
+    assert inv.get(HOST, "e" * 64).end == 1795800020       # missing from the full snapshot
+    assert inv.get(HOST, "f" * 64).end is None
+    assert [a for a, _ in inv.current_map()] == ["172.17.0.41"]
+    store = StateStore(tmp_path / "s.db")
+    with store.transaction() as conn:
+        assert inv.save(store, conn) == 2
+    again = Inventory.load(store)
+    assert len(again) == 2
+    assert again.lookup(HOST, "172.17.0.40", 1795800015).container_id == "e" * 64
+    assert again.lookup(HOST, "172.17.0.41", 1795800500).container_id == "f" * 64
+    assert again.get(HOST, "f" * 12).container_id == "f" * 64   # short ids resolve
+    assert again.prune(1795800021) == 1 and store.prune_containers(1795800021) == 1
+    assert len(Inventory.load(store)) == 1
+    store.close()
