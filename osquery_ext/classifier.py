@@ -227,7 +227,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             word.clear()
             in_word = False
 
-    def end_segment(op: str) -> None:
+    def end_segment(op: str) -> _Segment | None:
         nonlocal argv, pipe_prev, stdin_for_current
         end_word()
         seg = None
@@ -247,7 +247,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             in_word = True
             i = m.end()
             continue
-        if c == "'" :
+        if c == "'":
             j = script.find("'", i + 1)
             j = n if j == -1 else j
             word.append(script[i + 1:j])
@@ -472,12 +472,15 @@ def _basename(arg0: str) -> str:
     return name
 
 
+_VERSIONED_INTERP = re.compile(r"^(python|pypy|perl|ruby|node|nodejs|php|lua)[0-9][0-9.]*$")
+
+
 def _interp_family(name: str) -> str | None:
     fam = _INTERPRETERS.get(name)
     if fam:
         return fam
     # python3.11, perl5.36, ruby3.1, node18, php8.2
-    m = re.match(r"^(python|pypy|perl|ruby|node|nodejs|php|lua)[0-9][0-9.]*$", name)
+    m = _VERSIONED_INTERP.match(name)
     return _INTERPRETERS.get(m.group(1)) if m else None
 
 
