@@ -91,13 +91,15 @@ class _Match:
     domain: str
 
 
-def _default_indicators() -> tuple[list[Any], Callable[[str], Any], Callable[[str, str], Any]]:
-    """Subnets and matchers from the shared indicator modules (one source of truth with the
-    osquery extension and, through zeek_scripts/data, the Zeek package)."""
+def _default_indicators() -> tuple[list[Any], Callable[[str], Any], Callable[[str, str], Any],
+                                   frozenset[str]]:
+    """Subnets, matchers and metadata host names from the shared indicator modules (one source
+    of truth with the osquery extension and, through zeek_scripts/data, the Zeek package)."""
     from osquery_ext import classifier, indicators
 
+    hosts = frozenset(e.host.lower() for e in indicators.load_metadata_endpoints())
     return (list(indicators.load_container_subnets()), classifier.match_domain,
-            classifier.match_metadata)
+            classifier.match_metadata, hosts)
 
 
 def strip_port(host: str) -> str:
@@ -118,16 +120,24 @@ class GeoStockDetector:
     def __init__(self, subnets: Iterable[Any] | None = None,
                  match_domain: Callable[[str], Any] | None = None,
                  match_metadata: Callable[[str, str], Any] | None = None,
+                 metadata_hosts: Iterable[str] | None = None,
                  ttl_grace: float = 60.0, max_ttl: float = 86400.0,
                  resolved_max: int = 100_000, memo_max: int = 200_000) -> None:
         if subnets is None or match_domain is None or match_metadata is None:
-            default_subnets, default_domain, default_metadata = _default_indicators()
+            default_subnets, default_domain, default_metadata, default_hosts = \
+                _default_indicators()
             subnets = default_subnets if subnets is None else subnets
             match_domain = default_domain if match_domain is None else match_domain
-            match_metadata = default_metadata if match_metadata is None else match_metadata
+            if match_metadata is None:
+                match_metadata = default_metadata
+                metadata_hosts = default_hosts if metadata_hosts is None else metadata_hosts
         self.subnets = [ipaddress.ip_network(str(s), strict=False) for s in subnets]
         self._match_domain = match_domain
         self._match_metadata = match_metadata
+        # None: unknown (a custom metadata matcher) -> no host prefilter for metadata requests.
+        self._metadata_hosts = (frozenset(h.lower() for h in metadata_hosts)
+                                if metadata_hosts is not None else None)
+        self._host_memo: dict[str, bool] = {}
         self.ttl_grace = ttl_grace
         self.max_ttl = max_ttl
         self.resolved_max = resolved_max
@@ -181,6 +191,38 @@ class GeoStockDetector:
         self._named_uids[uid] = None
         if len(self._named_uids) > self.memo_max:
             self._named_uids.popitem(last=False)
+
+    # -- early row filters (run on raw column text, before a record is built) -------------
+    def prefilter(self, stream: str) -> dict[str, Callable[[str], bool]]:
+        """Column predicates that drop rows which cannot produce a detection, so the reader
+        skips building them. They never drop a row the rules would report."""
+        if stream == "http":
+            return {"id.orig_h": self.is_container, "host": self._host_interesting}
+        if stream == "dns":
+            return {"query": self._name_interesting}
+        if stream == "ssl":
+            return {"id.orig_h": self.is_container}
+        if stream == "conn":
+            return {"id.orig_h": self.is_container, "id.resp_h": self._resolved_known}
+        return {}
+
+    def _host_interesting(self, raw: str) -> bool:
+        verdict = self._host_memo.get(raw)
+        if verdict is None:
+            host = strip_port(raw) if raw != "-" else ""
+            verdict = bool(host) and (
+                self.match_name(host) is not None
+                or self._metadata_hosts is None or host in self._metadata_hosts)
+            if len(self._host_memo) >= self.memo_max:
+                self._host_memo.clear()
+            self._host_memo[raw] = verdict
+        return verdict
+
+    def _name_interesting(self, raw: str) -> bool:
+        return raw != "-" and self.match_name(raw) is not None
+
+    def _resolved_known(self, raw: str) -> bool:
+        return raw in self.resolved
 
     # -- DNS answer cache ------------------------------------------------------------------
     def remember_answers(self, ts: float, name: str, match: _Match, answers: list[Any] | None,
@@ -327,9 +369,10 @@ def iter_stream(detector: GeoStockDetector, stream: str, paths: Iterable[str | o
     """Run one stock log stream's files through the detector."""
     fields = FIELDS[stream]
     feed = detector._handlers[stream]
+    where = detector.prefilter(stream)
     for path in paths:
         source = str(path)
-        for rec in iter_zeek_log(path, stats, fields=fields):
+        for rec in iter_zeek_log(path, stats, fields=fields, where=where):
             yield from feed(detector, rec, source)
 
 

@@ -33,7 +33,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ParseStats:
     headers: int = 0        # '#' lines
     blank: int = 0
     bad_lines: int = 0      # malformed lines skipped
+    filtered: int = 0       # well-formed lines dropped by a ``where`` predicate
     io_errors: int = 0      # unreadable / truncated files
     files: int = 0
     bad_by_file: dict[str, int] = field(default_factory=dict)
@@ -112,10 +113,14 @@ class ZeekLogParser:
     """
 
     def __init__(self, path: str | os.PathLike[str], fields: Iterable[str] | None = None,
-                 stats: ParseStats | None = None) -> None:
+                 stats: ParseStats | None = None,
+                 where: Mapping[str, Callable[[str], bool]] | None = None) -> None:
         self.path = str(path)
         self.stats = stats if stats is not None else ParseStats()
         self.wanted: frozenset[str] | None = frozenset(fields) if fields is not None else None
+        #: Row filter on raw column text (unescaped; ``-`` when unset or absent), checked before
+        #: any conversion: a detector that only wants container sources skips the rest cheaply.
+        self.where = dict(where or {})
         self.separator = "\t"
         self.set_separator = ","
         self.empty_field = "(empty)"
@@ -125,6 +130,7 @@ class ZeekLogParser:
         self.field_types: list[str] = []
         self.closed = False                 # saw '#close' (lines after it reuse the header)
         self._plan: list[tuple[int, str, Callable[[str], Any] | None, bool]] = []
+        self._where_idx: list[tuple[int, Callable[[str], bool]]] = []
         self._nfields = 0
         self._warned = 0
 
@@ -176,10 +182,13 @@ class ZeekLogParser:
                 plan.append((index, name, _scalar_converter(zeek_type), False))
         self._plan = plan
         self._nfields = len(names)
+        position = {name: i for i, name in enumerate(names)}
+        self._where_idx = [(position.get(name, -1), pred) for name, pred in self.where.items()]
 
     # -- data lines ------------------------------------------------------------------------
     def parse_line(self, line: str, lineno: int) -> dict[str, Any] | None:
-        """Return the record for one line, or None for header, blank and malformed lines.
+        """Return the record for one line, or None for header, blank, malformed and filtered
+        lines (see :class:`ParseStats` for which).
 
         ``lineno`` is 1-based and only used in warnings. Never raises on bad input.
         """
@@ -200,16 +209,22 @@ class ZeekLogParser:
         except (MalformedLine, ValueError, TypeError) as exc:
             self._bad(lineno, str(exc))
             return None
-        self.stats.records += 1
+        if rec is not None:
+            self.stats.records += 1
         return rec
 
-    def _tsv(self, line: str) -> dict[str, Any]:
+    def _tsv(self, line: str) -> dict[str, Any] | None:
         if not self._nfields:
             raise MalformedLine("data line before any #fields header")
         values = line.split(self.separator)
         if len(values) != self._nfields:
             raise MalformedLine(f"{len(values)} fields, header has {self._nfields}")
         unset, empty, set_sep = self.unset_field, self.empty_field, self.set_separator
+        for index, pred in self._where_idx:
+            raw = values[index] if index >= 0 else unset
+            if not pred(unescape(raw) if "\\x" in raw else raw):
+                self.stats.filtered += 1
+                return None
         rec: dict[str, Any] = {}
         for index, name, conv, is_container in self._plan:
             value = values[index]
@@ -243,6 +258,11 @@ class ZeekLogParser:
         ts = rec.get("ts")
         if ts is not None and not isinstance(ts, float):
             rec["ts"] = _json_time(ts)
+        for name, pred in self.where.items():
+            value = rec.get(name)
+            if not pred(self.unset_field if value is None else str(value)):
+                self.stats.filtered += 1
+                return None
         if self.wanted is not None:
             rec = {k: v for k, v in rec.items() if k in self.wanted}
         return rec
@@ -286,14 +306,17 @@ def open_log_text(path: str | os.PathLike[str]) -> io.TextIOBase:
 
 
 def iter_zeek_log(path: str | os.PathLike[str], stats: ParseStats | None = None,
-                  fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+                  fields: Iterable[str] | None = None,
+                  where: Mapping[str, Callable[[str], bool]] | None = None
+                  ) -> Iterator[dict[str, Any]]:
     """Yield normalised records of one log file (TSV or JSON, plain or gzip).
 
-    Damage never raises: bad lines are counted in ``stats.bad_lines``; an unreadable or truncated
+    ``fields`` limits the returned columns, ``where`` drops rows early (see
+    :class:`ZeekLogParser`). Damage never raises: bad lines are counted in ``stats.bad_lines``; an unreadable or truncated
     file is counted in ``stats.io_errors`` and ends the iteration with a warning.
     """
     stats = stats if stats is not None else ParseStats()
-    parser = ZeekLogParser(path, fields=fields, stats=stats)
+    parser = ZeekLogParser(path, fields=fields, stats=stats, where=where)
     stats.files += 1
     lineno = 0
     try:
