@@ -85,8 +85,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=21)
     args = ap.parse_args()
     if shutil.which("podman") is None or os.geteuid() != 0:
-        print("bench_container_processes: needs root and podman", file=sys.stderr)
-        return 2
+        print("bench_container_processes: SKIPPED (needs root and podman)", file=sys.stderr)
+        return 0
     tag = uuid.uuid4().hex[:6]
     names = [f"stw-bench-{tag}-{i:02d}" for i in range(args.containers)]
     tmp = Path(tempfile.mkdtemp(prefix="stw-bench-"))
