@@ -459,6 +459,7 @@ _NET_CODE = re.compile(
     r"|undici|file_get_contents|curl_|fsockopen|get_headers|fopen\(|stream_socket"
     r"|invoke-webrequest|invoke-restmethod|\biwr\b|\birm\b|webclient|downloadstring"
     r"|downloaddata|downloadfile|httpclient|webrequest|resolve-dnsname|start-bitstransfer"
+    r"|test-netconnection|\btnc\b"
     r"|net\.sockets|system\.net\.dns|getresponse|\bcurl\b|\bwget\b|/inet/tcp|/dev/tcp"
     r"|tcpsocket|\bhttp\.|net\.connect|https\.|dns\.resolve|deno\.connect|\bxmlhttp"
     r"|winhttp|msxml2|os\.system|subprocess|popen|system\(|exec\(")

@@ -230,12 +230,14 @@ def load_container_subnets(
 def in_container_subnet(addr: str, subnets=None) -> bool:
     """True when ``addr`` (an IPv4/IPv6 address string) is in a container range.
 
-    ``subnets`` defaults to container_subnets.tsv; anything that is not an address is False.
+    IPv4-mapped IPv6 addresses count as their IPv4 address. ``subnets`` defaults to container_subnets.tsv; anything that is not an address is False.
     """
     try:
         ip = ipaddress.ip_address(addr.strip().strip("[]").split("%", 1)[0])
     except (ValueError, AttributeError):
         return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:172.17.0.3 from a tcp6 socket
+        ip = ip.ipv4_mapped
     nets = load_container_subnets() if subnets is None else subnets
     return any(ip.version == net.version and ip in net for net in nets)
 

@@ -61,6 +61,8 @@ def test_container_subnets() -> None:
     assert not indicators.in_container_subnet("10.0.0.2")
     assert not indicators.in_container_subnet("not-an-ip")
     assert not indicators.in_container_subnet("::1")
+    assert indicators.in_container_subnet("::ffff:172.17.0.3")
+    assert indicators.in_container_subnet(" [10.88.0.9] ")
     assert indicators.in_container_subnet("192.0.2.7", [ipaddress.ip_network("192.0.2.0/24")])
     assert not indicators.in_container_subnet("172.17.0.3", [])
     rows = indicators.load_container_subnet_rows()
