@@ -246,3 +246,15 @@ def test_dns_a_and_aaaa_count_once() -> None:
     assert len(d.on_dns(rec)) == 1
     assert d.on_dns({**rec, "ts": 1.001}) == []
     assert len(d.on_dns({**rec, "uid": "U2"})) == 1
+
+
+@pytest.mark.parametrize("scenario", ["geo_lookup", "churn"])
+def test_prefilter_drops_nothing_reportable(scenario: str, monkeypatch) -> None:
+    """The early row filters are only a speed-up: without them the same lookups are found."""
+    fast = detect_directory(SCEN / scenario / "zeek", GeoStockDetector(), ParseStats())
+    slow_det = GeoStockDetector()
+    monkeypatch.setattr(slow_det, "prefilter", lambda stream: {})
+    stats = ParseStats()
+    slow = detect_directory(SCEN / scenario / "zeek", slow_det, stats)
+    assert stats.filtered == 0
+    assert [d.to_dict() for d in fast] == [d.to_dict() for d in slow]

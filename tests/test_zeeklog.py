@@ -163,3 +163,18 @@ def test_find_logs_and_zat_dataframe() -> None:
     assert len(df) == 150
     dfz = read_dataframe(ZAT / "http.log.gz")        # gzip: our reader, float ts
     assert len(dfz) == 150 and dfz["ts"].dtype.kind == "f"
+
+
+def test_where_filters_before_conversion(tmp_path: Path) -> None:
+    body = ("1.0\tC1\t172.17.0.3\t1\tipinfo.io\tT\t-\t-\t-\n"
+            "2.0\tC2\t192.168.1.5\tbad-port-but-filtered\tq\tT\t-\t-\t-\n"
+            "3.0\tC3\t172.17.0.4\t2\ta\\x09b\tF\t-\t-\t-\n")
+    stats = ParseStats()
+    recs = list(iter_zeek_log(_write(tmp_path, "dns.log", HEADER + body), stats,
+                              where={"id.orig_h": lambda a: a.startswith("172.17.")}))
+    assert [r["uid"] for r in recs] == ["C1", "C3"]
+    assert (stats.filtered, stats.bad_lines) == (1, 0)
+    seen = []
+    list(iter_zeek_log(_write(tmp_path, "dns2.log", HEADER + body), ParseStats(),
+                       where={"query": lambda q: seen.append(q) or True}))
+    assert seen == ["ipinfo.io", "q", "a\tb"]          # predicates see unescaped text
