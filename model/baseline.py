@@ -28,11 +28,14 @@ a few odd windows in training; the margin keeps the ordinary tail of training wi
 from __future__ import annotations
 
 import logging
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import sklearn
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
@@ -44,6 +47,8 @@ from model.features import FEATURE_NAMES, FeatureWindows
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_WINDOWS = 50
+_PARALLEL_MIN_ROWS = 20_000     # below this, thread start-up costs more than it saves
+_FAST_PATH_OK: dict[tuple, bool] = {}   # (sklearn version, forest settings) -> fast path verified
 ENVIRONMENT_SCOPE = "environment"
 IMAGE_SCOPE = "image"
 
@@ -144,7 +149,8 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
                  threshold_margin: float = 0.05, novelty_weight: float = 0.05,
                  novelty_cap: float = 10.0, unseen_weight: float = 0.1,
                  feature_names: Sequence[str] = FEATURE_NAMES,
-                 calibration_max: int = 4096, n_jobs: int | None = None):
+                 calibration_max: int = 1024, stats_max: int = 4096, n_jobs: int | None = None,
+                 score_threads: int | None = None):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.random_state = random_state
@@ -156,7 +162,9 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.unseen_weight = unseen_weight
         self.feature_names = feature_names
         self.calibration_max = calibration_max
+        self.stats_max = stats_max
         self.n_jobs = n_jobs
+        self.score_threads = score_threads
 
     def _make_pipeline(self) -> Pipeline:
         scaler = {"standard": StandardScaler(), "robust": RobustScaler()}.get(self.scaler)
@@ -177,9 +185,11 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.pipeline_ = self._make_pipeline().fit(X)
         self.n_windows_ = int(X.shape[0])
         self.feature_names_in_list_ = list(self.feature_names)
-        # robust statistics, used for the novelty term and the plain-words explanation
-        q1, med, q3 = np.percentile(X, [25, 50, 75], axis=0)
-        mad = np.median(np.abs(X - med), axis=0)
+        # robust statistics, used for the novelty term and the plain-words explanation; quantiles
+        # from at most `stats_max` evenly spaced windows (plenty for a median), range from all of them
+        S = X[_evenly(X.shape[0], self.stats_max)]
+        q1, med, q3 = np.percentile(S, [25, 50, 75], axis=0)
+        mad = np.median(np.abs(S - med), axis=0)
         self.median_ = med
         self.min_ = X.min(axis=0)
         self.max_ = X.max(axis=0)
@@ -187,13 +197,10 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.novelty_mask_ = np.array([f in BEHAVIOUR_FEATURES for f in self.feature_names])
         self.vocabulary_ = (frozenset(e for row in executables for e in row)
                             if executables is not None else None)
-        # calibrate on (at most calibration_max, evenly spaced) training windows: the quantile of a few
-        # thousand scores is as good as of all of them, and fitting stays close to a bare forest
-        if X.shape[0] > self.calibration_max:
-            idx = np.linspace(0, X.shape[0] - 1, self.calibration_max).astype(int)
-            calib = X[idx]
-        else:
-            calib = X
+        # calibrate on at most `calibration_max` evenly spaced training windows: the 0.99 quantile of
+        # ~1000 scores is as good as of all of them, and fitting stays close to a bare forest's cost
+        calib = X[_evenly(X.shape[0], self.calibration_max)]
+        self.fast_path_ = self._check_fast_path(calib[:64])
         train_scores = self.anomaly_score(calib)   # training executables are all in the vocabulary
         self.train_score_quantile_ = float(np.quantile(train_scores, self.threshold_quantile))
         self.train_score_median_ = float(np.median(train_scores))
@@ -223,13 +230,92 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         """Higher = stranger. IsolationForest score plus the novelty terms (see module doc)."""
         check_is_fitted(self, "pipeline_")
         X = np.asarray(X, dtype=float)
-        base = -self.pipeline_.score_samples(X)
+        base = -self._forest_scores(X)
         if self.novelty_weight:
             base = base + self.novelty_weight * self.novelty(X)
         if executables is not None and self.unseen_weight and getattr(self, "vocabulary_", None) is not None:
             n_unseen = np.array([min(len(u), self.novelty_cap) for u in self.unseen(executables)], dtype=float)
             base = base + self.unseen_weight * n_unseen
         return base
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_leaf_cache", None)          # derived from the trees; rebuilt on first use
+        return state
+
+    def _fast_forest_scores(self, X: np.ndarray) -> np.ndarray | None:
+        """The forest's score_samples without scikit-learn's per-call joblib dispatch.
+
+        Same arithmetic as IsolationForest (leaf depth + average path length of the leaf's samples,
+        averaged over trees, 2**-mean/c(max_samples)); per-leaf values are precomputed once. It reads
+        two private forest attributes, so `fit` checks it against score_samples and only uses it when
+        they agree to 1e-9; otherwise the public method is used.
+        """
+        forest = self.pipeline_[-1]
+        cache = getattr(self, "_leaf_cache", None)
+        if cache is None:
+            try:
+                from sklearn.ensemble._iforest import _average_path_length
+                leaves = [(est.tree_, np.asarray(dpl, float) + np.asarray(apl, float) - 1.0,
+                           None if len(f) == X.shape[1] and np.array_equal(f, np.arange(X.shape[1])) else np.asarray(f))
+                          for est, dpl, apl, f in zip(forest.estimators_, forest._decision_path_lengths,
+                                                      forest._average_path_length_per_tree,
+                                                      forest.estimators_features_)]
+                denom = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+            except (AttributeError, ImportError, TypeError, ValueError):
+                return None
+            cache = self._leaf_cache = (leaves, denom)
+        leaves, denom = cache
+        Xs = self.pipeline_[:-1].transform(X)
+        Xs = np.ascontiguousarray(Xs, dtype=np.float32)
+        depths = np.zeros(Xs.shape[0])
+        for tree, values, feats in leaves:
+            depths += values[tree.apply(Xs if feats is None else np.ascontiguousarray(Xs[:, feats]))]
+        if denom == 0:
+            return -np.ones(Xs.shape[0])
+        return -(2.0 ** (-depths / denom))
+
+    def _check_fast_path(self, probe: np.ndarray) -> bool:
+        """Does the fast path give score_samples' exact result with this scikit-learn?
+
+        Checked on the first fit per (scikit-learn version, forest settings) in a process and
+        remembered: a property of the library, not of the data, and the check costs a few ms.
+        """
+        key = (sklearn.__version__, self.max_samples, self.n_estimators)
+        known = _FAST_PATH_OK.get(key)
+        fast = self._fast_forest_scores(probe)
+        if fast is None:
+            return False
+        if known is None:
+            known = _FAST_PATH_OK[key] = bool(
+                np.allclose(fast, self.pipeline_.score_samples(probe), rtol=0, atol=1e-9))
+            if not known:
+                log.info("IsolationForest internals differ from what the fast path expects: using score_samples")
+        return known
+
+    def _score_chunk(self, X: np.ndarray) -> np.ndarray:
+        if getattr(self, "fast_path_", False):
+            return self._fast_forest_scores(X)
+        return self.pipeline_.score_samples(X)
+
+    def _forest_scores(self, X: np.ndarray) -> np.ndarray:
+        """Pipeline score_samples; large batches are split by rows over threads.
+
+        The trees' traversal releases the GIL, so on a k-core box k row-chunks score ~k times as fast;
+        chunks are scored independently, so the result is identical to one call.
+        """
+        threads = self.score_threads if self.score_threads is not None else min(os.cpu_count() or 1, 8)
+        if threads <= 1 or X.shape[0] < _PARALLEL_MIN_ROWS:
+            return self._score_chunk(X)
+        bounds = np.linspace(0, X.shape[0], threads + 1).astype(int)
+        out = np.empty(X.shape[0])
+
+        def run(i: int) -> None:
+            out[bounds[i]:bounds[i + 1]] = self._score_chunk(X[bounds[i]:bounds[i + 1]])
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(run, range(threads)))
+        return out
 
     def score_samples(self, X) -> np.ndarray:
         return -self.anomaly_score(X)
@@ -260,6 +346,13 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
                         "baseline_median": float(self.median_[i]), "robust_z": round(float(z[i]), 2),
                         "training_range": [float(self.min_[i]), float(self.max_[i])]})
         return out
+
+
+def _evenly(n: int, k: int) -> np.ndarray:
+    """Indices of at most k evenly spaced rows out of n (all of them when n <= k)."""
+    if n <= k:
+        return np.arange(n)
+    return np.linspace(0, n - 1, k).astype(int)
 
 
 def _fmt(v: float) -> str:
