@@ -994,4 +994,7 @@ def classify_command(cmd: str | bytes | Sequence[str]) -> CommandMatch:
     if not text or not _has_candidate(text.lower()):
         return NO_MATCH
     res = _classify_argv(argv, 0) if argv is not None else _classify_text(text, 0)
+    if res is None and argv is None and "\\n" in text:
+        # A display form with escaped newlines (procfs.format_cmdline): read them as newlines.
+        res = _classify_text(text.replace("\\n", "\n").replace("\\t", "\t"), 0)
     return res or NO_MATCH

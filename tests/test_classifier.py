@@ -237,6 +237,15 @@ def test_nul_in_str_is_argv() -> None:
     assert not classify_command("echo\0ipinfo.io").location_discovery
 
 
+def test_escaped_display_form() -> None:
+    from osquery_ext.procfs import format_cmdline
+    shown = format_cmdline(["sh", "-c", "set -e\ncurl -s ipinfo.io"])
+    assert "\n" not in shown
+    assert classify_command(shown).indicator == "ipinfo.io"
+    assert not classify_command(format_cmdline(["sh", "-c", "set -e\necho ipinfo.io"])
+                                ).location_discovery
+
+
 def test_single_joined_argv_string() -> None:
     # osquery's cmdline column is argv joined by spaces; a one-element list holding it works.
     assert classify_command(["sh -c 'curl -s ipinfo.io'"]).location_discovery
