@@ -136,3 +136,16 @@ def test_score_result_fields():
     for k in ("score", "threshold", "is_anomaly", "fallback", "model_scope", "explanation", "deviations"):
         assert k in d
     assert isinstance(r.is_anomaly, bool) and r.image_key == "docker.io/library/a:1"
+
+
+def test_fast_scoring_path_equals_scikit_learn():
+    """The fast / threaded scoring gives exactly the pipeline's score_samples."""
+    X = normal_matrix(3000)
+    m = ImageBaseline().fit(X)
+    assert m.fast_path_
+    big = np.vstack([normal_matrix(25_000, seed=5), X])          # > 20,000 rows: split over threads
+    np.testing.assert_array_equal(m._forest_scores(big), m.pipeline_.score_samples(big))
+    single = ImageBaseline(score_threads=1).fit(X)
+    np.testing.assert_array_equal(single._forest_scores(big), m._forest_scores(big))
+    sub = ImageBaseline(max_samples=0.5).fit(X)                   # another forest shape
+    np.testing.assert_array_equal(sub._forest_scores(X[:500]), sub.pipeline_.score_samples(X[:500]))
