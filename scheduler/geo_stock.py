@@ -121,7 +121,7 @@ class GeoStockDetector:
                  match_domain: Callable[[str], Any] | None = None,
                  match_metadata: Callable[[str, str], Any] | None = None,
                  metadata_hosts: Iterable[str] | None = None,
-                 ttl_grace: float = 60.0, max_ttl: float = 86400.0,
+                 ttl_grace: float = 60.0, max_ttl: float = 3600.0,
                  resolved_max: int = 100_000, memo_max: int = 200_000) -> None:
         if subnets is None or match_domain is None or match_metadata is None:
             default_subnets, default_domain, default_metadata, default_hosts = \
@@ -159,8 +159,11 @@ class GeoStockDetector:
         verdict = self._addr_memo.get(addr)
         if verdict is None:
             try:
-                ip = ipaddress.ip_address(addr)
-                verdict = any(ip in net for net in self.subnets)
+                ip = ipaddress.ip_address(addr.split("%", 1)[0])
+                mapped = getattr(ip, "ipv4_mapped", None)   # ::ffff:a.b.c.d counts as a.b.c.d
+                if mapped is not None:
+                    ip = mapped
+                verdict = any(ip.version == net.version and ip in net for net in self.subnets)
             except ValueError:
                 verdict = False
             if len(self._addr_memo) >= self.memo_max:
@@ -320,7 +323,7 @@ class GeoStockDetector:
         self._dns_seen[key] = None
         if len(self._dns_seen) > self.memo_max:
             self._dns_seen.popitem(last=False)
-        return [self._detection(rec, "dns", m, str(query), source)]
+        return [self._detection(rec, "dns", m, str(query).lower(), source)]
 
     def on_ssl(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
         orig = rec.get("id.orig_h")
@@ -330,7 +333,7 @@ class GeoStockDetector:
         m = self.match_name(sni)
         if m is not None:
             self._remember_uid(rec.get("uid"))
-            return [self._detection(rec, "tls", m, str(sni), source)]
+            return [self._detection(rec, "tls", m, str(sni).lower(), source)]
         return self._resolved(rec, source)
 
     def on_conn(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:

@@ -258,3 +258,9 @@ def test_prefilter_drops_nothing_reportable(scenario: str, monkeypatch) -> None:
     slow = detect_directory(SCEN / scenario / "zeek", slow_det, stats)
     assert stats.filtered == 0
     assert [d.to_dict() for d in fast] == [d.to_dict() for d in slow]
+
+
+def test_ipv4_mapped_source_counts() -> None:
+    d = _det()
+    assert d.is_container("::ffff:172.17.0.9") and d.is_container("172.17.255.1")
+    assert not d.is_container("::ffff:192.168.1.1") and not d.is_container("not-an-ip")

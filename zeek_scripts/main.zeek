@@ -229,8 +229,8 @@ function report_name(c: connection, ts: time, method: string, name: string, uri:
 		return F;
 
 	local gs = geo_services[key];
-	log_lookup(c, ts, method, gs$service, gs?$category ? gs$category : "", name, uri,
-	       user_agent);
+	log_lookup(c, ts, method, gs$service, gs?$category ? gs$category : "", to_lower(name),
+	           uri, user_agent);
 	return T;
 	}
 
