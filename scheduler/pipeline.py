@@ -19,6 +19,7 @@ items are OsqueryRow, (stream, zeek_dict) tuples or model.records objects.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import logging
@@ -75,6 +76,9 @@ CREATE TABLE IF NOT EXISTS alert_repeats (
 """
 
 ZEEK_STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
+# A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
+# open windows, the geo detector's remembered DNS answers (TTL 300 s + grace) and the dedupe memory.
+REFEED_HORIZON_S = 900.0
 _DEFAULT_SUBNETS = ("172.17.0.0/16", "10.88.0.0/16")
 
 
@@ -243,6 +247,12 @@ class Pipeline:
         self._proc_seen[key] = rec.ts
         if len(self._proc_seen) > 200_000:
             self._prune_proc_seen(rec.ts)
+        # Classify before the record enters a window: the location_discovery feature must not
+        # depend on whether this run also evaluated the rules (a resumed replay does not).
+        if not rec.location_discovery and rec.cmdline:
+            hit, indicator, _ = rules.classify_command(rec.cmdline)
+            if hit:
+                rec.location_discovery, rec.indicator = True, rec.indicator or indicator
         if self.windows_only:
             self._window_add("p", rec.ts, rec)
             return
@@ -252,8 +262,6 @@ class Pipeline:
         cand = rules.host_location_discovery(
             rec, self.container_ref(rec.host or self.host, rec.container_id, rec.image))
         if cand:
-            if rec.container_id and not rec.location_discovery:
-                rec.location_discovery = True
             self._add(cand)
 
     def _prune_proc_seen(self, now: float) -> None:
@@ -272,6 +280,8 @@ class Pipeline:
 
     def feed_net(self, rec: NetRecord, detection: Any = None) -> None:
         """An attributed network record; `detection` is a geo_stock GeoDetection for it, if any."""
+        if detection is not None:
+            rec.geo_service = rec.geo_service or detection.service
         if self.windows_only:
             if rec.container_id:
                 self._window_add("n", rec.ts, rec)
@@ -282,8 +292,6 @@ class Pipeline:
             self._window_add("n", rec.ts, rec)
         container = self.container_ref(rec.host or self.host, rec.container_id, rec.image,
                                        address=rec.orig_h)
-        if detection is not None:
-            rec.geo_service = rec.geo_service or detection.service
         cand = rules.network_location_discovery(rec, container)
         if cand:
             if detection is not None:
@@ -294,18 +302,20 @@ class Pipeline:
     def feed_zeek(self, stream: str, rec: dict[str, Any], sensor_host: str | None = None) -> None:
         """A Zeek record (field names as Zeek writes them) from one of the streams."""
         host = sensor_host or self.host
-        if self.windows_only:
-            net = self.zeek_to_net(stream, rec, host)
-            if net is not None and net.container_id:
-                self._window_add("n", net.ts, net)
-            return
-        self.stats.zeek_records += 1
         dets = []
         if self.geo is not None and stream in ("dns", "http", "ssl", "conn"):
             try:
-                dets = self.geo.feed(stream, rec)
+                dets = self.geo.feed(stream, rec)   # stateful (DNS answers): fed in both modes
             except Exception as exc:
                 log.warning("geo_stock failed on a %s record: %s", stream, exc)
+        if self.windows_only:
+            net = self.zeek_to_net(stream, rec, host)
+            if net is not None and net.container_id:
+                if dets:
+                    net.geo_service = net.geo_service or dets[0].service
+                self._window_add("n", net.ts, net)
+            return
+        self.stats.zeek_records += 1
         net = self.zeek_to_net(stream, rec, host)
         if net is None:
             self._bad(f"zeek:{stream}")
@@ -314,6 +324,8 @@ class Pipeline:
             return  # not from a container: outside our scope
         if not net.container_id:
             self.stats.nets_unattributed += 1
+        if dets:
+            net.geo_service = net.geo_service or dets[0].service
         if stream == "conn" and not dets:
             # A plain conn is only window input; geo hits on conn come from resolved addresses.
             self.stats.nets += 1
@@ -773,15 +785,20 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             pipe.load_state(st["pipeline"])
             start = int(st["position"])
             # Rebuild the windows that were open at the checkpoint from their first item on.
+            # Rebuild what the killed run held in memory by re-feeding, without rules, the items
+            # of the last REFEED_HORIZON_S before the earliest open window: the open windows
+            # themselves, the stock-log geo detector's DNS answers (TTL) and the process dedupe.
             wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
-            if wpos and pipe.windows_enabled:
+            first = min(wpos) if wpos else start
+            if 0 < start <= len(items):
+                t_from = min(items[min(first, start - 1)][0], items[start - 1][0]) - REFEED_HORIZON_S
+                i0 = bisect.bisect_left([it[0] for it in items[:start]], t_from)
                 pipe.windows_only = True
-                for i in range(min(wpos), start):
+                for i in range(i0, start):
                     pipe.cur_pos = i
                     pipe._dispatch(items[i][1], items[i][2])
                 pipe.windows_only = False
                 pipe._rebuild = set()
-            pipe._proc_seen = {tuple(k): v for k, v in st.get("proc_seen", [])}
             log.info("%s: resuming at item %d of %d", name, start, len(items))
         deliver_outbox(store, sinks)
 
@@ -805,9 +822,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         reps = pipe.aggregator.take_repeats()
         repeats.extend(reps)
         if store is not None:
-            state = {"pipeline": pipe.dump_state(), "position": end,
-                     "proc_seen": [[list(k), v] for k, v in pipe._proc_seen.items()
-                                   if pipe.data_time - v < 10.0]}
+            state = {"pipeline": pipe.dump_state(), "position": end}
             store.commit(name, state, out, reps)
             deliver_outbox(store, sinks)
         elif sinks is not None and out:
