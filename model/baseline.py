@@ -343,7 +343,8 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
             if abs(z[i]) < min_abs_z:
                 break
             out.append({"feature": self.feature_names[i], "value": float(x[i]),
-                        "baseline_median": float(self.median_[i]), "robust_z": round(float(z[i]), 2),
+                        "baseline_median": float(self.median_[i]), "baseline": float(self.median_[i]),
+                        "robust_z": round(float(z[i]), 2),
                         "training_range": [float(self.min_[i]), float(self.max_[i])]})
         return out
 
