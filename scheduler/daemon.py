@@ -229,7 +229,11 @@ class Daemon:
             with self.store.transaction() as conn:
                 _Outbox(self.store).add(conn, alerts, STATE_NAME)
                 self._save_state(conn)
-            return deliver_outbox(_Outbox(self.store), self.sinks)
+            n = deliver_outbox(_Outbox(self.store), self.sinks)
+        if self.metrics.enabled:
+            for a in alerts:
+                self.metrics.alerts.labels(a.rule).inc()
+        return n
 
     def retrain_once(self) -> bool:
         if self.window_store is None:

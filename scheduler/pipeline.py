@@ -77,8 +77,8 @@ CREATE TABLE IF NOT EXISTS alert_repeats (
 
 ZEEK_STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
 # A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
-# open windows, the geo detector's remembered DNS answers (TTL 300 s + grace) and the dedupe memory.
-REFEED_HORIZON_S = 900.0
+# open windows, the geo detector's remembered DNS answers (TTL, capped at 1 h) and the dedupe memory.
+REFEED_HORIZON_S = 3700.0
 _DEFAULT_SUBNETS = ("172.17.0.0/16", "10.88.0.0/16")
 
 
