@@ -465,9 +465,14 @@ def build_windows(
     names = [spans[cids[c]].name for c in rc]
     if churn:
         keys_cache: dict[str, str] = {}
-        row_group = np.array([hash((keys_cache.setdefault(im, keyfn(im)), h)) for im, h in zip(images, hosts)])
-        for (ik, h), (creates, destroys) in churn.items():
-            m = row_group == hash((ik, h))
+        group_code: dict[tuple[str, str], int] = {}
+        row_group = np.array([group_code.setdefault((keys_cache.setdefault(im, keyfn(im)), h), len(group_code))
+                              for im, h in zip(images, hosts)])
+        for pair_key, (creates, destroys) in churn.items():
+            code = group_code.get(pair_key)
+            if code is None:
+                continue
+            m = row_group == code
             if not m.any():
                 continue
             for name, times in (("image_creates", creates), ("image_destroys", destroys)):
