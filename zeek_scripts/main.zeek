@@ -321,7 +321,8 @@ event http_all_headers(c: connection, is_orig: bool, hlist: mime_header_list)
 		if ( mhost != host || |mprefix| <= |best| )
 			next;
 
-		if ( sub_bytes(luri, 1, |mprefix|) != to_lower(mprefix) )
+		# strstr is 1-based: 1 means the URI starts with the prefix.
+		if ( strstr(luri, to_lower(mprefix)) != 1 )
 			next;
 
 		local mv = metadata_endpoints[mhost, mprefix];
