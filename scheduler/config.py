@@ -78,6 +78,9 @@ class SinksConfig:
 @dataclass
 class ModelConfig:
     dir: str = "/var/lib/stowaway/models"
+    # Feature windows the daemon scores are stored here; `stowaway train --windows` and the daily
+    # retrain read them back.
+    windows_db: str = "/var/lib/stowaway/windows.sqlite"
     retrain_hour_utc: int = 3          # daily retrain per environment at this hour
     min_windows: int = 20              # fewer windows than this: fall back (cold start)
 

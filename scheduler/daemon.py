@@ -110,6 +110,11 @@ class Daemon:
             ms = ModelStore(self.cfg.model.dir)
             if self.cfg.environment in ms.environments():
                 eb = ms.load(self.cfg.environment)
+                trained_w = ms.read_manifest(self.cfg.environment).get("window_s")
+                if trained_w and abs(float(trained_w) - self.cfg.detection.window_s) > 1e-6:
+                    log.warning("baselines of %r were trained on %gs windows but detection.window_s "
+                                "is %gs: scores are not comparable; retrain",
+                                self.cfg.environment, float(trained_w), self.cfg.detection.window_s)
                 log.info("baselines for %r loaded from %s", self.cfg.environment, self.cfg.model.dir)
                 return eb
         except Exception as exc:
@@ -120,7 +125,7 @@ class Daemon:
         try:
             from model.windowstore import WindowStore
 
-            path = Path(self.cfg.model.dir) / "windows.db"
+            path = Path(self.cfg.model.windows_db)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.pipeline.collect_windows = False
             return WindowStore(path)

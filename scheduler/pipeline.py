@@ -869,7 +869,8 @@ def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None 
         try:
             from model.store import ModelStore
             ModelStore(model_dir).save(eb, training_range=(float(fw.window_start.min()),
-                                                           float(fw.window_end.max())))
+                                                           float(fw.window_end.max())),
+                                       window_s=config.detection.window_s)
         except Exception as exc:
             log.warning("could not save baselines to %s: %s", model_dir, exc)
     return eb, fw
