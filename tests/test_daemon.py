@@ -51,6 +51,7 @@ address_map = "{tmp}/container_addrs.tsv"
 jsonl = "{tmp}/alerts.jsonl"
 [model]
 dir = "{tmp}/models"
+windows_db = "{tmp}/windows.sqlite"
 [daemon]
 collect_interval_s = 0.3
 [detection]
@@ -173,3 +174,19 @@ def test_invalid_config_is_refused(tmp_path: Path) -> None:
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode != 0
     assert "churn_n" in (r.stderr + r.stdout)
+
+
+def test_example_config_is_the_defaults() -> None:
+    """stowaway.example.toml documents every default; they must not drift apart."""
+    from scheduler.config import Config, load_config
+
+    assert load_config(REPO / "stowaway.example.toml").to_dict() == Config().to_dict()
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    from scheduler.config import ConfigError, load_config
+
+    p = tmp_path / "typo.toml"
+    p.write_text("[detection]\nchurn_N = 5\n")
+    with pytest.raises(ConfigError, match="churn_N"):
+        load_config(p)
