@@ -126,6 +126,8 @@ class Inventory:
         self.grace_after = grace_after
         self._containers: dict[tuple[str, str], ContainerState] = {}
         self._by_addr: dict[tuple[str, str], list[str]] = {}   # (host, addr) -> container ids
+        self._addr_hosts: dict[str, set[str]] = {}             # addr -> hosts with a holder
+        self._hosts: set[str] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._snapshot_seen: dict[tuple[str, float], set[str]] = {}
         self._last_snapshot: dict[str, float] = {}
@@ -144,7 +146,7 @@ class Inventory:
         return [c for (h, _), c in self._containers.items() if host is None or h == host]
 
     def hosts(self) -> list[str]:
-        return sorted({h for h, _ in self._containers})
+        return sorted(self._hosts)
 
     def __len__(self) -> int:
         return len(self._containers)
@@ -156,6 +158,7 @@ class Inventory:
             c = ContainerState(host=host, container_id=container_id)
             self._containers[key] = c
             self._short_index[(host, container_id[:12])] = container_id
+            self._hosts.add(host)
         self._dirty.add(key)
         return c
 
@@ -166,6 +169,7 @@ class Inventory:
         holders = self._by_addr.setdefault((c.host, addr), [])
         if c.container_id not in holders:
             holders.append(c.container_id)
+        self._addr_hosts.setdefault(addr, set()).add(c.host)
 
     @staticmethod
     def _seen(c: ContainerState, ts: float | None) -> None:
@@ -313,7 +317,10 @@ class Inventory:
 
     def lookup_any_host(self, addr: str, ts: float) -> ContainerState | None:
         """Lookup when the sensor's host is unknown: the only host with a holder, if unambiguous."""
-        found = [c for h in self.hosts() if (c := self.lookup(h, addr, ts)) is not None]
+        hosts = self._addr_hosts.get(addr)
+        if not hosts:
+            return None
+        found = [c for h in sorted(hosts) if (c := self.lookup(h, addr, ts)) is not None]
         return found[0] if len(found) == 1 else None
 
     def current_map(self, host: str | None = None) -> list[tuple[str, ContainerState]]:
@@ -372,8 +379,10 @@ class Inventory:
             c = ContainerState.from_dict(data)
             inv._containers[(host, cid)] = c
             inv._short_index[(host, cid[:12])] = cid
+            inv._hosts.add(host)
             for addr in c.ips:
                 inv._by_addr.setdefault((host, addr), []).append(cid)
+                inv._addr_hosts.setdefault(addr, set()).add(host)
         return inv
 
     def prune(self, before_ts: float) -> int:
@@ -385,6 +394,9 @@ class Inventory:
                 ids = self._by_addr.get((c.host, addr), [])
                 if c.container_id in ids:
                     ids.remove(c.container_id)
+                if not ids:
+                    self._by_addr.pop((c.host, addr), None)
+                    self._addr_hosts.get(addr, set()).discard(c.host)
             self._dirty.discard(key)
         return len(drop)
 
