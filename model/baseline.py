@@ -149,7 +149,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
                  threshold_margin: float = 0.05, novelty_weight: float = 0.05,
                  novelty_cap: float = 10.0, unseen_weight: float = 0.1,
                  feature_names: Sequence[str] = FEATURE_NAMES,
-                 calibration_max: int = 1024, stats_max: int = 4096, n_jobs: int | None = None,
+                 calibration_max: int = 1024, stats_max: int = 2048, n_jobs: int | None = None,
                  score_threads: int | None = None):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
