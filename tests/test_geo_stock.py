@@ -264,3 +264,13 @@ def test_ipv4_mapped_source_counts() -> None:
     d = _det()
     assert d.is_container("::ffff:172.17.0.9") and d.is_container("172.17.255.1")
     assert not d.is_container("::ffff:192.168.1.1") and not d.is_container("not-an-ip")
+
+
+def test_cli_prints_json_lines(capsys) -> None:
+    from scheduler.geo_stock import main
+
+    assert main([str(SCEN / "geo_lookup" / "zeek")]) == 0
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert len(rows) == 13 and {r["method"] for r in rows} == {"dns", "http", "tls"}
+    assert "bad_lines=0" in out.err

@@ -157,6 +157,7 @@ def test_zat_json_logs() -> None:
 
 
 @needs_fixtures
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # inside zat 0.4.9 on pandas 3
 def test_find_logs_and_zat_dataframe() -> None:
     assert [p.name for p in find_logs(ZAT, "http")] == ["http.log", "http.log.gz"]
     df = read_dataframe(ZAT / "http.log")            # zat LogToDataFrame
@@ -178,3 +179,19 @@ def test_where_filters_before_conversion(tmp_path: Path) -> None:
     list(iter_zeek_log(_write(tmp_path, "dns2.log", HEADER + body), ParseStats(),
                        where={"query": lambda q: seen.append(q) or True}))
     assert seen == ["ipinfo.io", "q", "a\tb"]          # predicates see unescaped text
+
+
+def test_missing_and_binary_files_do_not_raise(tmp_path: Path) -> None:
+    stats = ParseStats()
+    assert list(iter_zeek_log(tmp_path / "nope.log", stats)) == []
+    assert stats.io_errors == 1
+    junk = tmp_path / "junk.log"
+    junk.write_bytes(bytes(range(256)) * 40 + b"\n\xff\xfe{\"ts\":\n")
+    stats = ParseStats()
+    assert list(iter_zeek_log(junk, stats)) == []
+    assert stats.bad_lines >= 1 and stats.io_errors == 0
+    bad_gz = tmp_path / "bad.log.gz"
+    bad_gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 64)
+    stats = ParseStats()
+    assert list(iter_zeek_log(bad_gz, stats)) == []
+    assert stats.io_errors == 1
