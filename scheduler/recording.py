@@ -95,24 +95,31 @@ class Recording:
         return _first_existing(d / RESULTS_NAME, d / (RESULTS_NAME + ".gz"))
 
     def zeek_logs(self) -> dict[str, Path]:
-        """stream name -> log path for every Zeek log present (plain preferred over .gz)."""
+        """stream name -> its current log (`<stream>.log`, else `.log.gz`, else the newest rotated
+        `<stream>.<stamp>.log[.gz]`) for every stream present."""
+        return {stream: files[-1] for stream, files in self.zeek_files().items()}
+
+    def zeek_files(self) -> dict[str, list[Path]]:
+        """stream name -> all its files, rotated ones first (oldest name first), current last."""
         d = self.path / "zeek"
-        out: dict[str, Path] = {}
+        out: dict[str, list[Path]] = {}
         if not d.is_dir():
             return out
-        for p in sorted(d.iterdir()):
-            if not p.is_file():
-                continue
+        for p in d.iterdir():
             name = p.name
-            if name.endswith(".log.gz"):
-                stream = name[: -len(".log.gz")]
-            elif name.endswith(".log"):
-                stream = name[: -len(".log")]
-            else:
+            if not p.is_file() or not (name.endswith(".log") or name.endswith(".log.gz")):
                 continue
-            if stream not in out or not name.endswith(".gz"):
-                out[stream] = p
-        return out
+            out.setdefault(name.split(".", 1)[0], []).append(p)
+
+        def order(p: Path) -> tuple[int, str]:
+            name = p.name
+            stream = name.split(".", 1)[0]
+            if name == f"{stream}.log":
+                return (2, name)
+            if name == f"{stream}.log.gz":
+                return (1, name)
+            return (0, name)
+        return {k: sorted(v, key=order) for k, v in sorted(out.items())}
 
     def zeek_log(self, stream: str) -> Path | None:
         return self.zeek_logs().get(stream)
@@ -129,11 +136,16 @@ class Recording:
         return oqr.iter_results(p, stats)
 
     def iter_zeek(self, stream: str, stats: Any = None) -> Iterator[dict[str, Any]]:
-        """Records of one Zeek stream as dicts (Zeek field names), malformed lines skipped."""
-        p = self.zeek_log(stream)
-        if p is None:
-            return iter(())
-        return iter_zeek_records(p, stats)
+        """Records of one Zeek stream as dicts (Zeek field names), malformed lines skipped.
+
+        All files of the stream are read, rotated ones first. When both `x.log` and `x.log.gz`
+        exist (a copy kept both ways), only the plain one is read.
+        """
+        files = self.zeek_files().get(stream, [])
+        names = {p.name for p in files}
+        files = [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
+        for p in files:
+            yield from iter_zeek_records(p, stats)
 
 
 def list_recordings(root: str | Path) -> list[Recording]:

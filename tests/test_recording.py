@@ -156,3 +156,18 @@ def test_bundled_demo_data_is_readable() -> None:
     stats = ParseStats()
     n = sum(1 for _ in recs["geo_lookup"].iter_osquery_rows(stats))
     assert n > 500 and stats.malformed == 0
+
+
+def test_rotated_zeek_files_are_read_in_order(tmp_path: Path) -> None:
+    meta = RecordingMeta("r", "h")
+    hdr = "#separator \\x09\n#fields\tts\tuid\n#types\ttime\tstring\n"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dns.2026-11-27-19-00-00.log").write_text(hdr + "1.0\tA\n")
+    (src / "dns.log").write_text(hdr + "2.0\tB\n")
+    with RecordingWriter(tmp_path / "rec", meta) as w:
+        for p in sorted(src.iterdir()):
+            w.add_zeek_log(p, compress=p.name == "dns.log")
+    rec = Recording(tmp_path / "rec")
+    assert rec.zeek_log("dns").name == "dns.log.gz"
+    assert [r["uid"] for r in rec.iter_zeek("dns")] == ["A", "B"]
