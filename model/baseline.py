@@ -200,6 +200,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         # calibrate on at most `calibration_max` evenly spaced training windows: the 0.99 quantile of
         # ~1000 scores is as good as of all of them, and fitting stays close to a bare forest's cost
         calib = X[_evenly(X.shape[0], self.calibration_max)]
+        self.fit_sklearn_version_ = sklearn.__version__
         self.fast_path_ = self._check_fast_path(calib[:64])
         train_scores = self.anomaly_score(calib)   # training executables are all in the vocabulary
         self.train_score_quantile_ = float(np.quantile(train_scores, self.threshold_quantile))
@@ -239,7 +240,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         return base
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())
         state.pop("_leaf_cache", None)          # derived from the trees; rebuilt on first use
         return state
 
@@ -294,8 +295,12 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         return known
 
     def _score_chunk(self, X: np.ndarray) -> np.ndarray:
-        if getattr(self, "fast_path_", False):
-            return self._fast_forest_scores(X)
+        # the fast path was verified with the scikit-learn that fitted the model; a model loaded
+        # under another version uses the public method
+        if getattr(self, "fast_path_", False) and getattr(self, "fit_sklearn_version_", None) == sklearn.__version__:
+            fast = self._fast_forest_scores(X)
+            if fast is not None:
+                return fast
         return self.pipeline_.score_samples(X)
 
     def _forest_scores(self, X: np.ndarray) -> np.ndarray:

@@ -149,3 +149,19 @@ def test_fast_scoring_path_equals_scikit_learn():
     np.testing.assert_array_equal(single._forest_scores(big), m._forest_scores(big))
     sub = ImageBaseline(max_samples=0.5).fit(X)                   # another forest shape
     np.testing.assert_array_equal(sub._forest_scores(X[:500]), sub.pipeline_.score_samples(X[:500]))
+
+
+def test_model_from_another_scikit_learn_uses_the_public_scorer():
+    import pickle
+    X = normal_matrix(300)
+    m = ImageBaseline().fit(X)
+    m2 = pickle.loads(pickle.dumps(m))
+    assert not hasattr(m2, "_leaf_cache")
+    np.testing.assert_array_equal(m2.anomaly_score(X), m.anomaly_score(X))
+    m2.fit_sklearn_version_ = "0.0"                    # as if saved by another version
+
+    def boom(_X):
+        raise AssertionError("fast path used for a model fitted by another scikit-learn")
+
+    m2._fast_forest_scores = boom
+    np.testing.assert_allclose(m2.anomaly_score(X), m.anomaly_score(X), rtol=0, atol=1e-12)
