@@ -270,7 +270,16 @@ def test_kill_minus_9_mid_run_no_loss_no_duplicate(tmp_path: Path) -> None:
     write(200, "b")
     os.rename(log, tmp_path / "conn.2026-11-27-19-00-00.log")
     write(300, "c")
-    time.sleep(0.15)
+
+    def consumed() -> int:
+        try:
+            return sqlite3.connect(db).execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        except sqlite3.OperationalError:   # table not created yet
+            return 0
+
+    deadline = time.time() + 20
+    while consumed() < 50 and time.time() < deadline:   # started and busy, far from done
+        time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait(10)
     assert child.returncode == -signal.SIGKILL
