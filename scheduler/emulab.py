@@ -437,6 +437,53 @@ def sweep_containers(client: Any, run_id: str) -> list[str]:
     return removed
 
 
+def exec_monitors(container_ids: set[str], proc: str = "/proc") -> list[int]:
+    """PIDs of conmon processes that monitor an *exec session* of one of `container_ids`.
+
+    Why: Podman's API service starts one conmon pair per exec with `--exit-delay 300`
+    (containers.conf `exit_command_delay`, so REST clients can still read the exit code), so they
+    outlive the container by five minutes. They belong to execs this run made in containers this
+    run created and removed; cleanup ends exactly those, by pid.
+    """
+    pids = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(proc, entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"conmon") or b"--exec-attach" not in argv:
+            continue
+        try:
+            cid = argv[argv.index(b"-c") + 1].decode()
+        except (ValueError, IndexError):
+            continue
+        if cid in container_ids:
+            pids.append(int(entry))
+    return pids
+
+
+def reap_exec_monitors(container_ids: set[str]) -> int:
+    """End the lingering exec conmons of our (already removed) containers; returns how many."""
+    pids = exec_monitors(container_ids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 3
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return len(pids)
+
+
 # ---------------------------------------------------------------------------------------------
 # small helpers
 

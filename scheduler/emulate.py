@@ -89,6 +89,7 @@ class Action:
     end: float = 0.0
     exit_code: int | None = None
     output: str = ""
+    lifetime_s: float | None = None   # run --rm: create -> die by the runtime's own event times
 
 
 @dataclass
@@ -286,8 +287,7 @@ def scenario_geo_lookup(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
             act.end = time.time()
             act.exit_code = 0
             sr.containers[c.id]["finished"] = act.end
-            sr.expects.append(Expect(RULE_LOCATION, c.id, lab.image,
-                                     what=f"T1614 alert on --rm {c.name} (lived {act.end - act.start:.2f}s)"))
+            sr.expects.append(Expect(RULE_LOCATION, c.id, lab.image, what=f"T1614 alert on --rm {c.name}"))
             sr.process_expects.append((c.id, act.match, f"{act.action_id} --rm {' '.join(act.command)}", True))
             sr.lifecycle_expects.append((c.id, f"start+die of --rm {c.name}"))
         sr.actions.append(act)
@@ -421,14 +421,34 @@ def check_extension(sr: ScenarioRun, view: Any, source_note: str) -> list[Check]
                              f"no container_processes/container_process_events row with '{needle}'"))
     events = view.rows("container_events", t0, t1)
     for cid, what in sr.lifecycle_expects:
-        acts = sorted({r.get("action", "") for r in events if same_id(r.get("container_id", ""), cid)})
+        mine = [r for r in events if same_id(r.get("container_id", ""), cid)]
+        acts = sorted({r.get("action", "") for r in mine})
+        life = lifetime(mine)
+        if life is not None and cid in sr.containers:
+            sr.containers[cid]["lifetime_s"] = life
+            for a in sr.actions:
+                if a.container_id == cid:
+                    a.lifetime_s = life
         need = {"start", "die"} if "die" in what else {"create", "start"}
         ok = need <= set(acts) or ({"create"} <= set(acts) and "create" in need and "start" in acts)
         if "create/start" in what:
             ok = bool({"create", "start"} & set(acts))
         out.append(Check(sr.name, "extension", f"container_events: {what}", PASS if ok else FAIL,
-                         "actions " + (",".join(acts) or "none")))
+                         "actions " + (",".join(acts) or "none")
+                         + (f"; lived {life:.3f}s (create->die)" if life is not None else "")))
     return _collapse_churn(sr, out)
+
+
+def lifetime(rows: list[dict[str, str]]) -> float | None:
+    """Seconds from a container's create (else init/start) event to its die event, by the runtime's
+    own event times (a client-side stopwatch would add API latency)."""
+    def first(action: str) -> float | None:
+        ts = [int(r["time_nano"]) / 1e9 for r in rows if r.get("action") == action and r.get("time_nano")]
+        return min(ts) if ts else None
+
+    start = next((t for t in (first("create"), first("init"), first("start")) if t is not None), None)
+    die = first("die")
+    return round(die - start, 3) if start is not None and die is not None and die >= start else None
 
 
 def _collapse_churn(sr: ScenarioRun, checks: list[Check]) -> list[Check]:
@@ -749,6 +769,7 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
         image = emulab.ensure_image(client, opts.image, opts.build_image_from, cleanup)
         lab = Lab(client=client, conn=conn, run_id=run_id, image=image, workdir=workdir,
                   cleanup=cleanup, live=opts.live)
+        cleanup.push(f"exec monitors of run {run_id}", lambda: emulab.reap_exec_monitors(set(lab.known_ids)))
         cleanup.push(f"containers of run {run_id}", lambda: emulab.sweep_containers(client, run_id))
         lab.net = emulab.create_network(client, conn, run_id, cleanup, live=opts.live)
         if not opts.live:

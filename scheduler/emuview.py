@@ -41,62 +41,40 @@ class InProcessTables:
 
     def __init__(self, engine: str, url: str) -> None:
         try:
-            from osquery_ext import events as oq_events
-            from osquery_ext import proc_connector, runtimes, tables
+            from osquery_ext import extension, tables
         except ImportError as exc:
             raise SourceUnavailable(f"osquery_ext cannot be imported: {exc}") from exc
         self._tables = tables
-        self.runtimes = runtimes.Runtimes({engine: url})
-        self.sources = tables.Sources(runtimes=self.runtimes, classify=_safe_classify(tables))
-        self.listeners = oq_events.start_listeners(self.runtimes, self.sources.events)
-        src = self.sources
-
-        def lookup(cid: str) -> tuple[str, str] | None:
-            name, image = src.name_image(cid)
-            return (name, image) if (name or image) else None
-
-        self.connector = proc_connector.ProcConnector(
-            src.process_events, tables.default_attribute, src.classify, lookup=lookup)
-        src.connector = self.connector
-        self.connector.start()
-        self.connector.ready.wait(5)
-        deadline = time.time() + 5
-        while time.time() < deadline and not all(l.connected.is_set() for l in self.listeners):
-            time.sleep(0.05)
+        # The extension's own wiring (same buffers, listeners and connector as under osqueryd).
+        args = extension.parse_args(["--runtime-sockets", f"{engine}={url}"])
+        self.sources = extension.build_sources(args)
+        self.runtimes = self.sources.runtimes
+        self.workers = extension.start_background(self.sources, args)
         self.notes: list[str] = []
-        if self.connector.status != "running":
-            self.notes.append(f"process-event connector {self.connector.status}: {self.connector.reason}")
-        if not all(l.connected.is_set() for l in self.listeners):
+        connector = self.sources.connector
+        if connector is not None:
+            connector.ready.wait(10)
+            if connector.status != "running":
+                self.notes.append(f"process-event connector {connector.status}: {connector.reason}")
+        listeners = [w for w in self.workers if hasattr(w, "connected")]
+        deadline = time.time() + 5
+        while time.time() < deadline and not all(l.connected.is_set() for l in listeners):
+            time.sleep(0.05)
+        if not all(l.connected.is_set() for l in listeners):
             self.notes.append("runtime event stream not connected")
 
     def rows(self, table: str, context: Any = None) -> list[dict[str, str]]:
         return self._tables.GENERATORS[table](self.sources, context)
 
     def close(self) -> None:
-        for l in self.listeners:
-            l.stop()
-        self.connector.stop()
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            w.join(3)
         try:
             self.runtimes.close()
         except Exception:  # noqa: BLE001 - best effort
             pass
-
-
-def _safe_classify(tables: Any) -> Callable[[list[str]], dict[str, Any]]:
-    """The extension's classifier, or an empty verdict when the classifier module is missing (so
-    exec rows are still produced; the scheduler re-classifies commands itself)."""
-    warned = []
-
-    def classify(argv: list[str]) -> dict[str, Any]:
-        try:
-            return tables.default_classify(argv)
-        except ImportError as exc:
-            if not warned:
-                warned.append(1)
-                log.warning("classifier unavailable (%s): location_discovery column left 0", exc)
-            return {}
-
-    return classify
 
 
 class ThriftTables:

@@ -1,0 +1,408 @@
+"""`stowaway emulate`: unit tests of its pure parts, then the real thing against rootful podman.
+
+The podman tests run the command as a subprocess, exactly as an operator would: all three scenarios
+must pass every layer that can be checked here; a scenario whose expected alert cannot fire must
+exit non-zero; SIGINT in the middle of a run must leave nothing behind; and the `--record` output
+must replay through the recording reader and the pipeline to the same alerts. They are skipped,
+with the reason, only where podman, root or the local test image is missing. No packet leaves the
+machine: the emulation runs on an internal network with its own stand-in services.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scheduler import emulab, emulate, standin
+from scheduler.emulate import FAIL, NOT_CHECKED, PASS, Action, Expect, ScenarioRun
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "localhost/stowaway-busybox:latest"
+
+
+# ---------------------------------------------------------------------------------------------
+# unit: socket discovery, subnet choice, stand-in protocol pieces
+
+
+def test_resolve_socket_order():
+    have = {"/run/podman/podman.sock", "/var/run/docker.sock"}
+    ex = have.__contains__
+    assert emulab.resolve_socket("/x.sock", {}, ex) == "unix:///x.sock"
+    assert emulab.resolve_socket("unix:///y", {}, ex) == "unix:///y"
+    assert emulab.resolve_socket(None, {}, ex) == "unix:///var/run/docker.sock"
+    assert emulab.resolve_socket(None, {}, {"/run/podman/podman.sock"}.__contains__) == \
+        "unix:///run/podman/podman.sock"
+    assert emulab.resolve_socket(None, {"DOCKER_HOST": "unix:///d.sock"}, {"/d.sock"}.__contains__) == \
+        "unix:///d.sock"
+    assert emulab.resolve_socket(None, {"XDG_RUNTIME_DIR": "/run/user/7"},
+                                 {"/run/user/7/podman/podman.sock"}.__contains__) == \
+        "unix:///run/user/7/podman/podman.sock"
+    assert emulab.resolve_socket(None, {}, lambda p: False) is None
+
+
+def test_pick_subnet_avoids_used_networks():
+    import ipaddress
+    import random
+
+    used = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(0, 250)]
+    got = emulab.pick_subnet(used, random.Random(1))
+    assert got.prefixlen == 24 and str(got).startswith("10.213.")
+    assert not any(got.overlaps(u) for u in used)
+    with pytest.raises(RuntimeError):
+        emulab.pick_subnet([ipaddress.ip_network("10.213.0.0/16")], random.Random(1))
+
+
+def _query(name: str, qtype: int = 1, qid: int = 0x1234) -> bytes:
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", qtype, 1)
+
+
+def test_dns_answers_known_names_and_never_forwards():
+    spec = standin.build_spec("10.213.5", "/dev/null")
+    recs = spec["records"]
+    assert recs["ipinfo.io"] == "10.213.5.201" and spec["resolver"] == "10.213.5.250"
+    assert recs["myip.opendns.com"] == standin.FAKE_PUBLIC_IP
+    reply, entry = standin.dns_answer(_query("IPinfo.io"), recs)
+    qid, flags, qd, an = struct.unpack("!HHHH", reply[:8])
+    assert qid == 0x1234 and flags & 0x8000 and flags & 0xF == 0 and an == 1
+    assert reply[-4:] == socket.inet_aton("10.213.5.201")
+    assert entry == {"kind": "dns", "query": "ipinfo.io", "qtype": "A", "rcode": "NOERROR",
+                     "answer": "10.213.5.201"}
+    reply, entry = standin.dns_answer(_query("ipinfo.io", 28), recs)   # AAAA: NODATA
+    assert struct.unpack("!H", reply[6:8])[0] == 0 and reply[3] & 0xF == 0
+    reply, entry = standin.dns_answer(_query("example.net"), recs)     # unknown: NXDOMAIN
+    assert reply[3] & 0xF == 3 and entry["rcode"] == "NXDOMAIN"
+    with pytest.raises(ValueError):
+        standin.dns_answer(b"\0\1", recs)
+
+
+def test_http_bodies_are_made_up_and_documentation_addresses():
+    st, ctype, body = standin.http_body("ipinfo.io:80", "/")
+    assert st == 200 and json.loads(body)["ip"] == "203.0.113.45"
+    assert standin.http_body("api.ipify.org", "/?format=json")[2].strip() == '{"ip": "203.0.113.45"}'
+    assert standin.http_body("nowhere.test", "/")[0] == 404
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_standin_serves_dns_http_https_with_sni_on_loopback(tmp_path):
+    """The whole stand-in on 127.0.0.1 with free ports: DNS, HTTP by Host, HTTPS whose cert
+    verifies against the run's own CA, and the event log records the SNI."""
+    ca, crt, key = standin.make_certificates(tmp_path / "tls", list(standin.SERVICE_HOSTS))
+    ports = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    spec = standin.build_spec("127.0.0", str(tmp_path / "ev.jsonl"), str(crt), str(key))
+    spec.update(resolver="127.0.0.1", bind="127.0.0.1", dns_port=ports[0], http_port=ports[1],
+                https_port=ports[2])
+    ready, stop = threading.Event(), threading.Event()
+    th = threading.Thread(target=standin.serve, args=(spec, ready.set, stop), daemon=True)
+    th.start()
+    assert ready.wait(10)
+    try:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(3)
+        u.sendto(_query("checkip.amazonaws.com"), ("127.0.0.1", ports[0]))
+        reply = u.recv(512)
+        assert reply[-4:] == socket.inet_aton("127.0.0.205")
+        req = urllib.request.Request(f"http://127.0.0.1:{ports[1]}/", headers={"Host": "ifconfig.me"})
+        assert urllib.request.urlopen(req, timeout=5).read().decode().strip() == "203.0.113.45"
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with socket.create_connection(("127.0.0.1", ports[2]), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="api.ipify.org") as tls:
+                tls.sendall(b"GET /?format=json HTTP/1.1\r\nHost: api.ipify.org\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(4096):
+                    data += chunk
+        assert b'"ip": "203.0.113.45"' in data
+        time.sleep(0.2)
+        events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+        kinds = [e["kind"] for e in events]
+        assert kinds[0] == "ready" and "dns" in kinds and "http" in kinds
+        assert any(e["kind"] == "tls" and e["sni"] == "api.ipify.org" for e in events)
+        assert any(e["kind"] == "https" and e["sni"] == "api.ipify.org" and e["host"] == "api.ipify.org"
+                   for e in events)
+    finally:
+        stop.set()
+        th.join(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# unit: the checks
+
+
+def _sr(**kw) -> ScenarioRun:
+    sr = ScenarioRun(name=kw.pop("name", "geo-lookup"), start=100.0, end=200.0)
+    for k, v in kw.items():
+        setattr(sr, k, v)
+    return sr
+
+
+CID = "a" * 64
+
+
+def _alert(rule: str, cid: str = CID, image: str = "localhost/img:1") -> dict:
+    return {"rule": rule, "title": rule, "container": {"id": cid, "name": "x", "image": image}}
+
+
+def test_scheduler_check_passes_only_on_the_right_container_and_image():
+    exp = [Expect("location_discovery", CID, "localhost/img:1", what="T1614 on x")]
+    ok = emulate.check_scheduler(_sr(expects=exp, alerts=[_alert("location_discovery", CID[:12] + "b" * 52)]))
+    assert ok[0].result == FAIL  # a different container sharing no full id
+    ok = emulate.check_scheduler(_sr(expects=exp, alerts=[_alert("location_discovery", CID, "img:1")]))
+    assert ok[0].result == PASS  # "localhost/img:1" and "img:1" are one image
+    wrong_img = emulate.check_scheduler(_sr(expects=exp, alerts=[_alert("location_discovery", CID, "other:1")]))
+    assert wrong_img[0].result == FAIL
+    missing = emulate.check_scheduler(_sr(expects=exp, alerts=[_alert("container_churn")]))
+    assert missing[0].result == FAIL and "no location_discovery alert" in missing[0].detail
+    assert emulate.check_scheduler(_sr(expects=exp, alerts=None, pipeline_note="why"))[0].result == NOT_CHECKED
+
+
+def test_benign_control_fails_on_any_t1614_alert():
+    exp = [Expect("location_discovery", present=False, forbid_ids={CID}, what="none on benign")]
+    assert emulate.check_scheduler(_sr(name="benign", expects=exp, alerts=[]))[0].result == PASS
+    res = emulate.check_scheduler(_sr(name="benign", expects=exp, alerts=[_alert("location_discovery")]))
+    assert res[0].result == FAIL
+
+
+def _zeek_json(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_zeek_layer_not_checked_without_logs_and_matches_name_address_time(tmp_path):
+    acts = [Action("G1", "x", "exec", ["wget"], "ipinfo.io", "http", container_ip="10.213.1.2",
+                   start=150.0, end=150.2),
+            Action("G2", "x", "exec", ["nslookup"], "myip.opendns.com", "dns", container_ip="10.213.1.2",
+                   start=151.0, end=151.1),
+            Action("G3", "x", "exec", ["wget"], "api.ipify.org", "https", container_ip="10.213.1.2",
+                   start=152.0, end=152.3)]
+    sr = _sr(actions=acts)
+    nc = emulate.check_zeek(sr, None)
+    assert len(nc) == 1 and nc[0].result == NOT_CHECKED   # never "pass" without logs
+    _zeek_json(tmp_path / "http.log", [{"ts": 150.1, "id.orig_h": "10.213.1.2", "host": "ipinfo.io"}])
+    _zeek_json(tmp_path / "dns.log", [{"ts": 151.05, "id.orig_h": "10.213.1.2", "query": "myip.opendns.com"},
+                                      {"ts": 152.01, "id.orig_h": "10.213.1.2", "query": "api.ipify.org"}])
+    _zeek_json(tmp_path / "ssl.log", [{"ts": 152.1, "id.orig_h": "10.213.1.9", "server_name": "api.ipify.org"}])
+    res = {c.what.split()[0]: c.result for c in emulate.check_zeek(sr, str(tmp_path))}
+    assert res == {"G1": PASS, "G2": PASS, "G3": FAIL}     # G3's TLS came from another address
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert emulate.check_zeek(sr, str(empty))[0].result == FAIL
+
+
+def test_cli_help_documents_the_options(capsys):
+    from scheduler import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["emulate", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--scenario", "--runtime-socket", "--image", "--build-image-from", "--record", "--live",
+                "--zeek-logs", "--osquery-socket", "not checked", "geo-lookup", "churn", "benign"):
+        assert opt in text, opt
+
+
+# ---------------------------------------------------------------------------------------------
+# real runs against rootful podman
+
+
+def _podman_reason() -> str | None:
+    if shutil.which("podman") is None:
+        return "podman not installed"
+    if os.geteuid() != 0:
+        return "needs root (network namespace, kernel process events, rootful podman)"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) not installed"
+    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+        return f"{IMAGE} missing (run .ci/setup-podman.sh / make podman)"
+    return None
+
+
+_REASON = _podman_reason()
+podman = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+
+
+def _emulate(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scheduler.cli", "emulate", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _run_id(text: str) -> str:
+    m = re.search(r"stowaway emulate: run ([0-9a-f]{6})", text)
+    assert m, text
+    return m.group(1)
+
+
+def _leftovers(run_id: str) -> dict[str, list[str]]:
+    """Anything of the run still on the machine: containers, networks, netns, links, processes."""
+    out = {}
+    ps = subprocess.run(["podman", "ps", "-a", "--filter", f"label={emulab.LABEL_RUN}={run_id}",
+                         "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    out["containers"] = ps + [n for n in subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"],
+                                                        capture_output=True, text=True).stdout.split()
+                              if n.startswith(f"stwemu-{run_id}-")]
+    out["networks"] = [n for n in subprocess.run(["podman", "network", "ls", "--format", "{{.Name}}"],
+                                                 capture_output=True, text=True).stdout.split()
+                       if run_id in n]
+    out["netns"] = [l for l in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                              text=True).stdout.splitlines() if run_id in l]
+    out["links"] = [l for l in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                              text=True).stdout.splitlines() if run_id in l]
+    procs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if run_id in cmd:
+            procs.append(f"{pid}: {cmd[:120]}")
+    out["processes"] = procs
+    return {k: v for k, v in out.items() if v}
+
+
+@pytest.fixture(scope="module")
+def all_run():
+    """One `stowaway emulate --scenario all --record DIR` run shared by the checks below."""
+    if _REASON:
+        pytest.skip(_REASON)
+    rec = Path(tempfile.mkdtemp(prefix="stwemu-test-rec-"))
+    proc = _emulate("--scenario", "all", "--record", str(rec), "--benign-seconds", "12")
+    yield proc, rec
+    shutil.rmtree(rec, ignore_errors=True)
+
+
+@podman
+def test_all_scenarios_pass_every_checkable_layer(all_run):
+    proc, rec = all_run
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    rows = [l for l in out.splitlines() if re.match(r"^(geo-lookup|churn|benign)\s", l)]
+    assert not [r for r in rows if " FAIL " in r], out
+    for scen, layer in (("geo-lookup", "emulation"), ("geo-lookup", "extension"), ("geo-lookup", "scheduler"),
+                        ("churn", "extension"), ("churn", "scheduler"),
+                        ("benign", "extension"), ("benign", "scheduler")):
+        assert any(r.startswith(scen) and f" {layer} " in r and " pass " in r for r in rows), (scen, layer, out)
+    # the --rm one-shot's wget was caught by an exec event, and it lived under a second
+    oneshot = [r for r in rows if "G4 --rm" in r and " extension " in r]
+    assert oneshot and "exec event" in oneshot[0], out
+    lived = re.search(r"start\+die of --rm \S+oneshot .*lived ([0-9.]+)s \(create->die\)", out)
+    assert lived and float(lived.group(1)) < 1.0, out
+    # Zeek logs were not given: the layer says so and never claims a pass
+    assert all(" not checked " in r for r in rows if " zeek " in r)
+    assert _leftovers(_run_id(out)) == {}
+
+
+@podman
+def test_recordings_replay_through_reader_and_pipeline(all_run):
+    from scheduler import pipeline
+    from scheduler.recording import Recording
+
+    proc, rec = all_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("geo_lookup", "churn", "benign"):
+        r = Recording(rec / name)
+        gt = r.ground_truth()
+        assert gt and gt["scenario"] == name
+        t0, t1 = r.meta.time_range
+        assert 0 < t0 < t1
+        rows = list(r.iter_osquery_rows())
+        tables = {row.table for row in rows}
+        assert {"container_events", "container_process_events", "container_inventory"} <= tables, tables
+        assert all(row.host for row in rows)
+        assert (rec / name / "scenario.pcap").stat().st_size > 24 if shutil.which("tcpdump") else True
+        ids = {c["id"] for c in gt["containers"]}
+        # only this run's containers are in the host view
+        assert {row.columns.get("container_id") or row.columns.get("id") for row in rows} <= ids
+        alerts = [a.to_dict() for a in pipeline.replay(rec / name).alerts]
+        t1614 = {a["container"]["id"] for a in alerts if a["rule"] == "location_discovery"}
+        if name == "geo_lookup":
+            acts = gt["malicious_actions"]
+            assert {a["action_id"] for a in acts} == {"G1", "G2", "G3", "G4"}
+            assert {a["container_id"] for a in acts} <= t1614
+            assert all(a["container"]["image"] == IMAGE for a in alerts if a["rule"] == "location_discovery")
+            oneshot = next(a for a in acts if a["action_id"] == "G4")
+            assert oneshot["lifetime_s"] is not None and oneshot["lifetime_s"] < 1.0
+            sni = [e for e in gt["standin_events"] if e.get("sni") == "api.ipify.org"]
+            assert sni, "the HTTPS lookup's SNI reached the stand-in"
+        elif name == "churn":
+            churn = [a for a in alerts if a["rule"] == "container_churn"]
+            assert churn and gt["churn_summary"]["containers"] == 20
+        else:
+            assert not t1614 & ids, alerts
+            assert gt["malicious_actions"] == []
+
+
+@pytest.fixture
+def rootfs(tmp_path):
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox not installed (needed to build a rootfs)")
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    shutil.copy(os.path.realpath(busybox), root / "bin" / "busybox")
+    for applet in ("sh", "sleep", "ip", "wget", "nslookup", "httpd"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return root
+
+
+@podman
+def test_missing_detection_exits_nonzero(rootfs):
+    """selftest-miss declares a T1614 alert that cannot fire: the run must fail, exit 1, name the
+    missing alert. Also covers --build-image-from (image imported through the API)."""
+    tag = f"localhost/stwemu-test-{os.getpid()}:latest"
+    try:
+        proc = _emulate("--scenario", "selftest-miss", "--build-image-from", str(rootfs), "--image", tag,
+                        timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        fails = [l for l in proc.stdout.splitlines() if " FAIL " in l]
+        assert len(fails) == 1 and "scheduler" in fails[0] and "no location_discovery alert" in fails[0]
+        assert tag in proc.stdout
+        assert _leftovers(_run_id(proc.stdout)) == {}
+    finally:
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+
+
+@podman
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_run_leaves_nothing_behind(sig):
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
+                             "--churn-count", "20", "--churn-seconds", "30"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    run_id = _run_id(first)
+    # wait until churn containers exist (the run is mid-way: network, netns, stand-in, tcpdump up)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                               text=True).stdout.split()
+        if sum(n.startswith(f"stwemu-{run_id}-churn-") for n in names) >= 1:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("churn containers never appeared")
+    before = _leftovers(run_id)
+    assert before.get("netns") and before.get("networks") and before.get("processes"), before
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, first + out + err
+    assert "interrupted" in out
+    assert _leftovers(run_id) == {}, (out, err)
