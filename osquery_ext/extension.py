@@ -197,7 +197,7 @@ class Handler(Extension.Iface):
         threading.Thread(target=later, daemon=True).start()
 
 
-class Extension_:
+class ExtensionProcess:
     """Lifecycle of one running extension process (kept in one object for clean shutdown)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -225,7 +225,7 @@ class Extension_:
         logging.shutdown()
         os._exit(code)
 
-    def watch(self, client: Any, transport: Any) -> None:
+    def watch(self, client: Any) -> None:
         """Ping the manager every --interval; when it stops answering, osqueryd is gone."""
         interval = max(self.args.interval, 0.2)
         while True:
@@ -241,7 +241,7 @@ class Extension_:
         args = self.args
         if args.unknown:
             log.debug("ignoring flags not meant for this extension: %s", " ".join(args.unknown))
-        client, transport = connect(args.socket, args.timeout)
+        client, _transport = connect(args.socket, args.timeout)
         self.sources = build_sources(args)
         tables.bind(self.sources)
         uuid = register(client)
@@ -250,7 +250,7 @@ class Extension_:
         self.workers = start_background(self.sources, args)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda s, f: self.exit(0, f"signal {s}"))
-        threading.Thread(target=self.watch, args=(client, transport), name="manager-watch",
+        threading.Thread(target=self.watch, args=(client,), name="manager-watch",
                          daemon=True).start()
         processor = Extension.Processor(Handler(self.exit))
         server_sock = TSocket.TServerSocket(unix_socket=self.server_path)
@@ -271,7 +271,7 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    ext = Extension_(args)
+    ext = ExtensionProcess(args)
     try:
         return ext.run()
     except ExtensionFailure as exc:

@@ -175,6 +175,22 @@ def test_exits_nonzero_without_manager(sockdir):
     assert time.monotonic() - t0 < 15
 
 
+def test_waits_for_a_manager_that_starts_late(sockdir):
+    """osqueryd may start an autoloaded extension before its socket exists: wait --timeout."""
+    manager = FakeOsqueryd(sockdir)
+    ext = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": "none",
+                                             "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+    try:
+        time.sleep(1.0)
+        assert ext.poll() is None
+        manager.start()
+        _uuid, info, _reg = manager.wait_registered(10)
+        assert info.name == "stowaway"
+    finally:
+        _stop(ext)
+        manager.stop()
+
+
 def test_refused_registration_is_reported(sockdir):
     manager = FakeOsqueryd(sockdir).start()
     first = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": "none",
