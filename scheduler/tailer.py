@@ -24,6 +24,7 @@ is primed with the header before it sees data lines.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
@@ -84,17 +85,22 @@ def _fingerprint(path: str, size: int) -> str:
     return f"{len(head)}:{hashlib.sha1(head).hexdigest()}"
 
 
-def _fingerprint_matches(path: str, expected: str) -> bool:
+def _open(path: str):
+    """Binary handle; rotated files compressed by a post-processor are read through gzip."""
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _fingerprint_matches(path: str, expected: str, default: bool = True) -> bool:
     """True when the file still starts with the bytes the fingerprint was taken from."""
     if not expected:
-        return True
+        return default
     n_str, _, digest = expected.partition(":")
     try:
         n = int(n_str)
-        with open(path, "rb") as handle:
+        with _open(path) as handle:
             head = handle.read(n)
-    except (OSError, ValueError):
-        return True
+    except (OSError, ValueError, EOFError):
+        return default
     if len(head) < n:
         return False
     return hashlib.sha1(head).hexdigest() == digest
@@ -169,11 +175,46 @@ class FileTailer:
                 return cand
         return None
 
+    def _find_copy(self, pos: Position) -> str | None:
+        """Where did the content we were reading go, when its inode is not in the directory?
+
+        A rotation post-processor may have compressed the rotated file (`conn.<stamp>.log.gz`), or
+        logrotate's copytruncate may have copied it (`conn.log.1`, a new inode) before truncating.
+        Candidates are `<stem>*` siblings (plain or .gz) that start with the bytes we fingerprinted;
+        the most recently modified wins.
+        """
+        if not pos.fingerprint:
+            return None
+        directory = os.path.dirname(self.path) or "."
+        base = os.path.basename(self.path)
+        stem = base[:-4] if base.endswith(".log") else base
+        me = os.path.abspath(self.path)
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(stem)]
+        except OSError:
+            return None
+        cands = []
+        for name in names:
+            cand = os.path.join(directory, name)
+            if os.path.abspath(cand) == me or not os.path.isfile(cand):
+                continue
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if not cand.endswith(".gz") and st.st_size < pos.offset:
+                continue
+            cands.append((st.st_mtime, cand))
+        for _, cand in sorted(cands, reverse=True):
+            if _fingerprint_matches(cand, pos.fingerprint, default=False):
+                return cand
+        return None
+
     def _read_from(self, path: str, pos: Position, final: bool, budget: int,
                    out: list[TailLine]) -> Position:
         """Append complete lines of `path` after pos.offset to `out`; return the new position."""
         try:
-            handle = open(path, "rb")
+            handle = _open(path)
         except OSError as exc:
             log.warning("%s: cannot open %s: %s", self.source, path, exc)
             return pos
@@ -229,7 +270,7 @@ class FileTailer:
                 pos = self.pos
         # 1. The file we were reading was rotated away: drain it first.
         if st is None or (st.st_dev, st.st_ino) != (pos.device, pos.inode):
-            old = self._find_inode(pos.device, pos.inode)
+            old = self._find_inode(pos.device, pos.inode) or self._find_copy(pos)
             if old is not None:
                 pos = self._read_from(old, pos, final=st is not None, budget=budget, out=lines)
                 budget -= len(lines)
@@ -248,8 +289,17 @@ class FileTailer:
         # 2. Same inode: truncated or replaced in place?
         elif st.st_size < pos.offset or not _fingerprint_matches(self.path, pos.fingerprint):
             self.truncations += 1
-            log.warning("%s: %s was truncated or replaced; reading it from the start",
-                        self.source, self.path)
+            copy = self._find_copy(pos)
+            if copy is not None:
+                # copytruncate (or the inode was reused after delete + compress): the old content
+                # lives on in a copy; read its rest first
+                pos = self._read_from(copy, pos, final=True, budget=budget, out=lines)
+                budget -= len(lines)
+                if budget <= 0:
+                    return self._batch(lines, pos)
+            log.warning("%s: %s was truncated or replaced; reading it from the start%s",
+                        self.source, self.path, f" (rest of the old content read from {copy})"
+                        if copy else "")
             pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
         if budget > 0:
             pos = self._read_from(self.path, pos, final=False, budget=budget, out=lines)

@@ -353,3 +353,41 @@ def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, re
             os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
     run()
     assert got == ref and len(ref) > 0
+
+
+def test_rotated_file_already_gzipped_is_read_from_the_offset(tmp_path: Path, store: StateStore) -> None:
+    """A rotation post-processor compressed the rotated file before we drained it."""
+    import gzip as _gz
+    log = tmp_path / "conn.log"
+    first = [f"line-{i:04d}-" + "x" * 40 for i in range(60)]   # > 1 KB: a full fingerprint
+    append(log, first)
+    t = FileTailer(log, store)
+    seen: list[str] = []
+    consume(t, seen)
+    append(log, ["late-0", "late-1"])
+    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
+    os.rename(log, rotated)
+    with open(rotated, "rb") as fin, _gz.open(str(rotated) + ".gz", "wb") as fout:
+        fout.write(fin.read())
+    rotated.unlink()
+    append(log, ["new-0"])
+    consume(t, seen)
+    assert seen == first + ["late-0", "late-1", "new-0"]
+    assert t.lost_files == 0
+
+
+def test_copytruncate_reads_the_rest_from_the_copy(tmp_path: Path, store: StateStore) -> None:
+    """logrotate copytruncate: conn.log copied to conn.log.1 (new inode), then truncated."""
+    import shutil as _sh
+    log = tmp_path / "conn.log"
+    first = [f"c-{i:04d}-" + "y" * 40 for i in range(40)]
+    append(log, first)
+    t = FileTailer(log, store)
+    seen: list[str] = []
+    consume(t, seen)
+    append(log, ["unread-0", "unread-1"])
+    _sh.copyfile(log, tmp_path / "conn.log.1")
+    with open(log, "w") as fh:
+        fh.write("after-0\n")
+    consume(t, seen)
+    assert seen == first + ["unread-0", "unread-1", "after-0"]
