@@ -15,7 +15,10 @@ logrotate does the same or copies and truncates):
     newline counts, since the rotated file is complete), then the tailer switches to the new file at
     offset 0;
   * same inode but smaller than the checkpoint offset, or the first bytes changed: truncated or
-    replaced in place; start again at offset 0.
+    replaced in place; start again at offset 0;
+  * when the old inode is gone, the old content is looked for by its first-KB fingerprint among the
+    `<stem>*` siblings: a rotated file a post-processor already gzip-compressed, or logrotate's
+    copytruncate copy (`conn.log.1`); its unread rest is read first.
 A partial last line of the live file is left for the next poll (a writer may be half-way through).
 
 TSV header state: Zeek writes `#separator`, `#fields`, `#types`... once at the top of each file.
