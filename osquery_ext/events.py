@@ -109,6 +109,7 @@ class EventListener(threading.Thread):
         self._stop_evt = threading.Event()
         self._stream: Any = None
         self._last_sec: int | None = None
+        self._cursor = 0
         self._seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def stop(self) -> None:
@@ -122,7 +123,9 @@ class EventListener(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.2
-        since = int(time.time())
+        # Resume point: the later of the last event seen and the last moment the stream was
+        # known to be connected, so a reconnect fetches what the outage hid and no more.
+        self._cursor = int(time.time())
         while not self._stop_evt.is_set():
             ok, why = self.client.available()
             if not ok:
@@ -131,7 +134,7 @@ class EventListener(threading.Thread):
                 backoff = min(self.max_backoff, backoff * 2)
                 continue
             try:
-                self._stream = self.client.events(since=self._last_sec or since)
+                self._stream = self.client.events(since=max(self._cursor, self._last_sec or 0))
                 self.connected.set()
                 if self.health is not None:
                     self.health.up(self.client.name)
@@ -145,6 +148,8 @@ class EventListener(threading.Thread):
                     break
                 self._down(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             finally:
+                if self.connected.is_set():
+                    self._cursor = max(self._cursor, int(time.time()) - 1)
                 self.connected.clear()
                 self._stream = None
             self._stop_evt.wait(backoff)

@@ -183,6 +183,8 @@ class Handler(Extension.Iface):
             if request.get("action") not in ("generate", "columns"):
                 return ExtensionResponse(status=ExtensionStatus(
                     code=1, message=f"unknown action {request.get('action')!r}"), response=[])
+            if "context" in request and not (request.get("context") or "").strip():
+                request = {k: v for k, v in request.items() if k != "context"}
             return ExtensionManager().call(registry, item, request)
         except Exception as exc:  # never kill the server thread on one bad request
             log.exception("call %s/%s failed", registry, item)

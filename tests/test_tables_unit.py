@@ -500,3 +500,11 @@ def test_handler_unknown_action_and_missing_table():
     assert h.ping().code == 0
     assert h.call("table", "container_events", {"action": "drop"}).status.code == 1
     assert h.call("table", "no_such_table", {"action": "columns"}).status.code == 1
+    from osquery import ExtensionManager
+    for p in tables.PLUGINS:
+        ExtensionManager().add_plugin(p)
+    tables.bind(tables.Sources(runtimes=None, events=events.RingBuffer(3)))
+    resp = h.call("table", "container_events", {"action": "generate", "context": ""})
+    assert resp.status.code == 0 and resp.response == []
+    resp = h.call("table", "container_events", {"action": "columns"})
+    assert [r["name"] for r in resp.response] == CONTRACT_COLUMNS["container_events"].split()
