@@ -326,8 +326,9 @@ class Pipeline:
             self.stats.nets_unattributed += 1
         if dets:
             net.geo_service = net.geo_service or dets[0].service
-        if stream == "conn" and not dets:
-            # A plain conn is only window input; geo hits on conn come from resolved addresses.
+        if not dets and (stream == "conn" or (self.geo is not None and stream != "container_geo")):
+            # No geo hit: only window input. (A plain conn is never one by itself; with the
+            # stock-log detector present it has already judged dns/http/ssl with the same list.)
             self.stats.nets += 1
             self._advance(net.ts)
             if net.container_id:

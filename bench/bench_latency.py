@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Latency: a line appended to a tailed Zeek log until its alert is in alerts.jsonl (median of 20).
+
+A real `stowaway run` daemon (subprocess) follows a dns.log. Each sample appends one real
+geo-lookup line (the recorded A3 `nslookup ipinfo.io`, re-timed to now and given a fresh source
+address so no suppression applies) and polls alerts.jsonl every 5 ms until the alert appears.
+
+The latency is collect interval + processing + the merge window (an alert waits `merge_s` for the
+other side's evidence). Two settings are measured: `merge_s = 0` (the pipeline's own latency) and
+the shipped `merge_s = 10` on a few samples (what a deployment with default settings sees).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+DNS = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek" / "dns.log"
+
+
+def sample_line() -> tuple[list[str], str]:
+    lines = DNS.read_text().splitlines()
+    header = [x for x in lines if x.startswith("#") and not x.startswith("#close")]
+    hit = next(x for x in lines if not x.startswith("#") and "\tipinfo.io\t" in x)
+    return header, hit
+
+
+def count(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def measure(merge_s: float, n: int, collect_s: float) -> list[float]:
+    header, hit = sample_line()
+    fields = hit.split("\t")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "zeek").mkdir()
+        dns = t / "zeek" / "dns.log"
+        dns.write_text("\n".join(header) + "\n")
+        cfg = t / "stowaway.toml"
+        cfg.write_text(f"""
+host = "bench"
+state_db = "{t}/state.db"
+[sources]
+osquery_mode = "none"
+zeek_log_dir = "{t}/zeek"
+zeek_streams = ["dns"]
+address_map = ""
+[sinks]
+jsonl = "{t}/alerts.jsonl"
+[model]
+dir = "{t}/models"
+windows_db = "{t}/windows.sqlite"
+[detection]
+merge_s = {merge_s}
+[daemon]
+collect_interval_s = {collect_s}
+""")
+        proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "run", "--config", str(cfg)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = t / "alerts.jsonl"
+        lat: list[float] = []
+        try:
+            end = time.monotonic() + 30
+            while not (t / "state.db").exists() and time.monotonic() < end:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            for i in range(n):
+                f = list(fields)
+                f[0] = f"{time.time():.6f}"
+                f[1] = f"Cbench{i}"
+                f[2] = f"172.17.{1 + i // 250}.{1 + i % 250}"   # new address: new alert key
+                before = count(out)
+                t0 = time.perf_counter()
+                with open(dns, "a") as fh:
+                    fh.write("\t".join(f) + "\n")
+                deadline = time.monotonic() + merge_s + 30
+                while count(out) == before and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                if count(out) == before:
+                    raise RuntimeError(f"no alert for sample {i}")
+                lat.append(time.perf_counter() - t0)
+                time.sleep(0.05)
+            got = [json.loads(x) for x in out.read_text().splitlines()]
+            assert len(got) == n and all(a["rule"] == "location_discovery" for a in got)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return lat
+
+
+def main() -> int:
+    if not DNS.exists():
+        print(f"bench_latency: fixture {DNS} missing", file=sys.stderr)
+        return 2
+    collect_s = 0.25
+    lat = measure(0.0, 20, collect_s)
+    med = statistics.median(lat)
+    print(f"latency append -> alert written, merge_s=0, collect every {collect_s}s: "
+          f"median {med * 1000:.0f} ms of {len(lat)} (min {min(lat) * 1000:.0f}, "
+          f"max {max(lat) * 1000:.0f} ms)")
+    lat10 = measure(10.0, 3, collect_s)
+    print(f"latency with the default merge_s=10 (3 samples): median "
+          f"{statistics.median(lat10):.2f} s (the merge window waits for the other side's evidence)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
