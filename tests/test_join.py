@@ -342,3 +342,29 @@ def test_snapshot_disappearance_and_persistence(tmp_path: Path) -> None:
     assert again.prune(1795800021) == 1 and store.prune_containers(1795800021) == 1
     assert len(Inventory.load(store)) == 1
     store.close()
+
+
+@pytest.mark.parametrize("name", ["geo_lookup", "churn"])
+def test_streaming_join_in_arrival_order_matches_batch(joined, name: str) -> None:
+    """Fed as a live collector sees them (osquery rows at their unixTime, i.e. seconds after the
+    fact; Zeek records at their ts), the streaming join attributes exactly like the batch join."""
+    rec, _, batch_net, _, _ = joined(name)
+    items: list[tuple[float, int, Any]] = []
+    for row in rec.iter_osquery_rows():
+        items.append((row.unix_time, 0, row))
+    for stream, records in _zeek(SCEN / name).items():
+        for r in records:
+            items.append((float(r["ts"]), 1, (stream, r)))
+    items.sort(key=lambda x: (x[0], x[1]))
+    j = Joiner(default_host=HOST, hold_s=30)
+    net: list[NetRecord] = []
+    for _, kind, payload in items:
+        if kind == 0:
+            j.from_osquery(payload)
+            net.extend(j.release(now_ts=payload.unix_time))
+        else:
+            net.extend(j.feed_zeek(*payload))
+    net.extend(j.flush())
+    key = lambda n: (n.kind, round(n.ts, 6), n.orig_p, n.container_id)  # noqa: E731
+    assert sorted(map(key, net)) == sorted(map(key, batch_net))
+    assert j.stats.net_unknown == 0
