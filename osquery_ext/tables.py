@@ -109,7 +109,13 @@ def default_classify(argv: list[str]) -> dict[str, Any]:
     except ImportError as exc:  # keep the tables up even if the classifier is broken
         _warn_once("classifier", f"T1614 classifier unavailable ({exc}); location_discovery=0")
         return {}
-    m = classifier.classify_command(argv)
+    try:
+        m = classifier.classify_command(argv)
+    except Exception:  # one odd command line must not empty the whole table
+        log.debug("classifier failed on %r", argv[:3], exc_info=True)
+        _warn_once("classifier-error", "T1614 classifier raised on a command line (details at "
+                   "debug level); that row gets location_discovery=0")
+        return {}
     return {"location_discovery": bool(m.location_discovery), "indicator": m.indicator or "",
             "tool": m.tool or ""}
 
@@ -172,6 +178,8 @@ class Sources:
         return self._attr_text(text)
 
     def classify_argv(self, argv: tuple[str, ...]) -> dict[str, Any]:
+        if sum(map(len, argv)) > 4096:  # huge command lines: classify, do not keep as memo keys
+            return self.classify(list(argv))
         return self._classify_argv(argv)
 
     def classify_list(self, argv: list[str]) -> dict[str, Any]:
