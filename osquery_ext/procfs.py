@@ -12,6 +12,7 @@ there for host processes, so a host pid costs one small read.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import struct
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from osquery_ext.cgroup import CgroupInfo, parse_cgroup
+
+log = logging.getLogger(__name__)
 
 PROC = "/proc"
 _GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
@@ -33,10 +36,15 @@ UDP_STATES = {"01": "ESTABLISHED", "07": "UNCONN"}
 
 
 def _read(path: str, limit: int = 1 << 22) -> bytes | None:
-    """Whole file as bytes; None when the file (i.e. the process) is gone."""
+    """Whole file as bytes (at most ``limit``); None when the file (i.e. the process) is gone,
+    or cannot be read at all (``hidepid`` mounts, LSM denials): a scan skips such a pid rather
+    than failing as a whole."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except _GONE:
+        return None
+    except OSError as exc:
+        log.debug("cannot open %s: %s", path, exc)
         return None
     try:
         data = os.read(fd, 65536)
@@ -51,12 +59,9 @@ def _read(path: str, limit: int = 1 << 22) -> bytes | None:
                 total += len(chunk)
             data = b"".join(parts)
         return data
-    except _GONE:
+    except OSError as exc:  # ESRCH from a task that exited between open and read, EACCES ...
+        log.debug("cannot read %s: %s", path, exc)
         return None
-    except OSError as exc:  # ESRCH from a task that exited between open and read
-        if exc.errno == 3:
-            return None
-        raise
     finally:
         os.close(fd)
 

@@ -117,6 +117,19 @@ def test_vanished_between_listing_and_read(fake_proc: Path, monkeypatch) -> None
     assert procfs.read_container_process(100, str(fake_proc)) is None
 
 
+def test_unreadable_files_skip_the_pid_not_the_scan(fake_proc: Path, monkeypatch) -> None:
+    real_open = os.open
+
+    def denied(path, *a, **k):
+        if "/101/" in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(procfs.os, "open", denied)
+    assert procfs.read_container_process(101, str(fake_proc)) is None
+    assert [p.pid for p in procfs.scan_container_processes(str(fake_proc))] == [100]
+
+
 def test_exe_of_gone_process_is_none_but_kernel_thread_is_empty(fake_proc: Path) -> None:
     (fake_proc / "100" / "exe").unlink()  # kernel thread: no exe link, dir still there
     assert procfs.read_exe(100, str(fake_proc)) == ""
