@@ -536,10 +536,20 @@ def split_url(token: str) -> tuple[str, str] | None:
 CDN_TRACE_PATH = "/cdn-cgi/trace"
 
 
+_DOH_NAME = re.compile(r"[?&](?:name|hostname|q)=([a-z0-9_.-]+)", re.IGNORECASE)
+
+
 def _match_url(host: str, path: str, tool: str) -> CommandMatch | None:
     dm = match_domain(host)
     if dm is not None:
         return CommandMatch(True, dm.name, tool, dm.service, dm.category)
+    # DNS over HTTPS (dns.google/resolve?name=o-o.myaddr.l.google.com&type=TXT): only the
+    # DNS-echo names count in a query string; other service names there are just data.
+    if "=" in path:
+        for m in _DOH_NAME.finditer(path):
+            dm = match_domain(m.group(1))
+            if dm is not None and dm.category == "dns_echo":
+                return CommandMatch(True, dm.name, tool, dm.service, dm.category)
     if path.startswith(CDN_TRACE_PATH):
         return CommandMatch(True, f"{host}{CDN_TRACE_PATH}", tool, "cloudflare-trace",
                             "ip_geolocation")
@@ -660,6 +670,21 @@ def _check_raw(argv: Sequence[str], tool: str) -> CommandMatch | None:
             port_ok = any(p in _WEB_PORTS for p in hosts) or (":" in h and h.rsplit(":", 1)[1]
                                                                 in _WEB_PORTS)
             return hit if port_ok else None
+    return None
+
+
+_HOST_HEADER = re.compile(r"(?:^|\\n|\n|\r)host:[ \t]*([a-z0-9_.-]+)", re.IGNORECASE)
+
+
+def _host_header(request: str | None, tool: str) -> CommandMatch | None:
+    """``printf 'GET / HTTP/1.1\\r\\nHost: ipinfo.io...' | nc 34.117.59.81 80``: the HTTP
+    request piped into a raw socket names the service even when the address is a literal."""
+    if not request:
+        return None
+    for m in _HOST_HEADER.finditer(request):
+        res = _match_host(m.group(1), tool)
+        if res:
+            return res
     return None
 
 
@@ -879,9 +904,9 @@ def _classify_argv(argv: list[str], depth: int, prev: _Segment | None = None,
     elif name in _DNS_TOOLS:
         res = _check_dns(argv, name)
     elif name == "openssl":
-        res = _check_openssl(argv)
+        res = _check_openssl(argv) or _host_header(_piped_text(prev), "openssl")
     elif name in _RAW_TOOLS:
-        res = _check_raw(argv, name)
+        res = _check_raw(argv, name) or _host_header(_piped_text(prev), name)
     elif name in _SHELLS:
         script, joined = _shell_script(argv)
         if script is None and stdin_text:

@@ -143,6 +143,10 @@ POSITIVES = [
     ('sh <<< "curl ipinfo.io"', "ipinfo.io", "curl"),
     ("printf 'curl -s api.ipify.org' | bash", "api.ipify.org", "curl"),
     ("echo -n ipinfo.io | xargs -I{} curl -s {}", "ipinfo.io", "curl"),
+    ("printf 'GET / HTTP/1.1\\r\\nHost: ipinfo.io\\r\\n\\r\\n' | nc 34.117.59.81 80",
+     "ipinfo.io", "nc"),
+    ("curl -s 'https://dns.google/resolve?name=o-o.myaddr.l.google.com&type=TXT'",
+     "o-o.myaddr.l.google.com", "curl"),
     # osquery's cmdline column: argv joined by spaces, the sh -c quoting lost.
     ("sh -c nslookup checkip.amazonaws.com; sleep 1", "checkip.amazonaws.com", "nslookup"),
 ]
@@ -196,6 +200,8 @@ NEGATIVES = [
     "cat <<'EOF'\nwget -qO- ifconfig.me\nEOF",
     "curl https://www.cloudflare.com/",
     "dig CH TXT version.bind @1.1.1.1",
+    "printf 'GET / HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n' | nc 93.184.215.14 80",
+    "curl -s 'https://example.com/search?q=ipinfo.io&name=ipinfo.io'",
 ]
 
 
