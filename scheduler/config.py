@@ -26,7 +26,10 @@ class SourcesConfig:
     # tables directly through the osquery extension socket (single host without osqueryd).
     osquery_mode: str = "results_log"
     osquery_results_log: str = "/var/log/osquery/osqueryd.results.log"
+    # thrift mode: the extension-manager socket the scheduler serves (it plays osqueryd's part);
+    # with osquery_spawn_extension it starts `stowaway-osquery-extension` on it and restarts it.
     osquery_socket: str = "/var/osquery/osquery.em"
+    osquery_spawn_extension: bool = True
     zeek_log_dir: str = "/opt/zeek/logs/current"
     zeek_streams: list[str] = field(
         default_factory=lambda: ["conn", "dns", "http", "ssl", "container_geo"])

@@ -97,6 +97,7 @@ class Daemon:
             self.pipeline.window_sink = self.window_store.add
         self.sinks = build_sinks(cfg.sinks)
         self.tailers = self._make_tailers()
+        self.direct = self._start_direct()
         self.metrics = Metrics(cfg)
         self._last_map = ""
         self.cycles = 0
@@ -182,6 +183,7 @@ class Daemon:
             for _, _, kind, payload in items:
                 if kind == "osq" and payload.table in ("container_inventory", "container_events"):
                     p.inventory.observe(payload)
+            p.inventory.close_snapshots()   # containers missing from a full snapshot are gone
             for _, _, kind, payload in items:
                 if kind == "osq":
                     # inventory rows were observed above; feed the rest of the row's logic
@@ -195,6 +197,8 @@ class Daemon:
                         t.commit(b, conn)
                     _Outbox(self.store).add(conn, alerts, STATE_NAME)
                     self._save_state(conn)
+                    if self.direct is not None:
+                        self.direct.save_cursors(self.store, conn)
             except BaseException:
                 for t, _ in batches:
                     t.rewind()
@@ -205,20 +209,28 @@ class Daemon:
         self._observe_metrics(items, alerts, time.monotonic() - t0)
         return n
 
-    def _thrift_items(self) -> list[tuple[float, int, str, Any]]:
+    def _start_direct(self) -> Any:
+        """thrift mode: serve the extension-manager socket and query the extension's tables with
+        the call osqueryd makes (scheduler/osquery_client.py); event cursors live in the state DB."""
         if self.cfg.sources.osquery_mode != "thrift":
+            return None
+        from .osquery_client import DirectOsquery
+
+        d = DirectOsquery(self.cfg.sources.osquery_socket, host=self.cfg.host_name,
+                          spawn=self.cfg.sources.osquery_spawn_extension)
+        d.load_cursors(self.store)
+        try:
+            d.start()
+        except Exception as exc:
+            log.error("no osquery extension on %s (%s); will retry each cycle",
+                      self.cfg.sources.osquery_socket, exc)
+        return d
+
+    def _thrift_items(self) -> list[tuple[float, int, str, Any]]:
+        if self.direct is None:
             return []
         try:
-            from . import osquery_client  # collectors dev's direct Thrift queries
-        except ImportError as exc:
-            log.error("osquery_mode = thrift but scheduler.osquery_client is unavailable: %s", exc)
-            return []
-        fn = getattr(osquery_client, "poll_rows", None) or getattr(osquery_client, "query_rows", None)
-        if fn is None:
-            log.error("scheduler.osquery_client has no poll_rows/query_rows")
-            return []
-        try:
-            rows = fn(self.cfg.sources.osquery_socket, host=self.cfg.host_name)
+            rows = self.direct.collect()
         except Exception as exc:
             log.warning("thrift query failed: %s", exc)
             return []
@@ -337,6 +349,11 @@ class Daemon:
                 log.error("final collect failed: %s", exc)
             self.sinks.close()
             self.metrics.close()
+            if self.direct is not None:
+                try:
+                    self.direct.close()
+                except Exception as exc:
+                    log.debug("closing the extension manager: %s", exc)
             if self.window_store is not None:
                 self.window_store.close()
             self.store.close()

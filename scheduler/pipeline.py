@@ -205,7 +205,11 @@ class Pipeline:
                                   exit_code=_i(col["exit_code"]) if col.get("exit_code") else None)
             self.feed_lifecycle(rec)
         elif t in ("container_process_events", "container_processes") and row.action != "removed":
-            self.feed_process(self._process_from_row(t, host, row))
+            rec = self._process_from_row(t, host, row)
+            # A snapshot lists long-running processes again and again, and at start-up lists
+            # processes that began long ago: those are not new in any open window.
+            stale = t == "container_processes" and rec.ts < self.data_time - self.window_s
+            self.feed_process(rec, window=not stale)
 
     def _process_from_row(self, table: str, host: str, row: OsqueryRow) -> ProcessRecord:
         col = row.columns
@@ -239,7 +243,7 @@ class Pipeline:
             self._add(cand)
 
     # ----------------------------------------------------------------------------- records
-    def feed_process(self, rec: ProcessRecord) -> None:
+    def feed_process(self, rec: ProcessRecord, window: bool = True) -> None:
         key = (rec.container_id, rec.pid, rec.cmdline)
         prev = self._proc_seen.get(key)
         if prev is not None and abs(prev - rec.ts) < 5.0:
@@ -254,11 +258,13 @@ class Pipeline:
             if hit:
                 rec.location_discovery, rec.indicator = True, rec.indicator or indicator
         if self.windows_only:
-            self._window_add("p", rec.ts, rec)
+            if window:
+                self._window_add("p", rec.ts, rec)
             return
         self.stats.processes += 1
         self._advance(rec.ts)
-        self._window_add("p", rec.ts, rec)
+        if window:
+            self._window_add("p", rec.ts, rec)
         cand = rules.host_location_discovery(
             rec, self.container_ref(rec.host or self.host, rec.container_id, rec.image))
         if cand:
