@@ -258,3 +258,25 @@ def test_retrain_on_dask_local_cluster(tmp_path, root):
     local = EnvironmentBaselines("prod").fit(ws.load("prod"))
     assert [r.score for r in ms.load("prod").score(fw)] == [r.score for r in local.score(fw)]
     ws.close()
+
+
+def test_directory_owned_by_another_user_refused(saved, monkeypatch):
+    ms, _, _, version = saved
+    loads = []
+    monkeypatch.setattr(store_mod.joblib, "load", lambda *a, **k: loads.append(a))
+    vdir = ms.root / "prod" / version
+    if os.geteuid() == 0:
+        os.chown(vdir, 65534, 65534)
+    else:
+        real = store_mod.check_mode
+
+        def as_if_foreign(st, what, trusted_uids=None):
+            if what == f"directory {vdir}":
+                st = os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, os.geteuid() + 1,
+                                     st.st_gid, st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
+            return real(st, what, trusted_uids)
+
+        monkeypatch.setattr(store_mod, "check_mode", as_if_foreign)
+    with pytest.raises(UntrustedModelError, match=f"directory {vdir} is owned by uid"):
+        ms.load("prod")
+    assert loads == []
