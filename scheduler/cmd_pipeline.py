@@ -367,6 +367,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             alerts = [a.to_dict() for a in res.alerts]
             sections.append(Section(title=f"{res.name}: {len(alerts)} alerts", alerts=alerts,
                                     repeats=res.repeats))
+            rep_count: dict[str, int] = {}
+            for r in res.repeats:
+                rep_count[r["alert_id"]] = rep_count.get(r["alert_id"], 0) + 1
             z = res.stats.get("zeek", {})
             o = res.stats.get("osquery", {})
             print(f"{res.name}: {res.items} records, {len(alerts)} alerts"
@@ -378,7 +381,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 for a in alerts:
                     print(json.dumps(a))
             else:
+                for a in alerts:
+                    a["_scenario"], a["_repeats"] = res.name, rep_count.get(a["id"], 0)
                 print_table(group_rows(alerts, min_group=10**9))
+                for a in alerts:
+                    a.pop("_scenario"), a.pop("_repeats")
     finally:
         sinks.close()
         if tmp is not None:

@@ -90,6 +90,8 @@ def _f(v: Any, default: float = 0.0) -> float:
 
 
 def _i(v: Any, default: int = 0) -> int:
+    if type(v) is int:          # the common case (zeeklog converts counts/ports): no try/float
+        return v
     try:
         return int(float(v))
     except (TypeError, ValueError):
@@ -330,6 +332,10 @@ class Pipeline:
             return  # not from a container: outside our scope
         if not net.container_id:
             self.stats.nets_unattributed += 1
+        if stream == "container_geo" and not dets:
+            # The Zeek package's own detection: method/category come with the record.
+            dets = [_GeoFromLog(str(rec.get("service") or ""), str(rec.get("method") or "geo"),
+                                str(rec.get("category") or ""))]
         if dets:
             net.geo_service = net.geo_service or dets[0].service
         if not dets and (stream == "conn" or (self.geo is not None and stream != "container_geo")):
@@ -344,14 +350,16 @@ class Pipeline:
 
     def zeek_to_net(self, stream: str, d: dict[str, Any], host: str) -> NetRecord | None:
         ts = d.get("ts")
-        if isinstance(ts, str):
-            ts = _f(ts, math.nan)
-        if ts is None or (isinstance(ts, float) and math.isnan(ts)):
+        if type(ts) is not float:
+            ts = _f(ts, math.nan) if ts is not None else math.nan
+        if ts != ts:                # NaN: no usable time
             return None
-        orig = str(d.get("id.orig_h") or d.get("orig_h") or d.get("src") or "")
+        orig = d.get("id.orig_h") or d.get("orig_h") or d.get("src") or ""
+        if type(orig) is not str:
+            orig = str(orig)
         if not orig:
             return None
-        kind = {"container_geo": "geo"}.get(stream, stream)
+        kind = "geo" if stream == "container_geo" else stream
         domain = ""
         if stream == "dns":
             domain = d.get("query") or ""
@@ -584,6 +592,15 @@ class Pipeline:
                                   st.get("life_recent", []))
         for k, v in st.get("stats", {}).items():
             setattr(self.stats, k, v)
+
+
+@dataclass(frozen=True)
+class _GeoFromLog:
+    """A container_geo.log record's verdict, shaped like geo_stock.GeoDetection."""
+
+    service: str
+    method: str
+    category: str
 
 
 def _img(cw: dict[str, Any]) -> str:

@@ -218,3 +218,20 @@ def test_anomaly_only_above_threshold_and_says_fallback() -> None:
     assert "dns_queries=92" in c.title
     assert c.evidence[0]["baseline_fallback"] == "cold start: env model"
     assert c.details["baseline_fallback"]
+
+
+def test_container_geo_log_from_the_zeek_package() -> None:
+    """container_geo.log lines (zeek_scripts/main.zeek Info) alert with the package's verdict."""
+    p = Pipeline(Config(), host="h1")
+    geo = {"ts": 1795805126.5, "uid": "Cgeo", "id.orig_h": "172.17.0.17", "id.orig_p": 41000,
+           "id.resp_h": "104.26.12.205", "id.resp_p": 80, "method": "http", "service": "ipify",
+           "category": "ip_echo", "host": "api.ipify.org", "uri": "/?format=json",
+           "user_agent": "Wget", "container_id": "ab" * 32, "container_name": "tools-1",
+           "image": "localhost/alpine-tools:3.19"}
+    alerts = p.process([("container_geo", geo)])
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a.container.id == "ab" * 32 and a.container.image == "localhost/alpine-tools:3.19"
+    ev = a.evidence[0]
+    assert ev["kind"] == "geo" and ev["method"] == "http" and ev["category"] == "ip_echo"
+    assert ev["service"] == "ipify" and ev["domain"] == "api.ipify.org"
