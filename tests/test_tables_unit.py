@@ -508,3 +508,18 @@ def test_handler_unknown_action_and_missing_table():
     assert resp.status.code == 0 and resp.response == []
     resp = h.call("table", "container_events", {"action": "columns"})
     assert [r["name"] for r in resp.response] == CONTRACT_COLUMNS["container_events"].split()
+
+
+def test_extension_stays_light():
+    """The extension runs on every host: no model, scheduler or heavy libraries get imported."""
+    import subprocess
+    import sys
+    code = ("import sys, osquery_ext.extension, osquery_ext.tables, osquery_ext.runtimes, "
+            "osquery_ext.events, osquery_ext.proc_connector\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('model', 'scheduler', 'sklearn', 'numpy', 'pandas', 'dask', 'joblib')]\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(Path(__file__).resolve().parents[1]), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
