@@ -78,7 +78,14 @@ class InProcessTables:
 
 
 class ThriftTables:
-    """Tables of a running osqueryd (with the extension loaded), queried over its Thrift socket."""
+    """The tables over osquery's Thrift interface.
+
+    With a real osqueryd the manager socket runs SQL (`SELECT * FROM <table> WHERE time >= N`),
+    i.e. exactly what the deployed pack sees. A manager that cannot run SQL (a bare extension
+    manager, as in the tests) is handled by calling the registered `stowaway` extension's own
+    socket (`<socket>.<uuid>`) the way osqueryd does for a table scan: call("table", name,
+    {"action": "generate", "context": ...}).
+    """
 
     kind = "osqueryd over Thrift"
 
@@ -88,37 +95,67 @@ class ThriftTables:
         except ImportError as exc:
             raise SourceUnavailable(f"osquery SDK missing: {exc}") from exc
         self.notes: list[str] = []
+        self._lock = threading.Lock()
         self.client = ExtensionClient(path=socket_path)
+        self._ext_transport: Any = None
         try:
             self.client.open(timeout=timeout)
+            self.em = self.client.extension_manager_client()
+            probe = self.em.query("SELECT name FROM osquery_registry WHERE registry = 'table'")
         except Exception as exc:  # noqa: BLE001 - thrift raises its own types
-            raise SourceUnavailable(f"cannot open osquery socket {socket_path}: {exc}") from exc
-        self.em = self.client.extension_manager_client()
-        missing = [t for t in ALL_TABLES if not self._has_table(t)]
-        if missing:
-            raise SourceUnavailable(f"osqueryd at {socket_path} has no table(s) {', '.join(missing)}: "
-                                    "is the stowaway extension loaded?")
-        self._lock = threading.Lock()
+            raise SourceUnavailable(f"cannot query osquery socket {socket_path}: {exc}") from exc
+        if probe.status.code == 0:
+            have = {r.get("name") for r in probe.response}
+            missing = [t for t in ALL_TABLES if t not in have]
+            if missing:
+                raise SourceUnavailable(f"osqueryd at {socket_path} has no table(s) {', '.join(missing)}: "
+                                        "is the stowaway extension loaded?")
+            self.mode = "sql"
+        else:
+            self._open_extension(socket_path, timeout, probe.status.message)
+            self.mode = "table calls"
+            self.kind = "stowaway extension over Thrift (table calls)"
 
-    def _has_table(self, table: str) -> bool:
-        res = self.em.query(f"SELECT name FROM osquery_registry WHERE registry='table' AND name='{table}'")
-        return bool(res.response)
+    def _open_extension(self, socket_path: str, timeout: float, why: str) -> None:
+        from osquery.extensions import Extension
+        from thrift.protocol import TBinaryProtocol
+        from thrift.transport import TSocket, TTransport
+
+        try:
+            exts = self.em.extensions()
+        except Exception as exc:  # noqa: BLE001
+            raise SourceUnavailable(f"{socket_path}: no SQL ({why}) and no extension list: {exc}") from exc
+        uuid = next((u for u, info in exts.items() if getattr(info, "name", "") == "stowaway"), None)
+        if uuid is None:
+            raise SourceUnavailable(f"{socket_path}: no SQL ({why}) and no 'stowaway' extension registered")
+        sock = TSocket.TSocket(unix_socket=f"{socket_path}.{uuid}")
+        sock.setTimeout(int(timeout * 4000))
+        self._ext_transport = TTransport.TBufferedTransport(sock)
+        self._ext_transport.open()
+        self.ext = Extension.Client(TBinaryProtocol.TBinaryProtocol(self._ext_transport))
 
     def rows(self, table: str, context: Any = None) -> list[dict[str, str]]:
-        sql = f"SELECT * FROM {table}"
-        if isinstance(context, dict) and context.get("since") and table in EVENT_TABLES:
-            sql += f" WHERE time >= {int(context['since'])}"
+        since = context.get("since") if isinstance(context, dict) else None
         with self._lock:
-            res = self.em.query(sql)
+            if self.mode == "sql":
+                sql = f"SELECT * FROM {table}"
+                if since and table in EVENT_TABLES:
+                    sql += f" WHERE time >= {int(since)}"
+                res = self.em.query(sql)
+            else:
+                ctx = {"constraints": (context or {}).get("constraints", [])} if table in EVENT_TABLES else {}
+                res = self.ext.call("table", table, {"action": "generate", "context": json.dumps(ctx)})
         if res.status.code != 0:
             raise RuntimeError(f"osquery: {res.status.message}")
         return [dict(r) for r in res.response]
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001
-            pass
+        for t in (self._ext_transport, self.client):
+            try:
+                if t is not None:
+                    t.close()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def since_context(since: float) -> dict[str, Any]:

@@ -406,3 +406,43 @@ def test_interrupt_mid_run_leaves_nothing_behind(sig):
     assert proc.returncode == 130, first + out + err
     assert "interrupted" in out
     assert _leftovers(run_id) == {}, (out, err)
+
+
+@podman
+def test_geo_lookup_through_the_deployed_extension_over_thrift(tmp_path):
+    """--osquery-socket: the extension runs as osqueryd starts it (its own process, registered with
+    an extension manager); emulate reads the tables over Thrift and every layer still passes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_osqueryd import FakeOsqueryd, start_extension
+
+    sock = tmp_path / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manager = ext = None
+    try:
+        deadline = time.time() + 15
+        while not sock.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert sock.exists(), "podman service did not start"
+        manager = FakeOsqueryd(tmp_path).start()
+        ext = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": f"podman=unix://{sock}"})
+        manager.wait_registered()
+        time.sleep(1.5)  # listeners connect; the connector probes itself
+        proc = _emulate("--scenario", "geo-lookup", "--runtime-socket", str(sock),
+                        "--osquery-socket", manager.path, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "host view: stowaway extension over Thrift" in proc.stdout
+        rows = [l for l in proc.stdout.splitlines() if l.startswith("geo-lookup")]
+        assert not [r for r in rows if " FAIL " in r], proc.stdout
+        ext_rows = [r for r in rows if " extension " in r]
+        assert len(ext_rows) == 5 and all(" pass " in r for r in ext_rows), proc.stdout
+        assert sum(" scheduler " in r and " pass " in r for r in rows) == 2, proc.stdout
+        assert _leftovers(_run_id(proc.stdout)) == {}
+    finally:
+        if ext is not None and ext.poll() is None:
+            ext.terminate()
+            ext.wait(10)
+        if manager is not None:
+            manager.stop()
+        os.killpg(service.pid, signal.SIGTERM)
+        service.wait(15)
