@@ -26,7 +26,8 @@ SHARED_FILES = ("geo_services.tsv", "metadata_endpoints.tsv", "container_subnets
 
 
 def _zeek_files() -> list[Path]:
-    return sorted(SCRIPTS.rglob("*.zeek")) + sorted(TESTING.rglob("*.zeek"))
+    testing = [p for p in TESTING.rglob("*.zeek") if ".tmp" not in p.relative_to(TESTING).parts]
+    return sorted(SCRIPTS.rglob("*.zeek")) + sorted(testing)
 
 
 def _btest_input(text: str) -> str:
