@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.dirs:
         for det in detect_directory(d, stats=stats):
             print(json.dumps(det.to_dict(), sort_keys=True))
-    print(f"# files={stats.files} records={stats.records} bad_lines={stats.bad_lines} "
+    print(f"# files={stats.files} lines={stats.lines} records={stats.records} "
+          f"prefiltered={stats.filtered} bad_lines={stats.bad_lines} "
           f"io_errors={stats.io_errors}", file=sys.stderr)
     return 0
 
