@@ -462,19 +462,37 @@ class Pipeline:
         from model.features import build_windows, FeatureWindows  # heavy: only when scoring
 
         closed, self._closed = self._closed, []
-        parts = []
+        # One build for the whole batch (a per-window call costs ~0.3 ms of fixed overhead): all
+        # closed windows' records, restricted to the span the batch covers, then keep exactly the
+        # (container, window) rows that closed. Rows depend only on their own container's records
+        # and the lifecycle events inside their window, so batching does not change a feature.
+        procs: list = []
+        nets: list = []
+        infos: dict[str, ContainerInfo] = {}
+        wanted: set[tuple[str, int]] = set()
+        start, end = math.inf, -math.inf
         for cid, cw in closed:
-            start = cw["origin"] + cw["k"] * self.window_s
-            end = start + self.window_s
-            st = self.inventory.get(self.host, cid)
-            info = ContainerInfo(container_id=cid, image=(st.image if st else "") or _img(cw),
-                                 name=st.name if st else "", host=self.host,
-                                 created=cw["origin"], environment=self.environment)
-            life = [r for r in self._life_recent if start <= r.ts < end]
-            fw = build_windows(cw["p"], cw["n"], life, [info], window_s=self.window_s,
+            ws = cw["origin"] + cw["k"] * self.window_s
+            start, end = min(start, ws), max(end, ws + self.window_s)
+            procs.extend(cw["p"])
+            nets.extend(cw["n"])
+            wanted.add((cid, cw["k"]))
+            if cid not in infos:
+                st = self.inventory.get(self.host, cid)
+                infos[cid] = ContainerInfo(container_id=cid,
+                                           image=(st.image if st else "") or _img(cw),
+                                           name=st.name if st else "", host=self.host,
+                                           created=cw["origin"], environment=self.environment)
+        life = [r for r in self._life_recent if start <= r.ts < end]
+        fw_all = build_windows(procs, nets, life, list(infos.values()), window_s=self.window_s,
                                start=start, end=end, environment=self.environment)
-            if len(fw):
-                parts.append(fw.select([i for i, c in enumerate(fw.container_id) if c == cid]))
+        keep = []
+        for i, (cid, ws) in enumerate(zip(fw_all.container_id, fw_all.window_start)):
+            info = infos.get(cid)
+            if info is not None and \
+                    (cid, int(round((float(ws) - info.created) / self.window_s))) in wanted:
+                keep.append(i)
+        parts = [fw_all.select(keep)] if keep else []
         horizon = self.data_time - 3 * self.window_s
         while self._life_recent and self._life_recent[0].ts < horizon:
             self._life_recent.popleft()
