@@ -125,6 +125,8 @@ class ScenarioRun:
     #: (container id, cmdline substring, what, must come from an exec event)
     process_expects: list[tuple[str, str, str, bool]] = field(default_factory=list)
     lifecycle_expects: list[tuple[str, str]] = field(default_factory=list)     # (container id, what)
+    #: (table, what, predicate): some row of `table` must satisfy the predicate
+    row_expects: list[tuple[str, str, Callable[[dict[str, str]], bool]]] = field(default_factory=list)
     benign: list[dict[str, Any]] = field(default_factory=list)
     churn_summary: dict[str, Any] | None = None
     pcap: Path | None = None
@@ -343,6 +345,15 @@ def scenario_benign(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
     sr.process_expects.append((web.id, "httpd", f"httpd service in {web.name}", False))
     sr.process_expects.append((web.id, "127.0.0.1:8080", f"health-check wget in {web.name}", False))
     sr.process_expects.append((worker.id, "api.example.com", f"API call in {worker.name}", False))
+    net_name = lab.net.name if lab.net else ""
+    sr.row_expects.append(("container_sockets", f"httpd listening on :8080 in {web.name}",
+                           lambda r, cid=web.id: same_id(r.get("container_id", ""), cid)
+                           and r.get("local_port") == "8080" and r.get("protocol") == "tcp"
+                           and r.get("state", "").upper() == "LISTEN"))
+    sr.row_expects.append(("container_inventory", f"{web.name} with {web_ip} on {net_name}",
+                           lambda r, cid=web.id: same_id(r.get("id", ""), cid)
+                           and web_ip in (r.get("ip_addresses") or "").split(",")
+                           and net_name in (r.get("networks") or "").split(",")))
     ids = {web.id, worker.id}
     sr.expects.append(Expect(RULE_LOCATION, present=False, forbid_ids=ids,
                              what="no T1614 alert on the benign control"))
@@ -419,6 +430,11 @@ def check_extension(sr: ScenarioRun, view: Any, source_note: str) -> list[Check]
         else:
             out.append(Check(sr.name, "extension", f"{what} in {short(cid)}", FAIL,
                              f"no container_processes/container_process_events row with '{needle}'"))
+    for table, what, pred in sr.row_expects:
+        rows = view.rows(table, t0, t1)
+        hit = next((r for r in rows if pred(r)), None)
+        out.append(Check(sr.name, "extension", f"{table}: {what}", PASS if hit else FAIL,
+                         "seen" if hit else f"no matching row among {len(rows)}"))
     events = view.rows("container_events", t0, t1)
     for cid, what in sr.lifecycle_expects:
         mine = [r for r in events if same_id(r.get("container_id", ""), cid)]

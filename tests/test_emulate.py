@@ -54,6 +54,53 @@ def test_resolve_socket_order():
     assert emulab.resolve_socket(None, {}, lambda p: False) is None
 
 
+class _FakeResp:
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def json(self) -> dict:
+        return self.body
+
+
+class _FakeAPI:
+    base_url = "http+docker://localhost"
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict]] = []
+
+    def _post_json(self, url: str, data: dict) -> _FakeResp:
+        self.posts.append((url, data))
+        return _FakeResp({**data})
+
+    def _raise_for_status(self, res: _FakeResp) -> None:
+        return None
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.api = _FakeAPI()
+        self.networks = type("N", (), {"list": staticmethod(lambda: [])})()
+
+
+def test_podman_network_is_internal_without_dns_unless_live():
+    """The safety invariant, as sent to podman's libpod endpoint (the compat endpoint would turn
+    aardvark-dns on): internal, DNS off, no gateway; --live alone gets a routed network."""
+    client, cl = _FakeClient(), emulab.Cleanup()
+    conn = emulab.RuntimeConn(url="unix:///x", engine="podman")
+    net = emulab.create_network(client, conn, "abc123", cl)
+    url, body = client.api.posts[0]
+    assert url.endswith("/libpod/networks/create")
+    assert body["internal"] is True and body["dns_enabled"] is False
+    assert "gateway" not in body["subnets"][0] and body["network_interface"] == "stweabc123"
+    assert body["labels"] == {emulab.LABEL_RUN: "abc123"} and net.internal
+    lease = body["subnets"][0]["lease_range"]
+    assert lease["end_ip"].endswith(".127")  # the stand-in's .2xx addresses are never leased
+    live_client = _FakeClient()
+    emulab.create_network(live_client, conn, "abc124", emulab.Cleanup(), live=True)
+    live_body = live_client.api.posts[0][1]
+    assert live_body["internal"] is False and live_body["subnets"][0]["gateway"].endswith(".1")
+
+
 def test_pick_subnet_avoids_used_networks():
     import ipaddress
     import random
@@ -339,12 +386,31 @@ def test_recordings_replay_through_reader_and_pipeline(all_run):
             assert oneshot["lifetime_s"] is not None and oneshot["lifetime_s"] < 1.0
             sni = [e for e in gt["standin_events"] if e.get("sni") == "api.ipify.org"]
             assert sni, "the HTTPS lookup's SNI reached the stand-in"
+            _check_pcap(rec / name / "scenario.pcap", gt["emulation"]["subnet"])
         elif name == "churn":
             churn = [a for a in alerts if a["rule"] == "container_churn"]
             assert churn and gt["churn_summary"]["containers"] == 20
         else:
             assert not t1614 & ids, alerts
             assert gt["malicious_actions"] == []
+
+
+def _check_pcap(pcap: Path, subnet: str) -> None:
+    """The capture holds the lookups, and every IPv4 packet stayed inside the emulation subnet."""
+    if not pcap.exists():
+        assert shutil.which("tcpdump") is None, "tcpdump is installed but no pcap was kept"
+        return
+    import ipaddress
+
+    from scapy.all import DNSQR, IP, rdpcap
+
+    net = ipaddress.ip_network(subnet)
+    pkts = rdpcap(str(pcap))
+    names = {p[DNSQR].qname.decode().rstrip(".") for p in pkts if p.haslayer(DNSQR)}
+    assert {"ipinfo.io", "myip.opendns.com", "api.ipify.org", "ifconfig.me"} <= names, names
+    outside = [p[IP].summary() for p in pkts if p.haslayer(IP)
+               and not (ipaddress.ip_address(p[IP].src) in net and ipaddress.ip_address(p[IP].dst) in net)]
+    assert outside == [], outside[:5]
 
 
 @pytest.fixture
