@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -129,6 +130,7 @@ def parse_image(image: str, image_id: str = "") -> ImageRef:
                     digest=digest.lower())
 
 
+@lru_cache(maxsize=65536)
 def normalise_image(image: str, image_id: str = "", grouping: str = "tag") -> str:
     """Baseline key of an image reference (see ImageRef.key for `grouping`)."""
     return parse_image(image, image_id).key(grouping)
@@ -477,8 +479,11 @@ class EnvironmentBaselines:
             raise RuntimeError(f"no model for {key} and no environment-wide fallback")
         return key, self.fallback, True
 
-    def score(self, windows: FeatureWindows, top: int = 3) -> list[ScoreResult]:
-        """Score every window with its image's model (or the fallback) and explain the anomalies."""
+    def score(self, windows: FeatureWindows, top: int = 3, explain_all: bool = False) -> list[ScoreResult]:
+        """Score every window with its image's model (or the fallback) and explain the anomalies.
+
+        Deviations are worked out for anomalous windows (all windows with `explain_all`): they cost
+        Python time per row, and a normal window needs no story."""
         results: list[ScoreResult | None] = [None] * len(windows)
         keys = [self.key_of(i) for i in windows.image]
         by_key: dict[str, list[int]] = {}
@@ -493,8 +498,11 @@ class EnvironmentBaselines:
             for j, r in enumerate(rows):
                 s = float(scores[j])
                 anomalous = s > model.threshold_
-                devs = model.deviations(X[j], top=top)
-                text = explain(devs)
+                if anomalous or explain_all:
+                    devs = model.deviations(X[j], top=top)
+                    text = explain(devs)
+                else:
+                    devs, text = [], "within this image's baseline"
                 if unseen[j]:
                     text = (f"executables never seen for this image in training: {', '.join(unseen[j])}; "
                             + text)
