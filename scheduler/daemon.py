@@ -150,6 +150,8 @@ class Daemon:
                                       (STATE_NAME,)).fetchone()
         if row:
             self.pipeline.load_state(json.loads(row[0]))
+            # Windows that were open when the daemon stopped lost their records: skip them.
+            self.pipeline._skip, self.pipeline._rebuild = set(self.pipeline._rebuild), set()
         try:
             from .inventory import Inventory
 
@@ -290,8 +292,7 @@ class Daemon:
                 self.pipeline.inventory.prune(before)
             except Exception as exc:
                 log.debug("prune inventory: %s", exc)
-            self.pipeline.aggregator.prune(self.pipeline.data_time)
-            self.pipeline.churn.prune(self.pipeline.data_time)
+            self.pipeline.prune(before)
             if self.window_store is not None:
                 try:
                     self.window_store._db.execute("DELETE FROM windows WHERE window_end < ?",

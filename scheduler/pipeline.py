@@ -123,6 +123,7 @@ class PipelineStats:
     nets_unattributed: int = 0
     lifecycle: int = 0
     windows_scored: int = 0
+    late_records: int = 0
     alerts: int = 0
     bad_input: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +157,8 @@ class Pipeline:
         self._heap: list[tuple[float, str, int]] = []
         self._closed: list[tuple[str, dict[str, Any]]] = []
         self._origins: dict[str, float] = {}
+        self._last_closed: dict[str, int] = {}   # newest closed window index per container
+        self._skip: set[tuple[str, int]] = set()
         self._life_recent: deque = deque()
         self.collect_windows = False      # keep every built window in `collected` (training)
         self.collected: list[Any] = []
@@ -419,6 +422,12 @@ class Pipeline:
             self._life_recent.append(rec)
         origin = self._origin(cid, ts)
         k = int(math.floor((ts - origin) / self.window_s))
+        if k <= self._last_closed.get(cid, -1 << 62) or (cid, k) in self._skip:
+            # Late record for a window already scored, or a window the daemon was holding when
+            # it stopped (incomplete: not scored rather than scored wrong).
+            if not self.windows_only:
+                self.stats.late_records += 1
+            return
         cw = self._cw.get(cid)
         if cw is not None and cw["k"] < k:
             self._close(cid)
@@ -435,6 +444,7 @@ class Pipeline:
         cw = self._cw.pop(cid, None)
         if cw is None:
             return
+        self._last_closed[cid] = max(self._last_closed.get(cid, -1 << 62), cw["k"])
         self._win_pos.pop((cid, cw["k"]), None)
         self._closed.append((cid, cw))
 
@@ -584,6 +594,16 @@ class Pipeline:
             for ip in c.ip_addresses:
                 self.inventory._add_ip(st, ip)
 
+    def prune(self, before_ts: float) -> None:
+        """Forget per-container window bookkeeping of containers the inventory no longer has."""
+        keep = {c.container_id for c in self.inventory.containers()} | set(self._cw)
+        for d in (self._origins, self._last_closed):
+            for cid in [c for c in d if c not in keep]:
+                del d[cid]
+        self.aggregator.prune(self.data_time)
+        self.churn.prune(self.data_time)
+        self._prune_proc_seen(self.data_time)
+
     # ----------------------------------------------------------------------------- state
     def dump_state(self) -> dict[str, Any]:
         return {
@@ -593,6 +613,7 @@ class Pipeline:
             "risky_seen": [list(x) for x in sorted(self._risky_seen)],
             "open_windows": [[c, k, p] for (c, k), p in sorted(self._win_pos.items())],
             "origins": self._origins,
+            "last_closed": self._last_closed,
             "life_recent": [[r.ts, r.container_id, r.image, r.action, r.name, r.host]
                             for r in self._life_recent],
             "stats": self.stats.to_dict(),
@@ -605,6 +626,7 @@ class Pipeline:
         self._risky_seen = {tuple(x) for x in st.get("risky_seen", [])}
         self._rebuild = {(c, int(k)) for c, k, _ in st.get("open_windows", [])}
         self._origins = {k: float(v) for k, v in st.get("origins", {}).items()}
+        self._last_closed = {k: int(v) for k, v in st.get("last_closed", {}).items()}
         self._life_recent = deque(LifecycleRecord(ts=t, container_id=c, image=i, action=a, name=n,
                                                   host=h) for t, c, i, a, n, h in
                                   st.get("life_recent", []))

@@ -190,3 +190,37 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
     p.write_text("[detection]\nchurn_N = 5\n")
     with pytest.raises(ConfigError, match="churn_N"):
         load_config(p)
+
+
+def test_late_records_and_windows_open_at_restart_are_not_scored() -> None:
+    """A window is scored once: records arriving after it closed are counted as late, and a
+    window the daemon held when it stopped is skipped after restart (it would be incomplete)."""
+    from model.records import ProcessRecord
+    from scheduler.pipeline import Pipeline
+
+    def proc(ts: float, pid: int) -> ProcessRecord:
+        return ProcessRecord(ts=ts, container_id="c1", image="img:1", pid=pid, name="sleep",
+                             cmdline=f"sleep {pid}", host="h")
+
+    cfg = Config()
+    p = Pipeline(cfg, host="h")
+    p.collect_windows = True
+    p._origins["c1"] = 0.0
+    for i in range(5):
+        p.feed_process(proc(10.0 + i, i))        # window 0
+    p.feed_process(proc(70.0, 100))               # window 1 opens; window 0 closes
+    p.flush()
+    p.feed_process(proc(20.0, 200))               # late for window 0
+    assert p.stats.late_records == 1
+    state = json.loads(json.dumps(p.dump_state()))
+    q = Pipeline(cfg, host="h")                   # "restart" as the daemon does it
+    q.collect_windows = True
+    q.load_state(state)
+    q._skip, q._rebuild = set(q._rebuild), set()
+    q.feed_process(proc(75.0, 101))               # window 1: held when stopped -> skipped
+    q.feed_process(proc(130.0, 102))              # window 2: scored normally
+    q.flush(force=True)
+    built = [(cid, float(ws)) for fw in q.collected for cid, ws in zip(fw.container_id, fw.window_start)]
+    assert built == [("c1", 120.0)]
+    assert sum(len(fw) for fw in p.collected) == 1    # window 0 once, with its 5 processes
+    assert p.collected[0].row_dict(0)["processes_started"] == 5
