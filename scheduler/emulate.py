@@ -659,8 +659,7 @@ def write_recording(sr: ScenarioRun, lab: Lab, view: Any, target: Path, zeek_dir
     """A recording (CONTRACTS.md format) of what the host view saw, with labels and the pcap."""
     from scheduler.recording import RecordingMeta, RecordingWriter
 
-    if target.exists():
-        shutil.rmtree(target)
+    clear_recording(target)
     meta = RecordingMeta(name=sr.name.replace("-", "_"), host=socket.gethostname(), environment="emulation",
                          source=f"stowaway emulate run {lab.run_id} ({lab.conn.engine} {lab.conn.version})",
                          time_range=[sr.start, sr.end])
@@ -678,6 +677,36 @@ def write_recording(sr: ScenarioRun, lab: Lab, view: Any, target: Path, zeek_dir
             json.dumps(e) + "\n" for e in lab.standin.events()
             if sr.start - 1 <= float(e.get("ts", 0)) <= sr.end + 2))
     return target
+
+
+#: What a recording written here consists of (and all that is ever deleted when one is rewritten).
+RECORDING_ENTRIES = ("meta.json", "osquery", "zeek", "ground_truth.json", "scenario.pcap", "standin_events.jsonl")
+
+
+def record_dir_problem(path: str, scenarios: list[str]) -> str | None:
+    """Why `--record path` must be refused (None: fine). A directory is reused only when it is empty
+    or holds earlier recordings (its own, or one per scenario): never wipe an unrelated directory."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if not p.is_dir():
+        return f"--record {path}: exists and is not a directory"
+    allowed = set(RECORDING_ENTRIES) | {s.replace("-", "_") for s in [*SCENARIOS, SELFTEST]}
+    stray = sorted(e.name for e in p.iterdir() if e.name not in allowed)
+    if stray:
+        return (f"--record {path}: directory holds other files ({', '.join(stray[:5])}); "
+                "give an empty or new directory")
+    return None
+
+
+def clear_recording(target: Path) -> None:
+    """Remove an earlier recording's own entries only (see RECORDING_ENTRIES)."""
+    for name in RECORDING_ENTRIES:
+        p = target / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def _full_ids(sr: ScenarioRun, view: Any) -> set[str]:
@@ -777,6 +806,8 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
     try:
         print(f"stowaway emulate: run {run_id}, scenarios {', '.join(opts.scenarios)}"
               f"{' (LIVE: real services)' if opts.live else ' (offline stand-in)'}", file=out, flush=True)
+        if opts.record and (why := record_dir_problem(opts.record, opts.scenarios)):
+            raise ValueError(why)
         url = emulab.resolve_socket(opts.runtime_socket)
         if url is None:
             url = emulab.start_podman_service(cleanup, workdir)

@@ -253,6 +253,19 @@ def test_zeek_layer_not_checked_without_logs_and_matches_name_address_time(tmp_p
     assert emulate.check_zeek(sr, str(empty))[0].result == FAIL
 
 
+def test_record_never_wipes_an_unrelated_directory(tmp_path):
+    assert emulate.record_dir_problem(str(tmp_path / "new"), ["churn"]) is None
+    (tmp_path / "rec").mkdir()
+    assert emulate.record_dir_problem(str(tmp_path / "rec"), ["churn"]) is None
+    (tmp_path / "rec" / "meta.json").write_text("{}")
+    (tmp_path / "rec" / "geo_lookup").mkdir()
+    assert emulate.record_dir_problem(str(tmp_path / "rec"), ["churn"]) is None
+    (tmp_path / "rec" / "thesis.tex").write_text("precious")
+    assert "thesis.tex" in emulate.record_dir_problem(str(tmp_path / "rec"), ["churn"])
+    emulate.clear_recording(tmp_path / "rec")
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["geo_lookup", "thesis.tex"]
+
+
 def test_cli_help_documents_the_options(capsys):
     from scheduler import cli
 
