@@ -70,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="spread the churn burst over S seconds (default 30)")
     p.add_argument("--benign-seconds", type=float, default=20.0, metavar="S",
                    help="how long the benign control runs (default 20)")
+    p.add_argument("--report", metavar="FILE", help="also write the checks as JSON (for CI gates)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory (debugging)")
     p.set_defaults(func=run)
     return p
@@ -81,7 +82,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    build_image_from=args.build_image_from, record=args.record, live=args.live,
                    zeek_logs=args.zeek_logs, osquery_socket=args.osquery_socket,
                    churn_count=args.churn_count, churn_seconds=args.churn_seconds,
-                   benign_seconds=args.benign_seconds, keep_workdir=args.keep_workdir)
+                   benign_seconds=args.benign_seconds, keep_workdir=args.keep_workdir,
+                   report=args.report)
 
 
 def run(args: argparse.Namespace) -> int:

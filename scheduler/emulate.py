@@ -68,6 +68,7 @@ class Options:
     churn_seconds: float = 30.0
     benign_seconds: float = 20.0
     keep_workdir: bool = False
+    report: str | None = None        # write the checks as JSON here (for CI)
 
 
 @dataclass
@@ -847,6 +848,8 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
             checks.extend(check_scheduler(sr))
         print_table(checks, out)
         status = 1 if any(c.result == FAIL for c in checks) else 0
+        if opts.report:
+            write_report(Path(opts.report), run_id, lab, runs, checks, status)
         if opts.record:
             print(f"recording(s): {', '.join(str(sr.recording) for sr in runs)}", file=out)
     except (KeyboardInterrupt, emulab.Interrupted) as exc:
@@ -888,6 +891,22 @@ def _recording_target(opts: Options, sr: ScenarioRun, workdir: Path, n: int) -> 
         return workdir / "recordings" / sr.name
     base = Path(opts.record)
     return base if n == 1 else base / sr.name.replace("-", "_")
+
+
+def write_report(path: Path, run_id: str, lab: Lab, runs: list[ScenarioRun], checks: list[Check],
+                 status: int) -> None:
+    """The table as JSON, for CI systems that gate a rollout on it."""
+    data = {
+        "run_id": run_id, "engine": lab.conn.engine, "engine_version": lab.conn.version,
+        "image": lab.image, "live": lab.live, "exit_status": status,
+        "scenarios": [{"name": sr.name, "start": sr.start, "end": sr.end,
+                       "containers": sorted(sr.ids), "recording": str(sr.recording) if sr.recording else None,
+                       "alerts": len(sr.alerts) if sr.alerts is not None else None} for sr in runs],
+        "checks": [asdict(c) for c in checks],
+        "summary": {k: sum(1 for c in checks if c.result == k) for k in (PASS, FAIL, NOT_CHECKED)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def print_table(checks: Iterable[Check], out: Any = sys.stdout) -> None:

@@ -447,12 +447,16 @@ def test_missing_detection_exits_nonzero(rootfs):
     missing alert. Also covers --build-image-from (image imported through the API)."""
     tag = f"localhost/stwemu-test-{os.getpid()}:latest"
     try:
+        report = rootfs.parent / "report.json"
         proc = _emulate("--scenario", "selftest-miss", "--build-image-from", str(rootfs), "--image", tag,
-                        timeout=120)
+                        "--report", str(report), timeout=120)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         fails = [l for l in proc.stdout.splitlines() if " FAIL " in l]
         assert len(fails) == 1 and "scheduler" in fails[0] and "no location_discovery alert" in fails[0]
         assert tag in proc.stdout
+        data = json.loads(report.read_text())
+        assert data["exit_status"] == 1 and data["summary"]["FAIL"] == 1 and data["image"] == tag
+        assert [c["layer"] for c in data["checks"] if c["result"] == "FAIL"] == ["scheduler"]
         assert _leftovers(_run_id(proc.stdout)) == {}
     finally:
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
