@@ -16,8 +16,6 @@ import functools
 import json
 import logging
 import os
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -430,51 +428,10 @@ def generate_container_process_events(src: Sources, context: Any = None) -> list
 
 
 # -- sockets ---------------------------------------------------------------------------------------
-TCP_STATES = {
-    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK",
-    "0A": "LISTEN", "0B": "CLOSING", "0C": "NEW_SYN_RECV",
-}
-
-
-def decode_address(hexaddr: str) -> tuple[str, int]:
-    """('10.88.0.2', 8080) from /proc/net's 'AABBCCDD:1F90' (kernel-endian 32-bit words)."""
-    addr, _, port = hexaddr.partition(":")
-    raw = bytes.fromhex(addr)
-    words = b"".join(struct.pack("=I", int.from_bytes(raw[i:i + 4], "big"))
-                     for i in range(0, len(raw), 4))
-    family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
-    return socket.inet_ntop(family, words), int(port, 16)
-
-
-def parse_proc_net(text: str, protocol: str, family: int) -> list[dict[str, str]]:
-    """Rows of one /proc/<pid>/net/{tcp,tcp6,udp,udp6} file (header skipped, bad lines ignored)."""
-    out = []
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        try:
-            laddr, lport = decode_address(parts[1])
-            raddr, rport = decode_address(parts[2])
-        except (ValueError, OSError):
-            continue
-        st = parts[3].upper()
-        if protocol == "tcp":
-            state = TCP_STATES.get(st, st)
-        else:
-            state = "ESTABLISHED" if st == "01" else ""
-        out.append({"protocol": protocol, "family": str(family), "local_address": laddr,
-                    "local_port": str(lport), "remote_address": raddr,
-                    "remote_port": str(rport), "state": state})
-    return out
-
-
-NET_FILES = (("tcp", "tcp", 4), ("tcp6", "tcp", 6), ("udp", "udp", 4), ("udp6", "udp", 6))
-
-
 def generate_container_sockets(src: Sources, context: Any = None) -> list[dict[str, str]]:
-    """container_sockets rows: each container network namespace's sockets, read once per netns."""
+    """container_sockets rows: each container network namespace's sockets, read once per netns
+    through one of its processes (osquery_ext.procfs parses /proc/<pid>/net/*)."""
+    from osquery_ext import procfs
     cons = parse_constraints(context)
     want = equals_values(cons, "container_id")
     seen: set[tuple[str, str]] = set()
@@ -484,14 +441,15 @@ def generate_container_sockets(src: Sources, context: Any = None) -> list[dict[s
         ns = _netns(src.proc, pid)
         if not ns or (cid, ns) in seen:
             continue
+        socks = procfs.read_proc_net(pid, src.proc)
+        if socks is None:
+            continue  # exited: another process of the namespace may still answer
         seen.add((cid, ns))
-        for fname, proto, fam in NET_FILES:
-            raw = _read(f"{src.proc}/{pid}/net/{fname}")
-            if raw is None:
-                continue
-            for r in parse_proc_net(raw.decode("ascii", "replace"), proto, fam):
-                r.update(container_id=cid, pid=pid, netns=ns)
-                rows.append(r)
+        for r in socks:
+            rows.append({"container_id": cid, "pid": pid, "netns": ns, "protocol": r.protocol,
+                         "family": str(r.family), "local_address": r.local_address,
+                         "local_port": str(r.local_port), "remote_address": r.remote_address,
+                         "remote_port": str(r.remote_port), "state": r.state})
     return rows
 
 

@@ -22,6 +22,10 @@ DOCKER_ID = "b" * 64
 K8S_ID = "c" * 64
 
 
+NET_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+              "   uid  timeout inode\n")
+
+
 def add_process(proc: Path, pid: int, cgroup: str, argv: list[bytes] | list[str], comm: str,
                 ppid: int = 1, uid: int = 0, exe: str = "/bin/busybox", netns: int = 4026532001,
                 start_ticks: int = 1000) -> Path:
@@ -39,7 +43,7 @@ def add_process(proc: Path, pid: int, cgroup: str, argv: list[bytes] | list[str]
     os.symlink(exe, d / "exe")
     os.symlink(f"net:[{netns}]", d / "ns" / "net")
     for f in ("tcp", "tcp6", "udp", "udp6"):
-        (d / "net" / f).write_text("  sl  local_address rem_address   st\n")
+        (d / "net" / f).write_text(NET_HEADER)
     return d
 
 
@@ -54,13 +58,15 @@ def make_proc(root: Path) -> Path:
     pod = (f"12:pids:/libpod_parent/libpod-{PODMAN_ID}\n"
            f"1:name=systemd:/libpod_parent/libpod-{PODMAN_ID}\n0::/\n")
     d = add_process(proc, 100, pod, ["sleep", "3600"], "sleep", ppid=90, netns=4026532001)
+    tail = " 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
     (d / "net" / "tcp").write_text(
-        "  sl  local_address rem_address   st tx_queue rx_queue\n"
-        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
-        "   1: 0200580A:C350 51BB7522:0050 01 00000000:00000000\n")
+        NET_HEADER
+        + "   0: 0100007F:1F90 00000000:0000 0A" + tail.format(inode=1001)
+        + "   1: 0200580A:C350 51BB7522:0050 01" + tail.format(inode=1002))
     (d / "net" / "udp6").write_text(
-        "  sl  local_address rem_address   st\n"
-        "   0: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07\n")
+        NET_HEADER
+        + "   0: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07"
+        + tail.format(inode=1003))
     add_process(proc, 101, pod, ["wget", "-qO-", "http://ipinfo.io/"], "wget", ppid=100,
                 netns=4026532001)
     add_process(proc, 200, f"0::/system.slice/docker-{DOCKER_ID}.scope\n",

@@ -218,3 +218,21 @@ def test_inventory_address_on_internal_network(service, cleanup):
                       "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", cid)
     assert ips == [expected]
     assert row["privileged"] == "0" and row["host_root_mounted"] == "0"
+
+
+def test_listener_socket_of_a_container(service, cleanup):
+    name = unique("sock")
+    cleanup["containers"].append(name)
+    cid = podman("run", "-d", "--name", name, "--network", "none", IMAGE, "nc", "-l", "-p", "8080")
+    src = _sources(service)
+    rows: list[dict] = []
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not rows:
+        rows = [r for r in tables.generate_container_sockets(src, _by_id(cid))
+                if r["state"] == "LISTEN"]
+        time.sleep(0.1)
+    assert rows, "nc's listening socket not reported"
+    r = rows[0]
+    assert (r["protocol"], r["local_port"], r["container_id"]) == ("tcp", "8080", cid)
+    host_netns = os.readlink("/proc/self/ns/net")[5:-1]
+    assert r["netns"] != host_netns  # read inside the container's namespace, not the host's

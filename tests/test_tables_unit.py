@@ -218,16 +218,9 @@ def test_container_sockets_once_per_netns(proc):
     assert (est["remote_address"], est["remote_port"]) == ("34.117.187.81", "80")
     udp = next(r for r in podman if r["protocol"] == "udp")
     assert (udp["local_address"], udp["family"], udp["local_port"]) == ("::1", "6", "53")
+    assert udp["state"] == "UNCONN"
     only = tables.generate_container_sockets(src, ctx(("container_id", 2, DOCKER_ID)))
     assert only == []  # the docker container has no sockets in its netns
-
-
-def test_decode_address():
-    assert tables.decode_address("0100007F:0035") == ("127.0.0.1", 53)
-    assert tables.decode_address("00000000000000000000000001000000:01BB") == ("::1", 443)
-    rows = tables.parse_proc_net("header\n garbage line\n 0: 0100007F:0050 00000000:0000 0A x\n",
-                                 "tcp", 4)
-    assert len(rows) == 1 and rows[0]["state"] == "LISTEN"
 
 
 # -- runtimes: inventory, degraded, hung -------------------------------------------------------------
