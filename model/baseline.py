@@ -6,15 +6,15 @@ random_state) trained on that image's feature windows in one environment. Images
 (default < 50) are scored by an environment-wide model instead, and every result says which model
 scored it (`model_scope`, `fallback`).
 
-The score (higher = more anomalous) has two parts:
+The score (higher = more anomalous) has three parts:
 * the IsolationForest anomaly score, -score_samples, in (0, 1]; about 0.35-0.5 for ordinary windows;
 * a novelty term for behaviour features outside the range the image showed in training. An
   IsolationForest only splits inside the training range, so a value beyond the training maximum
   lands in the same leaf as the maximum: 50 refused connections from an image that never had one
   would look no stranger than the image's busiest window. The novelty term adds
   `novelty_weight * min(excess, novelty_cap)` per feature, where excess is the distance above
-  the training maximum in robust units (less activity than usual is left to the forest) (scale = max(1.4826 MAD, IQR/1.349, a per-feature
-  floor)). Lifecycle features (age, restarts, churn) are left to the forest, so routine restarts and
+  the training maximum in robust units (scale = max(1.4826 MAD, IQR/1.349, a per-feature floor));
+  less activity than usual is left to the forest. Lifecycle features (age, restarts, churn) are left to the forest, so routine restarts and
   redeploys do not trip it.
 * an unseen-executable term: `unseen_weight` per executable name in the window that the image never
   ran in training (its vocabulary, learned when `fit` is given the windows' executables). `cat`,
@@ -197,7 +197,8 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.max_ = X.max(axis=0)
         self.scale_ = np.maximum.reduce([1.4826 * mad, (q3 - q1) / 1.349, scale_floors(self.feature_names)])
         self.novelty_mask_ = np.array([f in BEHAVIOUR_FEATURES for f in self.feature_names])
-        self.vocabulary_ = (frozenset(e for row in executables for e in row)
+        # sorted tuple, not a set: the pickled model is then byte-identical for the same data
+        self.vocabulary_ = (tuple(sorted({e for row in executables for e in row}))
                             if executables is not None else None)
         # calibrate on at most `calibration_max` evenly spaced training windows: the 0.99 quantile of
         # ~1000 scores is as good as of all of them, and fitting stays close to a bare forest's cost
@@ -224,9 +225,11 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
 
     def unseen(self, executables: Sequence[Sequence[str]]) -> list[list[str]]:
         """Per window: executable names the image never ran in training (empty without vocabulary)."""
-        vocab = getattr(self, "vocabulary_", None)
-        if vocab is None:
+        if getattr(self, "vocabulary_", None) is None:
             return [[] for _ in executables]
+        vocab = getattr(self, "_vocab_set", None)
+        if vocab is None:
+            vocab = self._vocab_set = frozenset(self.vocabulary_)
         return [sorted(set(row) - vocab) for row in executables]
 
     def anomaly_score(self, X, executables: Sequence[Sequence[str]] | None = None) -> np.ndarray:
@@ -244,6 +247,7 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_leaf_cache", None)          # derived from the trees; rebuilt on first use
+        state.pop("_vocab_set", None)           # derived from vocabulary_
         return state
 
     def _fast_forest_scores(self, X: np.ndarray) -> np.ndarray | None:

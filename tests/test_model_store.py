@@ -280,3 +280,14 @@ def test_directory_owned_by_another_user_refused(saved, monkeypatch):
     with pytest.raises(UntrustedModelError, match=f"directory {vdir} is owned by uid"):
         ms.load("prod")
     assert loads == []
+
+
+def test_same_data_gives_byte_identical_model_files(tmp_path):
+    hashes = []
+    for i in range(2):
+        r = tmp_path / f"m{i}"
+        r.mkdir(mode=0o700)
+        ms = ModelStore(r)
+        ms.save(EnvironmentBaselines("prod").fit(make_windows()))
+        hashes.append({k: e["sha256"] for k, e in ms.read_manifest("prod")["models"].items()})
+    assert hashes[0] == hashes[1]
