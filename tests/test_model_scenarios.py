@@ -172,3 +172,16 @@ def test_anomaly_margin_is_clear(data):
     _, _, _, scored = data
     top = sorted((r.score - r.threshold for r in scored["drift"] if r.is_anomaly), reverse=True)
     assert top[0] > 1.0 and top[1] > 1.0
+
+
+def test_fixture_records_attribute_redeployed_addresses(data):
+    """172.17.0.7 belongs to the old web-5 before the redeploy and to its replacement after it."""
+    recs = data[0]["benign_long"]
+    old, new = recs.by_name["web-5"]
+    swap = next(c.created for c in recs.containers if c.container_id == new)
+    from_ip = [r for r in recs.nets if r.orig_h == "172.17.0.7"]
+    assert from_ip and {r.container_id for r in from_ip} == {old, new}
+    assert all((r.container_id == old) == (r.ts < swap) for r in from_ip)
+    # every container-subnet source of a conn is attributed (only IPv6 link-local noise is not)
+    assert {r.image for r in recs.nets} == {"localhost/webapp:1.4", "localhost/worker:2.0", "localhost/cron:1.0"}
+    assert sum(r.kind == "http" for r in recs.nets) == 6506          # every http.log line of the README
