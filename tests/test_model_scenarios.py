@@ -1,7 +1,8 @@
 """Baselines trained on the real benign_long recording, scored on the real drift and geo_lookup ones.
 
 Windows are 30 s (the recordings are 3-30 minutes long), anchored at each container's creation.
-What these tests pin down (the figures are the current results, asserted exactly):
+What these tests pin down (the figures are the current results, asserted exactly; benign and churn
+are scored too):
 * benign_long: 0 of its windows flagged in-sample, and 0 when the restart / redeploy period is held
   out of training and scored as unseen data;
 * drift: the three web-2 windows holding D1, D2, D3 are flagged, nothing else (0 false positives);
@@ -185,3 +186,35 @@ def test_fixture_records_attribute_redeployed_addresses(data):
     # every container-subnet source of a conn is attributed (only IPv6 link-local noise is not)
     assert {r.image for r in recs.nets} == {"localhost/webapp:1.4", "localhost/worker:2.0", "localhost/cron:1.0"}
     assert sum(r.kind == "http" for r in recs.nets) == 6506          # every http.log line of the README
+
+
+@pytest.fixture(scope="module")
+def more(data):
+    """The other two recordings, scored by the same benign_long baselines."""
+    eb = data[2]
+    out = {}
+    for name in ("benign", "churn"):
+        r = load_scenario(name)
+        fw = build_windows(r.processes, r.nets, r.lifecycle, r.containers, window_s=WINDOW_S,
+                           environment="fixtures")
+        out[name] = (r, eb.score(fw))
+    return out
+
+
+def test_benign_recording_not_flagged(more):
+    _, results = more["benign"]
+    assert len(results) >= 20
+    assert [r for r in results if r.is_anomaly] == []
+
+
+def test_churn_containers_flagged_background_not(more):
+    """40 --rm containers of an image never seen in training: all 40 flagged via the fallback
+    (image_creates / image_destroys far above anything in training, plus the lookup); the four
+    background containers are not."""
+    recs, results = more["churn"]
+    churn_ids = {c.container_id for c in recs.containers if c.image == "localhost/alpine-tools:3.19"}
+    assert len(churn_ids) == 40
+    flagged = {r.container_id for r in results if r.is_anomaly}
+    assert flagged == churn_ids
+    assert all(r.fallback for r in results if r.container_id in churn_ids)
+    assert any("image_creates" in r.explanation for r in results if r.is_anomaly)
