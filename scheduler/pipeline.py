@@ -544,7 +544,7 @@ class Pipeline:
                                  self.container_ref(host, r.container_id, r.image),
                                  r.score, r.threshold, devs or r.explanation, fallback,
                                  (r.window_start, r.window_end), top,
-                                 explanation_text=r.explanation)
+                                 explanation_text=_deviation_text(r.explanation, r.fallback))
             if cand:
                 cand.details["explanation_text"] = r.explanation
                 cand.details["model_scope"] = r.model_scope
@@ -632,6 +632,15 @@ class Pipeline:
                                   st.get("life_recent", []))
         for k, v in st.get("stats", {}).items():
             setattr(self.stats, k, v)
+
+
+def _deviation_text(text: str, fallback: bool) -> str:
+    """The model's explanation without its cold-start preamble ("<image> has N training windows
+    (< M): scored by the environment-wide model of '<env>'; ..."): the fallback is stated
+    separately on the alert, and the deviations are what a table has room for."""
+    if fallback and "environment-wide model" in text and "; " in text:
+        return text.split("; ", 1)[1]
+    return text
 
 
 @dataclass(frozen=True)

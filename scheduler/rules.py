@@ -261,7 +261,8 @@ def anomaly(ts: float, host: str, container: ContainerRef, score: float, thresho
           "summary": f"score {score:.3f} > {threshold:.3f}: {expl_text}"[:300]}
     if fallback:
         ev["baseline_fallback"] = fallback
-        ev["summary"] += f" [{fallback}]"
+        ev["summary"] = (f"score {score:.3f} > {threshold:.3f} (environment-wide baseline, "
+                         f"cold start): {expl_text}")[:300]
     details = {"explanation": explanation}
     if fallback:
         details["baseline_fallback"] = fallback
