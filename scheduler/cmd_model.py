@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = os.environ.get("STOWAWAY_MODELS", "models")
-DEFAULT_WINDOWS = os.environ.get("STOWAWAY_WINDOWS", "windows.sqlite")
+DEFAULT_WINDOWS = os.environ.get("STOWAWAY_WINDOWS")   # else <models>/windows.db, where the daemon writes
 
 
 def parse_time(value: str) -> float:
@@ -48,12 +48,14 @@ def add_parser(subparsers) -> None:
             "images with fewer than --min-windows windows) from the feature windows the scheduler\n"
             "stored, over a time range, and save them as a new model version.\n\n"
             "examples:\n"
-            "  stowaway train --windows windows.sqlite -e prod --since 2026-11-20 --until 2026-11-27\n"
+            "  stowaway train --models /var/lib/stowaway/models -e prod --since 2026-11-20 --until 2026-11-27\n"
+            "  stowaway train --windows windows.sqlite --models models -e prod\n"
             "  stowaway train -e prod --backend loky --n-jobs 8\n"
             "  stowaway train -e prod --backend dask --dask-scheduler tcp://10.0.0.5:8786\n"
             "  stowaway train -e staging --backend dask --dask-local 4   # local cluster, 4 workers"))
     p.add_argument("--windows", default=DEFAULT_WINDOWS, metavar="SQLITE",
-                   help="window store written by the scheduler (default: $STOWAWAY_WINDOWS or ./windows.sqlite)")
+                   help="window store written by the scheduler (default: $STOWAWAY_WINDOWS, else "
+                        "<models>/windows.db where the daemon keeps it)")
     p.add_argument("-e", "--environment", action="append", metavar="ENV",
                    help="environment to train (repeatable; default: every environment in the window store)")
     p.add_argument("--since", type=parse_time, metavar="TIME", help="first window start (epoch or ISO 8601)")
@@ -107,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.store import ModelStore
     from model.windowstore import WindowStore
 
+    if not args.windows:
+        args.windows = os.path.join(args.models, "windows.db")
     if not os.path.exists(args.windows):
         print(f"stowaway train: no window store at {args.windows}", file=sys.stderr)
         return 2
