@@ -83,3 +83,13 @@ def test_models_verify_reports_tampering(stores, capsys):
 def test_train_without_store_fails_cleanly(tmp_path, capsys):
     assert cli.main(["train", "--windows", str(tmp_path / "none.sqlite"), "--models", str(tmp_path / "m")]) == 2
     assert "no window store" in capsys.readouterr().err
+
+
+def test_windows_default_to_the_daemons_location(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("STOWAWAY_WINDOWS", raising=False)
+    models = tmp_path / "models"
+    models.mkdir(mode=0o700)
+    with WindowStore(models / "windows.db") as ws:
+        ws.add(_windows(60, "shop/web:2", "w1"))
+    assert cli.main(["train", "--models", str(models), "--backend", "sequential", "--no-progress"]) == 0
+    assert "docker.io/shop/web:2" in capsys.readouterr().out
