@@ -70,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="spread the churn burst over S seconds (default 30)")
     p.add_argument("--benign-seconds", type=float, default=20.0, metavar="S",
                    help="how long the benign control runs (default 20)")
+    p.add_argument("--cleanup-stale", action="store_true",
+                   help="only remove what earlier runs killed with SIGKILL left behind (runs whose "
+                        "process is alive are never touched), then exit")
     p.add_argument("--report", metavar="FILE", help="also write the checks as JSON (for CI gates)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory (debugging)")
     p.set_defaults(func=run)
@@ -91,4 +94,13 @@ def run(args: argparse.Namespace) -> int:
         print("stowaway emulate: needs root (network namespace for the stand-in, kernel process "
               "events, the runtime's root socket)", file=sys.stderr)
         return 2
+    if args.cleanup_stale:
+        from scheduler import emulab
+
+        done = emulab.cleanup_stale(runtime_url=args.runtime_socket and (
+            args.runtime_socket if "://" in args.runtime_socket else f"unix://{args.runtime_socket}"))
+        for line in done:
+            print(f"cleaned {line}")
+        print(f"{len(done)} stale run(s) cleaned")
+        return 0
     return emulate(options_from_args(args))

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,15 +48,28 @@ class Interrupted(Exception):
 
 
 class Cleanup:
-    """LIFO stack of undo callables; each runs once, errors are logged, never raised."""
+    """LIFO stack of undo callables; each runs once, errors are logged, never raised.
 
-    def __init__(self) -> None:
+    With a `RunState`, the processes started for the run are also written to a state file, so a run
+    killed with SIGKILL can still be cleaned up later (`stowaway emulate --cleanup-stale`).
+    """
+
+    def __init__(self, state: "RunState | None" = None) -> None:
         self._stack: list[tuple[str, Callable[[], None]]] = []
         self.done: list[str] = []
         self.failed: list[str] = []
+        self.state = state
 
     def push(self, what: str, undo: Callable[[], None]) -> None:
         self._stack.append((what, undo))
+
+    def track(self, proc: subprocess.Popen, what: str) -> None:
+        if self.state is not None:
+            self.state.add_process(proc.pid, what)
+
+    def note(self, **facts: Any) -> None:
+        if self.state is not None:
+            self.state.update(**facts)
 
     def run(self) -> None:
         """Undo everything, with SIGINT/SIGTERM ignored so a second Ctrl-C cannot cut cleanup short."""
@@ -128,6 +142,8 @@ def start_podman_service(cleanup: Cleanup, workdir: Path) -> str:
                             stdout=subprocess.DEVNULL, stderr=open(workdir / "podman-service.log", "w"),
                             start_new_session=True)
     cleanup.push(f"podman service pid {proc.pid}", lambda: _stop_process(proc))
+    cleanup.track(proc, "podman service")
+    cleanup.note(socket=f"unix://{sock}")
     deadline = time.time() + 15
     while time.time() < deadline:
         if sock.exists():
@@ -265,6 +281,7 @@ def create_network(client: Any, conn: RuntimeConn, run_id: str, cleanup: Cleanup
     subnet = pick_subnet(used_subnets(client), random.Random(run_id))
     lease_end = str(subnet.network_address + 127)
     cleanup.push(f"network {name}", lambda: _remove_network(client, name))
+    cleanup.note(network=name, bridge=bridge)
     if conn.engine == "podman":
         body = {"name": name, "driver": "bridge", "internal": not live, "dns_enabled": False,
                 "network_interface": bridge, "labels": {LABEL_RUN: run_id},
@@ -339,6 +356,7 @@ def start_standin(net: LabNetwork, run_id: str, workdir: Path, cleanup: Cleanup)
     ns = f"stwe-{run_id}"
     host_if, ns_if = f"stwe{run_id}h", f"stwe{run_id}n"
     cleanup.push(f"netns {ns}", lambda: _del_netns(ns, host_if))
+    cleanup.note(netns=ns, veth=host_if)
     _ip(["netns", "add", ns])
     _ip(["link", "add", host_if, "type", "veth", "peer", "name", ns_if])
     _ip(["link", "set", ns_if, "netns", ns])
@@ -368,6 +386,7 @@ def start_standin(net: LabNetwork, run_id: str, workdir: Path, cleanup: Cleanup)
                             stdout=subprocess.PIPE, stderr=open(workdir / "standin.log", "w"),
                             text=True, env=env, start_new_session=True)
     cleanup.push(f"stand-in pid {proc.pid}", lambda: _stop_process(proc))
+    cleanup.track(proc, "stand-in")
     line = proc.stdout.readline() if proc.stdout else ""
     if line.strip() != "ready":
         raise RuntimeError(f"stand-in did not start: {(workdir / 'standin.log').read_text()[-600:]}")
@@ -394,6 +413,7 @@ def start_tcpdump(bridge: str, pcap: Path, cleanup: Cleanup) -> subprocess.Popen
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     cleanup.push(f"tcpdump pid {proc.pid}", lambda: _stop_process(proc, signal.SIGINT))
+    cleanup.track(proc, "tcpdump")
     deadline = time.time() + 5
     while time.time() < deadline and not pcap.exists():
         if proc.poll() is not None:
@@ -482,6 +502,114 @@ def reap_exec_monitors(container_ids: set[str]) -> int:
             except ProcessLookupError:
                 pass
     return len(pids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state (recovery after SIGKILL)
+
+STATE_DIR = Path(os.environ.get("STOWAWAY_EMULATE_STATE", "/run/stowaway-emulate"))
+
+
+def _proc_start(pid: int) -> str:
+    """A process's start time in clock ticks (pid + start time identify it; pids are reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class RunState:
+    """/run/stowaway-emulate/<run>.json: who owns the run and what it started."""
+
+    def __init__(self, run_id: str, directory: Path | None = None) -> None:
+        self.path = (directory or STATE_DIR) / f"{run_id}.json"
+        self.data: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
+                                     "started": time.time(), "processes": []}
+
+    def update(self, **facts: Any) -> None:
+        self.data.update(facts)
+        self.save()
+
+    def add_process(self, pid: int, what: str) -> None:
+        self.data["processes"].append({"pid": pid, "start": _proc_start(pid), "what": what})
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _stale_runtime_objects(data: dict[str, Any], run_id: str, runtime_url: str | None) -> list[str]:
+    """Containers and network of a dead run, through its own socket when that still answers."""
+    tmp = Cleanup()
+    try:
+        url = runtime_url
+        if not url and data.get("socket") and os.path.exists(str(data["socket"]).replace("unix://", "")):
+            url = data["socket"]
+        url = url or resolve_socket(None)
+        if url is None:
+            sdir = Path(tempfile.mkdtemp(prefix="stwemu-stale-"))
+            tmp.push(f"workdir {sdir}", lambda: shutil.rmtree(sdir, ignore_errors=True))
+            url = start_podman_service(tmp, sdir)
+        client, _conn = connect(url)
+        try:
+            ids = {c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})}
+            removed = sweep_containers(client, run_id)
+            reap_exec_monitors(ids)
+            if data.get("network"):
+                _remove_network(client, data["network"])
+            return removed
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        log.warning("stale run %s: runtime cleanup failed: %s", run_id, exc)
+        return []
+    finally:
+        tmp.run()
+
+
+def owner_alive(data: dict[str, Any]) -> bool:
+    pid = int(data.get("pid") or 0)
+    return pid > 0 and _proc_start(pid) == data.get("pid_start")
+
+
+def cleanup_stale(directory: Path | None = None, runtime_url: str | None = None) -> list[str]:
+    """Remove what runs that died without cleaning up (SIGKILL, power loss) left behind. Runs whose
+    owner process is alive are never touched. Returns one line per run cleaned."""
+    directory = directory or STATE_DIR
+    done = []
+    for f in sorted(directory.glob("*.json")) if directory.exists() else []:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if owner_alive(data):
+            continue
+        run_id = str(data.get("run_id", f.stem))
+        removed = _stale_runtime_objects(data, run_id, runtime_url)
+        for p in data.get("processes", []):  # after the runtime work: one may be its podman service
+            pid = int(p.get("pid") or 0)
+            if pid > 0 and p.get("start") and _proc_start(pid) == p.get("start"):
+                try:
+                    os.killpg(pid, signal.SIGTERM)  # each was started in its own session
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if data.get("netns"):
+            _del_netns(data["netns"], data.get("veth", ""))
+        if data.get("bridge"):
+            _ip(["link", "del", data["bridge"]], check=False)
+        if data.get("workdir"):
+            shutil.rmtree(data["workdir"], ignore_errors=True)
+        f.unlink(missing_ok=True)
+        done.append(f"run {run_id}: {len(removed)} container(s), network {data.get('network', '-')}, "
+                    f"netns {data.get('netns', '-')}, {len(data.get('processes', []))} process(es)")
+    return done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -790,7 +790,14 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
     2 set-up error, 130 interrupted."""
     run_id = secrets.token_hex(3)
     workdir = Path(tempfile.mkdtemp(prefix=f"stwemu-{run_id}-"))
-    cleanup = emulab.Cleanup()
+    state = emulab.RunState(run_id)
+    cleanup = emulab.Cleanup(state)
+    cleanup.push("run state file", state.remove)
+    try:
+        state.update(workdir=str(workdir))
+    except OSError as exc:  # no /run (not root): the run still cleans up after itself
+        log.info("no run state file: %s", exc)
+        cleanup.state = None
     if not opts.keep_workdir:
         cleanup.push(f"workdir {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True))
     checks: list[Check] = []

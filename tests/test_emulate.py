@@ -529,3 +529,32 @@ def test_geo_lookup_through_the_deployed_extension_over_thrift(tmp_path):
             manager.stop()
         os.killpg(service.pid, signal.SIGTERM)
         service.wait(15)
+
+
+@podman
+def test_cleanup_stale_after_sigkill():
+    """SIGKILL cannot be caught: the run's state file lets `--cleanup-stale` remove what it left."""
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
+                             "--churn-count", "20", "--churn-seconds", "30"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = _run_id(proc.stdout.readline())
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                               text=True).stdout.split()
+        if any(n.startswith(f"stwemu-{run_id}-churn-") for n in names):
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = _leftovers(run_id)
+    assert left.get("networks") and left.get("netns"), left  # SIGKILL really left things behind
+    assert Path(f"/run/stowaway-emulate/{run_id}.json").exists()
+    out = _emulate("--cleanup-stale", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"run {run_id}:" in out.stdout
+    deadline = time.time() + 10
+    while _leftovers(run_id) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _leftovers(run_id) == {}
+    assert not Path(f"/run/stowaway-emulate/{run_id}.json").exists()
