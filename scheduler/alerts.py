@@ -386,7 +386,9 @@ def summarize_evidence(evidence: Iterable[dict[str, Any]], limit: int = 3) -> st
         if s not in bucket:
             bucket.append(s)
     parts = []
-    for label, items in (("host", host), ("net", net), ("", other)):
+    order = (("", other), ("host", host), ("net", net)) if other else \
+        (("host", host), ("net", net), ("", other))     # anomalies: the model's verdict first
+    for label, items in order:
         if not items:
             continue
         shown = "; ".join(items[:limit]) + (f" (+{len(items) - limit})" if len(items) > limit else "")

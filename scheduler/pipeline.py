@@ -383,7 +383,7 @@ class Pipeline:
             ts=float(ts), kind=kind, container_id=cid, image=image, orig_h=orig,
             resp_h=str(d.get("id.resp_h") or d.get("resp_h") or ""),
             resp_p=_i(d.get("id.resp_p")), orig_p=_i(d.get("id.orig_p")),
-            proto=str(d.get("proto") or ""), uid=str(d.get("uid") or ""), host=host,
+            proto=str(d.get("proto") or ("tcp" if stream in ("http", "ssl") else "")), uid=str(d.get("uid") or ""), host=host,
             domain=str(domain or ""), rcode=str(d.get("rcode_name") or ""),
             conn_state=str(d.get("conn_state") or ""), bytes_out=_i(d.get("orig_bytes")),
             bytes_in=_i(d.get("resp_bytes")), uri=str(d.get("uri") or ""),
@@ -496,6 +496,7 @@ class Pipeline:
         life = [r for r in self._life_recent if start <= r.ts < end]
         fw_all = build_windows(procs, nets, life, list(infos.values()), window_s=self.window_s,
                                start=start, end=end, environment=self.environment)
+        by_key = {(cid, cw["k"]): cw for cid, cw in closed}
         keep = []
         for i, (cid, ws) in enumerate(zip(fw_all.container_id, fw_all.window_start)):
             info = infos.get(cid)
@@ -548,6 +549,12 @@ class Pipeline:
             if cand:
                 cand.details["explanation_text"] = r.explanation
                 cand.details["model_scope"] = r.model_scope
+                info = infos.get(r.container_id)
+                if info is not None:
+                    k = int(round((r.window_start - info.created) / self.window_s))
+                    cw = by_key.get((r.container_id, k))
+                    if cw is not None:
+                        cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
                 self._add(cand)
 
     # ----------------------------------------------------------------------------- alerts

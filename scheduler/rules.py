@@ -257,12 +257,12 @@ def anomaly(ts: float, host: str, container: ContainerRef, score: float, thresho
     ev = {"side": "model", "kind": "window", "time": round(ts, 6),
           "window_start": window[0] if window else ts, "window_end": window[1] if window else ts,
           "score": round(float(score), 6), "threshold": round(float(threshold), 6),
-          "explanation": explanation,
-          "summary": f"score {score:.3f} > {threshold:.3f}: {expl_text}"[:300]}
+          "explanation": explanation, "explanation_text": expl_text}
+    short = _explanation_text(explanation) or expl_text
+    scope = " (environment-wide baseline, cold start)" if fallback else ""
+    ev["summary"] = f"score {score:.2f} > {threshold:.2f}{scope}: {short}"[:300]
     if fallback:
         ev["baseline_fallback"] = fallback
-        ev["summary"] = (f"score {score:.3f} > {threshold:.3f} (environment-wide baseline, "
-                         f"cold start): {expl_text}")[:300]
     details = {"explanation": explanation}
     if fallback:
         details["baseline_fallback"] = fallback
@@ -272,6 +272,56 @@ def anomaly(ts: float, host: str, container: ContainerRef, score: float, thresho
               f"{_explanation_text(explanation) or expl_text}"[:200],
         evidence=[ev], signature=top_feature, score=float(score), threshold=float(threshold),
         details=details)
+
+
+SAMPLES_PER_SIDE = 5
+_NET_TOOLS = frozenset({"curl", "wget", "nc", "ncat", "netcat", "nslookup", "dig", "host", "drill",
+                        "telnet", "socat", "nmap", "masscan", "ssh", "openssl", "ping"})
+_FAILED_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
+_DNS_FEATURES = frozenset({"dns_queries", "distinct_domains", "nxdomain_share",
+                           "dns_label_entropy_mean"})
+_CONN_FEATURES = frozenset({"failed_conns", "outbound_conns", "distinct_remote_addrs",
+                            "distinct_remote_ports", "public_conn_share", "bytes_out", "bytes_in"})
+
+
+def window_samples(processes: list[ProcessRecord], nets: list[NetRecord],
+                   deviations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A few of the window's own records that show what the deviations say, so an anomaly alert
+    also has host and network evidence side by side: processes of never-seen executables (or
+    the window's first processes when process counts deviate), failed connections, NXDOMAIN
+    answers, ... Picked in time order, at most SAMPLES_PER_SIDE per side."""
+    top = [d for d in deviations if isinstance(d, dict)][:3]     # what the alert's title says
+    feats = {str(d.get("feature", "")) for d in top}
+    unseen = {n for d in top if d.get("feature") == "unseen_executables" for n in d.get("names", [])}
+    out: list[dict[str, Any]] = []
+    host: list[ProcessRecord] = []
+    if unseen:
+        host = [p for p in processes
+                if (p.path.rsplit("/", 1)[-1] or p.name) in unseen or p.name in unseen]
+    if not host and "location_discovery_processes" in feats:
+        host = [p for p in processes if p.location_discovery]
+    if not host and "network_tool_processes" in feats:
+        host = [p for p in processes if (p.path.rsplit("/", 1)[-1] or p.name) in _NET_TOOLS
+                or p.name in _NET_TOOLS]
+    if not host and feats & {"processes_started", "distinct_executables", "shell_processes"}:
+        host = list(processes)
+    for p in sorted(host, key=lambda r: r.ts)[:SAMPLES_PER_SIDE]:
+        out.append({"side": "host", "kind": "process", "time": round(p.ts, 6), "pid": p.pid,
+                    "ppid": p.ppid, "name": p.name, "path": p.path, "cmdline": p.cmdline,
+                    "summary": (p.cmdline or p.name)[:120]})
+    net: list[NetRecord] = []
+    if "failed_conns" in feats:
+        net = [n for n in nets if n.kind == "conn" and n.conn_state in _FAILED_STATES]
+    if not net and "geo_service_contacts" in feats:
+        net = [n for n in nets if n.geo_service]
+    if not net and feats & _DNS_FEATURES:
+        dns = [n for n in nets if n.kind == "dns"]
+        net = [n for n in dns if n.rcode == "NXDOMAIN"] or dns
+    if not net and feats & _CONN_FEATURES:
+        net = [n for n in nets if n.kind == "conn"]
+    for n in sorted(net, key=lambda r: r.ts)[:SAMPLES_PER_SIDE]:
+        out.append(net_evidence(n, n.geo_service))
+    return out
 
 
 def _explanation_text(expl: Any, limit: int = 3) -> str:
@@ -286,7 +336,9 @@ def _explanation_text(expl: Any, limit: int = 3) -> str:
     if isinstance(expl, (list, tuple)):
         parts = []
         for item in list(expl)[:limit]:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and item.get("names"):
+                parts.append("new executables: " + ", ".join(map(str, item["names"][:5])))
+            elif isinstance(item, dict):
                 f = item.get("feature") or item.get("name") or "?"
                 v = item.get("value")
                 b = item.get("baseline", item.get("typical", item.get("median")))
@@ -301,6 +353,8 @@ def _explanation_text(expl: Any, limit: int = 3) -> str:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v.is_integer() or abs(v) >= 100:
+            return f"{v:.0f}"
         return f"{v:.3g}"
     return str(v)
 

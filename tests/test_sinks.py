@@ -163,3 +163,23 @@ def test_sinkset_keeps_going_when_one_sink_fails(tmp_path: Path) -> None:
     assert s.emit(make_alerts(2)) == 2
     s.close()
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 2
+
+
+def test_syslog_sink_sends_the_json_line_over_udp() -> None:
+    from scheduler.sinks import SyslogSink
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    try:
+        s = SyslogSink(f"127.0.0.1:{rx.getsockname()[1]}", facility="local3")
+        s.emit(make_alerts(1))
+        data, _ = rx.recvfrom(65535)
+        s.close()
+    finally:
+        rx.close()
+    text = data.decode()
+    # <PRI>: local3 (19) * 8 + err (3) for a high-severity alert
+    assert text.startswith("<155>stowaway: ")
+    body = json.loads(text[len("<155>stowaway: "):].rstrip("\x00"))
+    assert body["id"] == "alert0000" and body["rule"] == RULE_LOCATION
