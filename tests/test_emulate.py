@@ -335,13 +335,39 @@ def _leftovers(run_id: str) -> dict[str, list[str]]:
     return {k: v for k, v in out.items() if v}
 
 
+class LeakMonitor:
+    """tcpdump on the uplink (the default route's interface) for anything from the emulation's
+    address block or to the stand-in's fake public address: it must capture nothing."""
+
+    FILTER = "net 10.213.0.0/16 or host 203.0.113.45"
+
+    def __init__(self) -> None:
+        self.proc = None
+        routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True,
+                                           text=True).stdout or "[]")
+        self.dev = routes[0]["dev"] if routes else None
+        if self.dev and shutil.which("tcpdump"):
+            self.proc = subprocess.Popen(["tcpdump", "-i", self.dev, "-n", "-l", self.FILTER],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+
+    def stop(self) -> tuple[str, str]:
+        if self.proc is None:
+            return "", "no uplink or no tcpdump"
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=10)
+        return out, err
+
+
 @pytest.fixture(scope="module")
 def all_run():
     """One `stowaway emulate --scenario all --record DIR` run shared by the checks below."""
     if _REASON:
         pytest.skip(_REASON)
     rec = Path(tempfile.mkdtemp(prefix="stwemu-test-rec-"))
+    leak = LeakMonitor()
     proc = _emulate("--scenario", "all", "--record", str(rec), "--benign-seconds", "12")
+    proc.leak = leak.stop()
     yield proc, rec
     shutil.rmtree(rec, ignore_errors=True)
 
@@ -365,6 +391,16 @@ def test_all_scenarios_pass_every_checkable_layer(all_run):
     # Zeek logs were not given: the layer says so and never claims a pass
     assert all(" not checked " in r for r in rows if " zeek " in r)
     assert _leftovers(_run_id(out)) == {}
+
+
+@podman
+def test_no_packet_left_the_machine(all_run):
+    proc, _rec = all_run
+    captured, log_text = proc.leak
+    if "no uplink" in log_text:
+        pytest.skip("no default route or no tcpdump: nothing to watch")
+    assert captured.strip() == "", captured[:500]
+    assert re.search(r"\b0 packets captured", log_text), log_text
 
 
 @podman
