@@ -208,14 +208,31 @@ def container_ip(lab: Lab, c: Any) -> str:
     return ""
 
 
+def has_default_route(route_table: str) -> bool:
+    """Does a /proc/net/route text hold a default route (destination 00000000)?"""
+    for line in route_table.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == "00000000":
+            return True
+    return False
+
+
 def assert_no_default_route(lab: Lab, c: Any) -> None:
-    """Safety net: abort before any technique runs if the container could reach beyond the bridge."""
+    """Safety net: abort before any technique runs if the container could reach beyond the bridge.
+    Read from the host (/proc/<pid>/net/route of the container's init), so it works for any image
+    and costs no exec."""
     if lab.live:
         return
-    res = c.exec_run(["ip", "route"])
-    out = res.output.decode("utf-8", "replace") if res.output else ""
-    if res.exit_code == 0 and "default" in out:
-        raise RuntimeError(f"container {c.name} has a default route; refusing to run: {out.strip()}")
+    c.reload()
+    pid = int((c.attrs.get("State") or {}).get("Pid") or 0)
+    try:
+        table = Path(f"/proc/{pid}/net/route").read_text() if pid > 0 else ""
+    except OSError as exc:
+        raise RuntimeError(f"cannot read the routes of {c.name} (pid {pid}): {exc}") from exc
+    if not table:
+        raise RuntimeError(f"cannot read the routes of {c.name}: no pid")
+    if has_default_route(table):
+        raise RuntimeError(f"container {c.name} has a default route; refusing to run")
 
 
 def exec_action(lab: Lab, c: Any, act: Action) -> Action:

@@ -253,6 +253,16 @@ def test_zeek_layer_not_checked_without_logs_and_matches_name_address_time(tmp_p
     assert emulate.check_zeek(sr, str(empty))[0].result == FAIL
 
 
+def test_default_route_detection():
+    head = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+    internal = head + "eth0\t00D50A0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    routed = internal + "eth0\t00000000\t01D50A0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    assert not emulate.has_default_route(internal)
+    assert emulate.has_default_route(routed)
+    assert emulate.has_default_route(Path("/proc/net/route").read_text()) == bool(
+        subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout.strip())
+
+
 def test_record_never_wipes_an_unrelated_directory(tmp_path):
     assert emulate.record_dir_problem(str(tmp_path / "new"), ["churn"]) is None
     (tmp_path / "rec").mkdir()
