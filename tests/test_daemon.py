@@ -224,3 +224,31 @@ def test_late_records_and_windows_open_at_restart_are_not_scored() -> None:
     assert built == [("c1", 120.0)]
     assert sum(len(fw) for fw in p.collected) == 1    # window 0 once, with its 5 processes
     assert p.collected[0].row_dict(0)["processes_started"] == 5
+
+
+def test_backlog_is_read_in_data_time_not_clock_time(tmp_path: Path) -> None:
+    """At start-up on old logs, the score job must not close windows the backlog still feeds."""
+    from scheduler.config import load_config
+
+    cfg = load_config(write_config(tmp_path))
+    (tmp_path / "osqueryd.results.log").write_text(_osquery_lines()[0] + "\n")   # web-2 inventory
+    t0 = 1795805040.0
+    lines = [dns_line(t0 + 3 * i, "172.17.0.3", "db.svc.internal", f"C{i}") for i in range(200)]
+    (tmp_path / "zeek" / "dns.log").write_text(DNS_HEADER + "".join(lines))   # 10 min of data
+    d = Daemon(cfg)
+    try:
+        d.pipeline.collect_windows = True
+        for t in d.tailers:
+            t.max_lines = 40                         # force several batches
+        d.collect_once()
+        assert d.catching_up
+        d.score_once()                               # the clock is far ahead of the data
+        while d.catching_up:
+            d.collect_once()
+            d.score_once()
+        d.score_once()
+        assert d.pipeline.stats.late_records == 0
+        built = sum(len(fw) for fw in d.pipeline.collected)
+        assert built == 10                           # 600 s of data = ten 60 s windows, each once
+    finally:
+        d.close()
