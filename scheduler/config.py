@@ -81,9 +81,13 @@ class SinksConfig:
 @dataclass
 class ModelConfig:
     dir: str = "/var/lib/stowaway/models"
-    # Feature windows the daemon scores are stored here; `stowaway train --windows` and the daily
-    # retrain read them back.
-    windows_db: str = "/var/lib/stowaway/windows.sqlite"
+    # Feature windows the daemon scores are stored here; `stowaway train` (which looks in
+    # <models>/windows.db by default) and the daily retrain read them back. "" = <dir>/windows.db.
+    windows_db: str = ""
+
+    @property
+    def windows_path(self) -> str:
+        return self.windows_db or str(Path(self.dir) / "windows.db")
     retrain_hour_utc: int = 3          # daily retrain per environment at this hour
     min_windows: int = 20              # fewer windows than this: fall back (cold start)
 

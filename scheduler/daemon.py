@@ -127,7 +127,7 @@ class Daemon:
         try:
             from model.windowstore import WindowStore
 
-            path = Path(self.cfg.model.windows_db)
+            path = Path(self.cfg.model.windows_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.pipeline.collect_windows = False
             return WindowStore(path)
