@@ -401,7 +401,10 @@ class Pipeline:
 
     @property
     def windows_enabled(self) -> bool:
-        return self.config.detection.anomaly and (self.baselines is not None or self.collect_windows)
+        # Windows are built when they can be scored, collected (training) or stored (the daemon
+        # stores them even before it has baselines: they are the next retrain's training data).
+        return self.config.detection.anomaly and (self.baselines is not None or self.collect_windows
+                                                  or self.window_sink is not None)
 
     def _origin(self, cid: str, ts: float) -> float:
         o = self._origins.get(cid)

@@ -51,7 +51,6 @@ address_map = "{tmp}/container_addrs.tsv"
 jsonl = "{tmp}/alerts.jsonl"
 [model]
 dir = "{tmp}/models"
-windows_db = "{tmp}/windows.sqlite"
 [daemon]
 collect_interval_s = 0.3
 [detection]
@@ -155,6 +154,12 @@ def test_in_process_merge_restart_and_metrics(tmp_path: Path) -> None:
         assert "172.17.0.3" in amap and "web-2" in amap
         body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics", timeout=5).read()
         assert b'stowaway_alerts_total{rule="location_discovery"} 1.0' in body
+        # No baselines yet, but the scored-to-be windows are stored for the first training.
+        import sqlite3
+        con = sqlite3.connect(tmp_path / "models" / "windows.db")
+        n, = con.execute("SELECT count(*) FROM windows WHERE container_id LIKE 'e011c403%'").fetchone()
+        con.close()
+        assert n >= 1
     finally:
         d.close()
     d2 = Daemon(cfg)                                          # restart on the same state
@@ -250,5 +255,9 @@ def test_backlog_is_read_in_data_time_not_clock_time(tmp_path: Path) -> None:
         assert d.pipeline.stats.late_records == 0
         built = sum(len(fw) for fw in d.pipeline.collected)
         assert built == 10                           # 600 s of data = ten 60 s windows, each once
+        # The stored windows are the daily retrain's input: it trains and swaps baselines in.
+        assert d.pipeline.baselines is None
+        assert d.retrain_once()
+        assert d.pipeline.baselines is not None
     finally:
         d.close()
