@@ -278,10 +278,29 @@ def create_network(client: Any, conn: RuntimeConn, run_id: str, cleanup: Cleanup
 
     name = f"stwemu-{run_id}"
     bridge = f"stwe{run_id}"
-    subnet = pick_subnet(used_subnets(client), random.Random(run_id))
-    lease_end = str(subnet.network_address + 127)
+    rng = random.Random(run_id)
     cleanup.push(f"network {name}", lambda: _remove_network(client, name))
     cleanup.note(network=name, bridge=bridge)
+    for attempt in range(3):
+        # another run (or another tool) may take the same /24 between our look and our create
+        subnet = pick_subnet(used_subnets(client), rng)
+        try:
+            _create_network(client, conn, name, bridge, subnet, run_id, live)
+            break
+        except docker.errors.APIError as exc:
+            text = str(exc).lower()
+            if attempt == 2 or not any(w in text for w in ("subnet", "overlap", "in use", "already")):
+                raise
+            log.info("subnet %s taken meanwhile (%s); picking another", subnet, exc)
+            _remove_network(client, name)
+    return LabNetwork(name=name, bridge=bridge, subnet=subnet, internal=not live)
+
+
+def _create_network(client: Any, conn: RuntimeConn, name: str, bridge: str, subnet: ipaddress.IPv4Network,
+                    run_id: str, live: bool) -> None:
+    import docker
+
+    lease_end = str(subnet.network_address + 127)
     if conn.engine == "podman":
         body = {"name": name, "driver": "bridge", "internal": not live, "dns_enabled": False,
                 "network_interface": bridge, "labels": {LABEL_RUN: run_id},
@@ -302,7 +321,6 @@ def create_network(client: Any, conn: RuntimeConn, run_id: str, cleanup: Cleanup
                                      options={"com.docker.network.bridge.name": bridge})
         if not live and not net.attrs.get("Internal"):
             raise RuntimeError(f"network {name} is not internal")
-    return LabNetwork(name=name, bridge=bridge, subnet=subnet, internal=not live)
 
 
 def _remove_network(client: Any, name: str) -> None:
