@@ -374,11 +374,16 @@ class Pipeline:
             domain = d.get("domain") or d.get("query") or d.get("host") or d.get("name") or ""
         cid = str(d.get("container_id") or "")
         image = str(d.get("image") or "")
+        if cid and self.inventory.get(host, cid) is None:
+            st = next((c for h in self.inventory.hosts() if (c := self.inventory.get(h, cid))), None)
+            if st is not None:
+                host = st.host or host
         if not cid:
             st = self.inventory.lookup(host, orig, float(ts)) or \
                 self.inventory.lookup_any_host(orig, float(ts))
             if st is not None:
-                cid, image = st.container_id, st.image
+                # The alert is about the container's host, whatever the sensor calls itself.
+                cid, image, host = st.container_id, st.image, st.host or host
         return NetRecord(
             ts=float(ts), kind=kind, container_id=cid, image=image, orig_h=orig,
             resp_h=str(d.get("id.resp_h") or d.get("resp_h") or ""),
