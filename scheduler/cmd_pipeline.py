@@ -282,7 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sinks.close()
 
     print(f"\n[3/3] alerts ({sum(counts.values())} total; rows of many containers of one image "
-          f"are grouped)\n")
+          f"are grouped; rep = repeats kept quiet by the suppression window)\n")
     print_table(all_rows, wide=args.wide)
     missed = [c for c in coverage_all if not c["alert_id"]]
     ok = len(coverage_all) - len(missed)
