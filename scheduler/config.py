@@ -55,6 +55,9 @@ class DetectionConfig:
     merge_s: float = 10.0
     # After an alert, the same (container, rule, signature) stays quiet for suppression_s.
     suppression_s: float = 300.0
+    # Daemon: a Zeek record from a container subnet whose container osquery has not reported
+    # yet is held this long (retried on every collect) before it alerts as "container unknown".
+    attribution_hold_s: float = 30.0
     risky_config: bool = True
     anomaly: bool = True
 

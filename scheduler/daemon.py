@@ -91,6 +91,7 @@ class Daemon:
         self.store.ensure_schema(PIPELINE_SCHEMA)
         self.baselines = self._load_baselines()
         self.pipeline = Pipeline(cfg, self.baselines)
+        self.pipeline.hold_s = cfg.detection.attribution_hold_s
         self._restore()
         self.window_store = self._open_window_store()
         if self.window_store is not None:

@@ -172,6 +172,9 @@ class Pipeline:
         self._win_pos: dict[tuple[str, int], int] = {}
         self.windows_only = False
         self._rebuild: set[tuple[str, int]] = set()
+        # Attribution hold (daemon only; batch replays know the whole inventory up front).
+        self.hold_s = 0.0
+        self._held: deque = deque()
         self.on_window_scored: Callable[[Any], None] | None = None
 
     # ----------------------------------------------------------------------------- containers
@@ -310,9 +313,16 @@ class Pipeline:
                 cand.evidence[0]["category"] = detection.category
             self._add(cand)
 
-    def feed_zeek(self, stream: str, rec: dict[str, Any], sensor_host: str | None = None) -> None:
+    def feed_zeek(self, stream: str, rec: dict[str, Any], sensor_host: str | None = None,
+                  _retry: bool = False) -> None:
         """A Zeek record (field names as Zeek writes them) from one of the streams."""
         host = sensor_host or self.host
+        if self.hold_s > 0 and not _retry and not self.windows_only and self._should_hold(rec, host):
+            # Live only: osquery reports a new container on its schedule, Zeek may log the
+            # container's first connection before that. Hold the record, retry it when the
+            # inventory learns something, release it as "container unknown" after hold_s.
+            self._held.append((time.monotonic(), stream, rec, sensor_host))
+            return
         dets = []
         if self.geo is not None and stream in ("dns", "http", "ssl", "conn"):
             try:
@@ -350,6 +360,33 @@ class Pipeline:
                 self._window_add("n", net.ts, net)
             return
         self.feed_net(net, dets[0] if dets else None)
+
+    def _should_hold(self, d: dict[str, Any], host: str) -> bool:
+        if d.get("container_id"):
+            return False
+        orig = d.get("id.orig_h") or d.get("orig_h") or ""
+        ts = d.get("ts")
+        if not orig or type(ts) is not float or not _in_container_subnet(str(orig)):
+            return False
+        return (self.inventory.lookup(host, str(orig), ts) or
+                self.inventory.lookup_any_host(str(orig), ts)) is None
+
+    def release_held(self, force: bool = False) -> int:
+        """Retry held Zeek records: those now attributable, those held for hold_s, or all."""
+        if not self._held:
+            return 0
+        now = time.monotonic()
+        keep: deque = deque()
+        n = 0
+        for item in self._held:
+            t, stream, rec, sensor = item
+            if force or now - t >= self.hold_s or not self._should_hold(rec, sensor or self.host):
+                self.feed_zeek(stream, rec, sensor, _retry=True)
+                n += 1
+            else:
+                keep.append(item)
+        self._held = keep
+        return n
 
     def zeek_to_net(self, stream: str, d: dict[str, Any], host: str) -> NetRecord | None:
         ts = d.get("ts")
@@ -570,6 +607,7 @@ class Pipeline:
         self.aggregator.add(cand, wall=time.time())
 
     def flush(self, force: bool = False, wall: float | None = None) -> list[Alert]:
+        self.release_held(force=force)
         if force:
             self.close_windows()
         self._score_closed()
@@ -627,6 +665,7 @@ class Pipeline:
             "data_time": self.data_time,
             "risky_seen": [list(x) for x in sorted(self._risky_seen)],
             "open_windows": [[c, k, p] for (c, k), p in sorted(self._win_pos.items())],
+            "held": [[stream, rec, sensor] for _, stream, rec, sensor in self._held],
             "origins": self._origins,
             "last_closed": self._last_closed,
             "life_recent": [[r.ts, r.container_id, r.image, r.action, r.name, r.host]
@@ -640,6 +679,8 @@ class Pipeline:
         self.data_time = float(st.get("data_time", 0.0))
         self._risky_seen = {tuple(x) for x in st.get("risky_seen", [])}
         self._rebuild = {(c, int(k)) for c, k, _ in st.get("open_windows", [])}
+        now = time.monotonic()
+        self._held = deque((now, stream, rec, sensor) for stream, rec, sensor in st.get("held", []))
         self._origins = {k: float(v) for k, v in st.get("origins", {}).items()}
         self._last_closed = {k: int(v) for k, v in st.get("last_closed", {}).items()}
         self._life_recent = deque(LifecycleRecord(ts=t, container_id=c, image=i, action=a, name=n,

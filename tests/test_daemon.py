@@ -37,7 +37,7 @@ def dns_line(ts: float, src: str, query: str, uid: str = "Cx1") -> str:
 
 
 def write_config(tmp: Path, **detection) -> Path:
-    det = {"merge_s": 1.0, **detection}
+    det = {"merge_s": 1.0, "attribution_hold_s": 0.5, **detection}
     (tmp / "zeek").mkdir(exist_ok=True)
     text = f"""
 host = "h1"
@@ -259,5 +259,51 @@ def test_backlog_is_read_in_data_time_not_clock_time(tmp_path: Path) -> None:
         assert d.pipeline.baselines is None
         assert d.retrain_once()
         assert d.pipeline.baselines is not None
+    finally:
+        d.close()
+
+
+def test_zeek_before_osquery_is_held_then_attributed(tmp_path: Path) -> None:
+    """Zeek logs a new container's lookup before osquery reports the container: the record waits
+    (attribution_hold_s) and alerts on the right container, not as "container unknown"."""
+    from scheduler.config import load_config
+
+    cfg = load_config(write_config(tmp_path, attribution_hold_s=30.0))
+    (tmp_path / "osqueryd.results.log").write_text("")
+    (tmp_path / "zeek" / "dns.log").write_text(
+        DNS_HEADER + dns_line(1795805066.512, "172.17.0.3", "ipinfo.io", "C1plje"))
+    d = Daemon(cfg)
+    try:
+        d.collect_once()
+        d.score_once(now=time.time() + 5)
+        assert read_alerts(tmp_path) == []          # held, not "container unknown"
+        with open(tmp_path / "osqueryd.results.log", "a") as fh:
+            fh.write("\n".join(_osquery_lines()) + "\n")
+        d.collect_once()
+        d.score_once(now=time.time() + 5)
+        alerts = read_alerts(tmp_path)
+        assert len(alerts) == 1
+        assert alerts[0]["container"]["name"] == "web-2"
+        assert set(alerts[0]["event"]["evidence_sides"]) == {"host", "network"}
+    finally:
+        d.close()
+
+
+def test_held_record_is_released_as_unknown_after_the_hold(tmp_path: Path) -> None:
+    from scheduler.config import load_config
+
+    cfg = load_config(write_config(tmp_path, attribution_hold_s=0.3))
+    (tmp_path / "osqueryd.results.log").write_text("")
+    (tmp_path / "zeek" / "dns.log").write_text(
+        DNS_HEADER + dns_line(1795805066.5, "172.17.0.77", "icanhazip.com", "Cu"))
+    d = Daemon(cfg)
+    try:
+        d.collect_once()
+        assert read_alerts(tmp_path) == []
+        time.sleep(0.4)
+        d.collect_once()
+        d.score_once(now=time.time() + 5)
+        alerts = read_alerts(tmp_path)
+        assert len(alerts) == 1 and alerts[0]["container"]["name"] == "container unknown"
     finally:
         d.close()
