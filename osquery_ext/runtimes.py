@@ -9,7 +9,9 @@ Robustness rules the osquery extension depends on:
   worker thread with an overall deadline, so a hung socket never blocks an osquery generate call
   longer than the timeout;
 - a runtime that is down (socket absent, refused, hung) makes rows degrade (no names / images), and
-  the error is logged once when the runtime goes down and once when it comes back, never per call.
+  the error is logged once when the runtime goes down and once when it comes back, never per call;
+- "down" means the list call or the connection failed; an inspect the runtime answers with an
+  error (404, or Podman's 500 while removing a `--rm` container) skips that one container only.
 
 Podman's compat API differs from Docker's in details handled here: `remove`/`died` event verbs, an
 `exitCode` attribute, `Gateway: "<nil>"` on internal networks, `NetworkMode` reported as `bridge`
@@ -256,15 +258,24 @@ class RuntimeClient:
         return self.api().inspect_container(cid)
 
     def inventory(self) -> list[ContainerMeta]:
-        """All containers with their inspect details (one list call + one inspect each)."""
+        """All containers with their inspect details (one list call + one inspect each).
+
+        An inspect the runtime *answers* with an HTTP error is about that one container: it was
+        removed between list and inspect (Docker: 404; Podman: 500 while it is still removing a
+        `--rm` container its list call named). That container is skipped; the runtime is up, as
+        its answer proves. A failing list call, or a connection that breaks or times out during
+        an inspect, still raises, and the caller marks the runtime down.
+        """
+        from docker.errors import APIError  # imported here, like the SDK itself (see api())
+
         out = []
         for item in self.list_raw():
             try:
                 ins = self.inspect(item["Id"])
-            except Exception as exc:  # container removed between list and inspect
-                if "404" in str(exc) or "No such container" in str(exc):
-                    continue
-                raise
+            except APIError as exc:
+                log.debug("runtime %s: inspect of %.12s failed (%s); container skipped as gone",
+                          self.name, item.get("Id", ""), _short(exc))
+                continue
             out.append(meta_from_api(self.name, item, ins))
         return out
 

@@ -107,13 +107,19 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
 
 
 class FakeEngine:
-    """A Docker-Engine-API server on a Unix socket (`hang=True`: accept, never answer)."""
+    """A Docker-Engine-API server on a Unix socket (`hang=True`: accept, never answer).
+
+    `inspect_errors` maps a container id to the (status, body) its inspect answers instead, e.g.
+    Podman's 500 while it is removing a `--rm` container that `/containers/json` still lists.
+    """
 
     def __init__(self, path: str, containers: list[tuple[dict, dict]] | None = None,
-                 hang: bool = False) -> None:
+                 hang: bool = False,
+                 inspect_errors: dict[str, tuple[int, dict]] | None = None) -> None:
         self.path = path
         self.containers = containers or []
         self.hang = hang
+        self.inspect_errors = inspect_errors or {}
         self.requests: list[str] = []
         self._events: list[dict] = []
         self._cond = threading.Condition()
@@ -162,6 +168,9 @@ class FakeEngine:
                 if parts == ["containers", "json"]:
                     return self._json([c[0] for c in engine.containers])
                 if len(parts) == 3 and parts[0] == "containers" and parts[2] == "json":
+                    if parts[1] in engine.inspect_errors:
+                        code, body = engine.inspect_errors[parts[1]]
+                        return self._json(body, code)
                     for listed, ins in engine.containers:
                         if listed["Id"] == parts[1]:
                             return self._json(ins)

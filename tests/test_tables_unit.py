@@ -304,6 +304,46 @@ def test_runtime_comes_back(proc, sockdir, caplog):
         eng.stop()
 
 
+def test_inspect_failure_skips_that_container_not_the_runtime(sockdir, caplog):
+    """Podman answers 500 to the inspect of a `--rm` container it is removing (the list call still
+    names it): that container is gone, the runtime is up, its other containers keep their rows."""
+    gone = "e" * 64
+    path = sockdir / "p.sock"
+    removing = {"cause": "container has already been removed",
+                "message": f"container {gone}: container has already been removed", "response": 500}
+    eng = FakeEngine(str(path), [podman_container(gone, "oneshot"), podman_container(PODMAN_ID, "web-1")],
+                     inspect_errors={gone: (500, removing)}).start()
+    caplog.set_level(logging.INFO, logger="osquery_ext.runtimes")
+    try:
+        rt = Runtimes({"podman": f"unix://{path}"}, timeout=2, cache_ttl=0)
+        for _ in range(3):
+            assert [m.name for m in rt.inventory()] == ["web-1"]
+        assert not rt.health.is_down("podman")
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert f"/containers/{gone}/json" in " ".join(eng.requests)  # it was asked, and skipped
+        eng.inspect_errors[gone] = (404, {"message": "No such container"})
+        assert [m.name for m in rt.inventory()] == ["web-1"]
+    finally:
+        eng.stop()
+
+
+def test_connection_failure_during_inspect_is_runtime_down():
+    """Only an answer from the runtime is about one container; a broken connection is the runtime's."""
+    import requests
+
+    from osquery_ext.runtimes import RuntimeClient
+
+    class Broken(RuntimeClient):
+        def list_raw(self):
+            return [podman_container(PODMAN_ID, "web-1")[0]]
+
+        def inspect(self, cid):
+            raise requests.exceptions.ConnectionError("Connection aborted")
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        Broken("podman", "unix:///nonexistent.sock").inventory()
+
+
 def test_meta_helpers():
     assert parse_time("0001-01-01T00:00:00Z") == 0
     assert parse_time("2026-11-27T20:03:47.927046714Z") == parse_time("2026-11-27T20:03:47Z")
