@@ -372,15 +372,29 @@ def _fmt(v: float) -> str:
 
 
 def explain(deviations: list[dict[str, Any]]) -> str:
-    """Plain words: 'distinct_remote_ports=25, baseline median 3 (training range 1-3)'."""
+    """Plain words: 'distinct_remote_ports=25, baseline median 3 (training range 1-3)'.
+
+    Takes every entry `score()` puts in a window's deviations, not only the per-feature ones:
+    an `unseen_executables` entry (executable names, no median, no training range) reads as
+    'executables never seen for this image in training: nc', and an entry missing the baseline
+    statistics as plain 'feature=value', so a caller can explain any deviation list it holds.
+    """
     if not deviations:
         return "no single feature stands out; the combination is unusual for this image"
-    parts = []
-    for d in deviations:
+    return "; ".join(_describe(d) for d in deviations)
+
+
+def _describe(d: dict[str, Any]) -> str:
+    """One deviation in words (see explain)."""
+    if d.get("names"):
+        return f"executables never seen for this image in training: {', '.join(map(str, d['names']))}"
+    text = f"{d.get('feature', '?')}={_fmt(d.get('value', 0))}"
+    if d.get("baseline_median") is not None:
+        text += f", baseline median {_fmt(d['baseline_median'])}"
+    if d.get("training_range"):
         lo, hi = d["training_range"]
-        parts.append(f"{d['feature']}={_fmt(d['value'])}, baseline median {_fmt(d['baseline_median'])} "
-                     f"(training range {_fmt(lo)}-{_fmt(hi)})")
-    return "; ".join(parts)
+        text += f" (training range {_fmt(lo)}-{_fmt(hi)})"
+    return text
 
 
 # --------------------------------------------------------------------------- results
@@ -502,16 +516,13 @@ class EnvironmentBaselines:
             for j, r in enumerate(rows):
                 s = float(scores[j])
                 anomalous = s > model.threshold_
+                devs = ([{"feature": "unseen_executables", "value": len(unseen[j]),
+                          "names": unseen[j]}] if unseen[j] else [])
                 if anomalous or explain_all:
-                    devs = model.deviations(X[j], top=top)
+                    devs += model.deviations(X[j], top=top)
                     text = explain(devs)
                 else:
-                    devs, text = [], "within this image's baseline"
-                if unseen[j]:
-                    text = (f"executables never seen for this image in training: {', '.join(unseen[j])}; "
-                            + text)
-                    devs = [{"feature": "unseen_executables", "value": len(unseen[j]),
-                             "names": unseen[j]}] + devs
+                    text = "; ".join(([explain(devs)] if devs else []) + ["within this image's baseline"])
                 if is_fallback:
                     text = (f"{key} has {self.window_counts.get(key, 0)} training windows (< {self.min_windows}): "
                             f"scored by the environment-wide model of {self.environment!r}; ") + text

@@ -165,3 +165,21 @@ def test_model_from_another_scikit_learn_uses_the_public_scorer():
 
     m2._fast_forest_scores = boom
     np.testing.assert_allclose(m2.anomaly_score(X), m.anomaly_score(X), rtol=0, atol=1e-12)
+
+
+def test_explain_takes_every_deviation_score_returns():
+    """score() puts an `unseen_executables` entry (names, no training range) first in a window's
+    deviations; explain() of that very list must describe it, not raise KeyError."""
+    X = normal_matrix(200)
+    exes = [("sh", "sleep", "wget")] * 200
+    m = ImageBaseline().fit(X, executables=exes)
+    sweep = np.median(X, axis=0).copy()
+    sweep[FEATURE_INDEX["failed_conns"]] = 49
+    devs = [{"feature": "unseen_executables", "value": 2, "names": ["cat", "id"]}] + m.deviations(sweep)
+    text = explain(devs)
+    assert text.startswith("executables never seen for this image in training: cat, id; ")
+    assert "failed_conns=49, baseline median" in text and "(training range " in text
+    # an entry with neither names nor a range still reads as feature=value
+    assert explain([{"feature": "exec_sessions", "value": 3.0}]) == "exec_sessions=3"
+    assert explain([{"feature": "unseen_executables", "value": 1, "names": ["nc"]}]) == \
+        "executables never seen for this image in training: nc"
