@@ -145,7 +145,8 @@ function match_service_domain(name: string): string
 	return "";
 	}
 
-# "ipinfo.io:8080" -> "ipinfo.io"; "[2001:db8::1]:80" -> "2001:db8::1".
+# "ipinfo.io:8080" -> "ipinfo.io"; "[2001:db8::1]:80" -> "2001:db8::1"; a bare
+# IPv6 literal (more than one colon, no brackets) is kept whole.
 function host_without_port(host: string): string
 	{
 	local h = to_lower(strip(host));
@@ -156,8 +157,25 @@ function host_without_port(host: string): string
 		return v6[0];
 		}
 
+	if ( |split_string(h, /:/)| > 2 )
+		return h;
+
 	local parts = split_string1(h, /:/);
 	return sub(parts[0], /\.+$/, "");
+	}
+
+# The request's Host header as sent. HTTP::Info$host cannot be used for this: the
+# HTTP script cuts it at the first colon, which turns "[fd00:ec2::254]" (the AWS
+# IPv6 metadata endpoint) into "[fd00".
+function raw_host_header(hlist: mime_header_list): string
+	{
+	for ( i in hlist )
+		{
+		if ( hlist[i]$name == "HOST" )
+			return hlist[i]$value;
+		}
+
+	return "";
 	}
 
 function get_state(c: connection): ConnState
@@ -247,6 +265,11 @@ function remember_answer(a: addr, r: ResolvedAnswer)
 		return;
 		}
 
+	# Delete first: assigning to an existing key keeps the entry's creation time,
+	# so a re-learned address would still expire on its first answer's schedule.
+	if ( a in resolved )
+		delete resolved[a];
+
 	resolved[a] = r;
 	}
 
@@ -296,14 +319,18 @@ event zeek_init() &priority=5
 
 event http_all_headers(c: connection, is_orig: bool, hlist: mime_header_list)
 	{
-	if ( ! is_orig || ! c?$http || ! c$http?$host )
+	if ( ! is_orig || ! c?$http )
 		return;
 
 	if ( ! is_container_addr(c$id$orig_h) )
 		return;
 
+	local raw_host = raw_host_header(hlist);
+	if ( raw_host == "" )
+		return;
+
 	local ts = c$http?$ts ? c$http$ts : network_time();
-	local host = host_without_port(c$http$host);
+	local host = host_without_port(raw_host);
 	local uri = c$http?$uri ? c$http$uri : "";
 	local ua = c$http?$user_agent ? c$http$user_agent : "";
 
