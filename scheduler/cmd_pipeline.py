@@ -219,6 +219,10 @@ def demo_config(out: Path) -> Config:
     cfg.state_db = str(out / "state.db")
     cfg.sinks.jsonl = str(out / "alerts.jsonl")
     cfg.model.dir = str(out / "models")
+    # The demo trains on a 30-minute recording (benign_long): in 60 s windows cron:1.0 has 31
+    # windows, worker 62, webapp 186. Under the default of 50 cron would never get its own
+    # baseline, so the demo asks for 20 here; a real deployment keeps the default (50).
+    cfg.model.min_windows = 20
     return cfg
 
 

@@ -92,7 +92,9 @@ class ModelConfig:
     def windows_path(self) -> str:
         return self.windows_db or str(Path(self.dir) / "windows.db")
     retrain_hour_utc: int = 3          # daily retrain per environment at this hour
-    min_windows: int = 20              # fewer windows than this: fall back (cold start)
+    # An image needs this many training windows for its own baseline; fewer: the environment-wide
+    # fallback (cold start). Same default as model.baseline.DEFAULT_MIN_WINDOWS and `stowaway train`.
+    min_windows: int = 50
 
 
 @dataclass

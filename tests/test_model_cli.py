@@ -93,3 +93,17 @@ def test_windows_default_to_the_daemons_location(tmp_path, capsys, monkeypatch):
         ws.add(_windows(60, "shop/web:2", "w1"))
     assert cli.main(["train", "--models", str(models), "--backend", "sequential", "--no-progress"]) == 0
     assert "docker.io/shop/web:2" in capsys.readouterr().out
+
+
+def test_min_windows_default_is_50_everywhere(tmp_path):
+    """An image needs 50 windows (configurable) before it gets its own baseline: the model, the
+    config file default and `stowaway train` agree; only the demo lowers it, explicitly, because
+    its 30-minute training recording holds 31 windows of cron:1.0."""
+    from model.baseline import DEFAULT_MIN_WINDOWS, EnvironmentBaselines
+    from scheduler.cmd_pipeline import demo_config
+    from scheduler.config import Config
+
+    train = cli.build_parser().parse_args(["train"])
+    assert DEFAULT_MIN_WINDOWS == 50
+    assert Config().model.min_windows == train.min_windows == EnvironmentBaselines().min_windows == 50
+    assert 0 < demo_config(tmp_path).model.min_windows <= 31
