@@ -217,15 +217,17 @@ function log_lookup(c: connection, ts: time, method: string, service: string,
 	local orig = c$id$orig_h;
 	if ( orig in container_addresses )
 		{
+		# "-" arrives as unset; an empty column arrives as "" (the ASCII reader
+		# keeps a trailing empty field): both mean unknown.
 		local cv = container_addresses[orig];
-		if ( cv?$container_id )
+		if ( cv?$container_id && cv$container_id != "" )
 			info$container_id = cv$container_id;
-		if ( cv?$container_name )
+		if ( cv?$container_name && cv$container_name != "" )
 			{
 			info$container_name = cv$container_name;
 			who = fmt("%s (%s)", cv$container_name, orig);
 			}
-		if ( cv?$image )
+		if ( cv?$image && cv$image != "" )
 			info$image = cv$image;
 		}
 
