@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, Ether, Raw, wrpcap  # type: ignore
+from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap  # type: ignore
 
 OUT = Path(__file__).resolve().parent
 T0 = 1795805000.0            # 2026-11-27, the fixtures' clock
@@ -36,7 +36,8 @@ class Clock:
 
 
 def _frame(src: str, dst: str, l4, payload: bytes | None = None):
-    pkt = Ether(src=MAC_C, dst=MAC_S) / IP(src=src, dst=dst, ttl=64) / l4
+    net = IPv6(src=src, dst=dst, hlim=64) if ":" in src else IP(src=src, dst=dst, ttl=64)
+    pkt = Ether(src=MAC_C, dst=MAC_S) / net / l4
     if payload:
         pkt = pkt / Raw(load=payload)
     return pkt
@@ -213,6 +214,16 @@ def trace_first_packet() -> list:
                         answers=[("A", "34.117.59.81", 300)], txid=0x4001)
 
 
+def trace_metadata_v6() -> list:
+    """Container fd00:dead:beef::5 (an IPv6 pod network only the site subnet file names) asks
+    AWS's IPv6 metadata endpoint for its placement: Host ``[fd00:ec2::254]``. Zeek's HTTP script
+    cuts HTTP::Info$host at the first colon ("[fd00"), so the package must read the raw header."""
+    clk, c = Clock(T0 + 1000), "fd00:dead:beef::5"
+    return tcp_session(clk, c, 55001, "fd00:ec2::254", 80,
+                       http_get("[fd00:ec2::254]", "/latest/meta-data/placement/availability-zone"),
+                       http_ok(b"eu-central-1a"))
+
+
 TRACES = {
     "http.pcap": trace_http,
     "dns.pcap": trace_dns,
@@ -220,6 +231,7 @@ TRACES = {
     "resolved.pcap": trace_resolved,
     "non_container.pcap": trace_non_container,
     "first_packet.pcap": trace_first_packet,
+    "metadata_v6.pcap": trace_metadata_v6,
 }
 
 
