@@ -14,6 +14,7 @@
 ##! the answer has arrived), against the time the connection started.
 
 @load base/frameworks/cluster
+@load base/misc/version
 @load ./main
 
 module Stowaway;
@@ -25,16 +26,28 @@ export {
 
 @if ( Cluster::is_enabled() )
 
+# Cluster::publish() arrived in Zeek 7.1 with pluggable cluster backends (zeek/zeek
+# PRs #4034, #4116) and is the only call that works on a non-Broker backend such as
+# ZeroMQ; Zeek 6.0 and 7.0 have Broker::publish() only.
+function publish_answer(topic: string, a: addr, r: ResolvedAnswer)
+	{
+@if ( Version::number >= 70100 )
+	Cluster::publish(topic, Stowaway::share_answer, a, r);
+@else
+	Broker::publish(topic, Stowaway::share_answer, a, r);
+@endif
+	}
+
 hook answer_learned(a: addr, r: ResolvedAnswer)
 	{
 	if ( Cluster::local_node_type() == Cluster::WORKER )
-		Broker::publish(Cluster::manager_topic, Stowaway::share_answer, a, r);
+		publish_answer(Cluster::manager_topic, a, r);
 	}
 
 event Stowaway::share_answer(a: addr, r: ResolvedAnswer)
 	{
 	if ( Cluster::local_node_type() == Cluster::MANAGER )
-		Broker::publish(Cluster::worker_topic, Stowaway::share_answer, a, r);
+		publish_answer(Cluster::worker_topic, a, r);
 	else
 		remember_answer(a, r);
 	}
