@@ -19,6 +19,7 @@ only. Everything created is removed at the end, on errors and on Ctrl-C / SIGTER
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from scheduler import emulab
+from scheduler import emulab, standin
 from scheduler.emulab import LABEL_ROLE, LABEL_RUN
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,82 @@ def has_default_route(route_table: str) -> bool:
         if len(parts) > 2 and parts[1] == "00000000":
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts as a leak (used by the tests' leak monitors; see docs/validation.md "No leak")
+
+#: Link-local multicast: 224.0.0.0/24 (RFC 5771, Local Network Control Block) and ff02::/16
+#: (RFC 4291, link-local scope) are never forwarded by a router, so such a packet cannot leave the
+#: link it is on. The host kernel sends these on every interface by itself (IGMPv3 reports
+#: 0.0.0.0 > 224.0.0.22 when a bridge or veth joins a group, MLD, router solicitations), so their
+#: presence on a capture depends on timing, not on what the emulation did.
+LINK_LOCAL_MULTICAST = (ipaddress.ip_network("224.0.0.0/24"), ipaddress.ip_network("ff02::/16"))
+#: Addresses that only exist on one link: unspecified (DAD, IGMP before an address) and link-local.
+_LINK_SCOPE_SOURCES = (ipaddress.ip_network("0.0.0.0/32"), ipaddress.ip_network("::/128"),
+                       ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+@dataclass(frozen=True)
+class LeakScope:
+    """What belongs to an emulation run: its container subnet(s), the stand-in addresses that are
+    not on that subnet (the fake public IP), and the names the stand-in answers for."""
+
+    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    hosts: frozenset[str]
+    names: frozenset[str]
+
+    def owns(self, addr: str) -> bool:
+        ip = _ip(addr)
+        return ip is not None and (str(ip) in self.hosts
+                                   or any(ip.version == n.version and ip in n for n in self.nets))
+
+    def names_service(self, name: str) -> bool:
+        n = name.lower().rstrip(".")
+        return any(n == s or n.endswith("." + s) for s in self.names)
+
+
+def leak_scope(*subnets: str) -> LeakScope:
+    """The LeakScope of a run on `subnets` (e.g. the run's /24, or the whole lab block)."""
+    spec = standin.build_spec("10.213.0", "")
+    return LeakScope(nets=tuple(ipaddress.ip_network(s, strict=False) for s in subnets),
+                     hosts=frozenset({spec["public_ip"]}),
+                     names=frozenset(n.lower() for n in spec["records"]))
+
+
+def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(str(addr).split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _in(addr: str, nets: Iterable[Any]) -> bool:
+    ip = _ip(addr)
+    return ip is not None and any(ip.version == n.version and ip in n for n in nets)
+
+
+def is_uplink_leak(src: str, dst: str, names: Iterable[str], scope: LeakScope) -> bool:
+    """A packet seen on the host's uplink is a leak when it is to or from the run's subnet or a
+    stand-in address, or names an emulated service (a DNS question or answer for ipinfo.io...,
+    however it got there). Everything else on the uplink is the host's own traffic, including its
+    link-local multicast housekeeping, which is not the emulation's doing; a lab address on a
+    link-local multicast packet on the uplink *is* a leak (the lab link reached the uplink)."""
+    return scope.owns(src) or scope.owns(dst) or any(scope.names_service(n) for n in names)
+
+
+def escapes_lab(src: str, dst: str, scope: LeakScope) -> bool:
+    """A packet captured on the lab bridge escapes the lab unless both ends are on the run's
+    subnet, or it is link-scoped: link-local multicast (LINK_LOCAL_MULTICAST) from the lab, the
+    unspecified or a link-local address, or link-local unicast (fe80::/10) between two link-local
+    ends. Such packets cannot cross a router, so they prove nothing left the machine; anything
+    else (a lab address talking to 8.8.8.8, an off-lab source on the bridge) is an escape."""
+    if _in(dst, LINK_LOCAL_MULTICAST):
+        return not (_in(src, scope.nets) or _in(src, _LINK_SCOPE_SOURCES))
+    link_local = (ipaddress.ip_network("fe80::/10"),)
+    if _in(src, link_local) and _in(dst, link_local):
+        return False
+    return not (_in(src, scope.nets) and _in(dst, scope.nets))
 
 
 def assert_no_default_route(lab: Lab, c: Any) -> None:
