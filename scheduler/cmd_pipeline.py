@@ -227,7 +227,7 @@ def demo_config(out: Path) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import check_ground_truth, replay, train_from_recordings
+    from .replay import check_ground_truth, replay, train_from_recordings
     from .recording import Recording
     from .report import Section, write_report
     from .sinks import build_sinks
@@ -330,7 +330,7 @@ def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .pipeline import replay, train_from_recordings
+    from .replay import replay, train_from_recordings
     from .report import Section, write_report
     from .sinks import JsonlSink, SinkSet
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, validate
-from .pipeline import PIPELINE_SCHEMA, Pipeline, deliver_outbox
+from .pipeline import PIPELINE_SCHEMA, Pipeline
+from .replay import deliver_outbox
 
 log = logging.getLogger(__name__)
 

@@ -46,23 +46,26 @@ _DEFAULT_SUBNETS = ("172.17.0.0/16", "10.88.0.0/16")
 # ---- small value helpers (Zeek readers differ in types: str from TSV, numbers from JSON,
 # ---- datetimes from zat/pandas) -------------------------------------------------------------
 def _missing(v: Any) -> bool:
+    t = type(v)
+    if t is str:
+        return v in ("", "-", "(empty)")
     if v is None:
         return True
+    if t is float:
+        return v != v                     # NaN
+    if t is int:
+        return False
     if isinstance(v, float) and math.isnan(v):
         return True
     if isinstance(v, str) and v in ("", "-", "(empty)"):
         return True
-    try:
-        import pandas as pd  # noqa: WPS433
-        if v is pd.NaT:
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return False
+    return type(v).__name__ == "NaTType"  # pandas.NaT, without importing pandas per value
 
 
 def to_ts(v: Any) -> float | None:
     """Epoch seconds from a Zeek ts value (float, string, datetime, pandas Timestamp)."""
+    if type(v) is float:                  # scheduler.zeeklog's ts: the hot path
+        return None if v != v else v
     if _missing(v):
         return None
     if isinstance(v, (int, float)):
@@ -83,6 +86,8 @@ def to_ts(v: Any) -> float | None:
 
 
 def _int(v: Any) -> int:
+    if type(v) is int:                    # zeeklog converts counts and ports
+        return v
     if _missing(v):
         return 0
     try:
@@ -95,6 +100,8 @@ def _int(v: Any) -> int:
 
 
 def _str(v: Any) -> str:
+    if type(v) is str:
+        return "" if v in ("-", "(empty)") else v
     if _missing(v):
         return ""
     if isinstance(v, (list, tuple, set)):
@@ -105,14 +112,28 @@ def _str(v: Any) -> str:
 def _get(rec: dict[str, Any], *keys: str) -> Any:
     """First present key; also accepts nested JSON ({"id": {"orig_h": ...}})."""
     for key in keys:
-        if key in rec and not _missing(rec[key]):
-            return rec[key]
+        v = rec.get(key)
+        if v is not None and not _missing(v):
+            return v
         if "." in key:
             head, tail = key.split(".", 1)
             sub = rec.get(head)
             if isinstance(sub, dict) and tail in sub and not _missing(sub[tail]):
                 return sub[tail]
     return None
+
+
+def strip_port(host: str) -> str:
+    """HTTP Host header -> name: ``ipinfo.io:80`` -> ``ipinfo.io``, ``[2001:db8::1]:8080`` ->
+    ``2001:db8::1`` (case kept: the record says what the client sent)."""
+    if ":" not in host and " " not in host:
+        return host
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
 
 
 # ---- classifiers (owned by the classifier developer; imported lazily so the join works alone) ---
@@ -134,6 +155,19 @@ def _domain_matcher() -> Callable[[str], Any]:
         return lambda name: None
 
 
+def _subnet_test(addr: str, subnets: Sequence[Any]) -> bool:
+    """The shared indicator test (brackets, zone ids and IPv4-mapped IPv6 handled there)."""
+    try:
+        from osquery_ext.indicators import in_container_subnet
+        return bool(in_container_subnet(addr, subnets))
+    except ImportError:  # pragma: no cover - extension package absent: plain membership
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip.version == n.version and ip in n for n in subnets)
+
+
 def normalise_action(action: str) -> str:
     """Podman/Docker event names to the contract's (died -> die, remove -> destroy)."""
     a = (action or "").split(":", 1)[0].strip().lower()
@@ -150,6 +184,7 @@ class JoinStats:
     net_unknown: int = 0        # in a container subnet, no known container
     net_not_container: int = 0  # neither side a container address
     duplicates: int = 0
+    malformed: int = 0          # no usable time or originator address
 
 
 class Joiner:
@@ -157,32 +192,55 @@ class Joiner:
 
     def __init__(self, inventory: Inventory | None = None, environment: str = "default",
                  subnets: Sequence[Any] | None = None, hold_s: float = 30.0,
-                 default_host: str = "", dedupe_window_s: float = 3600.0) -> None:
+                 default_host: str = "", dedupe_window_s: float = 3600.0,
+                 inbound: bool = True, geo_from_names: bool = True) -> None:
+        """`inbound`: attribute an outside client's connection to the container it reached (the
+        model's view of a published service); the alerting pipeline judges outbound only.
+        `geo_from_names`: fill NetRecord.geo_service from the shared domain list (the model's
+        view); the pipeline leaves that to its detectors (geo_stock, container_geo.log), which
+        also give the method and category an alert reports."""
         self.inventory = inventory if inventory is not None else Inventory()
         self.environment = environment
         self.subnets = [ipaddress.ip_network(str(s)) for s in subnets] if subnets else _load_subnets()
         self.hold_s = hold_s
         self.default_host = default_host
         self.dedupe_window_s = dedupe_window_s
+        self.inbound = inbound
+        self.geo_from_names = geo_from_names
         self.stats = JoinStats()
-        self._match_domain = _domain_matcher()
-        self._held: deque[tuple[float, str, dict[str, Any], str]] = deque()
+        self._match_domain = _domain_matcher() if geo_from_names else (lambda name: None)
+        # held records: (hold time, stream, record, sensor host); the hold time is record time for
+        # feed_zeek/release and whatever clock the caller uses with hold/due (the daemon: wall)
+        self._held: deque[tuple[float, str, dict[str, Any], Any]] = deque()
+        self._subnet_memo: dict[str, bool] = {}
         self._seen_procs: OrderedDict[tuple[str, str, int, str], float] = OrderedDict()
 
     # -- addresses --------------------------------------------------------------------------------
     def in_container_subnet(self, addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip.version == n.version and ip in n for n in self.subnets)
+        """Is `addr` in a container subnet (memoised: a deployment sees few distinct sources)."""
+        hit = self._subnet_memo.get(addr)
+        if hit is None:
+            hit = _subnet_test(addr, self.subnets)
+            if len(self._subnet_memo) >= 100_000:
+                self._subnet_memo.clear()
+            self._subnet_memo[addr] = hit
+        return hit
 
     def _lookup(self, host: str, addr: str, ts: float) -> ContainerState | None:
+        """The container holding `addr` at `ts`: on the sensor's host, else on the one host that
+        had it (a sensor may call itself something else than osquery's hostIdentifier)."""
         if not addr:
             return None
-        if host:
-            return self.inventory.lookup(host, addr, ts)
-        return self.inventory.lookup_any_host(addr, ts)
+        inv = self.inventory
+        return (inv.lookup(host, addr, ts) if host else None) or inv.lookup_any_host(addr, ts)
+
+    def _container(self, host: str, container_id: str) -> ContainerState | None:
+        """A container by id, on `host` or on any host."""
+        st = self.inventory.get(host, container_id)
+        if st is None:
+            st = next((c for h in self.inventory.hosts()
+                       if (c := self.inventory.get(h, container_id))), None)
+        return st
 
     # -- osquery ----------------------------------------------------------------------------------
     def from_osquery(self, row: OsqueryRow) -> list[ProcessRecord | LifecycleRecord | ContainerInfo]:
@@ -241,27 +299,39 @@ class Joiner:
         reports the same exec, so a process is reported once per (container, pid, start, cmdline).
         """
         c = row.columns
-        cid = c.get("container_id", "")
-        pid = _int(c.get("pid"))
-        cmdline = c.get("cmdline", "")
         if row.table == "container_process_events":
             ts = event_time(c) or row.unix_time
         else:
             ts = to_ts(c.get("start_time")) or row.unix_time
-        key = (row.host, cid, pid, cmdline)
+        key = (row.host, c.get("container_id", ""), _int(c.get("pid")), c.get("cmdline", ""))
         prev = self._seen_procs.get(key)
         if prev is not None and abs(ts - prev) < self.dedupe_window_s:
             self.stats.duplicates += 1
             return None
         self._remember(key, ts)
+        self.stats.processes += 1
+        return self.process_from_row(row, row.host, ts)
+
+    def process_from_row(self, row: OsqueryRow, host: str,
+                         ts: float | None = None) -> ProcessRecord:
+        """ProcessRecord of a container_processes / container_process_events row, no dedupe
+        (the pipeline dedupes across both tables itself); the image from the inventory when
+        the row has none."""
+        c = row.columns
+        if ts is None:
+            if row.table == "container_process_events":
+                ts = event_time(c) or row.unix_time
+            else:
+                ts = to_ts(c.get("start_time")) or row.unix_time
+        cid = c.get("container_id", "")
         image = c.get("image", "")
         if not image and cid:
-            known = self.inventory.get(row.host, cid)
+            known = self.inventory.get(host, cid)
             image = known.image if known else ""
-        self.stats.processes += 1
-        return ProcessRecord(ts=ts, container_id=cid, image=image, pid=pid, ppid=_int(c.get("ppid")),
-                             name=c.get("name", ""), path=c.get("path", ""), cmdline=cmdline,
-                             host=row.host, location_discovery=c.get("location_discovery") in ("1", "true", "True"),
+        return ProcessRecord(ts=ts, container_id=cid, image=image, pid=_int(c.get("pid")),
+                             ppid=_int(c.get("ppid")), name=c.get("name", ""),
+                             path=c.get("path", ""), cmdline=c.get("cmdline", ""), host=host,
+                             location_discovery=c.get("location_discovery") in ("1", "true", "True"),
                              indicator=c.get("indicator", ""))
 
     def _remember(self, key: tuple[str, str, int, str], ts: float) -> None:
@@ -273,93 +343,135 @@ class Joiner:
     # -- Zeek ---------------------------------------------------------------------------------------
     def net_record(self, stream: str, rec: dict[str, Any], host: str = "",
                    keep_non_container: bool = False) -> NetRecord | None:
-        """Attribute one Zeek record now. None if it is not container traffic (unless kept)."""
-        kind = STREAM_KIND.get(stream, stream)
-        ts = to_ts(_get(rec, "ts"))
-        if ts is None:
+        """Attribute one Zeek record now. None if it is not container traffic (unless kept) or
+        has no usable time or originator address (counted in `stats.malformed`).
+
+        A record that names its container (container_geo.log, from the address map the daemon
+        writes for the Zeek package) keeps that id. Otherwise the originator address is looked
+        up at the record's time. The record takes its container's host: the alert is about the
+        container's host, whatever the sensor calls itself."""
+        ts = to_ts(rec.get("ts"))
+        orig_h = _str(_get(rec, "id.orig_h", "orig_h", "src"))
+        if ts is None or not orig_h:
+            self.stats.malformed += 1
             return None
         host = host or self.default_host
-        orig_h = _str(_get(rec, "id.orig_h", "orig_h"))
         resp_h = _str(_get(rec, "id.resp_h", "resp_h"))
         self.stats.net += 1
-        holder = self._lookup(host, orig_h, ts)
-        if holder is None and not self.in_container_subnet(orig_h):
-            # inbound: an outside client talking to a container's published service
-            holder = self._lookup(host, resp_h, ts)
-        cid, image = "", ""
-        if holder is not None:
-            cid, image = holder.container_id, holder.image
-            host = host or holder.host
-            self.stats.net_attributed += 1
-        elif self.in_container_subnet(orig_h) or (stream == "container_geo" and _get(rec, "container_id")):
-            cid = _str(_get(rec, "container_id"))  # the Zeek package's own map, if it had one
+        cid = _str(rec.get("container_id"))
+        if cid:
             image = _str(_get(rec, "image", "container_image"))
-            self.stats.net_unknown += 1
+            known = self._container(host, cid)
+            if known is not None:
+                host = known.host or host
+                self.stats.net_attributed += 1
+            else:
+                self.stats.net_unknown += 1
         else:
-            self.stats.net_not_container += 1
-            if not keep_non_container:
-                return None
-        out = NetRecord(ts=ts, kind=kind, container_id=cid, image=image, orig_h=orig_h, resp_h=resp_h,
+            image = ""
+            holder = self._lookup(host, orig_h, ts)
+            in_subnet = holder is not None or self.in_container_subnet(orig_h)
+            if holder is None and self.inbound and not in_subnet:
+                # inbound: an outside client talking to a container's published service
+                holder = self._lookup(host, resp_h, ts)
+            if holder is not None:
+                cid, image, host = holder.container_id, holder.image, holder.host or host
+                self.stats.net_attributed += 1
+            elif in_subnet:
+                self.stats.net_unknown += 1
+            else:
+                self.stats.net_not_container += 1
+                if not keep_non_container:
+                    return None
+        proto = _str(rec.get("proto")) or ("tcp" if stream in ("http", "ssl") else "")
+        out = NetRecord(ts=ts, kind=STREAM_KIND.get(stream, stream), container_id=cid,
+                        image=image, orig_h=orig_h, resp_h=resp_h,
                         resp_p=_int(_get(rec, "id.resp_p", "resp_p")),
                         orig_p=_int(_get(rec, "id.orig_p", "orig_p")),
-                        proto=_str(_get(rec, "proto")), uid=_str(_get(rec, "uid")), host=host)
+                        proto=proto, uid=_str(rec.get("uid")), host=host,
+                        uri=_str(rec.get("uri")), user_agent=_str(rec.get("user_agent")))
         self._fill_kind(out, stream, rec)
         return out
 
     def _fill_kind(self, out: NetRecord, stream: str, rec: dict[str, Any]) -> None:
         if stream == "conn":
-            out.conn_state = _str(_get(rec, "conn_state"))
-            out.bytes_out = _int(_get(rec, "orig_bytes"))
-            out.bytes_in = _int(_get(rec, "resp_bytes"))
+            out.conn_state = _str(rec.get("conn_state"))
+            out.bytes_out = _int(rec.get("orig_bytes"))
+            out.bytes_in = _int(rec.get("resp_bytes"))
         elif stream == "dns":
-            out.domain = _str(_get(rec, "query"))
-            out.rcode = _str(_get(rec, "rcode_name")) or _str(_get(rec, "rcode"))
+            out.domain = _str(rec.get("query"))
+            out.rcode = _str(rec.get("rcode_name")) or _str(rec.get("rcode"))
         elif stream == "http":
-            out.domain = _str(_get(rec, "host"))
-            out.uri = _str(_get(rec, "uri"))
-            out.user_agent = _str(_get(rec, "user_agent"))
+            out.domain = strip_port(_str(rec.get("host")))
         elif stream == "ssl":
-            out.domain = _str(_get(rec, "server_name"))
+            out.domain = _str(rec.get("server_name"))
         elif stream in ("container_geo", "geo"):
             out.domain = _str(_get(rec, "domain", "query", "server_name", "host", "name"))
-            out.geo_service = _str(_get(rec, "service", "geo_service")) or "unknown"
-            out.uri = _str(_get(rec, "uri"))
-        if out.domain and not out.geo_service:
+            out.geo_service = _str(_get(rec, "service", "geo_service"))
+            if self.geo_from_names and not out.geo_service:
+                out.geo_service = "unknown"
+        if self.geo_from_names and out.domain and not out.geo_service:
             m = self._match_domain(out.domain.rstrip("."))
             if m is not None and getattr(m, "category", "") in GEO_CATEGORIES:
                 out.geo_service = getattr(m, "service", "") or out.domain
 
-    def feed_zeek(self, stream: str, rec: dict[str, Any], host: str = "") -> list[NetRecord]:
-        """Streaming join: attributed records now; unknown-container records after `hold_s`."""
-        out: list[NetRecord] = []
-        nr = self.net_record(stream, rec, host)
-        if nr is not None:
-            if nr.container_id or not self.in_container_subnet(nr.orig_h) or self.hold_s <= 0:
-                out.append(nr)
+    # -- holding records of containers osquery has not reported yet --------------------------------
+    def should_hold(self, rec: dict[str, Any], host: str = "") -> bool:
+        """A record from a container subnet that no known container held at its time (and that
+        does not name its container): osquery may report that container later."""
+        if rec.get("container_id"):
+            return False
+        ts = to_ts(rec.get("ts"))
+        orig = _str(_get(rec, "id.orig_h", "orig_h"))
+        if ts is None or not orig or not self.in_container_subnet(orig):
+            return False
+        return self._lookup(host or self.default_host, orig, ts) is None
+
+    def hold(self, stream: str, rec: dict[str, Any], host: Any, at: float) -> None:
+        """Keep a record for later (`at`: hold time on the caller's clock)."""
+        self._held.append((at, stream, rec, host))
+
+    def due(self, now: float | None = None, force: bool = False) -> list[tuple[str, dict[str, Any], Any]]:
+        """Take the held records to retry: those attributable now, those held `hold_s` (on the
+        clock of `now`), or all when forced; (stream, record, host) in arrival order."""
+        out: list[tuple[str, dict[str, Any], Any]] = []
+        keep: deque[tuple[float, str, dict[str, Any], Any]] = deque()
+        for item in self._held:
+            at, stream, rec, host = item
+            if force or (now is not None and now - at >= self.hold_s) \
+                    or not self.should_hold(rec, host or ""):
+                out.append((stream, rec, host))
             else:
-                self.stats.net -= 1
-                self.stats.net_unknown -= 1
-                self._held.append((nr.ts, stream, rec, host))
-            out.extend(self.release(nr.ts))
+                keep.append(item)
+        self._held = keep
+        return out
+
+    def held_records(self) -> list[tuple[str, dict[str, Any], Any]]:
+        """(stream, record, host) of every held record (for a persisted state)."""
+        return [(stream, rec, host) for _, stream, rec, host in self._held]
+
+    def feed_zeek(self, stream: str, rec: dict[str, Any], host: str = "") -> list[NetRecord]:
+        """Streaming join: attributed records now; unknown-container records after `hold_s`
+        of record time."""
+        out: list[NetRecord] = []
+        ts = to_ts(rec.get("ts"))
+        if self.hold_s > 0 and self.should_hold(rec, host):
+            self.hold(stream, rec, host, ts)
+        else:
+            nr = self.net_record(stream, rec, host)
+            if nr is not None:
+                out.append(nr)
+        if ts is not None:
+            out.extend(self.release(ts))
         return out
 
     def release(self, now_ts: float | None = None, force: bool = False) -> list[NetRecord]:
         """Retry held records: those now attributable, and (after hold_s or when forced) the rest."""
         out: list[NetRecord] = []
-        keep: deque[tuple[float, str, dict[str, Any], str]] = deque()
-        while self._held:
-            ts, stream, rec, host = self._held.popleft()
+        for stream, rec, host in self.due(now_ts, force):
             nr = self.net_record(stream, rec, host)
-            if nr is None:
-                continue
-            expired = force or (now_ts is not None and now_ts - ts >= self.hold_s)
-            if nr.container_id or expired:
+            if nr is not None:
                 out.append(nr)
-            else:
-                self.stats.net -= 1
-                self.stats.net_unknown -= 1
-                keep.append((ts, stream, rec, host))
-        self._held = keep
         return out
 
     def flush(self) -> list[NetRecord]:

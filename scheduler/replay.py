@@ -1,0 +1,344 @@
+"""Batch replay of recordings, training from recordings, and the ground-truth check.
+
+`replay(recording, ...)`: every record of a recording is put in one time order and fed to a fresh
+`scheduler.pipeline.Pipeline` in chunks. After each chunk the alerts go to an outbox table and the
+pipeline state (aggregator, churn counters, open windows, position in the stream) is committed in
+the *same* SQLite transaction (`ReplayStore`); the outbox is then delivered to the sinks, which drop
+ids they already have. A kill -9 anywhere therefore resumes at the last committed chunk and yields
+the same alerts, none twice.
+
+`train_from_recordings` builds baselines from exactly the windows a replay scores;
+`check_ground_truth` says which labelled action of a recording has its alert, and how.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .alerts import Alert
+from .config import Config
+from .osquery_results import ParseStats as OsqueryStats
+from .pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, item_time
+
+log = logging.getLogger(__name__)
+
+# A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
+# open windows, the geo detector's remembered DNS answers (TTL, capped at 1 h) and the dedupe memory.
+REFEED_HORIZON_S = 3700.0
+
+
+@dataclass
+class ReplayResult:
+    name: str
+    alerts: list[Alert]
+    stats: dict[str, Any]
+    resumed_from: int = 0
+    items: int = 0
+    windows: list[Any] = field(default_factory=list)
+    environment: str = "default"
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
+                         streams: Iterable[str] = ZEEK_STREAMS) -> tuple[Any, list[tuple]]:
+    """All items of a recording in one deterministic time order: [(ts, seq, kind, payload)].
+
+    Deterministic order is what makes a resumed replay produce the same alert ids."""
+    from .recording import Recording
+    from .zeeklog import ParseStats as ZeekStats
+
+    rec = Recording(rec_dir)
+    ostats = OsqueryStats()
+    zstats = ZeekStats()
+    items: list[tuple] = []
+    seq = 0
+    for row in rec.iter_osquery_rows(ostats):
+        items.append((item_time("osq", row), 0, seq, "osq", row))
+        seq += 1
+    for si, stream in enumerate(streams):
+        for d in rec.iter_zeek(stream, zstats):
+            items.append((item_time("zeek", (stream, d)), 1 + si, seq, "zeek", (stream, d)))
+            seq += 1
+    items.sort(key=lambda x: (x[0], x[1], x[2]))
+    if stats is not None:
+        stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
+                            "malformed": ostats.malformed}
+        stats["zeek"] = {k: v for k, v in vars(zstats).items()
+                         if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
+            {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
+    return rec, [(t, k, p) for t, _, _, k, p in items]
+
+
+class ReplayStore:
+    """Replay state + alert outbox in the collectors' StateStore (one SQLite file)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from .state import StateStore
+
+        self.store = StateStore(path)
+        self.store.ensure_schema(PIPELINE_SCHEMA)
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
+                                      (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def commit(self, name: str, state: dict[str, Any], alerts: list[Alert],
+               repeats: list[dict[str, Any]] = ()) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO alert_repeats(alert_id, time, rule, summary) "
+                             "VALUES (?,?,?,?)", [(r["alert_id"], r["time"], r["rule"],
+                                                   r["summary"]) for r in repeats])
+            for a in alerts:
+                conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body, "
+                             "source) VALUES (?,?,?,?,?,?)",
+                             (a.id, a.time, a.rule, a.container.id or a.container.name,
+                              a.to_json(), name))
+            conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
+                         (name, json.dumps(state, default=str), time.time()))
+
+    def pending(self) -> list[Alert]:
+        from .alerts import alert_from_dict
+
+        rows = self.store.conn.execute(
+            "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()
+        return [alert_from_dict(json.loads(r[0])) for r in rows]
+
+    def mark_delivered(self, ids: list[str]) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
+
+    def repeats(self, source: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT r.alert_id, r.time, r.rule, r.summary FROM alert_repeats r"
+        args: tuple = ()
+        if source is not None:
+            q += " JOIN alert_outbox o ON o.id = r.alert_id WHERE o.source=?"
+            args = (source,)
+        rows = self.store.conn.execute(q + " ORDER BY r.time", args).fetchall()
+        return [dict(zip(("alert_id", "time", "rule", "summary"), r)) for r in rows]
+
+    def all_alerts(self, source: str | None = None) -> list[dict[str, Any]]:
+        if source is None:
+            rows = self.store.conn.execute("SELECT body FROM alert_outbox ORDER BY time, id")
+        else:
+            rows = self.store.conn.execute("SELECT body FROM alert_outbox WHERE source=? "
+                                           "ORDER BY time, id", (source,))
+        rows = rows.fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def reset(self, name: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM pipeline_state WHERE name=?", (name,))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def deliver_outbox(store: ReplayStore, sinks: Any) -> int:
+    """Hand undelivered alerts to the sinks, then mark them (sinks drop known ids on a repeat)."""
+    pending = store.pending()
+    if not pending:
+        return 0
+    if sinks is not None:
+        sinks.emit(pending)
+    store.mark_delivered([a.id for a in pending])
+    return len(pending)
+
+
+def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = None, *,
+           sinks: Any = None, state_db: str | Path | None = None, chunk: int = 2000,
+           progress: bool = False, resume: bool = True, collect_windows: bool = False,
+           after_chunk: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay one recording through a fresh pipeline.
+
+    With `state_db`, progress is committed per chunk (see module docstring) and a later call with
+    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook."""
+    config = config or Config()
+    stats: dict[str, Any] = {}
+    rec, items = load_recording_items(rec_dir, stats)
+    name = f"replay:{rec.name}"
+    pipe = Pipeline(config, baselines, host=rec.host or config.host_name,
+                    environment=rec.meta.environment if config.environment == "default"
+                    else config.environment)
+    pipe.collect_windows = collect_windows
+    # Inventory history first: a record is attributed with everything the recording knows.
+    for _, kind, payload in items:
+        if kind == "osq" and payload.table in ("container_inventory", "container_events"):
+            pipe.inventory.observe(payload)
+    pipe.inventory.close_snapshots()
+
+    store = ReplayStore(state_db) if state_db else None
+    start = 0
+    if store is not None:
+        st = store.load(name) if resume else None
+        if st is not None:
+            pipe.load_state(st["pipeline"])
+            start = int(st["position"])
+            # Rebuild the windows that were open at the checkpoint from their first item on.
+            # Rebuild what the killed run held in memory by re-feeding, without rules, the items
+            # of the last REFEED_HORIZON_S before the earliest open window: the open windows
+            # themselves, the stock-log geo detector's DNS answers (TTL) and the process dedupe.
+            wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
+            first = min(wpos) if wpos else start
+            if 0 < start <= len(items):
+                t_from = min(items[min(first, start - 1)][0], items[start - 1][0]) - REFEED_HORIZON_S
+                i0 = bisect.bisect_left([it[0] for it in items[:start]], t_from)
+                pipe.windows_only = True
+                for i in range(i0, start):
+                    pipe.cur_pos = i
+                    pipe._dispatch(items[i][1], items[i][2])
+                pipe.windows_only = False
+                pipe._rebuild = set()
+            log.info("%s: resuming at item %d of %d", name, start, len(items))
+        deliver_outbox(store, sinks)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), initial=start, desc=f"replay {rec.name}", unit="rec",
+                   leave=False, dynamic_ncols=True)
+    alerts: list[Alert] = []
+    repeats: list[dict[str, Any]] = []
+    pos = start
+    n_chunk = 0
+    while pos < len(items):
+        end = min(len(items), pos + chunk)
+        for i in range(pos, end):
+            pipe.cur_pos = i
+            pipe._dispatch(items[i][1], items[i][2])
+        done = end >= len(items)
+        out = pipe.flush(force=done)
+        alerts.extend(out)
+        reps = pipe.aggregator.take_repeats()
+        repeats.extend(reps)
+        if store is not None:
+            state = {"pipeline": pipe.dump_state(), "position": end}
+            store.commit(name, state, out, reps)
+            deliver_outbox(store, sinks)
+        elif sinks is not None and out:
+            sinks.emit(out)
+        if bar is not None:
+            bar.update(end - pos)
+        pos = end
+        n_chunk += 1
+        if after_chunk is not None:
+            after_chunk(n_chunk)
+    if bar is not None:
+        bar.close()
+    stats["pipeline"] = pipe.stats.to_dict()
+    stats["aggregator"] = dict(pipe.aggregator.stats)
+    if store is not None:
+        all_alerts = store.all_alerts(name)
+        repeats = store.repeats(name)
+        store.close()
+        from .alerts import alert_from_dict
+        alerts = [alert_from_dict(d) for d in all_alerts]
+    return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
+                        items=len(items), windows=pipe.collected, environment=pipe.environment,
+                        repeats=repeats)
+
+
+def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None = None,
+                          progress: bool = False, model_dir: str | Path | None = None) -> Any:
+    """Per-image baselines from benign recordings, built from exactly the windows the pipeline
+    scores (same code path, same window length), optionally saved to the model store."""
+    from model.baseline import EnvironmentBaselines
+    from model.features import FeatureWindows
+
+    config = config or Config()
+    parts, env = [], None
+    for d in rec_dirs:
+        res = replay(d, config, None, progress=progress, collect_windows=True)
+        parts.extend(res.windows)
+        env = env or res.environment
+    fw = FeatureWindows.concat(parts)
+    env = env or config.environment
+    fw.environment = env
+    eb = EnvironmentBaselines(env, min_windows=config.model.min_windows).fit(fw)
+    if model_dir is not None:
+        try:
+            from model.store import ModelStore
+            ModelStore(model_dir).save(eb, training_range=(float(fw.window_start.min()),
+                                                           float(fw.window_end.max())),
+                                       window_s=config.detection.window_s)
+        except Exception as exc:
+            log.warning("could not save baselines to %s: %s", model_dir, exc)
+    return eb, fw
+
+
+# =============================================================================================
+# Ground truth: does every labelled action have its alert?
+
+EXPECTED_RULE = {
+    "location_discovery": "location_discovery",
+    "behaviour_drift": "behaviour_anomaly",
+}
+
+
+def expected_rules(action: dict[str, Any]) -> list[str]:
+    """Rules a labelled action must raise (churn labels also imply location discovery)."""
+    label = str(action.get("label", ""))
+    out = []
+    if "location_discovery" in label:
+        out.append("location_discovery")
+    if action.get("category") == "behaviour_drift" or label in ("dns_burst_nxdomain",
+                                                                  "internal_port_sweep",
+                                                                  "new_process_tree"):
+        out.append("behaviour_anomaly")
+    return out
+
+
+def check_ground_truth(gt: dict[str, Any] | None, alerts: Iterable[Any],
+                       suppression_s: float = 300.0, slack_s: float = 2.0) -> list[dict[str, Any]]:
+    """One row per (labelled action, expected rule): the alert that covers it, and how.
+
+    "evidence": an alert on the action's container and image has evidence inside the action's
+    time span; "window": an anomaly alert whose window contains the action; "repeat": the action
+    fell in the suppression window of an alert for the same container and rule (counted, not
+    re-alerted, by design). The churn summary expects a container_churn alert on its image.
+    """
+    if not gt:
+        return []
+    al = [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts]
+    rows = []
+    for act in gt.get("malicious_actions") or []:
+        start, end = float(act.get("start", 0)), float(act.get("end", act.get("start", 0)))
+        for rule in expected_rules(act):
+            found, how = None, ""
+            same = [a for a in al if a["rule"] == rule
+                    and a["container"].get("id") == act.get("container_id")
+                    and a["container"].get("image") == act.get("image")]
+            for a in same:
+                times = [float(e.get("time", 0)) for e in a.get("evidence", [])]
+                if rule == "behaviour_anomaly":
+                    ws = [(float(e.get("window_start", 0)), float(e.get("window_end", 0)))
+                          for e in a.get("evidence", []) if e.get("kind") == "window"]
+                    if any(s - slack_s <= start <= w + slack_s for s, w in ws):
+                        found, how = a, "window"
+                        break
+                elif any(start - slack_s <= t <= end + slack_s for t in times):
+                    found, how = a, "evidence"
+                    break
+            if found is None and rule != "behaviour_anomaly":
+                for a in same:
+                    if a["time"] <= start <= a["time"] + suppression_s:
+                        found, how = a, "repeat"
+                        break
+            rows.append({"action_id": act.get("action_id", ""), "label": act.get("label", ""),
+                         "rule": rule, "container": act.get("container_name", ""),
+                         "image": act.get("image", ""), "start": start,
+                         "alert_id": found["id"] if found else None, "how": how})
+    cs = gt.get("churn_summary")
+    if cs:
+        hit = next((a for a in al if a["rule"] == "container_churn"
+                    and a["container"].get("image") == cs.get("image")), None)
+        rows.append({"action_id": "churn_summary", "label": cs.get("label", "container_churn"),
+                     "rule": "container_churn", "container": f"(image) {cs.get('image')}",
+                     "image": cs.get("image", ""), "start": cs.get("first_create", 0.0),
+                     "alert_id": hit["id"] if hit else None, "how": "image" if hit else ""})
+    return rows
