@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, validate
-from .pipeline import PIPELINE_SCHEMA, Pipeline
+from .pipeline import PIPELINE_SCHEMA, Pipeline, ingest_fields
 from .replay import deliver_outbox
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class Daemon:
         if src.osquery_mode == "results_log" and src.osquery_results_log:
             tailers.append(OsqueryTailer(src.osquery_results_log, self.store))
         if src.zeek_log_dir:
-            tailers.extend(follow_zeek_dir(src.zeek_log_dir, self.store, streams=src.zeek_streams))
+            tailers.extend(follow_zeek_dir(src.zeek_log_dir, self.store, streams=src.zeek_streams,
+                                           fields=ingest_fields))
         return tailers
 
     def _restore(self) -> None:

@@ -138,6 +138,7 @@ class GeoStockDetector:
         self._metadata_hosts = (frozenset(h.lower() for h in metadata_hosts)
                                 if metadata_hosts is not None else None)
         self._host_memo: dict[str, bool] = {}
+        self._http_memo: dict[Any, tuple[str, _Match | None, bool]] = {}
         self.ttl_grace = ttl_grace
         self.max_ttl = max_ttl
         self.resolved_max = resolved_max
@@ -285,16 +286,30 @@ class GeoStockDetector:
         raw_host = rec.get("host")
         if not raw_host:
             return []
-        host = strip_port(str(raw_host))
+        host, m, maybe_metadata = self._http_host(raw_host)
         uri = rec.get("uri")
-        m = self.match_name(host)
         if m is None:
+            if not maybe_metadata:
+                return []
             m = self._metadata_match(host, uri or "/")
-        if m is None:
-            return []
+            if m is None:
+                return []
         self._remember_uid(rec.get("uid"))
         return [self._detection(rec, "http", m, host, source, uri=uri,
                                 user_agent=rec.get("user_agent"))]
+
+    def _http_host(self, raw_host: Any) -> tuple[str, _Match | None, bool]:
+        """Host header -> (bare name, its list match, could it be a metadata endpoint); cached
+        per header value: a deployment's requests name few hosts, over and over."""
+        hit = self._http_memo.get(raw_host)
+        if hit is None:
+            host = strip_port(str(raw_host))
+            hit = (host, self.match_name(host),
+                   self._metadata_hosts is None or host in self._metadata_hosts)
+            if len(self._http_memo) >= self.memo_max:
+                self._http_memo.clear()
+            self._http_memo[raw_host] = hit
+        return hit
 
     def _metadata_match(self, host: str, uri: str) -> _Match | None:
         """Cloud instance-metadata location request (service ``<cloud>-metadata``)."""

@@ -301,19 +301,37 @@ class Inventory:
 
     def lookup(self, host: str, addr: str, ts: float) -> ContainerState | None:
         """The container that held `addr` on `host` at `ts`, or None."""
-        cands = self.holders(host, addr)
-        if not cands:
+        ids = self._by_addr.get((host, addr))
+        if not ids:
             return None
-        inside = [c for c in cands if c.begin <= ts and (c.end is None or ts <= c.end)]
-        if inside:
-            return inside[-1]
-        after = [c for c in cands if c.end is not None and c.begin <= ts <= c.end + self.grace_after]
-        if after:
-            return after[-1]
-        before = [c for c in cands if c.begin - self.grace_before <= ts < c.begin]
-        if before:
-            return before[0]
-        return None
+        if len(ids) == 1:
+            # The common case (one tenure per address): the rules below on a single candidate,
+            # without sorting and list building on every network record.
+            c = self._containers[(host, ids[0])]
+            begin, end = c.begin, c.end
+            if begin <= ts and (end is None or ts <= end):
+                return c
+            if end is not None and begin <= ts <= end + self.grace_after:
+                return c
+            if begin - self.grace_before <= ts < begin:
+                return c
+            return None
+        # Several tenures (a redeploy reused the address), in order of their beginning: the
+        # latest one holding it at ts; else the latest that just ended (grace_after); else the
+        # earliest about to begin (grace_before).
+        inside = after = before = None
+        for begin, end, c in sorted(((c.begin, c.end, c) for c in
+                                     (self._containers[(host, i)] for i in ids)),
+                                    key=lambda x: x[0]):
+            if begin <= ts and (end is None or ts <= end):
+                inside = c
+            if end is not None and begin <= ts <= end + self.grace_after:
+                after = c
+            if before is None and begin - self.grace_before <= ts < begin:
+                before = c
+        if inside is not None:
+            return inside
+        return after if after is not None else before
 
     def lookup_any_host(self, addr: str, ts: float) -> ContainerState | None:
         """Lookup when the sensor's host is unknown: the only host with a holder, if unambiguous."""

@@ -123,6 +123,27 @@ def _get(rec: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+_NOT_TEXT = frozenset(("", "-", "(empty)"))
+
+
+def _s(rec: dict[str, Any], key: str, *alts: str) -> str:
+    """Text field: the plain value in one lookup when it is there (parsed logs), else `_get`."""
+    v = rec.get(key)
+    if type(v) is str and v not in _NOT_TEXT:
+        return v
+    if v is None and not alts and "." not in key:
+        return ""
+    return _str(_get(rec, key, *alts))
+
+
+def _n(rec: dict[str, Any], key: str, *alts: str) -> int:
+    """Count/port field: the int in one lookup when it is there (parsed logs), else `_get`."""
+    v = rec.get(key)
+    if type(v) is int:
+        return v
+    return _int(_get(rec, key, *alts))
+
+
 def strip_port(host: str) -> str:
     """HTTP Host header -> name: ``ipinfo.io:80`` -> ``ipinfo.io``, ``[2001:db8::1]:8080`` ->
     ``2001:db8::1`` (case kept: the record says what the client sent)."""
@@ -213,6 +234,7 @@ class Joiner:
         # feed_zeek/release and whatever clock the caller uses with hold/due (the daemon: wall)
         self._held: deque[tuple[float, str, dict[str, Any], Any]] = deque()
         self._subnet_memo: dict[str, bool] = {}
+        self._portless: dict[str, str] = {}     # HTTP Host header -> name (few distinct values)
         self._seen_procs: OrderedDict[tuple[str, str, int, str], float] = OrderedDict()
 
     # -- addresses --------------------------------------------------------------------------------
@@ -350,15 +372,24 @@ class Joiner:
         writes for the Zeek package) keeps that id. Otherwise the originator address is looked
         up at the record's time. The record takes its container's host: the alert is about the
         container's host, whatever the sensor calls itself."""
-        ts = to_ts(rec.get("ts"))
-        orig_h = _str(_get(rec, "id.orig_h", "orig_h", "src"))
+        g = rec.get
+        ts = g("ts")
+        if type(ts) is not float or ts != ts:
+            ts = to_ts(ts)
+        # Text fields: a parsed log's plain value is taken as is (the hot path); anything else
+        # (unset markers, other readers' types, nested JSON, alternative names) goes through _s.
+        v = g("id.orig_h")
+        orig_h = v if type(v) is str and v not in _NOT_TEXT else _s(rec, "id.orig_h", "orig_h", "src")
         if ts is None or not orig_h:
             self.stats.malformed += 1
             return None
         host = host or self.default_host
-        resp_h = _str(_get(rec, "id.resp_h", "resp_h"))
+        v = g("id.resp_h")
+        resp_h = v if type(v) is str and v not in _NOT_TEXT else _s(rec, "id.resp_h", "resp_h")
         self.stats.net += 1
-        cid = _str(rec.get("container_id"))
+        cid = g("container_id")
+        if cid is not None:
+            cid = _s(rec, "container_id")
         if cid:
             image = _str(_get(rec, "image", "container_image"))
             known = self._container(host, cid)
@@ -368,7 +399,7 @@ class Joiner:
             else:
                 self.stats.net_unknown += 1
         else:
-            image = ""
+            cid = image = ""
             holder = self._lookup(host, orig_h, ts)
             in_subnet = holder is not None or self.in_container_subnet(orig_h)
             if holder is None and self.inbound and not in_subnet:
@@ -383,13 +414,15 @@ class Joiner:
                 self.stats.net_not_container += 1
                 if not keep_non_container:
                     return None
-        proto = _str(rec.get("proto")) or ("tcp" if stream in ("http", "ssl") else "")
+        proto = _s(rec, "proto") or ("tcp" if stream in ("http", "ssl") else "")
+        resp_p, orig_p, uid = g("id.resp_p"), g("id.orig_p"), g("uid")
         out = NetRecord(ts=ts, kind=STREAM_KIND.get(stream, stream), container_id=cid,
                         image=image, orig_h=orig_h, resp_h=resp_h,
-                        resp_p=_int(_get(rec, "id.resp_p", "resp_p")),
-                        orig_p=_int(_get(rec, "id.orig_p", "orig_p")),
-                        proto=proto, uid=_str(rec.get("uid")), host=host,
-                        uri=_str(rec.get("uri")), user_agent=_str(rec.get("user_agent")))
+                        resp_p=resp_p if type(resp_p) is int else _n(rec, "id.resp_p", "resp_p"),
+                        orig_p=orig_p if type(orig_p) is int else _n(rec, "id.orig_p", "orig_p"),
+                        proto=proto,
+                        uid=uid if type(uid) is str and uid not in _NOT_TEXT else _s(rec, "uid"),
+                        host=host, uri=_s(rec, "uri"), user_agent=_s(rec, "user_agent"))
         self._fill_kind(out, stream, rec)
         return out
 
@@ -402,7 +435,14 @@ class Joiner:
             out.domain = _str(rec.get("query"))
             out.rcode = _str(rec.get("rcode_name")) or _str(rec.get("rcode"))
         elif stream == "http":
-            out.domain = strip_port(_str(rec.get("host")))
+            raw = _s(rec, "host")
+            domain = self._portless.get(raw)
+            if domain is None:
+                domain = strip_port(raw)
+                if len(self._portless) >= 100_000:
+                    self._portless.clear()
+                self._portless[raw] = domain
+            out.domain = domain
         elif stream == "ssl":
             out.domain = _str(rec.get("server_name"))
         elif stream in ("container_geo", "geo"):

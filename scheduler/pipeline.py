@@ -70,6 +70,26 @@ CREATE TABLE IF NOT EXISTS alert_repeats (
 
 ZEEK_STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
 
+# The Zeek fields the engine reads (the join's attribution and NetRecord, the stock-log geo
+# detector's rules), per stock stream. Readers feeding the engine ask for these only, which
+# spares converting the other two thirds of an http.log line; "id" keeps nested-JSON records'
+# addresses. container_geo (the package's own log, small) is read whole.
+_JOIN_FIELDS = ("ts", "uid", "id", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "orig_h",
+                "orig_p", "resp_h", "resp_p", "src", "proto", "container_id", "image",
+                "container_image")
+INGEST_FIELDS: dict[str, frozenset[str]] = {
+    "conn": frozenset(_JOIN_FIELDS + ("conn_state", "orig_bytes", "resp_bytes", "service")),
+    "dns": frozenset(_JOIN_FIELDS + ("query", "qtype_name", "rcode", "rcode_name", "answers",
+                                     "TTLs")),
+    "http": frozenset(_JOIN_FIELDS + ("method", "host", "uri", "user_agent")),
+    "ssl": frozenset(_JOIN_FIELDS + ("server_name",)),
+}
+
+
+def ingest_fields(stream: str) -> frozenset[str] | None:
+    """Fields to read of `stream` for the engine; None: all of them."""
+    return INGEST_FIELDS.get(stream)
+
 
 def _f(v: Any, default: float = 0.0) -> float:
     try:

@@ -135,8 +135,10 @@ class Recording:
             return iter(())
         return oqr.iter_results(p, stats)
 
-    def iter_zeek(self, stream: str, stats: Any = None) -> Iterator[dict[str, Any]]:
-        """Records of one Zeek stream as dicts (Zeek field names), malformed lines skipped.
+    def iter_zeek(self, stream: str, stats: Any = None,
+                  fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Records of one Zeek stream as dicts (Zeek field names), malformed lines skipped;
+        `fields` limits the keys (and the parsing work) to those names.
 
         All files of the stream are read, rotated ones first. When both `x.log` and `x.log.gz`
         exist (a copy kept both ways), only the plain one is read.
@@ -145,7 +147,7 @@ class Recording:
         names = {p.name for p in files}
         files = [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
         for p in files:
-            yield from iter_zeek_records(p, stats)
+            yield from iter_zeek_records(p, stats, fields)
 
 
 def list_recordings(root: str | Path) -> list[Recording]:
@@ -161,7 +163,8 @@ def demo_data_dir() -> Path:
 
 # ---- Zeek reading -------------------------------------------------------------------------------
 
-def iter_zeek_records(path: str | Path, stats: Any = None) -> Iterator[dict[str, Any]]:
+def iter_zeek_records(path: str | Path, stats: Any = None,
+                      fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Zeek log records via the Zeek developer's `scheduler.zeeklog` when present.
 
     Falls back to a small built-in TSV/JSON reader so recordings stay readable while that module is
@@ -172,7 +175,7 @@ def iter_zeek_records(path: str | Path, stats: Any = None) -> Iterator[dict[str,
         iter_zeek_log = zeeklog.iter_zeek_log
     except (ImportError, AttributeError):
         return _fallback_iter_zeek(Path(path), stats)
-    return iter_zeek_log(path, stats) if stats is not None else iter_zeek_log(path, None)
+    return iter_zeek_log(path, stats, fields=fields)
 
 
 def _fallback_iter_zeek(path: Path, stats: Any) -> Iterator[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from .alerts import Alert
 from .config import Config
 from .osquery_results import ParseStats as OsqueryStats
-from .pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, item_time
+from .pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
         items.append((item_time("osq", row), 0, seq, "osq", row))
         seq += 1
     for si, stream in enumerate(streams):
-        for d in rec.iter_zeek(stream, zstats):
+        for d in rec.iter_zeek(stream, zstats, fields=ingest_fields(stream)):
             items.append((item_time("zeek", (stream, d)), 1 + si, seq, "zeek", (stream, d)))
             seq += 1
     items.sort(key=lambda x: (x[0], x[1], x[2]))

@@ -342,8 +342,10 @@ class ZeekTailer(FileTailer):
     """
 
     def __init__(self, path: str | Path, store: StateStore, stream: str | None = None,
-                 source: str | None = None, stats: Any = None, **kwargs: Any) -> None:
+                 source: str | None = None, stats: Any = None,
+                 fields: Iterable[str] | None = None, **kwargs: Any) -> None:
         from scheduler import zeeklog
+        self.fields = fields  # keys to parse (None: all); the daemon asks for the engine's
         self._zeeklog = zeeklog
         self.stream = stream or Path(path).name.split(".")[0]
         self.stats = stats if stats is not None else zeeklog.ParseStats()
@@ -352,7 +354,7 @@ class ZeekTailer(FileTailer):
         super().__init__(path, store, source=source or f"zeek:{self.stream}", **kwargs)
 
     def _new_parser(self, path: str, header: list[str]) -> Any:
-        parser = self._zeeklog.ZeekLogParser(path, stats=self.stats)
+        parser = self._zeeklog.ZeekLogParser(path, stats=self.stats, fields=self.fields)
         lines_before = self.stats.lines
         headers_before = self.stats.headers
         for h in header:
@@ -401,9 +403,13 @@ class OsqueryTailer(FileTailer):
 
 def follow_zeek_dir(directory: str | Path, store: StateStore,
                     streams: Iterable[str] = ("conn", "dns", "http", "ssl", "container_geo"),
+                    fields: Callable[[str], Iterable[str] | None] | None = None,
                     **kwargs: Any) -> list[ZeekTailer]:
-    """One ZeekTailer per stream at `<directory>/<stream>.log` (files may appear later)."""
-    return [ZeekTailer(Path(directory) / f"{s}.log", store, stream=s, **kwargs) for s in streams]
+    """One ZeekTailer per stream at `<directory>/<stream>.log` (files may appear later);
+    `fields(stream)` names the keys to parse of each stream (None: all)."""
+    return [ZeekTailer(Path(directory) / f"{s}.log", store, stream=s,
+                       fields=fields(s) if fields is not None else None, **kwargs)
+            for s in streams]
 
 
 def drain(tailer: FileTailer, handler: Callable[[TailBatch, sqlite3.Connection], None],

@@ -101,6 +101,35 @@ def _container_inner(zeek_type: str) -> str | None:
     return None
 
 
+def _compile_row(plan: list[tuple[int, str, Callable[[str], Any] | None, bool]]
+                 ) -> Callable[..., dict[str, Any]]:
+    """A function (values, unset, empty, set_separator) -> record for one header's plan.
+
+    Generated once per ``#fields``/``#types`` header: one dict display with a conditional
+    expression per kept column, instead of a loop with per-column branching on every line (the
+    per-line path is the ingest's hot path). Field names enter the source as ``repr`` literals
+    only; converters are bound by name in the function's namespace."""
+    env: dict[str, Any] = {"unescape": unescape}
+    items = []
+    for n, (index, name, conv, is_container) in enumerate(plan):
+        v = f"values[{index}]"
+        if conv is not None:
+            env[f"c{n}"] = conv
+        if is_container:
+            elem = f"c{n}(x)" if conv is not None else "unescape(x)"
+            expr = (f"(None if (v{n} := {v}) == U else [] if v{n} == E else "
+                    f"[{elem} for x in v{n}.split(S)])")
+        elif conv is not None:
+            expr = f"(None if (v{n} := {v}) == U else c{n}(v{n}))"
+        else:
+            expr = (f"(None if (v{n} := {v}) == U else '' if v{n} == E else "
+                    f"unescape(v{n}) if '\\\\x' in v{n} else v{n})")
+        items.append(f"{name!r}: {expr}")
+    src = "def row(values, U, E, S):\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(src, "<zeeklog row>", "exec"), env)  # noqa: S102 - our own generated source
+    return env["row"]
+
+
 class ZeekLogParser:
     """Stateful parser for the lines of one Zeek log file (TSV with headers, or JSON lines).
 
@@ -130,6 +159,8 @@ class ZeekLogParser:
         self.field_types: list[str] = []
         self.closed = False                 # saw '#close' (lines after it reuse the header)
         self._plan: list[tuple[int, str, Callable[[str], Any] | None, bool]] = []
+        self._row: Callable[..., dict[str, Any]] = _compile_row([])
+        self._maxsplit = -1
         self._where_idx: list[tuple[int, Callable[[str], bool]]] = []
         self._nfields = 0
         self._warned = 0
@@ -182,8 +213,14 @@ class ZeekLogParser:
                 plan.append((index, name, _scalar_converter(zeek_type), False))
         self._plan = plan
         self._nfields = len(names)
+        self._row = _compile_row(plan)
         position = {name: i for i, name in enumerate(names)}
         self._where_idx = [(position.get(name, -1), pred) for name, pred in self.where.items()]
+        # Split a line only as far as the last column anyone reads (the rest stays one string;
+        # the field count is checked by counting separators).
+        used = [i for i, _, _, _ in plan] + [i for i, _ in self._where_idx if i >= 0]
+        last = max(used) if used else -1
+        self._maxsplit = -1 if last >= len(names) - 2 else last + 1
 
     # -- data lines ------------------------------------------------------------------------
     def parse_line(self, line: str, lineno: int) -> dict[str, Any] | None:
@@ -216,36 +253,18 @@ class ZeekLogParser:
     def _tsv(self, line: str) -> dict[str, Any] | None:
         if not self._nfields:
             raise MalformedLine("data line before any #fields header")
-        values = line.split(self.separator)
-        if len(values) != self._nfields:
-            raise MalformedLine(f"{len(values)} fields, header has {self._nfields}")
+        sep = self.separator
+        count = line.count(sep) + 1
+        if count != self._nfields:
+            raise MalformedLine(f"{count} fields, header has {self._nfields}")
+        values = line.split(sep, self._maxsplit)
         unset, empty, set_sep = self.unset_field, self.empty_field, self.set_separator
         for index, pred in self._where_idx:
             raw = values[index] if index >= 0 else unset
             if not pred(unescape(raw) if "\\x" in raw else raw):
                 self.stats.filtered += 1
                 return None
-        rec: dict[str, Any] = {}
-        for index, name, conv, is_container in self._plan:
-            value = values[index]
-            if value == unset:
-                rec[name] = None
-            elif is_container:
-                if value == empty:
-                    rec[name] = []
-                elif conv is None:
-                    rec[name] = [unescape(v) for v in value.split(set_sep)]
-                else:
-                    rec[name] = [conv(v) for v in value.split(set_sep)]
-            elif conv is None:
-                if value == empty:
-                    rec[name] = ""
-                elif "\\x" in value:
-                    rec[name] = unescape(value)
-                else:
-                    rec[name] = value
-            else:
-                rec[name] = conv(value)
+        rec: dict[str, Any] = self._row(values, unset, empty, set_sep)
         return rec
 
     def _json(self, line: str) -> dict[str, Any]:
