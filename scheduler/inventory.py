@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import sqlite3
 import tempfile
@@ -59,6 +60,9 @@ def _f(value: Any) -> float | None:
 
 def _ips(value: str) -> list[str]:
     return [p.strip() for p in (value or "").replace(";", ",").split(",") if p.strip()]
+
+
+_first = operator.itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -320,9 +324,12 @@ class Inventory:
         # latest one holding it at ts; else the latest that just ended (grace_after); else the
         # earliest about to begin (grace_before).
         inside = after = before = None
-        for begin, end, c in sorted(((c.begin, c.end, c) for c in
-                                     (self._containers[(host, i)] for i in ids)),
-                                    key=lambda x: x[0]):
+        tenures = []
+        for i in ids:
+            c = self._containers[(host, i)]
+            tenures.append((c.begin, c.end, c))
+        tenures.sort(key=_first)
+        for begin, end, c in tenures:
             if begin <= ts and (end is None or ts <= end):
                 inside = c
             if end is not None and begin <= ts <= end + self.grace_after:

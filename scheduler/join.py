@@ -147,9 +147,9 @@ def _n(rec: dict[str, Any], key: str, *alts: str) -> int:
 def strip_port(host: str) -> str:
     """HTTP Host header -> name: ``ipinfo.io:80`` -> ``ipinfo.io``, ``[2001:db8::1]:8080`` ->
     ``2001:db8::1`` (case kept: the record says what the client sent)."""
-    if ":" not in host and " " not in host:
-        return host
     host = host.strip()
+    if ":" not in host:
+        return host
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
     if host.count(":") == 1:

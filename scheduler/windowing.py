@@ -76,15 +76,22 @@ class WindowingMixin:
             return
         if kind == "l" and not self.windows_only:
             self._life_recent.append(rec)
-        origin = self._origin(cid, ts)
+        origin = self._origins.get(cid)
+        if origin is None:
+            origin = self._origin(cid, ts)
         k = int(math.floor((ts - origin) / self.window_s))
+        cw = self._cw.get(cid)
+        if cw is not None and cw["k"] == k and not (self._skip and (cid, k) in self._skip):
+            # The common case: the container's open window. (An open window's index is above
+            # the last closed one, and it passed the skip test when it opened.)
+            cw[kind].append(rec)
+            return
         if k <= self._last_closed.get(cid, -1 << 62) or (cid, k) in self._skip:
             # Late record for a window already scored, or a window the daemon was holding when
             # it stopped (incomplete: not scored rather than scored wrong).
             if not self.windows_only:
                 self.stats.late_records += 1
             return
-        cw = self._cw.get(cid)
         if cw is not None and cw["k"] < k:
             self._close(cid)
             cw = None
