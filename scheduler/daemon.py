@@ -31,7 +31,7 @@ from typing import Any
 
 from .config import Config, validate
 from .pipeline import PIPELINE_SCHEMA, Pipeline, ingest_fields
-from .replay import deliver_outbox
+from .outbox import AlertOutbox, deliver_outbox
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Daemon:
         self.lock = threading.RLock()
         self.store = StateStore(cfg.state_db)
         self.store.ensure_schema(PIPELINE_SCHEMA)
+        self.outbox = AlertOutbox(self.store)
         self.baselines = self._load_baselines()
         self.pipeline = Pipeline(cfg, self.baselines)
         self.pipeline.hold_s = cfg.detection.attribution_hold_s
@@ -104,7 +105,7 @@ class Daemon:
         self._last_map = ""
         self.cycles = 0
         self.catching_up = False
-        deliver_outbox(_Outbox(self.store), self.sinks)
+        deliver_outbox(self.outbox, self.sinks)
 
     # ------------------------------------------------------------------------------ set-up
     def _load_baselines(self) -> Any:
@@ -203,7 +204,7 @@ class Daemon:
                 with self.store.transaction() as conn:
                     for t, b in batches:
                         t.commit(b, conn)
-                    _Outbox(self.store).add(conn, alerts, STATE_NAME)
+                    self.outbox.add(conn, alerts, STATE_NAME)
                     self._save_state(conn)
                     if self.direct is not None:
                         self.direct.save_cursors(self.store, conn)
@@ -211,7 +212,7 @@ class Daemon:
                 for t, _ in batches:
                     t.rewind()
                 raise
-            n = deliver_outbox(_Outbox(self.store), self.sinks)
+            n = deliver_outbox(self.outbox, self.sinks)
             self._write_address_map()
             self.cycles += 1
             # While reading a backlog (old logs at start-up), data time follows the data, not the
@@ -266,9 +267,9 @@ class Daemon:
                 p._advance(now - SCORE_LAG_S)
             alerts = p.flush(wall=now)
             with self.store.transaction() as conn:
-                _Outbox(self.store).add(conn, alerts, STATE_NAME)
+                self.outbox.add(conn, alerts, STATE_NAME)
                 self._save_state(conn)
-            n = deliver_outbox(_Outbox(self.store), self.sinks)
+            n = deliver_outbox(self.outbox, self.sinks)
         if self.metrics.enabled:
             for a in alerts:
                 self.metrics.alerts.labels(a.rule).inc()
@@ -378,31 +379,6 @@ class Daemon:
             if self.window_store is not None:
                 self.window_store.close()
             self.store.close()
-
-
-class _Outbox:
-    """The daemon's view of the outbox table shared with replays (scheduler.pipeline)."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def add(self, conn: Any, alerts: list, source: str) -> None:
-        for a in alerts:
-            conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body, source)"
-                         " VALUES (?,?,?,?,?,?)", (a.id, a.time, a.rule,
-                                                   a.container.id or a.container.name,
-                                                   a.to_json(), source))
-
-    def pending(self) -> list:
-        from .alerts import alert_from_dict
-
-        rows = self.store.conn.execute(
-            "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()
-        return [alert_from_dict(json.loads(r[0])) for r in rows]
-
-    def mark_delivered(self, ids: list[str]) -> None:
-        with self.store.transaction() as conn:
-            conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
 
 
 def _osq_time(row: Any) -> float:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from .alerts import Alert
 from .config import Config
 from .osquery_results import ParseStats as OsqueryStats
+from .outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from .pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ReplayStore:
 
         self.store = StateStore(path)
         self.store.ensure_schema(PIPELINE_SCHEMA)
+        self.outbox = AlertOutbox(self.store)
 
     def load(self, name: str) -> dict[str, Any] | None:
         row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
@@ -94,24 +96,15 @@ class ReplayStore:
             conn.executemany("INSERT OR IGNORE INTO alert_repeats(alert_id, time, rule, summary) "
                              "VALUES (?,?,?,?)", [(r["alert_id"], r["time"], r["rule"],
                                                    r["summary"]) for r in repeats])
-            for a in alerts:
-                conn.execute("INSERT OR IGNORE INTO alert_outbox(id, time, rule, container, body, "
-                             "source) VALUES (?,?,?,?,?,?)",
-                             (a.id, a.time, a.rule, a.container.id or a.container.name,
-                              a.to_json(), name))
+            self.outbox.add(conn, alerts, name)
             conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
                          (name, json.dumps(state, default=str), time.time()))
 
     def pending(self) -> list[Alert]:
-        from .alerts import alert_from_dict
-
-        rows = self.store.conn.execute(
-            "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()
-        return [alert_from_dict(json.loads(r[0])) for r in rows]
+        return self.outbox.pending()
 
     def mark_delivered(self, ids: list[str]) -> None:
-        with self.store.transaction() as conn:
-            conn.executemany("UPDATE alert_outbox SET delivered=1 WHERE id=?", [(i,) for i in ids])
+        self.outbox.mark_delivered(ids)
 
     def repeats(self, source: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT r.alert_id, r.time, r.rule, r.summary FROM alert_repeats r"
@@ -137,17 +130,6 @@ class ReplayStore:
 
     def close(self) -> None:
         self.store.close()
-
-
-def deliver_outbox(store: ReplayStore, sinks: Any) -> int:
-    """Hand undelivered alerts to the sinks, then mark them (sinks drop known ids on a repeat)."""
-    pending = store.pending()
-    if not pending:
-        return 0
-    if sinks is not None:
-        sinks.emit(pending)
-    store.mark_delivered([a.id for a in pending])
-    return len(pending)
 
 
 def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = None, *,
