@@ -72,7 +72,11 @@ def register_schema(ddl: str) -> None:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """Where a followed file was left. `header` holds the TSV '#' lines so a parser can be primed."""
+    """Where a followed file was left. `header` holds the TSV '#' lines so a parser can be primed.
+
+    The same record is the tailer's in-memory position (scheduler/tailer.py): what a batch reached
+    is exactly what gets committed, so the two cannot drift apart.
+    """
 
     source: str
     path: str

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -55,21 +55,10 @@ class TailLine:
 
 
 @dataclass(slots=True)
-class Position:
-    path: str
-    device: int
-    inode: int
-    offset: int
-    lineno: int
-    header: list[str] = field(default_factory=list)
-    fingerprint: str = ""
-
-
-@dataclass(slots=True)
 class TailBatch:
     source: str
     lines: list[TailLine]
-    position: Position | None
+    position: Checkpoint | None   # where the batch ends; commit() stores it
     items: list[Any] = field(default_factory=list)   # parsed records (subclasses fill)
 
     def __len__(self) -> int:
@@ -128,7 +117,7 @@ class FileTailer:
         self.source = source or self.path
         self.start_at_end = start_at_end
         self.max_lines = max_lines
-        self.pos: Position | None = None
+        self.pos: Checkpoint | None = None   # in memory; the store has the committed one
         self.rotations = 0
         self.truncations = 0
         self.lost_files = 0
@@ -137,12 +126,7 @@ class FileTailer:
     # -- checkpoint ---------------------------------------------------------------------------------
     def rewind(self) -> None:
         """Go back to the stored checkpoint (after a failed transaction, or at start)."""
-        cp = self.store.get_checkpoint(self.source)
-        if cp is None:
-            self.pos = None
-        else:
-            self.pos = Position(cp.path, cp.device, cp.inode, cp.offset, cp.lineno, list(cp.header),
-                                cp.fingerprint)
+        self.pos = self.store.get_checkpoint(self.source)   # a fresh object: nothing shared
         self._on_rewind()
 
     def _on_rewind(self) -> None:
@@ -153,8 +137,7 @@ class FileTailer:
         p = batch.position
         if p is None:
             return
-        self.store.put_checkpoint(Checkpoint(self.source, p.path, p.device, p.inode, p.offset,
-                                             p.lineno, list(p.header), p.fingerprint), conn=conn)
+        self.store.put_checkpoint(replace(p, header=list(p.header)), conn=conn)
 
     # -- reading ------------------------------------------------------------------------------------
     def _find_inode(self, device: int, inode: int) -> str | None:
@@ -178,7 +161,7 @@ class FileTailer:
                 return cand
         return None
 
-    def _find_copy(self, pos: Position) -> str | None:
+    def _find_copy(self, pos: Checkpoint) -> str | None:
         """Where did the content we were reading go, when its inode is not in the directory?
 
         A rotation post-processor may have compressed the rotated file (`conn.<stamp>.log.gz`), or
@@ -213,16 +196,15 @@ class FileTailer:
                 return cand
         return None
 
-    def _read_from(self, path: str, pos: Position, final: bool, budget: int,
-                   out: list[TailLine]) -> Position:
+    def _read_from(self, path: str, pos: Checkpoint, final: bool, budget: int,
+                   out: list[TailLine]) -> Checkpoint:
         """Append complete lines of `path` after pos.offset to `out`; return the new position."""
         try:
             handle = _open(path)
         except OSError as exc:
             log.warning("%s: cannot open %s: %s", self.source, path, exc)
             return pos
-        new = Position(pos.path, pos.device, pos.inode, pos.offset, pos.lineno, list(pos.header),
-                       pos.fingerprint)
+        new = replace(pos, header=list(pos.header))
         with handle:
             handle.seek(new.offset)
             pending = b""
@@ -266,7 +248,7 @@ class FileTailer:
             if st is None:
                 return TailBatch(self.source, [], None)
             start = st.st_size if self.start_at_end else 0
-            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+            pos = self._file_start(st)
             if start:
                 self.pos = self._skip_to_end(pos, st.st_size)
                 self._on_rewind()  # parsers primed with the header read while skipping
@@ -288,7 +270,7 @@ class FileTailer:
                 return self._batch(lines, pos)
             self.rotations += 1
             log.info("%s: following new file %s (inode %d)", self.source, self.path, st.st_ino)
-            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+            pos = self._file_start(st)
         # 2. Same inode: truncated or replaced in place?
         elif st.st_size < pos.offset or not _fingerprint_matches(self.path, pos.fingerprint):
             self.truncations += 1
@@ -303,20 +285,24 @@ class FileTailer:
             log.warning("%s: %s was truncated or replaced; reading it from the start%s",
                         self.source, self.path, f" (rest of the old content read from {copy})"
                         if copy else "")
-            pos = Position(self.path, st.st_dev, st.st_ino, 0, 0, [], "")
+            pos = self._file_start(st)
         if budget > 0:
             pos = self._read_from(self.path, pos, final=False, budget=budget, out=lines)
         if not pos.fingerprint or not pos.fingerprint.startswith(f"{FINGERPRINT_BYTES}:"):
             pos.fingerprint = _fingerprint(self.path, min(pos.offset, FINGERPRINT_BYTES)) or pos.fingerprint
         return self._batch(lines, pos)
 
-    def _skip_to_end(self, pos: Position, size: int) -> Position:
+    def _file_start(self, st: os.stat_result) -> Checkpoint:
+        """The position before the first line of the file `st` describes."""
+        return Checkpoint(self.source, self.path, st.st_dev, st.st_ino, 0, 0)
+
+    def _skip_to_end(self, pos: Checkpoint, size: int) -> Checkpoint:
         """start_at_end: count lines and collect the header up to the current end."""
         sink: list[TailLine] = []
         new = self._read_from(self.path, pos, final=False, budget=10**12, out=sink)
         return new
 
-    def _batch(self, lines: list[TailLine], pos: Position) -> TailBatch:
+    def _batch(self, lines: list[TailLine], pos: Checkpoint) -> TailBatch:
         self.pos = pos
         batch = TailBatch(self.source, lines, pos)
         self._parse(batch)
