@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .alerts import Alert
 from .config import SinksConfig, WebhookConfig
@@ -96,6 +96,20 @@ class JsonlSink:
             self._fh.close()
 
 
+def _first_sight(alerts: Iterable[Alert], seen: set[str]) -> Iterator[Alert]:
+    """The alerts whose id is not in `seen`, each recorded there before it is handed out.
+
+    The fire-and-forget sinks (stdout, syslog) dedupe this way: an alert counts as sent once it was
+    tried, so a failed write is not repeated. (JsonlSink records an id only after the line is in its
+    file, because the file is what a restarted sink reloads its ids from.)
+    """
+    for a in alerts:
+        if a.id in seen:
+            continue
+        seen.add(a.id)
+        yield a
+
+
 class StdoutSink:
     name = "stdout"
 
@@ -105,10 +119,7 @@ class StdoutSink:
 
     def emit(self, alerts: list[Alert]) -> int:
         n = 0
-        for a in alerts:
-            if a.id in self._ids:
-                continue
-            self._ids.add(a.id)
+        for a in _first_sight(alerts, self._ids):
             self.stream.write(a.to_json() + "\n")
             n += 1
         self.stream.flush()
@@ -143,10 +154,7 @@ class SyslogSink:
 
     def emit(self, alerts: list[Alert]) -> int:
         n = 0
-        for a in alerts:
-            if a.id in self._ids:
-                continue
-            self._ids.add(a.id)
+        for a in _first_sight(alerts, self._ids):
             level = {"low": logging.INFO, "medium": logging.WARNING}.get(a.severity, logging.ERROR)
             rec = logging.LogRecord("stowaway", level, __file__, 0, a.to_json(), None, None)
             self._handler.emit(rec)
@@ -167,6 +175,11 @@ def _http_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
         return resp.status
+
+
+def _rejected_for_good(status: int) -> bool:
+    """A 4xx says this request will never succeed, except 408 (timeout) and 429 (rate limit)."""
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 class WebhookSink:
@@ -242,18 +255,13 @@ class WebhookSink:
                 status = self._post(self.cfg.url, body, headers, self.cfg.timeout_s)
                 if 200 <= status < 300:
                     return True
-                if 400 <= status < 500 and status not in (408, 429):
-                    # The receiver rejects this alert for good: keep it in the spool under a
-                    # different name for a human, and move on.
-                    log.error("webhook rejected alert %s with HTTP %d; kept as .rejected",
-                              alert_id, status)
-                    os.replace(self._pending(alert_id), self.spool / f"{alert_id}.rejected")
+                if _rejected_for_good(status):
+                    self._reject(alert_id, status)
                     return True
                 log.warning("webhook HTTP %d for %s (attempt %d)", status, alert_id, attempt)
             except urllib.error.HTTPError as exc:
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    log.error("webhook rejected alert %s with HTTP %d", alert_id, exc.code)
-                    os.replace(self._pending(alert_id), self.spool / f"{alert_id}.rejected")
+                if _rejected_for_good(exc.code):
+                    self._reject(alert_id, exc.code)
                     return True
                 log.warning("webhook HTTP %d for %s (attempt %d)", exc.code, alert_id, attempt)
             except (OSError, urllib.error.URLError) as exc:
@@ -263,6 +271,12 @@ class WebhookSink:
                 self._sleep(delay)
                 delay *= 2
         return False
+
+    def _reject(self, alert_id: str, status: int) -> None:
+        """The receiver refuses this alert for good: keep it in the spool under a different name
+        for a human (never sent again), so delivery moves on to the next one."""
+        log.error("webhook rejected alert %s with HTTP %d; kept as .rejected", alert_id, status)
+        os.replace(self._pending(alert_id), self.spool / f"{alert_id}.rejected")
 
     def prune_markers(self, older_than_s: float) -> int:
         """Delivered markers only need to outlive a possible replay; drop old ones."""
