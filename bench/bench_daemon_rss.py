@@ -10,10 +10,7 @@ with the same daemon idle (no containers).
 """
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from daemon_harness import running_daemon, write_config  # noqa: E402  (bench/)
 from scheduler.osquery_results import batched_line, snapshot_line  # noqa: E402
 
 N = 1000
@@ -93,28 +91,10 @@ def run(n: int) -> tuple[int, float]:
         else:
             (t / "osqueryd.results.log").write_text("")
             (t / "zeek" / "dns.log").write_text("\n".join(DNS_HEADER) + "\n")
-        cfg = t / "stowaway.toml"
-        cfg.write_text(f"""
-host = "bench-host"
-state_db = "{t}/state.db"
-[sources]
-osquery_results_log = "{t}/osqueryd.results.log"
-zeek_log_dir = "{t}/zeek"
-zeek_streams = ["dns"]
-address_map = "{t}/container_addrs.tsv"
-[sinks]
-jsonl = "{t}/alerts.jsonl"
-[model]
-dir = "{t}/models"
-windows_db = "{t}/windows.sqlite"
-[daemon]
-collect_interval_s = 0.5
-""")
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "run", "--config", str(cfg)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        start = time.monotonic()
-        try:
+        cfg = write_config(t, "bench-host", address_map=f"{t}/container_addrs.tsv",
+                           collect_interval_s=0.5)
+        with running_daemon(cfg) as proc:
+            start = time.monotonic()
             done = False
             while time.monotonic() - start < 120:
                 time.sleep(0.5)
@@ -137,12 +117,6 @@ collect_interval_s = 0.5
             rows = len(amap.read_text().splitlines()) - 1 if amap.exists() else 0
             if n and (not done or rows < n):
                 raise RuntimeError(f"daemon did not take in {n} containers (map rows {rows})")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         return rss, time.monotonic() - start
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from daemon_harness import ROOT, running_daemon, write_config  # bench/
+
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 DNS = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek" / "dns.log"
 
@@ -65,31 +64,11 @@ def measure(merge_s: float, n: int, collect_s: float) -> list[float]:
                 "runtime": "docker", "source": "api"} for i in range(n)]
         (t / "osqueryd.results.log").write_text(snapshot_line("container_inventory", "bench", now - 30,
                                                              inv) + "\n")
-        cfg = t / "stowaway.toml"
-        cfg.write_text(f"""
-host = "bench"
-state_db = "{t}/state.db"
-[sources]
-osquery_results_log = "{t}/osqueryd.results.log"
-zeek_log_dir = "{t}/zeek"
-zeek_streams = ["dns"]
-address_map = ""
-[sinks]
-jsonl = "{t}/alerts.jsonl"
-[model]
-dir = "{t}/models"
-windows_db = "{t}/windows.sqlite"
-[detection]
-merge_s = {merge_s}
-[daemon]
-collect_interval_s = {collect_s}
-""")
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "run", "--config", str(cfg)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        out = t / "alerts.jsonl"
-        lat: list[float] = []
-        try:
+        cfg = write_config(t, "bench", address_map="", collect_interval_s=collect_s,
+                           merge_s=merge_s)
+        with running_daemon(cfg):
+            out = t / "alerts.jsonl"
+            lat: list[float] = []
             end = time.monotonic() + 30
             while not (t / "state.db").exists() and time.monotonic() < end:
                 time.sleep(0.05)
@@ -113,12 +92,6 @@ collect_interval_s = {collect_s}
             got = [json.loads(x) for x in out.read_text().splitlines()]
             assert len(got) == n and all(a["rule"] == "location_discovery" for a in got)
             assert all(a["container"]["name"].startswith("bench-") for a in got)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     return lat
 
 
