@@ -203,6 +203,24 @@ def _find_closing(s: str, i: int, opener: str, closer: str) -> int:
     return n
 
 
+def _take_dollar_paren(script: str, i: int, subs: list[str], word: list[str]) -> int:
+    """A ``$(...)`` starting at ``i``: its body is a command of its own (to ``subs``) and its text
+    stays in the current word. Returns the index after the closing parenthesis."""
+    j = _find_closing(script, i + 2, "(", ")")
+    subs.append(script[i + 2:j])
+    word.append(script[i:j + 1])
+    return j + 1
+
+
+def _take_backquoted(script: str, i: int, subs: list[str]) -> int:
+    """A backquoted command starting at ``i`` (unclosed: to the end): its body to ``subs``, nothing
+    to the word. Returns the index after the closing backquote."""
+    j = script.find("`", i + 1)
+    j = len(script) if j == -1 else j
+    subs.append(script[i + 1:j])
+    return j + 1
+
+
 def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
     """Split shell text into simple commands, plus the bodies of ``$(...)``/backticks.
 
@@ -269,16 +287,10 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
                     i += 2
                     continue
                 if d == "$" and script.startswith("$(", i):
-                    j = _find_closing(script, i + 2, "(", ")")
-                    subs.append(script[i + 2:j])
-                    word.append(script[i:j + 1])
-                    i = j + 1
+                    i = _take_dollar_paren(script, i, subs, word)
                     continue
                 if d == "`":
-                    j = script.find("`", i + 1)
-                    j = n if j == -1 else j
-                    subs.append(script[i + 1:j])
-                    i = j + 1
+                    i = _take_backquoted(script, i, subs)
                     continue
                 word.append(d)
                 i += 1
@@ -291,17 +303,11 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             i += 2
             continue
         if c == "$" and script.startswith("$(", i) and not script.startswith("$((", i):
-            j = _find_closing(script, i + 2, "(", ")")
-            subs.append(script[i + 2:j])
-            word.append(script[i:j + 1])
+            i = _take_dollar_paren(script, i, subs, word)
             in_word = True
-            i = j + 1
             continue
         if c == "`":
-            j = script.find("`", i + 1)
-            j = n if j == -1 else j
-            subs.append(script[i + 1:j])
-            i = j + 1
+            i = _take_backquoted(script, i, subs)
             continue
         if c == "#" and not in_word:
             j = script.find("\n", i)
