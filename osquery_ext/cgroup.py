@@ -135,6 +135,17 @@ def parse_cgroup(text: str) -> CgroupInfo | None:
     return None
 
 
+def attribution_columns(text: str) -> dict[str, str] | None:
+    """The container columns of a process row (container_id, runtime, pod_uid, cgroup_path) from
+    its ``/proc/<pid>/cgroup`` text; None for a host process. A fresh dict per call (callers keep
+    or extend it). Both the tables and the exec-capture process attribute through this."""
+    info = parse_cgroup(text)
+    if info is None or not info.container_id:
+        return None
+    return {"container_id": info.container_id, "runtime": info.runtime,
+            "pod_uid": info.pod_uid, "cgroup_path": info.cgroup_path}
+
+
 def parse_cgroup_line(line: str) -> CgroupInfo | None:
     """Attribute a single ``hierarchy:controllers:path`` line (or a bare path)."""
     parts = line.strip().split(":", 2)

@@ -252,12 +252,7 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
     out = out or sys.stdout
     from osquery_ext import cgroup  # stdlib-only parser; imported here to keep start-up small
 
-    def attribute(text: str) -> dict[str, str] | None:
-        info = cgroup.parse_cgroup(text)
-        if info is None or not info.container_id:
-            return None
-        return {"container_id": info.container_id, "runtime": info.runtime,
-                "pod_uid": info.pod_uid, "cgroup_path": info.cgroup_path}
+    attribute = cgroup.attribution_columns   # the same columns the tables attribute with
 
     def emit(obj: dict[str, Any]) -> None:
         out.write(json.dumps(obj) + "\n")

@@ -93,11 +93,7 @@ Classify = Callable[[list[str]], "dict[str, Any]"]
 def default_attribute(cgroup_text: str) -> dict[str, str] | None:
     """Container attribution of one /proc/<pid>/cgroup text via osquery_ext.cgroup."""
     from osquery_ext import cgroup  # every runtime's path layout, cgroup v1 and v2
-    info = cgroup.parse_cgroup(cgroup_text)
-    if info is None or not info.container_id:
-        return None
-    return {"container_id": info.container_id, "runtime": info.runtime,
-            "pod_uid": info.pod_uid, "cgroup_path": info.cgroup_path}
+    return cgroup.attribution_columns(cgroup_text)
 
 
 def default_classify(argv: list[str]) -> dict[str, Any]:
