@@ -13,6 +13,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,18 @@ def engine_event(action: str, cid: str, name: str, t: int, exit_code: str | None
     return {"status": action, "id": cid, "from": "localhost/stowaway-busybox:latest",
             "Type": etype, "Action": action, "Actor": {"ID": cid, "Attributes": attrs},
             "scope": "local", "time": t, "timeNano": t * 1_000_000_000 + 123}
+
+
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.1):
+    """Poll `cond` until it returns something truthy and return that; fail the test on timeout.
+
+    Listeners and the extension subprocess work in the background, so tests wait for an effect
+    instead of sleeping a fixed time.
+    """
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

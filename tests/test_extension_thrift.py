@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_hosts import (DOCKER_ID, PODMAN_ID, FakeEngine, engine_event, make_proc,
+from fake_hosts import (DOCKER_ID, wait_until, PODMAN_ID, FakeEngine, engine_event, make_proc,
                         podman_container)
 from fake_osqueryd import FakeOsqueryd, constraint, start_extension
 from test_tables_unit import CONTRACT_COLUMNS
@@ -48,16 +48,6 @@ def _stop(p: subprocess.Popen) -> tuple[int, str]:
     return p.returncode, err
 
 
-def _wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_registers_and_serves_every_table(sockdir, tmp_path):
     proc = make_proc(tmp_path)
     engine_sock = str(sockdir / "podman.sock")
@@ -81,7 +71,7 @@ def test_registers_and_serves_every_table(sockdir, tmp_path):
         client = manager.client(uuid)
         assert client.client.ping().code == 0
         # the event stream is live: emit lifecycle events at known times
-        _wait_for(lambda: any(p.endswith("/events") for p in eng.requests))
+        wait_until(lambda: any(p.endswith("/events") for p in eng.requests))
         for i, action in enumerate(("create", "start", "died", "remove")):
             eng.emit(engine_event(action, DOCKER_ID, "oneshot", 1000 + i,
                                   exit_code="1" if action == "died" else None))
@@ -106,7 +96,7 @@ def test_registers_and_serves_every_table(sockdir, tmp_path):
         assert by_id[PODMAN_ID]["ip_addresses"] == "10.89.0.9"
         assert by_id[PODMAN_ID]["source"] == "api" and by_id[DOCKER_ID]["source"] == "cgroup"
 
-        ev = _wait_for(lambda: len(client.generate("container_events").response) >= 4 and
+        ev = wait_until(lambda: len(client.generate("container_events").response) >= 4 and
                        client.generate("container_events").response)
         assert [r["action"] for r in ev] == ["create", "start", "die", "destroy"]
         assert ev[2]["exit_code"] == "1" and ev[0]["name"] == "oneshot"
@@ -214,7 +204,7 @@ def test_exits_when_manager_goes_away(sockdir):
                           env={"STOWAWAY_RUNTIME_SOCKETS": "none"})
     try:
         uuid, _info, _reg = manager.wait_registered()
-        _wait_for(lambda: manager.handler.pings > 0 or ext.poll() is not None, 10)
+        wait_until(lambda: manager.handler.pings > 0 or ext.poll() is not None, 10)
         assert ext.poll() is None
         manager.stop()
         ext.wait(15)  # --interval 3: noticed at the next ping

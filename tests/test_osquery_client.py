@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from scheduler.state import StateStore
 
 try:
     import osquery_ext.extension  # noqa: F401
-    from fake_hosts import DOCKER_ID, PODMAN_ID, FakeEngine, engine_event, make_proc, podman_container
+    from fake_hosts import (DOCKER_ID, PODMAN_ID, FakeEngine, engine_event, make_proc, podman_container,
+                            wait_until)
     HAVE_EXT = True
     WHY = ""
 except ImportError as exc:  # pragma: no cover - until the extension exists
@@ -42,16 +42,6 @@ def lab(tmp_path: Path):
     shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def _wait(cond, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_direct_collection_snapshots_and_events_once(lab) -> None:
     sockdir, eng, env = lab
     with DirectOsquery(sockdir / "osquery.em", host="node-1", extension_env=env) as oq:
@@ -67,21 +57,21 @@ def test_direct_collection_snapshots_and_events_once(lab) -> None:
         assert procs["101"]["location_discovery"] == "1" and procs["101"]["container_id"] == PODMAN_ID
         assert "1" not in procs   # the host's init is not a container process
 
-        _wait(lambda: any(p.endswith("/events") for p in eng.requests))
+        wait_until(lambda: any(p.endswith("/events") for p in eng.requests))
         for i, action in enumerate(("create", "start")):
             eng.emit(engine_event(action, DOCKER_ID, "oneshot", 1795805000 + i))
-        first = _wait(lambda: oq.events("container_events"))
+        first = wait_until(lambda: oq.events("container_events"))
         got = [r.columns["action"] for r in first]
         # both may arrive in one call or two; none may repeat
         if len(got) < 2:
-            got += [r.columns["action"] for r in _wait(lambda: oq.events("container_events"))]
+            got += [r.columns["action"] for r in wait_until(lambda: oq.events("container_events"))]
         assert got == ["create", "start"]
         assert oq.events("container_events") == []
         eng.emit(engine_event("died", DOCKER_ID, "oneshot", 1795805001, exit_code="3"))
         eng.emit(engine_event("remove", DOCKER_ID, "oneshot", 1795805002))
-        more = _wait(lambda: oq.events("container_events"))
+        more = wait_until(lambda: oq.events("container_events"))
         if len(more) < 2:
-            more += _wait(lambda: oq.events("container_events"))
+            more += wait_until(lambda: oq.events("container_events"))
         assert [(r.columns["action"], r.columns["exit_code"]) for r in more] == [("die", "3"), ("destroy", "")]
         assert all(r.action == "added" for r in more)
         assert oq.events("container_events") == []
@@ -95,9 +85,9 @@ def test_cursors_survive_restart_via_state_store(lab, tmp_path: Path) -> None:
     sockdir, eng, env = lab
     store = StateStore(tmp_path / "s.db")
     with DirectOsquery(sockdir / "osquery.em", host="n", extension_env=env) as oq:
-        _wait(lambda: any(p.endswith("/events") for p in eng.requests))
+        wait_until(lambda: any(p.endswith("/events") for p in eng.requests))
         eng.emit(engine_event("create", DOCKER_ID, "x", 1795805100))
-        assert [r.columns["action"] for r in _wait(lambda: oq.events("container_events"))] == ["create"]
+        assert [r.columns["action"] for r in wait_until(lambda: oq.events("container_events"))] == ["create"]
         oq.save_cursors(store)
         uuid = oq.uuid
         # the extension dies (kill -9): the next call restarts and re-registers it
@@ -109,9 +99,9 @@ def test_cursors_survive_restart_via_state_store(lab, tmp_path: Path) -> None:
     # runtime replays it to the new extension
     with DirectOsquery(sockdir / "osquery.em", host="n", extension_env=env) as oq2:
         oq2.load_cursors(store)
-        _wait(lambda: sum(p.endswith("/events") for p in eng.requests) >= 3)
+        wait_until(lambda: sum(p.endswith("/events") for p in eng.requests) >= 3)
         eng.emit(engine_event("start", DOCKER_ID, "x", 1795805101))
-        rows = _wait(lambda: oq2.events("container_events"))
+        rows = wait_until(lambda: oq2.events("container_events"))
         assert "create" not in [r.columns["action"] for r in rows]
         assert [r.columns["action"] for r in rows][-1] == "start"
     store.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_hosts import (DOCKER_ID, K8S_ID, PODMAN_ID, FakeEngine, add_process, engine_event,
+from fake_hosts import (DOCKER_ID, wait_until, K8S_ID, PODMAN_ID, FakeEngine, add_process, engine_event,
                         make_proc, podman_container)
 from osquery_ext import events, proc_connector, tables
 from osquery_ext.runtimes import (ContainerMeta, Runtimes, meta_from_api, mounts_flags,
@@ -389,27 +389,18 @@ def test_listener_buffers_dedups_and_reconnects(sockdir):
         for a in ("create", "start", "died", "remove"):
             eng.emit(engine_event(a, PODMAN_ID, "short-lived", 100))
         eng.emit(engine_event("create", PODMAN_ID, "short-lived", 100))  # duplicate: dropped
-        _wait(lambda: len(buf) >= 4)
+        wait_until(lambda: len(buf) >= 4, 5.0, 0.05)
         time.sleep(0.2)
         assert [r["action"] for r in buf.snapshot()] == ["create", "start", "die", "destroy"]
         assert rt.lookup(PODMAN_ID).name == "short-lived"
         eng.stop()  # runtime restarts
         eng = FakeEngine(path).start()
         eng.emit(engine_event("create", DOCKER_ID, "after-restart", 101))
-        _wait(lambda: len(buf) >= 5, 10)
+        wait_until(lambda: len(buf) >= 5, 10, 0.05)
         assert buf.snapshot()[-1]["container_id"] == DOCKER_ID
     finally:
         lst.stop()
         eng.stop()
-
-
-def _wait(cond, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 # -- proc connector ------------------------------------------------------------------------------
