@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test venv podman lint-zeek bench clean zeek-data
+.PHONY: demo test venv podman lint-zeek btest bench clean zeek-data
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -22,9 +22,15 @@ podman:
 	@bash .ci/setup-podman.sh || echo "podman set-up failed: podman tests will be skipped"
 
 # The whole suite: unit, Thrift (osqueryd emulation), Zeek script parse, fixtures end to end,
-# and real podman containers where podman is available.
+# real podman containers where podman is available, and the btest suite on real Zeek
+# (tests/test_zeek_package.py runs it; skipped only when `zeek` is not on PATH, and
+# STOWAWAY_REQUIRE_ZEEK=1, set by .ci/run when it installed Zeek, turns that skip into a failure).
 test: $(STAMP) podman
 	$(PY) -m pytest -q -ra tests
+
+# The btest suite alone (needs zeek and zeek-cut on PATH; btest-diff comes from the venv).
+btest: $(STAMP)
+	cd testing && PATH="$(abspath $(VENV))/bin:$$PATH" btest -c btest.cfg -j 2
 
 lint-zeek: $(STAMP)
 	$(PY) -m pytest -q tests/test_zeek_package.py

@@ -1,12 +1,14 @@
 """The Zeek package without Zeek: every script parses (zeekscript), zkg.meta is complete, the
 Zeek input files say exactly what the Python indicator module says, the built-in subnets match
 container_subnets.tsv, the btest pcaps come from their generator, and btest runs where Zeek is
-installed (skipped with the reason elsewhere)."""
+installed (skipped with the reason elsewhere; a failure when STOWAWAY_REQUIRE_ZEEK=1) and fails
+when a baseline changes."""
 from __future__ import annotations
 
 import configparser
 import importlib.util
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -257,11 +259,52 @@ def test_every_btest_has_baseline() -> None:
             assert (TESTING / "Traces" / trace).is_file(), trace
 
 
-@pytest.mark.skipif(shutil.which("zeek") is None,
-                    reason="zeek is not on PATH (cannot be installed here); btest runs in CI "
-                           "images that have Zeek")
+def _zeek_or_skip() -> None:
+    """Skip only where Zeek is truly absent. CI (.ci/run) installs Zeek and sets
+    STOWAWAY_REQUIRE_ZEEK=1, which turns a missing zeek into a failure instead."""
+    missing = [b for b in ("zeek", "zeek-cut") if shutil.which(b) is None]
+    if not missing:
+        return
+    if os.environ.get("STOWAWAY_REQUIRE_ZEEK") == "1":
+        pytest.fail(f"STOWAWAY_REQUIRE_ZEEK=1 but {', '.join(missing)} not on PATH")
+    pytest.skip(f"{', '.join(missing)} not on PATH: install Zeek >= 6.0 to run the btest suite")
+
+
+def run_btest(testing: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """btest from the venv, with the venv's bin first on PATH: the tests call btest-diff,
+    which pip installs next to btest, not on the system PATH."""
+    bindir = Path(sys.executable).parent
+    btest = shutil.which("btest", path=str(bindir)) or shutil.which("btest")
+    assert btest, "btest is not installed (pip install btest)"
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("TEST_DIFF_CANONIFIER", None)
+    return subprocess.run([btest, "-c", "btest.cfg", *args], cwd=testing, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_btest_suite() -> None:
-    btest = shutil.which("btest") or str(Path(sys.executable).with_name("btest"))
-    res = subprocess.run([btest, "-c", "btest.cfg", "-d"], cwd=TESTING, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    _zeek_or_skip()
+    res = run_btest(TESTING, "-d", "-j", "2")
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-4000:]
+    assert "failed" not in res.stdout + res.stderr, res.stdout[-6000:] + res.stderr[-4000:]
+
+
+def test_btest_fails_on_changed_baseline(tmp_path: Path) -> None:
+    """A baseline that no longer matches Zeek's output fails the suite: one line of a copy of
+    the http_host baseline is perturbed and btest must report the test as failed."""
+    _zeek_or_skip()
+    copy = tmp_path / "testing"
+    shutil.copytree(TESTING, copy, ignore=shutil.ignore_patterns(".tmp", ".btest.failed.dat",
+                                                                 "scenarios"))
+    # The copy's PACKAGE path (testing/../zeek_scripts) must still reach the package.
+    (tmp_path / "zeek_scripts").symlink_to(SCRIPTS)
+    base = copy / "Baseline" / "tests.http_host" / "geo.out"
+    ok = run_btest(copy, "tests.http_host")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    text = base.read_text()
+    perturbed = text.replace("\tipinfo\t", "\tipinfo-perturbed\t", 1)
+    assert perturbed != text, f"{base}: no ipinfo row to perturb"
+    base.write_text(perturbed)
+    bad = run_btest(copy, "tests.http_host")
+    assert bad.returncode != 0, bad.stdout + bad.stderr
+    assert "tests.http_host ... failed" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
