@@ -38,6 +38,8 @@ import threading
 import time
 from typing import IO, Any, Callable
 
+from osquery_ext import stdio_sockets  # stdlib-only like cgroup: fine in the capture process
+
 log = logging.getLogger(__name__)
 
 NETLINK_CONNECTOR = 11
@@ -169,7 +171,8 @@ def capture_exec(pid: int, attribute: Attribute, proc: str = "/proc",
         except (ValueError, IndexError):
             pass
     return {"t": tns, "pid": pid, "ppid": ppid, "uid": uid, "comm": comm,
-            "argv": split_cmdline(cmd_raw or b""), "exe": exe, "att": att}
+            "argv": split_cmdline(cmd_raw or b""), "exe": exe, "att": att,
+            "sock": stdio_sockets.capture(pid, proc)}  # reverse shell / raw socket evidence
 
 
 def build_row(rec: dict[str, Any], classify: Classify, lookup: Lookup | None) -> dict[str, str]:
@@ -191,6 +194,7 @@ def build_row(rec: dict[str, Any], classify: Classify, lookup: Lookup | None) ->
         "container_name": cname, "image": image, "runtime": att.get("runtime", ""),
         "location_discovery": "1" if cls.get("location_discovery") else "0",
         "indicator": str(cls.get("indicator") or ""), "tool": str(cls.get("tool") or ""),
+        **{k: str((rec.get("sock") or {}).get(k, "")) for k in stdio_sockets.COLUMNS},
     }
 
 
@@ -247,6 +251,24 @@ def _raise_priority() -> None:
         pass
 
 
+#: How long the capture waits for its probe's exec event before it reports "unavailable".
+PROBE_TIMEOUT_S = 3.0
+
+
+def start_probe() -> subprocess.Popen | None:
+    """Exec one trivial process (`true`) whose exec event proves the subscription delivers.
+
+    Popen returns only after the child's execve succeeded, so the event is already queued on the
+    socket; `true` exits at once, so nothing blocks on it. None when no `true` can be run."""
+    for cmd in (["true"], ["/bin/true"], [sys.executable, "-S", "-c", ""]):
+        try:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        except OSError:
+            continue
+    return None
+
+
 def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = True) -> int:
     """The capture process: status line first, then one JSON line per container exec."""
     out = out or sys.stdout
@@ -270,9 +292,12 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
     probe_pid = 0
     probe_proc = None
     if probe:  # silence is how the kernel says "not here" (e.g. another network namespace)
-        probe_proc = subprocess.Popen(["/bin/sh", "-c", "exec sleep 0.2"])
+        probe_proc = start_probe()
+        if probe_proc is None:
+            emit({"status": "unavailable", "reason": "cannot run the exec probe (true)"})
+            return 5
         probe_pid = probe_proc.pid
-    probe_deadline = time.monotonic() + 3.0
+    probe_deadline = time.monotonic() + PROBE_TIMEOUT_S
     if not probe:
         emit({"status": "running"})
     overruns = 0
@@ -285,6 +310,8 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
             emit({"status": "unavailable", "reason": "subscribed but no exec events arrive "
                   "(not the initial network namespace?)"})
             return 3
+        if probe_proc is not None and probe_proc.poll() is not None:
+            probe_proc = None  # reaped; never waited on in the loop (the exit is immediate)
         if not ready:
             if os.getppid() != parent:
                 return 0
@@ -302,9 +329,7 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
             if what != PROC_EVENT_EXEC:
                 continue
             if probe_pid and tgid == probe_pid:
-                probe_pid = 0
-                if probe_proc is not None:
-                    probe_proc.wait()
+                probe_pid = 0  # proven: the kernel delivers our own exec, so it delivers all
                 emit({"status": "running"})
                 continue
             try:
@@ -323,7 +348,8 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
 class ProcConnector(threading.Thread):
     """Runs the capture process and turns its records into buffered rows.
 
-    `status`: starting / running / unavailable / stopped; `ready` is set once it is known.
+    `status`: starting / running / unavailable / stopped; `ready` is set once it is known:
+    "running" only after the capture process saw the exec event of its own probe.
     """
 
     def __init__(self, buffer: Any, classify: Classify, lookup: Lookup | None = None,
@@ -341,6 +367,11 @@ class ProcConnector(threading.Thread):
         self.overruns = 0
         self._child: subprocess.Popen | None = None
         self._stop_evt = threading.Event()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the capture proved it receives execs or gave up (True), or `timeout`
+        passed first (False). The extension calls this before it registers its tables."""
+        return self.ready.wait(max(timeout, 0.0))
 
     def unavailable(self, why: str) -> None:
         if self.status != "unavailable":

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from osquery import STRING, INTEGER, TableColumn, TablePlugin
 
+from osquery_ext import stdio_sockets
 from osquery_ext.events import RingBuffer
 from osquery_ext.runtimes import ContainerMeta, Runtimes
 
@@ -44,7 +45,8 @@ COLUMNS: dict[str, list[TableColumn]] = {
         T("container_id", STRING), T("runtime", STRING), T("pod_uid", STRING),
         T("netns", STRING), T("container_name", STRING), T("image", STRING),
         T("cgroup_path", STRING), T("location_discovery", INTEGER), T("indicator", STRING),
-        T("tool", STRING)],
+        T("tool", STRING), T("stdio_socket", STRING), T("stdio_remote", STRING),
+        T("raw_sockets", STRING)],
     "container_inventory": [
         T("id", STRING), T("name", STRING), T("image", STRING), T("image_id", STRING),
         T("state", STRING), T("created", INTEGER), T("started", INTEGER),
@@ -62,7 +64,8 @@ COLUMNS: dict[str, list[TableColumn]] = {
         T("uid", INTEGER), T("name", STRING), T("cmdline", STRING), T("path", STRING),
         T("container_id", STRING), T("container_name", STRING), T("image", STRING),
         T("runtime", STRING), T("location_discovery", INTEGER), T("indicator", STRING),
-        T("tool", STRING)],
+        T("tool", STRING), T("stdio_socket", STRING), T("stdio_remote", STRING),
+        T("raw_sockets", STRING)],
     "container_sockets": [
         T("container_id", STRING), T("pid", INTEGER), T("netns", STRING),
         T("protocol", STRING), T("family", INTEGER), T("local_address", STRING),
@@ -331,6 +334,7 @@ def generate_container_processes(src: Sources, context: Any = None) -> list[dict
     proc = src.proc
     boot = _boot_time(proc)
     rows = []
+    probe = stdio_sockets.Probe(proc)   # stdio / raw sockets (misuse rules), netns read once
     for pid, att, _raw in scan_containers(src, want):
         base = f"{proc}/{pid}"
         stat = _read(base + "/stat")
@@ -351,14 +355,16 @@ def generate_container_processes(src: Sources, context: Any = None) -> list[dict
             ppid, start = "", 0
         argv = tuple(p.decode("utf-8", "backslashreplace") for p in cmd.rstrip(b"\0").split(b"\0")) if cmd else ()
         cls = src.classify_argv(argv) if argv else {}
+        netns = _netns(proc, pid)
         rows.append({
             "pid": pid, "ppid": ppid, "name": comm, "path": exe, "cmdline": " ".join(argv),
             "uid": _uid_from_status(status), "start_time": str(start),
             "container_id": att["container_id"], "runtime": att.get("runtime", ""),
-            "pod_uid": att.get("pod_uid", ""), "netns": _netns(proc, pid),
+            "pod_uid": att.get("pod_uid", ""), "netns": netns,
             "container_name": "", "image": "", "cgroup_path": att.get("cgroup_path", ""),
             "location_discovery": "1" if cls.get("location_discovery") else "0",
             "indicator": str(cls.get("indicator") or ""), "tool": str(cls.get("tool") or ""),
+            **probe.columns(pid, netns),
         })
     _fill_names(src, rows, "container_id")
     return rows

@@ -85,3 +85,27 @@ def test_parse_inodes_skips_malformed_lines() -> None:
             "garbage\n")
     assert ss.parse_inodes(text, "packet") == {777}
     assert ss.raw_socket_kinds({777, 5}, {"packet": {777}, "raw": {9}}) == "packet"
+
+
+def test_exec_capture_row_carries_stdio_remote() -> None:
+    """The exec-event path (proc_connector.exec_row) fills the same columns at exec time."""
+    from osquery_ext import proc_connector
+
+    srv = _listener()
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    peer, _ = srv.accept()
+    proc = subprocess.Popen(["sh", "-c", "sleep 30"], stdin=cli.fileno(), stdout=cli.fileno(),
+                            stderr=cli.fileno())
+    try:
+        row = proc_connector.exec_row(proc.pid, lambda _cg: {"container_id": "c" * 64},
+                                      lambda argv: {}, None)
+        assert row is not None
+        assert row["stdio_socket"] == "0,1,2"
+        assert row["stdio_remote"] == f"tcp 127.0.0.1:{port}"
+        assert row["raw_sockets"] == ""
+    finally:
+        proc.kill()
+        proc.wait()
+        for s in (cli, peer, srv):
+            s.close()

@@ -26,13 +26,15 @@ from osquery_ext.runtimes import (ContainerMeta, Runtimes, meta_from_api, mounts
 
 CONTRACT_COLUMNS = {
     "container_processes": "pid ppid name path cmdline uid start_time container_id runtime pod_uid "
-                           "netns container_name image cgroup_path location_discovery indicator tool",
+                           "netns container_name image cgroup_path location_discovery indicator tool "
+                           "stdio_socket stdio_remote raw_sockets",
     "container_inventory": "id name image image_id state created started ip_addresses networks "
                            "privileged network_mode pid_mode ipc_mode runtime_socket_mounted "
                            "host_root_mounted labels pod_name pod_namespace pid runtime source",
     "container_events": "time time_nano action container_id name image exit_code runtime",
     "container_process_events": "time time_nano pid ppid uid name cmdline path container_id "
-                                "container_name image runtime location_discovery indicator tool",
+                                "container_name image runtime location_discovery indicator tool "
+                                "stdio_socket stdio_remote raw_sockets",
     "container_sockets": "container_id pid netns protocol family local_address local_port "
                          "remote_address remote_port state",
 }
