@@ -43,6 +43,9 @@ EXTENSION_VERSION = "0.1.0"
 SDK_VERSION = "5.0.0"
 MIN_SDK_VERSION = "1.8.0"
 DEFAULT_MANAGER_SOCKET = "/var/osquery/osquery.em"
+#: Upper bound on the wait for the exec capture before registering; above the capture's own probe
+#: timeout (3 s), under osqueryd's recommended --extensions_timeout (10 s).
+DEFAULT_CAPTURE_WAIT = 5.0
 
 
 class ExtensionFailure(Exception):
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-proc-connector", action="store_true",
                    default=env("STOWAWAY_NO_PROC_CONNECTOR", "") not in ("", "0"),
                    help="do not subscribe to the kernel process-event connector")
+    s.add_argument("--capture-wait", type=float,
+                   default=float(env("STOWAWAY_CAPTURE_WAIT", DEFAULT_CAPTURE_WAIT)),
+                   help="seconds to wait for the exec capture to prove it works before the "
+                        "tables are registered anyway (env STOWAWAY_CAPTURE_WAIT, default "
+                        "%(default)s)")
     s.add_argument("--proc", default=env("STOWAWAY_PROC", "/proc"), help=argparse.SUPPRESS)
     return p
 
@@ -117,6 +125,27 @@ def start_background(src: tables.Sources, args: argparse.Namespace) -> list[Any]
         src.connector = pc
         workers.append(pc)
     return workers
+
+
+def await_exec_capture(connector: Any, timeout_s: float) -> str:
+    """Wait (bounded) until the exec capture has proven it receives exec events.
+
+    Why before registration: osqueryd may query the tables, and a one-shot container may start,
+    the moment the registration is answered; an exec capture still starting then misses that
+    container's execs for good. Returns the capture's status ("running", "unavailable", ...),
+    "off" without a connector, or "unverified" when `timeout_s` passed first (then the tables are
+    registered anyway, with one warning, as when the connector is unavailable)."""
+    if connector is None:
+        return "off"
+    t0 = time.monotonic()
+    if not connector.wait_ready(timeout_s):
+        log.warning("exec capture not verified within %gs; registering anyway: "
+                    "container_process_events may miss execs until it runs", timeout_s)
+        return "unverified"
+    if connector.status == "running":
+        log.info("exec capture verified in %.0f ms (saw its own probe exec); registering",
+                 (time.monotonic() - t0) * 1000)
+    return str(connector.status)
 
 
 def manager_client(path: str, timeout_s: float) -> tuple[Any, TTransport.TTransportBase]:
@@ -209,16 +238,19 @@ class ExtensionProcess:
         self.server_path = ""
         self._exiting = threading.Lock()
 
-    def exit(self, code: int, why: str) -> None:
-        """Stop listeners, remove our socket and leave (os._exit: the server blocks main)."""
-        if not self._exiting.acquire(blocking=False):
-            return
-        log.info("stowaway extension exiting: %s", why)
+    def _stop_workers(self) -> None:
         for w in self.workers:
             try:
                 w.stop()
             except Exception:
                 pass
+
+    def exit(self, code: int, why: str) -> None:
+        """Stop listeners, remove our socket and leave (os._exit: the server blocks main)."""
+        if not self._exiting.acquire(blocking=False):
+            return
+        log.info("stowaway extension exiting: %s", why)
+        self._stop_workers()
         if self.server_path:
             try:
                 os.unlink(self.server_path)
@@ -243,13 +275,20 @@ class ExtensionProcess:
         args = self.args
         if args.unknown:
             log.debug("ignoring flags not meant for this extension: %s", " ".join(args.unknown))
-        client, _transport = connect(args.socket, args.timeout)
         self.sources = build_sources(args)
         tables.bind(self.sources)
-        uuid = register(client)
+        # Listeners and the exec capture first (their start-up overlaps the wait for the
+        # manager), and the capture verified, so that no exec is missed once osqueryd can query.
+        self.workers = start_background(self.sources, args)
+        try:
+            client, _transport = connect(args.socket, args.timeout)
+            await_exec_capture(self.sources.connector, args.capture_wait)
+            uuid = register(client)
+        except ExtensionFailure:
+            self._stop_workers()
+            raise
         self.server_path = f"{args.socket}.{uuid}"
         log.info("registered as %s (uuid %d), serving %s", EXTENSION_NAME, uuid, self.server_path)
-        self.workers = start_background(self.sources, args)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda s, f: self.exit(0, f"signal {s}"))
         threading.Thread(target=self.watch, args=(client,), name="manager-watch",

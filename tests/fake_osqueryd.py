@@ -37,6 +37,9 @@ class ManagerHandler(ExtensionManager.Iface):
         self._next = 1000
         self.lock = threading.Lock()
         self.event = threading.Event()
+        #: called with the uuid inside registerExtension, before the reply goes out: the first
+        #: moment osqueryd could route a query to the extension's tables
+        self.on_register: Any = None
 
     # Extension service methods (the manager is also an extension)
     def ping(self) -> ExtensionStatus:
@@ -67,6 +70,8 @@ class ManagerHandler(ExtensionManager.Iface):
             self._next += 1
             uuid = self._next
             self.registered[uuid] = (info, registry)
+        if self.on_register is not None:
+            self.on_register(uuid)
         self.event.set()
         return ExtensionStatus(code=0, message="OK", uuid=uuid)
 

@@ -13,6 +13,7 @@ sets them): a fake /proc and a fake Engine-API runtime, so the rows have known r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -229,3 +230,139 @@ def test_shutdown_request_from_osquery(sockdir):
     finally:
         _stop(ext)
         manager.stop()
+
+
+def _podman_reason() -> str | None:
+    from test_podman_ext import _REASON
+    return _REASON
+
+
+def _fifo_reader_pid(fifo: Path, pid: int) -> bool:
+    """True once process `pid` has the trigger FIFO open (its `read` is then blocked on it)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd_dir / fd).endswith("/" + fifo.name) for fd in os.listdir(fd_dir))
+    except OSError:
+        return False
+
+
+@pytest.mark.podman
+def test_exec_right_after_registration_is_captured(sockdir, tmp_path):
+    """Issue 10 item 4: once osqueryd sees the tables, no exec is missed.
+
+    A `--rm` container waits on a FIFO; the fake osqueryd writes to it inside registerExtension,
+    before the registration reply reaches the extension, so the container's wget is exec'd at the
+    first moment osqueryd could query the tables. The exec capture must already be running and
+    verified by then. (Before the fix the capture started only after registration and the wget
+    was never in container_process_events.)"""
+    reason = _podman_reason()
+    if reason:
+        pytest.skip(reason)
+    from test_podman_ext import IMAGE, podman, unique
+    name = unique("startup")
+    trig = tmp_path / "trigger"
+    trig.mkdir()
+    fifo = trig / "go"
+    os.mkfifo(fifo)
+    # O_RDWR: the container's open of the FIFO for reading returns at once, and its `read`
+    # blocks until the fake osqueryd writes.
+    wfd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    manager = FakeOsqueryd(sockdir).start()
+    ext = None
+    try:
+        cid = podman("run", "-d", "--rm", "--name", name, "--network", "none",
+                     "-v", f"{trig}:/t", IMAGE, "sh", "-c",
+                     "read x < /t/go; exec wget -qO- http://ipinfo.io/")
+        pid = int(podman("inspect", "-f", "{{.State.Pid}}", cid))
+        wait_until(lambda: _fifo_reader_pid(fifo, pid), 20, 0.05)
+        fired: list[float] = []
+
+        def trigger(_uuid: int) -> None:
+            os.write(wfd, b"go\n")
+            fired.append(time.monotonic())
+
+        manager.handler.on_register = trigger
+        ext = start_extension(manager.path, extra=["--verbose"],
+                              env={"STOWAWAY_RUNTIME_SOCKETS": "none"})
+        uuid, _info, _reg = manager.wait_registered(30)
+        assert fired, "registration did not fire the trigger"
+        client = manager.client(uuid)
+        try:
+            def wget_rows() -> list[dict]:
+                rows = client.generate("container_process_events",
+                                       [constraint("container_id", EQ, cid, "TEXT")]).response
+                return [r for r in rows if "ipinfo.io" in r["cmdline"]]
+            # the wget fails at once (no network) and the --rm container goes; its row is
+            # buffered well before that
+            wait_until(lambda: subprocess.run(["podman", "container", "exists", name]
+                                              ).returncode != 0, 30, 0.2)
+            try:
+                rows = wait_until(wget_rows, 5, 0.1)
+            except AssertionError:
+                rows = []
+        finally:
+            client.close()
+        assert rows, "the wget exec'd right after registration is not in container_process_events"
+        r = rows[0]
+        assert r["cmdline"] == "wget -qO- http://ipinfo.io/"
+        assert r["location_discovery"] == "1" and r["indicator"] == "ipinfo.io"
+        assert r["container_id"] == cid
+    finally:
+        os.close(wfd)
+        podman("rm", "-f", "-t", "0", name, check=False)
+        if ext is not None:
+            _rc, err = _stop(ext)
+            assert "Traceback" not in err, err
+        manager.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a private network namespace")
+def test_registers_anyway_when_capture_cannot_work(sockdir):
+    """Outside the initial network namespace the kernel refuses (or silently never delivers)
+    process events: the extension must still register, after one clear warning."""
+    from fake_osqueryd import extension_command
+    manager = FakeOsqueryd(sockdir).start()
+    t0 = time.monotonic()
+    ext = subprocess.Popen(["unshare", "-n", *extension_command(), "--socket", manager.path,
+                            "--timeout", "3", "--interval", "3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, "STOWAWAY_RUNTIME_SOCKETS": "none"})
+    try:
+        uuid, info, _reg = manager.wait_registered(20)
+        assert info.name == "stowaway"
+        c = manager.client(uuid)
+        pev = c.generate("container_process_events")
+        c.close()
+        assert pev.status.code == 0 and pev.response == []
+    finally:
+        _rc, err = _stop(ext)
+        manager.stop()
+    assert err.count("process-event connector unavailable") == 1, err
+    assert "Traceback" not in err
+
+
+class _NeverReady:
+    status = "starting"
+
+    def wait_ready(self, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+
+class _Ready:
+    status = "running"
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+
+def test_capture_wait_is_bounded(caplog):
+    from osquery_ext.extension import await_exec_capture
+    with caplog.at_level("INFO", logger="stowaway.extension"):
+        assert await_exec_capture(_NeverReady(), 0.05) == "unverified"
+        assert await_exec_capture(_Ready(), 0.05) == "running"
+        assert await_exec_capture(None, 5) == "off"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not verified within 0.05s" in warnings[0].getMessage()
+    assert any("exec capture verified" in r.getMessage() for r in caplog.records)
