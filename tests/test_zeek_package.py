@@ -6,8 +6,10 @@ when a baseline changes."""
 from __future__ import annotations
 
 import configparser
+import gzip
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "zeek_scripts"
 ZEEK_DATA = SCRIPTS / "data"
 TESTING = ROOT / "testing"
+SCENARIOS = TESTING / "Traces" / "scenarios"
 SHARED_FILES = ("geo_services.tsv", "metadata_endpoints.tsv", "container_subnets.tsv")
 
 
@@ -237,13 +240,18 @@ def test_address_map_header() -> None:
 
 # -- btest material --------------------------------------------------------------------------
 
+def _load_module(name: str, path: Path):
+    """A helper script of testing/ (not a package) imported by path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_traces_come_from_generator(tmp_path: Path) -> None:
     """The committed pcaps are exactly what testing/Traces/make_traces.py builds."""
-    spec = importlib.util.spec_from_file_location("make_traces",
-                                                  TESTING / "Traces" / "make_traces.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = _load_module("make_traces", TESTING / "Traces" / "make_traces.py")
     assert mod.main(["make_traces", str(tmp_path)]) == 0
     for name in mod.TRACES:
         assert (tmp_path / name).read_bytes() == (TESTING / "Traces" / name).read_bytes(), name
@@ -257,6 +265,73 @@ def test_every_btest_has_baseline() -> None:
             assert base.is_file(), base
         for trace in re.findall(r"\$TRACES/(\S+)", text):
             assert (TESTING / "Traces" / trace).is_file(), trace
+        for trace in re.findall(r"\$SCENARIOS/(\S+)", text):
+            assert (SCENARIOS / trace).is_file(), trace
+        for script in re.findall(r"\$SCRIPTS/(\S+)", text):
+            assert (TESTING / "scripts" / script).is_file(), script
+
+
+FIXTURE_SCENARIOS = ROOT.parent / "shared" / "fixtures" / "container-scenarios"
+
+
+@pytest.mark.skipif(not FIXTURE_SCENARIOS.is_dir(), reason="no ../shared fixtures in this clone")
+@pytest.mark.parametrize("scenario", ("benign", "benign_long", "churn", "drift", "geo_lookup"))
+def test_vendored_scenarios_match_fixtures(scenario: str) -> None:
+    """The btests' scenario pcaps are the fixture captures, and the labels and address maps
+    are what vendor.py derives from the fixture's ground truth and containers.json."""
+    vendor = _load_module("vendor", SCENARIOS / "vendor.py")
+    src = FIXTURE_SCENARIOS / scenario
+    assert gzip.decompress((SCENARIOS / f"{scenario}.pcap.gz").read_bytes()) == \
+        vendor.pcap_bytes(src)
+    containers = json.loads((src / "containers.json").read_text())
+    assert (SCENARIOS / f"{scenario}.addresses.tsv").read_text() == \
+        vendor.tsv(vendor.ADDRESS_FIELDS, vendor.address_rows(containers))
+    truth = json.loads((src / "ground_truth.json").read_text())
+    _, rows = read_like_zeek(SCENARIOS / "labels.tsv")
+    mine = [tuple(r) for r in rows if r[0] == scenario]
+    # drift's actions are behaviour drift, not location discovery: no labelled lookups.
+    assert mine == (vendor.evidence_rows(scenario, truth) if scenario in vendor.LABELLED else [])
+
+
+def test_labels_cover_the_ground_truth() -> None:
+    """geo_lookup's 7 actions and churn's 40 containers are all labelled."""
+    names, rows = read_like_zeek(SCENARIOS / "labels.tsv")
+    labels = [dict(zip(names, r)) for r in rows]
+    geo = {r["action"] for r in labels if r["scenario"] == "geo_lookup"}
+    assert geo == {f"A{i}" for i in range(1, 8)}
+    churn = [r for r in labels if r["scenario"] == "churn"]
+    assert len({r["container_ip"] for r in churn}) == 40
+    assert {r["host"] for r in churn} == {"checkip.amazonaws.com"}
+
+
+def _fake_logs(tmp_path: Path, labels: list[dict[str, str]], drop: int | None) -> tuple[Path, Path]:
+    """container_geo.log / notice.log as the package writes them for ``labels`` (one notice
+    per row), without the row ``drop``."""
+    geo = ["#fields\tts\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tmethod\tservice\thost"
+           "\tcontainer_id\tcontainer_name\timage"]
+    notice = ["#fields\tts\tnote\tsrc\tmsg"]
+    for i, r in enumerate(labels):
+        if i == drop:
+            continue
+        ts = f"{1000 + i}.0"
+        geo.append("\t".join((ts, r["container_ip"], r["orig_p"], r["resp_h"], r["resp_p"],
+                              r["method"], "svc", r["host"], "-", "-", "-")))
+        notice.append("\t".join((ts, "Stowaway::Container_Geo_Lookup", r["container_ip"],
+                                 f"container {r['container_ip']} looked up its location via svc (x)")))
+    (tmp_path / "g.log").write_text("\n".join(geo) + "\n")
+    (tmp_path / "n.log").write_text("\n".join(notice) + "\n")
+    return tmp_path / "g.log", tmp_path / "n.log"
+
+
+def test_label_checker_fails_on_a_missing_row(tmp_path: Path) -> None:
+    checker = _load_module("check_labels", TESTING / "scripts" / "check_labels.py")
+    labels_path = SCENARIOS / "labels.tsv"
+    labels = [r for r in checker.read_zeek_tsv(labels_path) if r["scenario"] == "geo_lookup"]
+    g, n = _fake_logs(tmp_path, labels, drop=None)
+    assert checker.main([str(labels_path), "geo_lookup", str(g), str(n)]) == 0
+    assert checker.main(["--with-map", str(labels_path), "geo_lookup", str(g), str(n)]) == 1
+    g, n = _fake_logs(tmp_path, labels, drop=3)
+    assert checker.main([str(labels_path), "geo_lookup", str(g), str(n)]) == 1
 
 
 def _zeek_or_skip() -> None:
