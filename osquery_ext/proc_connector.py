@@ -39,6 +39,7 @@ import time
 from typing import IO, Any, Callable
 
 from osquery_ext import stdio_sockets  # stdlib-only like cgroup: fine in the capture process
+from osquery_ext.cmdline import format_cmdline  # stdlib only, like everything the capture runs
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,15 @@ def capture_exec(pid: int, attribute: Attribute, proc: str = "/proc",
         except (ValueError, IndexError):
             pass
     return {"t": tns, "pid": pid, "ppid": ppid, "uid": uid, "comm": comm,
-            "argv": split_cmdline(cmd_raw or b""), "exe": exe, "att": att,
+            "argv": split_cmdline(cmd_raw or b""), "cmdline": format_cmdline(cmd_raw or b""),
+            "exe": exe, "att": att,
             "sock": stdio_sockets.capture(pid, proc)}  # reverse shell / raw socket evidence
 
 
 def build_row(rec: dict[str, Any], classify: Classify, lookup: Lookup | None) -> dict[str, str]:
-    """A container_process_events row from a captured exec record."""
+    """A container_process_events row from a captured exec record. The cmdline column is the
+    capture's rendering of the raw bytes (cmdline.format_cmdline, exact for non-UTF-8 bytes), or
+    the same formatter over argv for records without it."""
     argv = list(rec.get("argv") or [])
     comm = rec.get("comm") or ""
     name = comm
@@ -190,7 +194,8 @@ def build_row(rec: dict[str, Any], classify: Classify, lookup: Lookup | None) ->
     return {
         "time": str(tns // 1_000_000_000), "time_nano": str(tns), "pid": str(rec.get("pid", "")),
         "ppid": str(rec.get("ppid", "")), "uid": str(rec.get("uid", "")), "name": name,
-        "cmdline": " ".join(argv), "path": rec.get("exe") or "", "container_id": cid,
+        "cmdline": rec["cmdline"] if "cmdline" in rec else format_cmdline(argv),
+        "path": rec.get("exe") or "", "container_id": cid,
         "container_name": cname, "image": image, "runtime": att.get("runtime", ""),
         "location_discovery": "1" if cls.get("location_discovery") else "0",
         "indicator": str(cls.get("indicator") or ""), "tool": str(cls.get("tool") or ""),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from osquery_ext.cgroup import CgroupInfo, parse_cgroup
+from osquery_ext.cmdline import format_cmdline as _format_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,9 @@ def read_cmdline(pid: int, proc_root: str = PROC) -> list[str] | None:
     return None if raw is None else decode_cmdline(raw)
 
 
-_PRINTABLE_MAP = {i: f"\\x{i:02x}" for i in range(32)}
-_PRINTABLE_MAP.update({9: "\\t", 10: "\\n", 13: "\\r", 127: "\\x7f"})
-
-
-def format_cmdline(argv: list[str]) -> str:
-    """One printable line (osquery's cmdline column): args joined by spaces, control characters
-    escaped so a newline in ``sh -c`` scripts cannot break a log line."""
-    return " ".join(argv).translate(_PRINTABLE_MAP)
+# The cmdline rendering of every table lives in one place (osquery_ext.cmdline); re-exported here
+# for the readers that import it from procfs.
+format_cmdline = _format_cmdline
 
 
 def read_exe(pid: int, proc_root: str = PROC) -> str | None:

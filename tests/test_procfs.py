@@ -73,7 +73,9 @@ def test_comm_with_parens_and_non_utf8_cmdline(fake_proc: Path) -> None:
     p = procfs.read_container_process(101, str(fake_proc))
     assert p is not None and p.name == "my (odd) name"
     assert p.cmdline == ["sh", "-c", "echo \\xff\\xfe\nsleep 1"]
-    assert format_cmdline(p.cmdline) == "sh -c echo \\xff\\xfe\\nsleep 1"
+    # the column renders the raw bytes: argv boundaries kept, 0xff 0xfe and the newline escaped
+    raw = procfs.read_cmdline_raw(101, str(fake_proc))
+    assert format_cmdline(raw) == "sh -c $'echo \\xff\\xfe\\nsleep 1'"
     assert p.container.runtime == "podman"
 
 

@@ -161,7 +161,8 @@ def test_container_processes_attribution(proc):
     assert rows["200"]["uid"] == "101" and rows["200"]["path"] == "/usr/sbin/nginx"
     assert rows["300"]["container_id"] == K8S_ID
     assert rows["300"]["pod_uid"] == "12345678-1234-1234-1234-123456789abc"
-    assert rows["300"]["cmdline"] == "python3 -c print('\\xff\\xfe')"  # non-UTF-8 kept, escaped
+    # non-UTF-8 bytes kept as \xNN, and the argument with quotes in it ANSI-C quoted
+    assert rows["300"]["cmdline"] == "python3 -c $'print(\\'\\xff\\xfe\\')'"
     assert rows["100"]["ppid"] == "90" and rows["100"]["netns"] == "4026532001"
     tick = os.sysconf("SC_CLK_TCK")
     assert rows["100"]["start_time"] == str(int(1700000000 + 1000 / tick))
@@ -549,3 +550,68 @@ def test_extension_stays_light():
                          cwd=str(Path(__file__).resolve().parents[1]), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+# -- the one cmdline formatter (issue 9 item 6) ----------------------------------------------------
+HOSTILE_ARGV = [
+    b"sh", b"-c",
+    b"echo \x1b]0;owned\x07\x1b[2J\x1b[1;1Hall clear",   # OSC title + clear screen + cursor home
+    b"progress 50%\rdone",                                # CR overwrites the line
+    b"it's \"quoted\" \\ back",                           # quotes and a backslash
+    b"", b"two words", b"caf\xc3\xa9", b"\xff\xfe",        # empty, space, UTF-8, not UTF-8
+    b"\xe2\x80\xaeexe.txt",                               # U+202E RIGHT-TO-LEFT OVERRIDE
+    b"\xc2\x9b31m",                                       # U+009B, the one-character CSI
+]
+
+
+def _no_terminal_controls(text: str) -> bool:
+    """Only printable characters and plain spaces: nothing a terminal would act on."""
+    import unicodedata
+    return all(ch == " " or unicodedata.category(ch)[0] not in "CZ" for ch in text)
+
+
+def test_cmdline_formatter_escapes_controls_and_keeps_boundaries():
+    from osquery_ext.cmdline import format_cmdline
+    shown = format_cmdline(b"\0".join(HOSTILE_ARGV) + b"\0")
+    assert shown == ("sh -c $'echo \\x1b]0;owned\\x07\\x1b[2J\\x1b[1;1Hall clear' "
+                     "$'progress 50%\\rdone' $'it\\'s \"quoted\" \\\\ back' '' 'two words' café "
+                     "$'\\xff\\xfe' $'\\u202eexe.txt' $'\\u009b31m'")
+    assert _no_terminal_controls(shown)
+    # str arguments: the same rendering; a NUL (impossible in /proc, possible in a list) shows
+    assert format_cmdline(["a\x00b", "ok"]) == "$'a\\x00b' ok"
+    assert format_cmdline(["wget", "-qO-", "http://ipinfo.io/"]) == "wget -qO- http://ipinfo.io/"
+    # boundaries: one argument with a space and two arguments differ
+    assert format_cmdline(["sh", "-c", "a b"]) != format_cmdline(["sh", "-c", "a", "b"])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_cmdline_formatter_round_trips_through_a_shell():
+    """Unambiguous: bash reads every rendering back into exactly the original argv bytes."""
+    import subprocess
+    from osquery_ext.cmdline import format_cmdline
+    cases = [HOSTILE_ARGV, [b"x", b"*", b"~", b"#c", b"$(id)", b"`id`", b"a=b", b"-n", b"!x"],
+             [b"'", b"''", b"\\", b"\\x41", b"\n", b"\t", b"\x7f", b"\xc3"]]
+    for argv in cases:
+        shown = format_cmdline(b"\0".join(argv) + b"\0")
+        out = subprocess.run(["bash", "-c", 'eval "set -- $1"; printf "%s\\0" "$@"', "_", shown],
+                             capture_output=True, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+                             check=True).stdout
+        assert out.split(b"\0")[:-1] == argv, shown
+
+
+def test_both_process_tables_render_cmdline_the_same(tmp_path):
+    """container_processes and container_process_events carry the same cmdline for a process
+    (the scheduler joins the two on it), through the same formatter."""
+    proc = make_proc(tmp_path)
+    pod = f"0::/machine.slice/libpod-{PODMAN_ID}.scope\n"
+    add_process(proc, 400, pod, HOSTILE_ARGV, "sh", ppid=100)
+    src = tables.Sources(proc=str(proc), runtimes=None)
+    polled = {r["pid"]: r for r in tables.generate_container_processes(src, None)}["400"]
+    event = proc_connector.exec_row(400, src.attribute_raw_text, src.classify_list, None,
+                                    proc=str(proc))
+    assert event is not None and polled["cmdline"] == event["cmdline"]
+    assert polled["cmdline"].startswith("sh -c $'echo \\x1b]0;owned")
+    assert _no_terminal_controls(event["cmdline"])
+    # a capture record without the rendered column (older capture) gets the same formatter
+    rec = {"t": 1, "pid": 1, "argv": ["sh", "-c", "a\x1bb"], "att": {"container_id": PODMAN_ID}}
+    assert proc_connector.build_row(rec, lambda a: {}, None)["cmdline"] == "sh -c $'a\\x1bb'"
