@@ -1,0 +1,540 @@
+"""Named misuse rules beyond T1614: reverse shells, tunnels, DNS tunnelling, beaconing,
+cryptomining, container escape, unexpected images, raw sockets and spoofed sources.
+
+Why a detector of its own: an anomaly score says "different", an analyst needs "a shell whose
+stdin is a TCP connection to 10.0.0.5:4444". Each rule here names its ATT&CK technique and puts
+host evidence (osquery rows) and network evidence (Zeek records) of one container into one
+`Candidate`, so the AlertAggregator merges them into the same per-container alert as the T1614
+rule. The recognisers are pure (misuse_patterns); this class keeps only the small state some
+rules need: recent connections and processes per container (to attach the other side's
+evidence), connection times per (container, destination) for beaconing, DNS names per
+(container, parent domain) for tunnelling, and the destinations each image is known to contact.
+
+The pipeline calls `process`, `net`, `lifecycle` and `learn`; everything returns candidates.
+"""
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from model.records import LifecycleRecord, NetRecord, ProcessRecord
+
+from scheduler.alerting.alerts import Candidate, ContainerRef
+from scheduler.detect import misuse_patterns as pat
+from scheduler.detect.misuse_config import (
+    MISUSE_RULES, RULE_BEACON, RULE_DNS_TUNNEL, RULE_ESCAPE, RULE_MINER, RULE_NEW_IMAGE,
+    RULE_RAW_SOCKET, RULE_REVERSE_SHELL, RULE_SPOOFED_SOURCE, RULE_TUNNEL, MisuseConfig)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MisuseDetector", "MISUSE_MITRE", "MISUSE_RULES", "beacon_stats"]
+
+_T = lambda t, n, ta, tid: {"technique": t, "name": n, "tactic": ta, "tactic_id": tid}  # noqa: E731
+#: ATT&CK mapping of each named rule (merged into alerts.MITRE).
+MISUSE_MITRE: dict[str, list[dict[str, str]]] = {
+    RULE_REVERSE_SHELL: [_T("T1059.004", "Command and Scripting Interpreter: Unix Shell",
+                            "Execution", "TA0002")],
+    RULE_TUNNEL: [_T("T1572", "Protocol Tunneling", "Command and Control", "TA0011"),
+                  _T("T1090", "Proxy", "Command and Control", "TA0011")],
+    RULE_DNS_TUNNEL: [_T("T1572", "Protocol Tunneling", "Command and Control", "TA0011"),
+                      _T("T1071.004", "Application Layer Protocol: DNS", "Command and Control",
+                         "TA0011")],
+    RULE_BEACON: [_T("T1071", "Application Layer Protocol", "Command and Control", "TA0011")],
+    RULE_MINER: [_T("T1496", "Resource Hijacking", "Impact", "TA0040")],
+    RULE_ESCAPE: [_T("T1611", "Escape to Host", "Privilege Escalation", "TA0004"),
+                  _T("T1610", "Deploy Container", "Defense Evasion", "TA0005")],
+    RULE_NEW_IMAGE: [_T("T1610", "Deploy Container", "Defense Evasion", "TA0005")],
+    RULE_RAW_SOCKET: [_T("T1599", "Network Boundary Bridging", "Defense Evasion", "TA0005"),
+                      _T("T1040", "Network Sniffing", "Credential Access", "TA0006")],
+    RULE_SPOOFED_SOURCE: [_T("T1599", "Network Boundary Bridging", "Defense Evasion",
+                             "TA0005")],
+}
+
+_SEVERITY = {RULE_REVERSE_SHELL: "high", RULE_TUNNEL: "medium", RULE_DNS_TUNNEL: "high",
+             RULE_BEACON: "medium", RULE_MINER: "high", RULE_ESCAPE: "high",
+             RULE_NEW_IMAGE: "low", RULE_RAW_SOCKET: "medium", RULE_SPOOFED_SOURCE: "medium"}
+_TITLE = {RULE_REVERSE_SHELL: "Network-redirected shell (T1059.004)",
+          RULE_TUNNEL: "Tunnel or redirector (T1572/T1090)",
+          RULE_DNS_TUNNEL: "DNS tunnelling (T1572)",
+          RULE_BEACON: "Beaconing (T1071)",
+          RULE_MINER: "Cryptomining (T1496)",
+          RULE_ESCAPE: "Container escape / runtime manipulation (T1611)",
+          RULE_NEW_IMAGE: "Unexpected image (T1610)",
+          RULE_RAW_SOCKET: "Raw/packet socket (T1599)",
+          RULE_SPOOFED_SOURCE: "Spoofed source address (T1599)"}
+
+RECENT_S = 120.0          # how long recent processes/connections are kept to join the sides
+RECENT_MAX = 200          # per container
+STRATUM_STREAMS = ("stratum",)
+_SEEN_MAX = 100_000
+
+
+def _who(c: ContainerRef) -> str:
+    return c.name or c.id[:12] or f"container unknown at {c.address or '?'}"
+
+
+def process_evidence(rec: ProcessRecord, **extra: Any) -> dict[str, Any]:
+    ev = {"side": "host", "kind": "process", "time": round(rec.ts, 6), "pid": rec.pid,
+          "ppid": rec.ppid, "name": rec.name, "path": rec.path, "cmdline": rec.cmdline}
+    ev.update({k: v for k, v in extra.items() if v not in ("", None)})
+    ev["summary"] = (extra.get("summary") or rec.cmdline or rec.name)[:160]
+    return ev
+
+
+def net_evidence(rec: NetRecord, summary: str = "", **extra: Any) -> dict[str, Any]:
+    ev = {"side": "network", "kind": rec.kind, "time": round(rec.ts, 6), "uid": rec.uid,
+          "source.ip": rec.orig_h, "source.port": rec.orig_p, "destination.ip": rec.resp_h,
+          "destination.port": rec.resp_p, "network.transport": rec.proto}
+    if rec.domain:
+        ev["domain"] = rec.domain
+    if rec.kind == "conn" and rec.conn_state:
+        ev["conn_state"] = rec.conn_state
+    ev.update({k: v for k, v in extra.items() if v not in ("", None)})
+    ev["summary"] = (summary or f"{rec.kind} {rec.proto} {rec.resp_h}:{rec.resp_p}")[:160]
+    return ev
+
+
+# -- beaconing maths (pure) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BeaconStats:
+    count: int          # connections
+    period: float       # seconds
+    spread: float       # standard deviation of the per-beat interval
+    cv: float
+    missed: int         # intervals that spanned more than one beat
+
+
+def beacon_stats(times: Iterable[float]) -> BeaconStats | None:
+    """Period and regularity of connection start times. Each interval is divided by the number
+    of beats it spans (round(interval / median)), so one missed beat does not break the series;
+    intervals under half the median (a retry, a second connection of the same beat) are folded
+    into their beat. None with fewer than 3 usable times."""
+    ts = sorted(times)
+    gaps = [b - a for a, b in zip(ts, ts[1:]) if b - a > 0]
+    if len(gaps) < 2:
+        return None
+    med = statistics.median(gaps)
+    if med <= 0:
+        return None
+    per_beat, missed = [], 0
+    carry = 0.0
+    for g in gaps:
+        g += carry
+        if g < 0.5 * med:
+            carry = g
+            continue
+        carry = 0.0
+        k = max(1, round(g / med))
+        missed += k > 1
+        per_beat.extend([g / k] * k)
+    if len(per_beat) < 2:
+        return None
+    mean = statistics.fmean(per_beat)
+    sd = statistics.pstdev(per_beat)
+    return BeaconStats(len(ts), mean, sd, sd / mean if mean else 1.0, missed)
+
+
+# -- destinations -------------------------------------------------------------------------------
+
+def _ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        return None
+
+
+def destination_keys(resp_h: str, resp_p: int, domain: str, internal: bool) -> set[str]:
+    """The names a destination is known by in a baseline: ip, ip:port, the domain, and for a
+    peer inside the container subnets `internal:<port>` (peers change addresses on redeploy)."""
+    keys = {resp_h, f"{resp_h}:{resp_p}"}
+    if domain:
+        keys.add(domain.lower())
+    if internal:
+        keys.add(f"internal:{resp_p}")
+    return keys
+
+
+def allow_entry_matches(entry: str, resp_h: str, resp_p: int, domain: str) -> bool:
+    """One beacon_allow entry: domain (and its subdomains), IP, ip:port, *:port or CIDR."""
+    e = entry.strip().lower()
+    if not e:
+        return False
+    if e.startswith("*:"):
+        return e[2:] == str(resp_p)
+    if "/" in e:
+        ip = _ip(resp_h)
+        try:
+            return ip is not None and ip in ipaddress.ip_network(e, strict=False)
+        except ValueError:
+            return False
+    if e in (resp_h, f"{resp_h}:{resp_p}"):
+        return True
+    d = domain.lower()
+    return bool(d) and (d == e or d.endswith("." + e))
+
+
+def image_matches(pattern: str, image: str) -> bool:
+    return pattern == "*" or fnmatch.fnmatchcase(image, pattern) or image == pattern
+
+
+# -- state --------------------------------------------------------------------------------------
+
+@dataclass
+class _Series:
+    times: deque
+    domain: str = ""
+    flagged_at: float = -1.0
+
+
+@dataclass
+class _DnsGroup:
+    items: deque = field(default_factory=deque)       # (ts, name, qtype, encoded)
+
+
+class MisuseDetector:
+    """See module docstring. `baseline`: image -> destination keys the image contacted in
+    training (beacon exclusions); `internal`: is an address inside the container subnets;
+    `known_address`: did any container ever hold this address (spoofing)."""
+
+    def __init__(self, config: MisuseConfig | None = None,
+                 baseline: dict[str, Iterable[str]] | None = None,
+                 internal: Callable[[str], bool] | None = None,
+                 known_address: Callable[[str], bool] | None = None,
+                 baseline_images: Iterable[str] | None = None) -> None:
+        self.cfg = config or MisuseConfig()
+        self.baseline: dict[str, set[str]] = {k: set(v) for k, v in (baseline or {}).items()}
+        self.baseline_images = set(baseline_images or ())
+        self.internal = internal or (lambda _a: False)
+        self.known_address = known_address or (lambda _a: True)
+        self._procs: dict[str, deque] = {}          # cid -> recent ProcessRecord
+        self._conns: dict[str, deque] = {}          # cid -> recent conn NetRecord
+        self._shell_remotes: dict[str, dict[tuple[str, int], ProcessRecord]] = {}
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        self._names: dict[tuple[str, str], str] = {}    # (cid, ip) -> domain seen for it
+        self._dns: dict[tuple[str, str], _DnsGroup] = {}
+        self._unknown: dict[str, deque] = {}        # source address -> times
+        self._seen: set[tuple] = set()
+        self.learning = False
+        self.learned: dict[str, set[str]] = {}
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _on(self, rule: str, image: str) -> bool:
+        if not self.cfg.enabled(rule):
+            return False
+        return not any(rule in rules and image_matches(pat_, image or "")
+                       for pat_, rules in self.cfg.allow.items())
+
+    def _once(self, key: tuple) -> bool:
+        if key in self._seen:
+            return False
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.clear()
+        self._seen.add(key)
+        return True
+
+    def _cand(self, rule: str, ts: float, host: str, container: ContainerRef, what: str,
+              evidence: list[dict[str, Any]], signature: str = "",
+              details: dict[str, Any] | None = None) -> Candidate:
+        return Candidate(rule=rule, ts=ts, host=host, container=container,
+                         severity=_SEVERITY[rule],
+                         title=f"{_TITLE[rule]} in {_who(container)}: {what}"[:200],
+                         evidence=evidence, signature=signature,
+                         details={"misuse": {"rule": rule, "explanation": what,
+                                             **(details or {})}})
+
+    @staticmethod
+    def _push(d: dict, key: Any, item: Any, ts: float) -> None:
+        q = d.setdefault(key, deque())
+        q.append(item)
+        while q and (len(q) > RECENT_MAX or ts - q[0].ts > RECENT_S):
+            q.popleft()
+
+    # -- host side ------------------------------------------------------------------------------
+    def process(self, cols: dict[str, str], rec: ProcessRecord,
+                container: ContainerRef) -> list[Candidate]:
+        """A container_processes / container_process_events row (`cols`) and its record."""
+        if not rec.container_id:
+            return []
+        self._push(self._procs, rec.container_id, rec, rec.ts)
+        out: list[Candidate] = []
+        host, image, cid = rec.host, container.image or rec.image, rec.container_id
+        cmd, name, path = rec.cmdline, rec.name, rec.path
+
+        remote = pat.parse_remote(cols.get("stdio_remote", ""))
+        if remote and pat.is_shell(name, path, cmd) and self._on(RULE_REVERSE_SHELL, image) \
+                and self._once((RULE_REVERSE_SHELL, cid, rec.pid)):
+            proto, addr, port = remote
+            self._shell_remotes.setdefault(cid, {})[(addr, port)] = rec
+            what = f"{name or pat.program(name, path, cmd)} has stdin/stdout on " \
+                   f"{proto} {addr}:{port} (fds {cols.get('stdio_socket', '')})"
+            ev = [process_evidence(rec, stdio_socket=cols.get("stdio_socket", ""),
+                                   stdio_remote=cols.get("stdio_remote", ""),
+                                   summary=f"{cmd or name} [stdio={proto} {addr}:{port}]")]
+            ev += [net_evidence(c, f"conn {c.proto} {c.resp_h}:{c.resp_p} {c.conn_state}"
+                                   " (the shell's connection)")
+                   for c in self._conns.get(cid, ()) if (c.resp_h, c.resp_p) == (addr, port)
+                   or (c.orig_h, c.orig_p) == (addr, port)]
+            out.append(self._cand(RULE_REVERSE_SHELL, rec.ts, host, container, what, ev,
+                                  signature=f"{addr}:{port}",
+                                  details={"remote": f"{proto} {addr}:{port}"}))
+
+        for rule, fn in ((RULE_TUNNEL, lambda: pat.tunnel_match(cmd)),
+                         (RULE_MINER, lambda: pat.miner_match(name, path, cmd)),
+                         (RULE_ESCAPE, lambda: pat.escape_match(name, path, cmd))):
+            if not self._on(rule, image):
+                continue
+            why = fn()
+            if why and self._once((rule, cid, rec.pid, cmd)):
+                out.append(self._cand(rule, rec.ts, host, container, why,
+                                      [process_evidence(rec, reason=why,
+                                                        summary=f"{cmd or name} ({why})")]))
+
+        kinds = cols.get("raw_sockets", "")
+        if kinds and self._on(RULE_RAW_SOCKET, image) \
+                and self._once((RULE_RAW_SOCKET, cid, rec.pid)):
+            why = f"{name or cmd} holds {kinds} socket(s): can forge source addresses or sniff"
+            out.append(self._cand(RULE_RAW_SOCKET, rec.ts, host, container, why,
+                                  [process_evidence(rec, raw_sockets=kinds,
+                                                    summary=f"{cmd or name} [raw={kinds}]")]))
+        return out
+
+    # -- network side ---------------------------------------------------------------------------
+    def net(self, stream: str, raw: dict[str, Any], rec: NetRecord,
+            container: ContainerRef) -> list[Candidate]:
+        """One attributed Zeek record (`raw`: the parsed log fields)."""
+        if self.learning:
+            self.learn(rec)
+            return []
+        cid = rec.container_id
+        out: list[Candidate] = []
+        if not cid:
+            return self._unknown_source(rec, container)
+        if stream in ("http", "ssl") and rec.domain:
+            self._names[(cid, rec.resp_h)] = rec.domain.lower()
+        elif stream == "dns":
+            for a in _answers(raw):
+                self._names[(cid, a)] = rec.domain.lower()
+            out += self._dns_tunnel(raw, rec, container)
+        elif stream == "conn":
+            self._push(self._conns, cid, rec, rec.ts)
+            out += self._shell_conn(rec, container)
+            out += self._beacon(rec, container)
+        elif stream in STRATUM_STREAMS:
+            out += self._stratum(raw, rec, container)
+        if stream in ("http", "ssl") and rec.domain.lower().startswith("kubernetes.default") \
+                and self._on(RULE_ESCAPE, rec.image) and self._once((RULE_ESCAPE, cid, "k8s")):
+            out.append(self._cand(RULE_ESCAPE, rec.ts, rec.host, container,
+                                  f"contacts the Kubernetes API server ({rec.domain})",
+                                  [net_evidence(rec, f"{stream} {rec.domain}")]))
+        return out
+
+    def _shell_conn(self, rec: NetRecord, container: ContainerRef) -> list[Candidate]:
+        """A connection whose far end is a known reverse shell's stdio remote (the network side
+        of the shell rule when Zeek logs the connection after the process was seen)."""
+        shells = self._shell_remotes.get(rec.container_id)
+        if not shells:
+            return []
+        proc = shells.get((rec.resp_h, rec.resp_p)) or shells.get((rec.orig_h, rec.orig_p))
+        if proc is None or not self._once((RULE_REVERSE_SHELL, "conn", rec.uid)):
+            return []
+        what = f"connection of the shell {proc.name} (pid {proc.pid}) to {rec.resp_h}:{rec.resp_p}"
+        return [self._cand(RULE_REVERSE_SHELL, rec.ts, rec.host, container, what,
+                           [net_evidence(rec, f"conn {rec.proto} {rec.resp_h}:{rec.resp_p} "
+                                              f"{rec.conn_state} (the shell's connection)")],
+                           signature=f"{rec.resp_h}:{rec.resp_p}"
+                           if (rec.resp_h, rec.resp_p) in shells else f"{rec.orig_h}:{rec.orig_p}")]
+
+    def _host_hint(self, cid: str, needles: Iterable[str]) -> list[dict[str, Any]]:
+        """Recent processes of the container whose command line names the destination."""
+        ns = [n for n in needles if n]
+        hits = [p for p in self._procs.get(cid, ()) if any(n in p.cmdline for n in ns)]
+        return [process_evidence(p) for p in hits[-3:]]
+
+    def _beacon(self, rec: NetRecord, container: ContainerRef) -> list[Candidate]:
+        cfg = self.cfg
+        if rec.resp_p == 53 or not rec.resp_h or not self._on(RULE_BEACON, rec.image):
+            return []
+        key = (rec.container_id, rec.resp_h, rec.resp_p)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series(deque(maxlen=max(3, cfg.beacon_history)))
+        s.times.append(rec.ts)
+        if len(s.times) < cfg.beacon_min_conns:
+            return []
+        if s.flagged_at >= 0 and rec.ts - s.flagged_at < 300.0:
+            return []
+        domain = self._names.get((rec.container_id, rec.resp_h), "")
+        if self._is_baseline(rec, domain):
+            return []
+        st = beacon_stats(s.times)
+        if st is None or st.cv > cfg.beacon_max_cv \
+                or not cfg.beacon_min_period_s <= st.period <= cfg.beacon_max_period_s \
+                or st.missed > cfg.beacon_max_missed_share * (st.count - 1):
+            return []
+        s.flagged_at = rec.ts
+        dest = f"{domain} ({rec.resp_h}:{rec.resp_p})" if domain else f"{rec.resp_h}:{rec.resp_p}"
+        what = (f"{st.count} connections every {st.period:.1f} s ± {st.spread:.2f} to {dest}"
+                + (f", {st.missed} missed beat(s)" if st.missed else ""))
+        ev = [net_evidence(rec, what, period_s=round(st.period, 3), jitter_s=round(st.spread, 3),
+                           cv=round(st.cv, 4), connections=st.count,
+                           first=round(s.times[0], 6))]
+        ev += self._host_hint(rec.container_id, (domain, rec.resp_h))
+        return [self._cand(RULE_BEACON, rec.ts, rec.host, container, what, ev,
+                           signature=f"{rec.resp_h}:{rec.resp_p}",
+                           details={"period_s": round(st.period, 3), "cv": round(st.cv, 4),
+                                    "connections": st.count, "destination": dest})]
+
+    def _is_baseline(self, rec: NetRecord, domain: str) -> bool:
+        keys = destination_keys(rec.resp_h, rec.resp_p, domain, self.internal(rec.resp_h))
+        if keys & self.baseline.get(rec.image, set()):
+            return True
+        return any(allow_entry_matches(e, rec.resp_h, rec.resp_p, domain)
+                   for img, entries in self.cfg.beacon_allow.items()
+                   if image_matches(img, rec.image or "") for e in entries)
+
+    def _dns_tunnel(self, raw: dict[str, Any], rec: NetRecord,
+                    container: ContainerRef) -> list[Candidate]:
+        cfg = self.cfg
+        name = rec.domain
+        if not name or not self._on(RULE_DNS_TUNNEL, rec.image):
+            return []
+        sub, parent = pat.split_name(name)
+        if not sub:
+            return []
+        encoded, longest, h = pat.tunnel_label_score(name, cfg.dns_label_len, cfg.dns_entropy)
+        g = self._dns.setdefault((rec.container_id, parent), _DnsGroup())
+        qtype = str(raw.get("qtype_name") or "")
+        g.items.append((rec.ts, name.lower(), qtype, encoded))
+        while g.items and rec.ts - g.items[0][0] > cfg.dns_window_s:
+            g.items.popleft()
+        if not encoded:
+            return []
+        names = {n for _, n, _, e in g.items if e}
+        if len(names) < cfg.dns_min_names \
+                or not self._once((RULE_DNS_TUNNEL, rec.container_id, parent,
+                                   int(rec.ts // max(1.0, cfg.dns_window_s)))):
+            return []
+        types = [q for _, _, q, _ in g.items]
+        odd = sum(q in ("TXT", "NULL", "CNAME", "MX", "PRIVATE") for q in types)
+        what = (f"{len(names)} distinct encoded-looking names under {parent} in "
+                f"{cfg.dns_window_s:g} s (longest label {longest}, entropy {h:.2f} bits/char; "
+                f"TXT/NULL/CNAME/MX share {odd / len(types):.0%})")
+        ev = [net_evidence(rec, f"dns {name} {qtype} {rec.rcode}".strip(),
+                           distinct_names=len(names), parent=parent,
+                           odd_qtype_share=round(odd / len(types), 3))]
+        ev += self._host_hint(rec.container_id, (parent,))
+        return [self._cand(RULE_DNS_TUNNEL, rec.ts, rec.host, container, what, ev,
+                           signature=parent, details={"parent": parent,
+                                                      "distinct_names": len(names)})]
+
+    def _stratum(self, raw: dict[str, Any], rec: NetRecord,
+                 container: ContainerRef) -> list[Candidate]:
+        if not self._on(RULE_MINER, rec.image):
+            return []
+        method = str(raw.get("method") or "")
+        what = f"stratum {method or 'JSON-RPC'} to {rec.resp_h}:{rec.resp_p}"
+        agent = str(raw.get("agent") or raw.get("user") or "")
+        ev = [net_evidence(rec, what + (f" ({agent})" if agent else ""), method=method)]
+        ev += self._host_hint(rec.container_id, (rec.resp_h, f":{rec.resp_p}"))
+        return [self._cand(RULE_MINER, rec.ts, rec.host, container, what, ev)]
+
+    def _unknown_source(self, rec: NetRecord, container: ContainerRef) -> list[Candidate]:
+        """Traffic from a container-subnet address no container ever held (spoofing)."""
+        addr = rec.orig_h
+        if not addr or not self.internal(addr) or self.known_address(addr) \
+                or not self._on(RULE_SPOOFED_SOURCE, ""):
+            return []
+        q = self._unknown.setdefault(addr, deque())
+        q.append(rec.ts)
+        while q and rec.ts - q[0] > self.cfg.spoof_window_s:
+            q.popleft()
+        if len(q) < self.cfg.spoof_min_records:
+            return []
+        what = (f"{len(q)} records in {self.cfg.spoof_window_s:g} s from {addr}, an address in "
+                f"a container subnet that no known container held")
+        return [self._cand(RULE_SPOOFED_SOURCE, rec.ts, rec.host, container, what,
+                           [net_evidence(rec, f"{rec.kind} from {addr} to "
+                                              f"{rec.resp_h}:{rec.resp_p}")])]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def lifecycle(self, rec: LifecycleRecord) -> list[Candidate]:
+        """Pull / create / start of an image: unexpected registry or image, summarised per
+        host (one alert per host and suppression window, one evidence item per image)."""
+        cfg = self.cfg
+        if rec.action not in ("pull", "create", "start") or not rec.image \
+                or not self._on(RULE_NEW_IMAGE, rec.image):
+            return []
+        reasons = []
+        reg = pat.registry_of(rec.image)
+        if cfg.allowed_registries and reg not in {r.lower() for r in cfg.allowed_registries}:
+            reasons.append(f"registry {reg} is not on the allow-list")
+        if cfg.known_images and not any(image_matches(p, rec.image) for p in cfg.known_images):
+            reasons.append("image not in known_images")
+        if cfg.flag_images_without_baseline and self.baseline_images \
+                and rec.image not in self.baseline_images:
+            reasons.append("image never seen in training")
+        if not reasons or not self._once((RULE_NEW_IMAGE, rec.host, rec.image, rec.action)):
+            return []
+        what = f"{rec.action} of {rec.image}: " + "; ".join(reasons)
+        ev = [{"side": "host", "kind": "lifecycle", "time": round(rec.ts, 6),
+               "action": rec.action, "image": rec.image, "container_id": rec.container_id,
+               "container_name": rec.name, "registry": reg, "reason": "; ".join(reasons),
+               "summary": f"{rec.action} {rec.image} ({rec.name or rec.container_id[:12]}): "
+                          f"{'; '.join(reasons)}"[:160]}]
+        who = ContainerRef(id="", name=f"(host) {rec.host or 'host'}", image=rec.image)
+        return [self._cand(RULE_NEW_IMAGE, rec.ts, rec.host, who, what, ev,
+                           details={"registry": reg})]
+
+    # -- training -------------------------------------------------------------------------------
+    def learn(self, rec: NetRecord) -> None:
+        """Remember a destination an image contacts in benign training data."""
+        if not rec.container_id or not rec.image or not rec.resp_h:
+            return
+        if rec.kind in ("http", "ssl") and rec.domain:
+            self._names[(rec.container_id, rec.resp_h)] = rec.domain.lower()
+        domain = self._names.get((rec.container_id, rec.resp_h), "")
+        self.learned.setdefault(rec.image, set()).update(
+            destination_keys(rec.resp_h, rec.resp_p, domain if rec.kind == "conn" else "",
+                             self.internal(rec.resp_h)))
+        if rec.kind in ("http", "ssl") and rec.domain:
+            self.learned[rec.image].add(rec.domain.lower())
+
+    def export_baseline(self) -> dict[str, list[str]]:
+        return {img: sorted(keys) for img, keys in sorted(self.learned.items())}
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def prune(self, now: float) -> None:
+        horizon = max(3600.0, self.cfg.beacon_max_period_s * 2)
+        for k in [k for k, s in self._series.items() if s.times and now - s.times[-1] > horizon]:
+            del self._series[k]
+        for k in [k for k, g in self._dns.items()
+                  if not g.items or now - g.items[-1][0] > self.cfg.dns_window_s]:
+            del self._dns[k]
+        for d in (self._procs, self._conns):
+            for k in [k for k, q in d.items() if not q or now - q[-1].ts > RECENT_S]:
+                del d[k]
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"series": [[list(k), list(s.times), s.flagged_at]
+                           for k, s in self._series.items()],
+                "dns": [[list(k), [list(i) for i in g.items]] for k, g in self._dns.items()]}
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        n = max(3, self.cfg.beacon_history)
+        self._series = {(k[0], k[1], int(k[2])): _Series(deque(t, maxlen=n), flagged_at=f)
+                        for k, t, f in st.get("series", [])}
+        self._dns = {tuple(k): _DnsGroup(deque(tuple(i) for i in items))
+                     for k, items in st.get("dns", [])}
+
+
+def _answers(raw: dict[str, Any]) -> list[str]:
+    a = raw.get("answers")
+    if isinstance(a, str):
+        a = a.split(",")
+    return [str(x) for x in (a or []) if _ip(str(x))]
