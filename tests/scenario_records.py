@@ -7,30 +7,17 @@ Zeek records are attributed to the container that held the source address at tha
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
+from datafiles import exists, open_text, scenario_dir  # scenario_dir: re-exported for the tests
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
 
 log = logging.getLogger(__name__)
-
-
-def fixtures_root() -> Path:
-    """The shared fixtures directory (env STOWAWAY_FIXTURES overrides)."""
-    env = os.environ.get("STOWAWAY_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
-
-def scenario_dir(name: str) -> Path:
-    return fixtures_root() / "container-scenarios" / name
 
 
 @dataclass
@@ -43,21 +30,10 @@ class ScenarioRecords:
     window: tuple[float, float]
 
 
-def _open(path: Path):
-    if path.exists():
-        return open(path, "rt", encoding="utf-8")
-    gz = path.with_name(path.name + ".gz")
-    return gzip.open(gz, "rt", encoding="utf-8")
-
-
-def _exists(path: Path) -> bool:
-    return path.exists() or path.with_name(path.name + ".gz").exists()
-
-
 def read_zeek_tsv(path: Path) -> Iterator[dict[str, str]]:
     """Minimal reader for Zeek's default ASCII (TSV) logs: `#fields` header, `-` unset."""
     fields: list[str] = []
-    with _open(path) as fh:
+    with open_text(path) as fh:
         for line in fh:
             line = line.rstrip("\n")
             if line.startswith("#"):
@@ -129,7 +105,7 @@ def load_scenario(name: str, host: str = "fixture-host", environment: str = "fix
         return best
 
     processes: list[ProcessRecord] = []
-    with _open(d / "processes.jsonl") as fh:
+    with open_text(d / "processes.jsonl") as fh:
         for line in fh:
             p = json.loads(line)
             if p.get("runtime_bootstrap") or not p.get("container_id"):
@@ -145,7 +121,7 @@ def load_scenario(name: str, host: str = "fixture-host", environment: str = "fix
 
     lifecycle: list[LifecycleRecord] = []
     action_map = {"remove": "destroy", "died": "die"}
-    with _open(d / "events.jsonl") as fh:
+    with open_text(d / "events.jsonl") as fh:
         for line in fh:
             e = json.loads(line)
             if e.get("Type") != "container" or not e.get("ID"):
@@ -168,21 +144,21 @@ def load_scenario(name: str, host: str = "fixture-host", environment: str = "fix
             resp_h=row["id.resp_h"], resp_p=int(row.get("id.resp_p") or 0),
             orig_p=int(row.get("id.orig_p") or 0), uid=row.get("uid", ""), host=host, **extra))
 
-    if _exists(zeek / "conn.log"):
+    if exists(zeek / "conn.log"):
         for row in read_zeek_tsv(zeek / "conn.log"):
             add("conn", row, proto=row.get("proto", ""), conn_state=row.get("conn_state", ""),
                 bytes_out=int(row.get("orig_bytes") or 0), bytes_in=int(row.get("resp_bytes") or 0))
-    if _exists(zeek / "dns.log"):
+    if exists(zeek / "dns.log"):
         for row in read_zeek_tsv(zeek / "dns.log"):
             q = row.get("query", "")
             add("dns", row, proto=row.get("proto", ""), domain=q, rcode=row.get("rcode_name", ""),
                 geo_service=classify_domain(q))
-    if _exists(zeek / "http.log"):
+    if exists(zeek / "http.log"):
         for row in read_zeek_tsv(zeek / "http.log"):
             h = row.get("host", "")
             add("http", row, proto="tcp", domain=h, uri=row.get("uri", ""),
                 user_agent=row.get("user_agent", ""), geo_service=classify_domain(h.split(":")[0]))
-    if _exists(zeek / "ssl.log"):
+    if exists(zeek / "ssl.log"):
         for row in read_zeek_tsv(zeek / "ssl.log"):
             sni = row.get("server_name", "")
             add("ssl", row, proto="tcp", domain=sni, geo_service=classify_domain(sni))

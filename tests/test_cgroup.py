@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from datafiles import open_text, scenario_dir
 from osquery_ext import cgroup
 from osquery_ext.cgroup import CgroupInfo, parse_cgroup, parse_cgroup_line
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
-SCENARIOS = FIXTURES / "container-scenarios"
 
 ID = "495f943fe08b913dd8f3ce6a1d830d014f825584f00787c624c671552c28a798"
 ID2 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -141,12 +139,11 @@ def test_read_cgroup_real_self() -> None:
     assert text is not None and "::" in text
 
 
-@pytest.mark.skipif(not SCENARIOS.is_dir(), reason=f"fixtures not found at {SCENARIOS}")
 def test_fixture_processes_attribute_to_their_container() -> None:
     """Every recorded process's cgroup lines give the container id the recorder parsed."""
     n = 0
     for scenario in ("geo_lookup", "churn", "drift"):
-        with (SCENARIOS / scenario / "processes.jsonl").open() as fh:
+        with open_text(scenario_dir(scenario) / "processes.jsonl") as fh:
             for line in fh:
                 rec = json.loads(line)
                 text = "\n".join(rec["cgroup_all"]) + "\n"

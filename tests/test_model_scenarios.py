@@ -23,10 +23,6 @@ from scenario_records import load_scenario, scenario_dir
 
 WINDOW_S = 30.0
 
-pytestmark = pytest.mark.skipif(not scenario_dir("benign_long").exists(),
-                                reason="shared fixtures not found (set STOWAWAY_FIXTURES)")
-
-
 @pytest.fixture(scope="module")
 def data():
     """Parse the three recordings once per module and train one set of baselines."""
