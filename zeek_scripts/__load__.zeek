@@ -5,3 +5,4 @@
 @load ./input
 @load ./main
 @load ./cluster
+@load ./stratum
