@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-proc-connector", action="store_true",
                    default=env("STOWAWAY_NO_PROC_CONNECTOR", "") not in ("", "0"),
                    help="do not subscribe to the kernel process-event connector")
+    s.add_argument("--no-conntrack", action="store_true",
+                   default=env("STOWAWAY_NO_CONNTRACK", "") not in ("", "0"),
+                   help="do not read the host's connection tracking (container_nat_flows)")
     s.add_argument("--capture-wait", type=float,
                    default=float(env("STOWAWAY_CAPTURE_WAIT", DEFAULT_CAPTURE_WAIT)),
                    help="seconds to wait for the exec capture to prove it works before the "
@@ -124,6 +127,9 @@ def start_background(src: tables.Sources, args: argparse.Namespace) -> list[Any]
         pc.start()
         src.connector = pc
         workers.append(pc)
+    if not args.no_conntrack:
+        from osquery_ext.conntrack import start_capture
+        workers.append(start_capture(src))
     return workers
 
 

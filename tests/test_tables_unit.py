@@ -37,6 +37,10 @@ CONTRACT_COLUMNS = {
                                 "stdio_socket stdio_remote raw_sockets",
     "container_sockets": "container_id pid netns protocol family local_address local_port "
                          "remote_address remote_port state",
+    "container_nat_flows": "time time_nano event source protocol family container_address "
+                           "container_port remote_address remote_port nat_address nat_port "
+                           "nat_remote_address nat_remote_port start_time end_time container_id "
+                           "container_name image conntrack_id",
 }
 
 
