@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from osquery import STRING, INTEGER, TableColumn, TablePlugin
 
-from osquery_ext import stdio_sockets
+from osquery_ext import conntrack, stdio_sockets
 from osquery_ext.events import RingBuffer
 from osquery_ext.runtimes import ContainerMeta, Runtimes
 
@@ -71,6 +71,7 @@ COLUMNS: dict[str, list[TableColumn]] = {
         T("protocol", STRING), T("family", INTEGER), T("local_address", STRING),
         T("local_port", INTEGER), T("remote_address", STRING), T("remote_port", INTEGER),
         T("state", STRING)],
+    "container_nat_flows": [T(n, t) for n, t in conntrack.COLUMNS],
 }
 TABLE_NAMES = tuple(COLUMNS)
 
@@ -85,6 +86,7 @@ INDEXED: dict[str, frozenset[str]] = {
     "container_events": frozenset({"time", "container_id"}),
     "container_process_events": frozenset({"time", "container_id"}),
     "container_sockets": frozenset({"container_id"}),
+    "container_nat_flows": frozenset({"time", "container_id"}),
 }
 
 
@@ -158,6 +160,7 @@ class Sources:
     runtimes: Runtimes | None = None
     events: RingBuffer = field(default_factory=lambda: RingBuffer(10000))
     process_events: RingBuffer = field(default_factory=lambda: RingBuffer(50000))
+    nat_flows: RingBuffer = field(default_factory=lambda: RingBuffer(50000))
     attribute: Attribute = default_attribute
     classify: Classify = default_classify
     connector: Any = None
@@ -455,12 +458,22 @@ def generate_container_sockets(src: Sources, context: Any = None) -> list[dict[s
     return rows
 
 
+def generate_container_nat_flows(src: Sources, context: Any = None) -> list[dict[str, str]]:
+    """container_nat_flows rows: conntrack flows of container addresses (osquery_ext.conntrack
+    fills the buffer), with names filled in from the runtime cache."""
+    rows = generate_buffered(src.nat_flows, context)
+    if any(r.get("container_id") and not r.get("container_name") for r in rows):
+        _fill_names(src, rows, "container_id")
+    return rows
+
+
 GENERATORS: dict[str, Callable[[Sources, Any], list[dict[str, str]]]] = {
     "container_processes": generate_container_processes,
     "container_inventory": generate_container_inventory,
     "container_events": generate_container_events,
     "container_process_events": generate_container_process_events,
     "container_sockets": generate_container_sockets,
+    "container_nat_flows": generate_container_nat_flows,
 }
 
 
@@ -530,7 +543,11 @@ class ContainerSocketsTable(_StowawayTable):
     table = "container_sockets"
 
 
+class ContainerNatFlowsTable(_StowawayTable):
+    table = "container_nat_flows"
+
+
 PLUGINS: tuple[type[_StowawayTable], ...] = (
     ContainerProcessesTable, ContainerInventoryTable, ContainerEventsTable,
-    ContainerProcessEventsTable, ContainerSocketsTable,
+    ContainerProcessEventsTable, ContainerSocketsTable, ContainerNatFlowsTable,
 )
