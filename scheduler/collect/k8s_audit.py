@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from .tailer import FileTailer, TailBatch
+from scheduler.collect.tailer import FileTailer, TailBatch
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
-from .k8s_audit import API_VERSION, format_time
+from scheduler.collect.k8s_audit import API_VERSION, format_time
 
 AUDIT_DIR = "k8s"
 AUDIT_NAME = "audit.log"

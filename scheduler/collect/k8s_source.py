@@ -15,10 +15,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from . import k8s_spool
-from .k8s_audit import (AuditEventError, AuditStats, AuditTailer, OrchestrationRecord,
-                        parse_event, parse_time)
-from .k8s_webhook import AuditWebhookServer, WebhookSettings
+from scheduler.collect import k8s_spool
+from scheduler.collect.k8s_audit import (AuditEventError, AuditStats, AuditTailer,
+                                         OrchestrationRecord, parse_event, parse_time)
+from scheduler.collect.k8s_webhook import AuditWebhookServer, WebhookSettings
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import k8s_spool
-from .k8s_audit import (STAGE_COMPLETE, AuditEventError, AuditStats, events_in, is_relevant,
-                        parse_time)
+from scheduler.collect import k8s_spool
+from scheduler.collect.k8s_audit import (STAGE_COMPLETE, AuditEventError, AuditStats, events_in,
+                                         is_relevant, parse_time)
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..alerting.alerts import Alert
-from ..collect.k8s_audit import (ATTACH, EPHEMERAL, EXEC, POD_CREATE, PORTFORWARD,
-                                 WORKLOAD_CREATE, WORKLOAD_UPDATE, OrchestrationRecord)
-from .k8s_rules import audit_evidence, is_system_user
+from scheduler.collect.k8s_audit import (ATTACH, EPHEMERAL, EXEC, POD_CREATE, PORTFORWARD,
+                                         WORKLOAD_CREATE, WORKLOAD_UPDATE, OrchestrationRecord)
+from scheduler.detect.k8s_rules import audit_evidence, is_system_user
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +199,9 @@ class K8sJoin:
         return {"record": created, "how": "created", "when": "", "pod": pod}
 
     # -- output -----------------------------------------------------------------------------
-    def finish_alert(self, alert: Alert) -> bool:
-        """Add the requester to an alert on a container in a known pod; True when it did."""
+    def finish_alert(self, alert: Any) -> bool:
+        """Add the requester to an alert (an alerting.alerts.Alert: detect does not import the
+        alerting stage) on a container in a known pod; True when it did."""
         cid = alert.container.id
         if not cid or not self.pods or cid not in self.pods:
             return False

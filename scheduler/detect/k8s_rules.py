@@ -29,10 +29,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..alerting.alerts import Candidate, ContainerRef
-from .misuse_patterns import registry_of
-from ..collect.k8s_audit import (ATTACH, EPHEMERAL, EXEC, POD_CREATE, POD_DELETE, WORKLOAD_CREATE,
-                                 WORKLOAD_UPDATE, OrchestrationRecord)
+from scheduler.collect.k8s_audit import (ATTACH, EPHEMERAL, EXEC, POD_CREATE, POD_DELETE,
+                                         WORKLOAD_CREATE, WORKLOAD_UPDATE, OrchestrationRecord)
+from scheduler.detect.candidate import Candidate, ContainerRef
+from scheduler.detect.misuse_patterns import registry_of
 
 log = logging.getLogger(__name__)
 
