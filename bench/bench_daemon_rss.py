@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon_harness import running_daemon, write_config  # noqa: E402  (bench/)
-from scheduler.osquery_results import batched_line, snapshot_line  # noqa: E402
+from scheduler.collect.osquery_results import batched_line, snapshot_line  # noqa: E402
 
 N = 1000
 DNS_HEADER = [

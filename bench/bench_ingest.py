@@ -9,10 +9,10 @@ Contenders (best of N rounds each, interleaved):
 
 * ``zat``: ``LogToDataFrame().create_dataframe(path)``: parse all 30 columns into a pandas frame
   (typed: ts index as datetime, counts as numbers), nothing else;
-* ``pipeline``: what the scheduler does per line: read (scheduler.zeeklog, asking for the fields
+* ``pipeline``: what the scheduler does per line: read (scheduler.collect.zeeklog, asking for the fields
   the engine reads, ``pipeline.ingest_fields("http")``: 10 of the 30 columns, as the replay and
   the daemon's tailers do), attribute the source address to a container at that time (inventory
-  of benign_long, through scheduler.join.Joiner), run the T1614 rules and the stock-log geo
+  of benign_long, through scheduler.detect.join.Joiner), run the T1614 rules and the stock-log geo
   detector, and put the record into its container's feature window (windows are built as they
   close). Only scoring is left out (it is per window, not per line).
 
@@ -63,9 +63,9 @@ def run_zat(path: Path) -> int:
 def run_pipeline(path: Path) -> tuple[int, dict]:
     from scheduler.config import Config
     from scheduler.pipeline import Pipeline
-    from scheduler.recording import Recording, demo_data_dir
+    from scheduler.collect.recording import Recording, demo_data_dir
     from scheduler.pipeline import ingest_fields
-    from scheduler.zeeklog import ParseStats, iter_zeek_log
+    from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 
     rec = Recording(demo_data_dir() / "benign_long")
     p = Pipeline(Config(), host=rec.host)

@@ -55,7 +55,7 @@ def measure(merge_s: float, n: int, collect_s: float) -> list[float]:
         # osquery has already reported the n containers (as on a live host): records are
         # attributed at once, so the attribution hold does not apply.
         sys.path.insert(0, str(ROOT))
-        from scheduler.osquery_results import snapshot_line
+        from scheduler.collect.osquery_results import snapshot_line
 
         now = time.time()
         inv = [{"id": f"{i:08x}" + "cd" * 28, "name": f"bench-{i}", "image": "bench/app:1",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ingest of a 1,000,000-line http.log: scheduler.zeeklog / scheduler.geo_stock vs zat's
+"""Ingest of a 1,000,000-line http.log: scheduler.collect.zeeklog / scheduler.detect.geo_stock vs zat's
 LogToDataFrame (pandas read_csv in C).
 
 The file is built from the real Zeek 7.0.11 http.log of the benign_long fixture (container
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scheduler.geo_stock import GeoStockDetector, iter_stream  # noqa: E402
-from scheduler.zeeklog import ParseStats, iter_zeek_log  # noqa: E402
+from scheduler.detect.geo_stock import GeoStockDetector, iter_stream  # noqa: E402
+from scheduler.collect.zeeklog import ParseStats, iter_zeek_log  # noqa: E402
 
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 SOURCE = FIXTURES / "container-scenarios" / "benign_long" / "zeek" / "http.log"

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, validate
-from .pipeline import PIPELINE_SCHEMA, Pipeline, ingest_fields
-from .outbox import AlertOutbox, deliver_outbox
+from scheduler.config import Config, validate
+from scheduler.pipeline import PIPELINE_SCHEMA, Pipeline, ingest_fields
+from scheduler.alerting.outbox import AlertOutbox, deliver_outbox
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ class Daemon:
     """Everything `stowaway run` holds; `collect_once()` etc. are callable directly (tests)."""
 
     def __init__(self, cfg: Config) -> None:
-        from .sinks import build_sinks
-        from .state import StateStore
+        from scheduler.alerting.sinks import build_sinks
+        from scheduler.collect.state import StateStore
 
         self.cfg = cfg
         self.lock = threading.RLock()
@@ -139,7 +139,7 @@ class Daemon:
             return None
 
     def _make_tailers(self) -> list[Any]:
-        from .tailer import OsqueryTailer, follow_zeek_dir
+        from scheduler.collect.tailer import OsqueryTailer, follow_zeek_dir
 
         src = self.cfg.sources
         tailers: list[Any] = []
@@ -158,7 +158,7 @@ class Daemon:
             # Windows that were open when the daemon stopped lost their records: skip them.
             self.pipeline._skip, self.pipeline._rebuild = set(self.pipeline._rebuild), set()
         try:
-            from .inventory import Inventory
+            from scheduler.detect.inventory import Inventory
 
             inv = Inventory.load(self.store)
             if len(inv):
@@ -236,7 +236,7 @@ class Daemon:
         the call osqueryd makes (scheduler/osquery_client.py); event cursors live in the state DB."""
         if self.cfg.sources.osquery_mode != "thrift":
             return None
-        from .osquery_client import DirectOsquery
+        from scheduler.collect.osquery_client import DirectOsquery
 
         d = DirectOsquery(self.cfg.sources.osquery_socket, host=self.cfg.host_name,
                           spawn=self.cfg.sources.osquery_spawn_extension)
@@ -382,7 +382,7 @@ class Daemon:
 
 
 def _osq_time(row: Any) -> float:
-    from .pipeline import item_time
+    from scheduler.pipeline import item_time
 
     return item_time("osq", row)
 

@@ -5,9 +5,9 @@
       -> AlertAggregator (merge host+network evidence, suppress repeats) -> sinks
 
 The parts live apart: attribution (osquery rows -> records, Zeek record -> container at that time,
-holding records of containers osquery has not reported yet) is `scheduler.join.Joiner`; the feature
-windows and their scoring are `scheduler.windowing`; batch replay, training from recordings and the
-ground-truth check are `scheduler.replay` (re-exported here: `pipeline.replay`, ...).
+holding records of containers osquery has not reported yet) is `scheduler.detect.join.Joiner`; the feature
+windows and their scoring are `scheduler.detect.windowing`; batch replay, training from recordings and the
+ground-truth check are `scheduler.replay` (which imports this module; this one never imports it).
 
 Two ways to drive the engine:
 
@@ -28,18 +28,18 @@ from typing import Any, Iterable, Iterator
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
 
-from . import rules
-from .alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
-from .config import Config
-from .inventory import Inventory, event_time
-from .join import Joiner
-from .osquery_results import OsqueryRow
-from .windowing import WindowingMixin
+from scheduler.collect.osquery_results import OsqueryRow
+from scheduler.config import Config
+from scheduler.detect import rules
+from scheduler.detect.inventory import Inventory, event_time
+from scheduler.detect.join import Joiner
+from scheduler.detect.windowing import WindowingMixin
+from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
 log = logging.getLogger(__name__)
 
 try:
-    from .geo_stock import GeoStockDetector
+    from scheduler.detect.geo_stock import GeoStockDetector
 except Exception:  # pragma: no cover
     GeoStockDetector = None  # type: ignore
 
@@ -477,19 +477,3 @@ def _timed_items(items: Iterable[Any]) -> Iterator[tuple[float, int, str, Any]]:
         else:
             raise TypeError(f"cannot process {type(it).__name__}")
         yield item_time(kind, it), seq, kind, it
-
-
-
-
-# Names that moved to scheduler.replay stay importable from here (emulator, CLI, tests, bench).
-_REPLAY_NAMES = frozenset({"ReplayResult", "ReplayStore", "load_recording_items", "deliver_outbox",
-                           "replay", "train_from_recordings", "EXPECTED_RULE", "expected_rules",
-                           "check_ground_truth", "REFEED_HORIZON_S"})
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy re-export (PEP 562): scheduler.replay imports this module, so not at import time."""
-    if name in _REPLAY_NAMES:
-        from . import replay as _replay_mod
-        return getattr(_replay_mod, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

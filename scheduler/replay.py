@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .alerts import Alert
-from .config import Config
-from .osquery_results import ParseStats as OsqueryStats
-from .outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
-from .pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
+from scheduler.alerting.alerts import Alert
+from scheduler.config import Config
+from scheduler.collect.osquery_results import ParseStats as OsqueryStats
+from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
+from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     """All items of a recording in one deterministic time order: [(ts, seq, kind, payload)].
 
     Deterministic order is what makes a resumed replay produce the same alert ids."""
-    from .recording import Recording
-    from .zeeklog import ParseStats as ZeekStats
+    from scheduler.collect.recording import Recording
+    from scheduler.collect.zeeklog import ParseStats as ZeekStats
 
     rec = Recording(rec_dir)
     ostats = OsqueryStats()
@@ -79,7 +79,7 @@ class ReplayStore:
     """Replay state + alert outbox in the collectors' StateStore (one SQLite file)."""
 
     def __init__(self, path: str | Path) -> None:
-        from .state import StateStore
+        from scheduler.collect.state import StateStore
 
         self.store = StateStore(path)
         self.store.ensure_schema(PIPELINE_SCHEMA)
@@ -218,7 +218,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         all_alerts = store.all_alerts(name)
         repeats = store.repeats(name)
         store.close()
-        from .alerts import alert_from_dict
+        from scheduler.alerting.alerts import alert_from_dict
         alerts = [alert_from_dict(d) for d in all_alerts]
     return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
                         items=len(items), windows=pipe.collected, environment=pipe.environment,

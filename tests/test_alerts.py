@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from scheduler.alerts import (RULE_LOCATION, Alert, AlertAggregator, Candidate, ContainerRef,
+from scheduler.alerting.alerts import (RULE_LOCATION, Alert, AlertAggregator, Candidate, ContainerRef,
                               alert_from_dict, alert_id, summarize_evidence)
 
 C1 = ContainerRef(id="c1" * 32, name="web-2", image="localhost/webapp:1.4", runtime="podman")

@@ -15,7 +15,7 @@ import pytest
 
 from scheduler.config import Config
 from scheduler.daemon import Daemon
-from scheduler.osquery_results import batched_line, differential_line
+from scheduler.collect.osquery_results import batched_line, differential_line
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES") or REPO.parent / "shared" / "fixtures")

@@ -20,8 +20,8 @@ import joblib
 import pytest
 
 from scheduler.config import Config
-from scheduler.pipeline import check_ground_truth, replay, train_from_recordings
-from scheduler.recording import Recording, demo_data_dir
+from scheduler.replay import check_ground_truth, replay, train_from_recordings
+from scheduler.collect.recording import Recording, demo_data_dir
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_stock_zeek_traces_give_no_alert() -> None:
     if not root.is_dir():
         pytest.skip("zeek-traces fixtures not present")
     from scheduler.pipeline import Pipeline
-    from scheduler.zeeklog import ParseStats, iter_zeek_log
+    from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 
     p = Pipeline(Config(), host="h")
     stats = ParseStats()
@@ -119,8 +119,8 @@ def test_stock_zeek_traces_give_no_alert() -> None:
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, joblib
     from scheduler.config import Config
-    from scheduler.pipeline import replay
-    from scheduler.sinks import JsonlSink, SinkSet
+    from scheduler.replay import replay
+    from scheduler.alerting.sinks import JsonlSink, SinkSet
     rec, eb_path, out, db, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
     eb = joblib.load(eb_path)
     def hook(n):
@@ -208,7 +208,7 @@ def test_zat_corpus_does_not_crash_or_alert() -> None:
     if not root.is_dir():
         pytest.skip("zat-data fixtures not present")
     from scheduler.pipeline import Pipeline
-    from scheduler.zeeklog import ParseStats, iter_zeek_log
+    from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 
     stats = ParseStats()
     items = []
@@ -263,7 +263,7 @@ def test_replay_command_on_loose_logs_and_alerts_filters(tmp_path: Path,
 
 
 def test_parse_since() -> None:
-    from scheduler.cmd_pipeline import parse_since
+    from scheduler.cli.cmd_pipeline import parse_since
 
     assert parse_since("1795805066.5") == 1795805066.5
     assert parse_since("2026-11-27T18:44:26Z") == pytest.approx(1795805066.0)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import emulab, emulate, standin
-from scheduler.emulate import FAIL, NOT_CHECKED, PASS, Action, Expect, ScenarioRun
+from scheduler.emulate import emulab, runner as emulate, standin
+from scheduler.emulate.runner import FAIL, NOT_CHECKED, PASS, Action, Expect, ScenarioRun
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/stowaway-busybox:latest"
@@ -529,8 +529,8 @@ def test_no_packet_left_the_machine(all_run):
 
 @podman
 def test_recordings_replay_through_reader_and_pipeline(all_run):
-    from scheduler import pipeline
-    from scheduler.recording import Recording
+    from scheduler.replay import replay
+    from scheduler.collect.recording import Recording
 
     proc, rec = all_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -548,7 +548,7 @@ def test_recordings_replay_through_reader_and_pipeline(all_run):
         ids = {c["id"] for c in gt["containers"]}
         # only this run's containers are in the host view
         assert {row.columns.get("container_id") or row.columns.get("id") for row in rows} <= ids
-        alerts = [a.to_dict() for a in pipeline.replay(rec / name).alerts]
+        alerts = [a.to_dict() for a in replay(rec / name).alerts]
         t1614 = {a["container"]["id"] for a in alerts if a["rule"] == "location_discovery"}
         if name == "geo_lookup":
             acts = gt["malicious_actions"]

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from osquery_ext import classifier
-from scheduler.geo_stock import GeoStockDetector, detect_directory, strip_port
-from scheduler.zeeklog import ParseStats
+from scheduler.detect.geo_stock import GeoStockDetector, detect_directory, strip_port
+from scheduler.collect.zeeklog import ParseStats
 
 FIXTURES = Path(os.environ.get(
     "STOWAWAY_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
@@ -267,7 +267,7 @@ def test_ipv4_mapped_source_counts() -> None:
 
 
 def test_cli_prints_json_lines(capsys) -> None:
-    from scheduler.geo_stock import main
+    from scheduler.detect.geo_stock import main
 
     assert main([str(SCEN / "geo_lookup" / "zeek")]) == 0
     out = capsys.readouterr()

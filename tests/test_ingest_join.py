@@ -1,6 +1,6 @@
 """The engine's ingest path: restricted Zeek parsing and the Joiner options the pipeline uses.
 
-The pipeline attributes through scheduler.join.Joiner with `inbound=False` and
+The pipeline attributes through scheduler.detect.join.Joiner with `inbound=False` and
 `geo_from_names=False`, holds records on a wall clock (hold/due), and reads only the fields of
 `pipeline.ingest_fields`. These tests pin what that must not change: the parsed values of the fields
 read, and the attribution rules (records take their container's host, outbound only).
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.join import Joiner
-from scheduler.osquery_results import OsqueryRow
+from scheduler.detect.join import Joiner
+from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.pipeline import Pipeline, ingest_fields
-from scheduler.zeeklog import ZeekLogParser, iter_zeek_log
+from scheduler.collect.zeeklog import ZeekLogParser, iter_zeek_log
 
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES",
                                Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))

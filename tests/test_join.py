@@ -1,8 +1,8 @@
 """Join on the real fixtures: Zeek evidence -> the right container (id and image) at the right time.
 
-The expected container is computed independently of scheduler.inventory: from containers.json, the
+The expected container is computed independently of scheduler.detect.inventory: from containers.json, the
 container whose address was the record's address and whose [created, removed] interval contains
-the record's time. The recordings are built from the fixtures by scheduler.recording (as the demo).
+the record's time. The recordings are built from the fixtures by scheduler.collect.recording (as the demo).
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
-from scheduler.inventory import Inventory
-from scheduler.join import Joiner, join_batch, normalise_action
-from scheduler.osquery_results import OsqueryRow
-from scheduler.recording import Recording, convert_scenario
-from scheduler.zeeklog import iter_zeek_log
+from scheduler.detect.inventory import Inventory
+from scheduler.detect.join import Joiner, join_batch, normalise_action
+from scheduler.collect.osquery_results import OsqueryRow
+from scheduler.collect.recording import Recording, convert_scenario
+from scheduler.collect.zeeklog import iter_zeek_log
 
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES",
                                Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
@@ -323,7 +323,7 @@ def test_differential_inventory_changed_row_is_not_a_disappearance() -> None:
 
 
 def test_snapshot_disappearance_and_persistence(tmp_path: Path) -> None:
-    from scheduler.state import StateStore
+    from scheduler.collect.state import StateStore
     inv = Inventory()
     inv.observe_rows([_inv_row("snapshot", 1795800010),
                       _inv_row("snapshot", 1795800010, id="f" * 64, ip_addresses="172.17.0.41")])

@@ -100,7 +100,7 @@ def test_min_windows_default_is_50_everywhere(tmp_path):
     config file default and `stowaway train` agree; only the demo lowers it, explicitly, because
     its 30-minute training recording holds 31 windows of cron:1.0."""
     from model.baseline import DEFAULT_MIN_WINDOWS, EnvironmentBaselines
-    from scheduler.cmd_pipeline import demo_config
+    from scheduler.cli.cmd_pipeline import demo_config
     from scheduler.config import Config
 
     train = cli.build_parser().parse_args(["train"])

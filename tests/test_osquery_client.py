@@ -1,6 +1,6 @@
 """The scheduler's direct (no osqueryd) collector against the real extension over real Thrift.
 
-scheduler.osquery_client.DirectOsquery serves a minimal ExtensionManager, starts the installed
+scheduler.collect.osquery_client.DirectOsquery serves a minimal ExtensionManager, starts the installed
 `stowaway-osquery-extension` exactly as osqueryd would, and calls `table` / `generate` on
 `<socket>.<uuid>`. The extension reads a fake /proc and a fake Engine-API runtime (tests/fake_hosts)
 so the right answers are known.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.osquery_client import DirectOsquery, OsqueryClientError, extension_command
-from scheduler.state import StateStore
+from scheduler.collect.osquery_client import DirectOsquery, OsqueryClientError, extension_command
+from scheduler.collect.state import StateStore
 
 try:
     import osquery_ext.extension  # noqa: F401
@@ -127,7 +127,7 @@ def test_no_extension_times_out_with_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_module_level_poll_rows_for_the_daemon(lab, tmp_path: Path) -> None:
-    from scheduler import osquery_client
+    from scheduler.collect import osquery_client
     sockdir, eng, env = lab
     store = StateStore(tmp_path / "s.db")
     try:

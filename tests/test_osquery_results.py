@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import osquery_results as oqr
-from scheduler.osquery_results import MalformedLine, OsqueryRow, ParseStats
+from scheduler.collect import osquery_results as oqr
+from scheduler.collect.osquery_results import MalformedLine, OsqueryRow, ParseStats
 
 
 def test_table_for_query_names() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import osquery_results as oqr
-from scheduler.osquery_results import ParseStats
-from scheduler.recording import (DEMO_SCENARIOS, Recording, RecordingMeta, RecordingWriter,
+from scheduler.collect import osquery_results as oqr
+from scheduler.collect.osquery_results import ParseStats
+from scheduler.collect.recording import (DEMO_SCENARIOS, Recording, RecordingMeta, RecordingWriter,
                                  convert_scenario, demo_data_dir, list_recordings,
                                  parse_rfc3339_ns, rewrite_text, _rewrite_map)
 

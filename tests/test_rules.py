@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
-from scheduler import rules
-from scheduler.alerts import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY,
+from scheduler.detect import rules
+from scheduler.alerting.alerts import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY,
                               UNKNOWN_CONTAINER_NAME, ContainerRef)
 from scheduler.config import Config
 from scheduler.pipeline import Pipeline
-from scheduler.recording import Recording, demo_data_dir
+from scheduler.collect.recording import Recording, demo_data_dir
 
 WEB2 = ContainerRef(id="e011c40324138c0a", name="web-2", image="localhost/webapp:1.4",
                     runtime="podman", address="172.17.0.3")
@@ -194,7 +194,7 @@ def test_risky_flags(row: dict, flags: list) -> None:
 
 
 def test_risky_config_from_inventory_row_once_per_container() -> None:
-    from scheduler.osquery_results import OsqueryRow
+    from scheduler.collect.osquery_results import OsqueryRow
 
     cols = {"id": "abc123", "name": "priv", "image": "busybox:1", "privileged": "1",
             "network_mode": "host", "started": "1000", "ip_addresses": ""}

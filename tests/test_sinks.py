@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.alerts import RULE_LOCATION, Alert, ContainerRef
+from scheduler.alerting.alerts import RULE_LOCATION, Alert, ContainerRef
 from scheduler.config import WebhookConfig
-from scheduler.sinks import JsonlSink, SinkSet, StdoutSink, WebhookSink
+from scheduler.alerting.sinks import JsonlSink, SinkSet, StdoutSink, WebhookSink
 
 
 def make_alerts(n: int, start: int = 0) -> list[Alert]:
@@ -166,7 +166,7 @@ def test_sinkset_keeps_going_when_one_sink_fails(tmp_path: Path) -> None:
 
 
 def test_syslog_sink_sends_the_json_line_over_udp() -> None:
-    from scheduler.sinks import SyslogSink
+    from scheduler.alerting.sinks import SyslogSink
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.state import StateStore
-from scheduler.tailer import FileTailer, OsqueryTailer, ZeekTailer, drain
+from scheduler.collect.state import StateStore
+from scheduler.collect.tailer import FileTailer, OsqueryTailer, ZeekTailer, drain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,8 +228,8 @@ def test_start_at_end_skips_existing_lines(tmp_path: Path, store: StateStore) ->
 CHILD = textwrap.dedent(r"""
     import sys, time
     sys.path.insert(0, sys.argv[3])
-    from scheduler.state import StateStore, register_schema
-    from scheduler.tailer import FileTailer, drain
+    from scheduler.collect.state import StateStore, register_schema
+    from scheduler.collect.tailer import FileTailer, drain
     register_schema("CREATE TABLE IF NOT EXISTS seen (line TEXT NOT NULL);")
     store = StateStore(sys.argv[2])
     t = FileTailer(sys.argv[1], store, max_lines=7)
@@ -312,7 +312,7 @@ def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, re
     middle (the new file repeats the TSV header, as Zeek writes it), restarted from the checkpoint
     twice: exactly the reference records, in order."""
     import random
-    from scheduler.zeeklog import iter_zeek_log
+    from scheduler.collect.zeeklog import iter_zeek_log
 
     src = GEO / rel
     ref = [r["uid"] for r in iter_zeek_log(src)]

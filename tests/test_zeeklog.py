@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.zeeklog import (ParseStats, ZeekLogParser, find_logs, iter_zeek_log,
+from scheduler.collect.zeeklog import (ParseStats, ZeekLogParser, find_logs, iter_zeek_log,
                                read_dataframe, unescape)
 
 FIXTURES = Path(os.environ.get(
@@ -61,7 +61,7 @@ def test_bad_lines_counted_with_file_and_line(tmp_path: Path, caplog) -> None:
             + "5.0\tC5\t172.17.0.3\t2\tok2.example\tF\t-\t-\t-\n")
     path = _write(tmp_path, "dns.log", text)
     stats = ParseStats()
-    with caplog.at_level(logging.WARNING, logger="scheduler.zeeklog"):
+    with caplog.at_level(logging.WARNING, logger="scheduler.collect.zeeklog"):
         recs = list(iter_zeek_log(path, stats))
     assert [r["uid"] for r in recs] == ["C1", "C5"]
     assert stats.bad_lines == 7 and stats.bad_by_file == {str(path): 7}
@@ -73,7 +73,7 @@ def test_bad_lines_counted_with_file_and_line(tmp_path: Path, caplog) -> None:
 def test_warnings_are_capped_but_counting_is_not(tmp_path: Path, caplog) -> None:
     path = _write(tmp_path, "x.log", HEADER + "garbage\n" * 500)
     stats = ParseStats()
-    with caplog.at_level(logging.WARNING, logger="scheduler.zeeklog"):
+    with caplog.at_level(logging.WARNING, logger="scheduler.collect.zeeklog"):
         assert list(iter_zeek_log(path, stats)) == []
     assert stats.bad_lines == 500
     assert len(caplog.records) <= 25

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
-# The extension's tables (CONTRACTS.md). Longest first so that suffix matching is unambiguous.
+# The extension's tables (docs/architecture.md). Longest first so that suffix matching is unambiguous.
 KNOWN_TABLES: tuple[str, ...] = tuple(sorted((
     "container_processes",
     "container_inventory",
@@ -47,6 +47,10 @@ KNOWN_TABLES: tuple[str, ...] = tuple(sorted((
 
 ACTIONS = ("added", "removed", "snapshot")
 MAX_WARNINGS = 20
+# Container event verbs: the same vocabulary as osquery_ext/events.py (Docker's verbs; Podman's
+# aliases mapped). Here, in collect, because recordings normalise events as they are written.
+ACTION_ALIASES = {"died": "die", "remove": "destroy", "removed": "destroy", "exec_died": "exec_die",
+                  "exec_start": "exec"}
 
 
 @dataclass(slots=True)
@@ -86,6 +90,12 @@ class ParseStats:
         elif self.malformed == limit + 1 or len(self.warnings) == limit:
             self.warnings.append("(further malformed lines are only counted)")
             log.warning("more malformed osquery result lines; further ones are only counted")
+
+
+def normalise_action(action: str) -> str:
+    """Podman/Docker event names to the contract's (died -> die, remove -> destroy)."""
+    a = (action or "").split(":", 1)[0].strip().lower()
+    return ACTION_ALIASES.get(a, a)
 
 
 class MalformedLine(ValueError):
@@ -260,7 +270,7 @@ def iter_lines(lines: Iterable[str], source: str = "<lines>",
 # ---- writing (recordings, tests, the Thrift client's log mirror) ------------------------------
 
 def query_name(table: str, pack: str = "stowaway") -> str:
-    """The name osqueryd gives the pack query for `table` (CONTRACTS.md: `stowaway_<table>`)."""
+    """The name osqueryd gives the pack query for `table` (docs/architecture.md: `stowaway_<table>`)."""
     return f"pack_{pack}_stowaway_{table}"
 
 

@@ -25,8 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .alerts import Alert
-from .config import SinksConfig, WebhookConfig
+from scheduler.alerting.alerts import Alert
+from scheduler.config import SinksConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Recordings: a directory of osquery results and Zeek logs that can be replayed as if live.
 
-Format (docs/recordings.md, CONTRACTS.md)::
+Format (docs/recordings.md, docs/architecture.md)::
 
     <recording>/
       meta.json                       {"name", "host", "environment", "source", "time_range": [s, e]}
@@ -11,7 +11,7 @@ Format (docs/recordings.md, CONTRACTS.md)::
 The same reader serves the demo, `stowaway replay`, the tests and `emulate --record`, so a recording
 made on a live host and one converted from the shared fixtures look identical to the pipeline.
 
-`python -m scheduler.recording build-demo --fixtures ../shared/fixtures/container-scenarios
+`python -m scheduler.collect.recording build-demo --fixtures ../shared/fixtures/container-scenarios
 --out scheduler/demo_data` converts the shared fixture scenarios (see `convert_scenario`).
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from scheduler import osquery_results as oqr
-from scheduler.osquery_results import OsqueryRow, ParseStats
+from scheduler.collect import osquery_results as oqr
+from scheduler.collect.osquery_results import OsqueryRow, ParseStats
 
 log = logging.getLogger(__name__)
 
@@ -158,20 +158,20 @@ def list_recordings(root: str | Path) -> list[Recording]:
 
 def demo_data_dir() -> Path:
     """Where the bundled demo recordings live (installed with the package)."""
-    return Path(__file__).resolve().parent / "demo_data"
+    return Path(__file__).resolve().parents[1] / "demo_data"
 
 
 # ---- Zeek reading -------------------------------------------------------------------------------
 
 def iter_zeek_records(path: str | Path, stats: Any = None,
                       fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Zeek log records via the Zeek developer's `scheduler.zeeklog` when present.
+    """Zeek log records via the Zeek developer's `scheduler.collect.zeeklog` when present.
 
     Falls back to a small built-in TSV/JSON reader so recordings stay readable while that module is
     being written (same skip-and-count behaviour for malformed lines).
     """
     try:
-        from scheduler import zeeklog  # type: ignore[attr-defined]
+        from scheduler.collect import zeeklog  # type: ignore[attr-defined]
         iter_zeek_log = zeeklog.iter_zeek_log
     except (ImportError, AttributeError):
         return _fallback_iter_zeek(Path(path), stats)
@@ -490,7 +490,6 @@ def convert_scenario(src: str | Path, out: str | Path, host: str = DEFAULT_HOST,
     buckets: dict[int, list[dict[str, Any]]] = {}
     t_min, t_max = float(window.get("start", 0) or 0), float(window.get("end", 0) or 0)
     for ev in _load_jsonl(src / "events.jsonl"):
-        from scheduler.join import normalise_action
         etype = ev.get("Type", "container")
         if etype not in ("container", "image"):
             continue
@@ -501,7 +500,7 @@ def convert_scenario(src: str | Path, out: str | Path, host: str = DEFAULT_HOST,
             cid, name, image = ev.get("ID", ""), ev.get("Name", ""), ev.get("Image", "")
         exit_code = ev.get("ContainerExitCode")
         row = {"time": str(tns // 1_000_000_000), "time_nano": str(tns),
-               "action": normalise_action(ev.get("Status", "")), "container_id": cid, "name": name,
+               "action": oqr.normalise_action(ev.get("Status", "")), "container_id": cid, "name": name,
                "image": image, "exit_code": "" if exit_code is None else str(exit_code),
                "runtime": "podman"}
         buckets.setdefault(_ceil_to(tns / 1e9, event_interval), []).append(row)
@@ -634,7 +633,7 @@ def build_demo(fixtures: str | Path, out: str | Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduler.recording",
+    parser = argparse.ArgumentParser(prog="python -m scheduler.collect.recording",
                                      description="Recordings: convert shared fixtures, inspect.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-demo", help="convert fixture scenarios into recordings")

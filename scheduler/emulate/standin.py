@@ -3,7 +3,7 @@ answer for the IP-geolocation names, so the emulation exercises the whole detect
 packet leaving the machine.
 
 Why a separate module and process: the emulator starts this inside a network namespace it created
-and attached to the emulation's internal bridge (`ip netns exec NS python -m scheduler.standin`),
+and attached to the emulation's internal bridge (`ip netns exec NS python -m scheduler.emulate.standin`),
 so the servers can only ever be reached from that bridge and have no route anywhere else. The
 certificate is made per run with the `openssl` CLI (no `cryptography` dependency), and the server
 accepts busybox wget's TLS 1.2 stack, which sends no `signature_algorithms` extension and so needs

@@ -14,10 +14,10 @@ import sys
 
 # (module, one-line help shown if the module cannot be imported)
 SUBCOMMAND_MODULES: list[tuple[str, str]] = [
-    ("scheduler.cmd_match", "match-command / match-domain: test the T1614 classifier"),
-    ("scheduler.cmd_pipeline", "run / demo / replay / alerts: the daemon and batch work"),
-    ("scheduler.cmd_model", "train / models / rollback: per-image baselines"),
-    ("scheduler.cmd_emulate", "emulate: run the adversary emulation and check each detection"),
+    ("scheduler.cli.cmd_match", "match-command / match-domain: test the T1614 classifier"),
+    ("scheduler.cli.cmd_pipeline", "run / demo / replay / alerts: the daemon and batch work"),
+    ("scheduler.cli.cmd_model", "train / models / rollback: per-image baselines"),
+    ("scheduler.cli.cmd_emulate", "emulate: run the adversary emulation and check each detection"),
 ]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from model.records import ContainerInfo
 
-from . import rules
+from scheduler.detect import rules
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from scheduler.osquery_results import KNOWN_TABLES, OsqueryRow
+from scheduler.collect.osquery_results import KNOWN_TABLES, OsqueryRow
 
 log = logging.getLogger(__name__)
 

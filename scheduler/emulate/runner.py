@@ -36,8 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from scheduler import emulab, standin
-from scheduler.emulab import LABEL_ROLE, LABEL_RUN
+from scheduler.emulate import emulab, standin
+from scheduler.emulate.emulab import LABEL_ROLE, LABEL_RUN
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +666,7 @@ def check_zeek(sr: ScenarioRun, zeek_dir: str | None) -> list[Check]:
 
 
 def load_zeek(directory: Path, t0: float, t1: float) -> dict[str, list[dict[str, Any]]]:
-    from scheduler import zeeklog
+    from scheduler.collect import zeeklog
 
     out: dict[str, list[dict[str, Any]]] = {}
     for stream in ("dns", "http", "ssl", "container_geo"):
@@ -751,8 +751,8 @@ def _iso(ts: float) -> str:
 
 
 def write_recording(sr: ScenarioRun, lab: Lab, view: Any, target: Path, zeek_dir: str | None) -> Path:
-    """A recording (CONTRACTS.md format) of what the host view saw, with labels and the pcap."""
-    from scheduler.recording import RecordingMeta, RecordingWriter
+    """A recording (docs/recordings.md format) of what the host view saw, with labels and the pcap."""
+    from scheduler.collect.recording import RecordingMeta, RecordingWriter
 
     clear_recording(target)
     meta = RecordingMeta(name=sr.name.replace("-", "_"), host=socket.gethostname(), environment="emulation",
@@ -812,15 +812,10 @@ def _full_ids(sr: ScenarioRun, view: Any) -> set[str]:
 def run_pipeline(recording: Path) -> tuple[list[dict[str, Any]] | None, str]:
     """Feed a recording through the scheduler's pipeline; (alerts as dicts, note) or (None, why)."""
     try:
-        from scheduler import pipeline  # type: ignore[attr-defined]
+        from scheduler import replay as replay_mod
     except ImportError as exc:
-        return None, f"scheduler.pipeline not available ({exc})"
-    for name in ("replay", "replay_recording"):
-        fn = getattr(pipeline, name, None)
-        if callable(fn):
-            break
-    else:
-        return None, "scheduler.pipeline has no replay() entry point"
+        return None, f"scheduler.replay not available ({exc})"
+    fn, name = replay_mod.replay, "replay"
     try:
         result = fn(recording)
     except Exception as exc:  # noqa: BLE001 - a crash in the pipeline is a failed layer, reported
@@ -839,7 +834,7 @@ def run_pipeline(recording: Path) -> tuple[list[dict[str, Any]] | None, str]:
 
 def open_view(lab: Lab, opts: Options) -> tuple[Any, Any, str]:
     """(source, HostView, note); (None, None, why) when the extension cannot be used."""
-    from scheduler import emuview
+    from scheduler.emulate import emuview
 
     try:
         if opts.osquery_socket:
@@ -979,7 +974,7 @@ def maybe_zeek(sr: ScenarioRun, opts: Options) -> list[Check]:
     if shutil.which("zeek") and sr.pcap is not None and sr.pcap.exists():
         zdir = zdir / sr.name
         zdir.mkdir(parents=True, exist_ok=True)
-        scripts = Path(__file__).resolve().parents[1] / "zeek_scripts"
+        scripts = Path(__file__).resolve().parents[2] / "zeek_scripts"
         cmd = ["zeek", "-C", "-r", str(sr.pcap)] + ([str(scripts)] if (scripts / "__load__.zeek").exists() else [])
         proc = subprocess.run(cmd, cwd=zdir, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:

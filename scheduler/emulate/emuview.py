@@ -264,7 +264,7 @@ class HostView(threading.Thread):
     def result_lines(self, start: float = 0.0, end: float = float("inf"),
                      ids: set[str] | None = None) -> list[str]:
         """osqueryd filesystem-logger lines (differential) for a time window and container set."""
-        from scheduler import osquery_results as oqr
+        from scheduler.collect import osquery_results as oqr
 
         out = []
         with self._lock:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .alerts import summarize_evidence
+from scheduler.alerting.alerts import summarize_evidence
 
 RULE_COLOURS = {
     "location_discovery": "#d62728",

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from scheduler.state import Checkpoint, StateStore
+from scheduler.collect.state import Checkpoint, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class FileTailer:
 
 
 class ZeekTailer(FileTailer):
-    """FileTailer that parses Zeek TSV/JSON lines with scheduler.zeeklog.ZeekLogParser.
+    """FileTailer that parses Zeek TSV/JSON lines with scheduler.collect.zeeklog.ZeekLogParser.
 
     batch.items are (lineno, record dict); the parser is re-created (and primed with the stored
     header) on every file switch and on rewind.
@@ -330,7 +330,7 @@ class ZeekTailer(FileTailer):
     def __init__(self, path: str | Path, store: StateStore, stream: str | None = None,
                  source: str | None = None, stats: Any = None,
                  fields: Iterable[str] | None = None, **kwargs: Any) -> None:
-        from scheduler import zeeklog
+        from scheduler.collect import zeeklog
         self.fields = fields  # keys to parse (None: all); the daemon asks for the engine's
         self._zeeklog = zeeklog
         self.stream = stream or Path(path).name.split(".")[0]
@@ -373,7 +373,7 @@ class OsqueryTailer(FileTailer):
 
     def __init__(self, path: str | Path, store: StateStore, source: str | None = None,
                  stats: Any = None, **kwargs: Any) -> None:
-        from scheduler.osquery_results import OsqueryResultsParser, ParseStats
+        from scheduler.collect.osquery_results import OsqueryResultsParser, ParseStats
         self.stats = stats if stats is not None else ParseStats()
         self._make = OsqueryResultsParser
         self._parsers: dict[str, Any] = {}

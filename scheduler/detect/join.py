@@ -29,17 +29,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
-from scheduler.inventory import ContainerState, Inventory, event_time
-from scheduler.osquery_results import OsqueryRow
+from scheduler.detect.inventory import ContainerState, Inventory, event_time
+from scheduler.collect.osquery_results import OsqueryRow, normalise_action
 
 log = logging.getLogger(__name__)
 
 STREAM_KIND = {"conn": "conn", "dns": "dns", "http": "http", "ssl": "ssl",
                "container_geo": "geo", "geo": "geo"}
 GEO_CATEGORIES = {"ip_geolocation", "ip_echo", "dns_echo"}
-# The same vocabulary as osquery_ext/events.py (Docker's verbs; Podman's aliases mapped).
-ACTION_ALIASES = {"died": "die", "remove": "destroy", "removed": "destroy", "exec_died": "exec_die",
-                  "exec_start": "exec"}
 _DEFAULT_SUBNETS = ("172.17.0.0/16", "10.88.0.0/16")
 
 
@@ -64,7 +61,7 @@ def _missing(v: Any) -> bool:
 
 def to_ts(v: Any) -> float | None:
     """Epoch seconds from a Zeek ts value (float, string, datetime, pandas Timestamp)."""
-    if type(v) is float:                  # scheduler.zeeklog's ts: the hot path
+    if type(v) is float:                  # scheduler.collect.zeeklog's ts: the hot path
         return None if v != v else v
     if _missing(v):
         return None
@@ -187,12 +184,6 @@ def _subnet_test(addr: str, subnets: Sequence[Any]) -> bool:
         except ValueError:
             return False
         return any(ip.version == n.version and ip in n for n in subnets)
-
-
-def normalise_action(action: str) -> str:
-    """Podman/Docker event names to the contract's (died -> die, remove -> destroy)."""
-    a = (action or "").split(":", 1)[0].strip().lower()
-    return ACTION_ALIASES.get(a, a)
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
-from .alerts import Alert
+from scheduler.alerting.alerts import Alert
 
 
 class AlertOutbox:
@@ -32,7 +32,7 @@ class AlertOutbox:
 
     def pending(self) -> list[Alert]:
         """Undelivered alerts in time order (then id, so the order is stable)."""
-        from .alerts import alert_from_dict
+        from scheduler.alerting.alerts import alert_from_dict
 
         rows = self.store.conn.execute(
             "SELECT body FROM alert_outbox WHERE delivered=0 ORDER BY time, id").fetchall()

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
-from .alerts import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY,
-                     UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
+from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY,
+                                        UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
 
 log = logging.getLogger(__name__)
 

@@ -368,8 +368,8 @@ class Standin:
 
 
 def start_standin(net: LabNetwork, run_id: str, workdir: Path, cleanup: Cleanup) -> Standin:
-    """A network namespace on the lab bridge (no default route) running scheduler.standin."""
-    from scheduler import standin as standin_mod
+    """A network namespace on the lab bridge (no default route) running scheduler.emulate.standin."""
+    from scheduler.emulate import standin as standin_mod
 
     ns = f"stwe-{run_id}"
     host_if, ns_if = f"stwe{run_id}h", f"stwe{run_id}n"
@@ -399,8 +399,8 @@ def start_standin(net: LabNetwork, run_id: str, workdir: Path, cleanup: Cleanup)
     spec_path = workdir / "standin-spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(nsx + [sys.executable, "-m", "scheduler.standin", "--spec", str(spec_path)],
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(nsx + [sys.executable, "-m", "scheduler.emulate.standin", "--spec", str(spec_path)],
                             stdout=subprocess.PIPE, stderr=open(workdir / "standin.log", "w"),
                             text=True, env=env, start_new_session=True)
     cleanup.push(f"stand-in pid {proc.pid}", lambda: _stop_process(proc))

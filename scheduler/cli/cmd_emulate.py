@@ -1,11 +1,11 @@
-"""`stowaway emulate`: the command-line face of scheduler/emulate.py."""
+"""`stowaway emulate`: the command-line face of scheduler/emulate/runner.py."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from scheduler.emulate import SCENARIOS, SELFTEST, Options, emulate
+from scheduler.emulate.runner import SCENARIOS, SELFTEST, Options, emulate
 
 EPILOG = """\
 runtime socket (when --runtime-socket is not given), first that exists:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
               "events, the runtime's root socket)", file=sys.stderr)
         return 2
     if args.cleanup_stale:
-        from scheduler import emulab
+        from scheduler.emulate import emulab
 
         done = emulab.cleanup_stale(runtime_url=args.runtime_socket and (
             args.runtime_socket if "://" in args.runtime_socket else f"unix://{args.runtime_socket}"))

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .alerts import read_alerts, summarize_evidence
-from .config import Config, load_config
+from scheduler.alerting.alerts import read_alerts, summarize_evidence
+from scheduler.config import Config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------- run
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import run_daemon
+    from scheduler.daemon import run_daemon
 
     if not Path(args.config).exists():
         print(f"stowaway run: config {args.config} not found (copy stowaway.example.toml)",
@@ -181,14 +181,14 @@ def print_table(rows: list[dict[str, Any]], wide: bool = False, stream: Any = No
 def _fixtures_dir() -> Path | None:
     env = os.environ.get("STOWAWAY_FIXTURES")
     cands = [Path(env) / "container-scenarios"] if env else []
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cands += [repo.parent / "shared" / "fixtures" / "container-scenarios"]
     return next((c for c in cands if c.is_dir()), None)
 
 
 def find_demo_data(explicit: str | None, out: Path) -> Path:
     """The bundled recordings; built from the shared fixtures into <out> when not bundled."""
-    from .recording import demo_data_dir
+    from scheduler.collect.recording import demo_data_dir
 
     needed = (DEMO_TRAIN, *DEMO_ATTACKS)
     cands = [Path(explicit)] if explicit else [demo_data_dir(), out / "demo_data"]
@@ -202,7 +202,7 @@ def find_demo_data(explicit: str | None, out: Path) -> Path:
         raise SystemExit("stowaway demo: no bundled recordings (scheduler/demo_data) and no "
                          "shared fixtures to build them from")
     print(f"bundled recordings missing: converting {fx} -> {out / 'demo_data'}")
-    from . import recording
+    from scheduler.collect import recording
 
     target = out / "demo_data"
     target.mkdir(parents=True, exist_ok=True)
@@ -227,10 +227,10 @@ def demo_config(out: Path) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .replay import check_ground_truth, replay, train_from_recordings
-    from .recording import Recording
-    from .report import Section, write_report
-    from .sinks import build_sinks
+    from scheduler.replay import check_ground_truth, replay, train_from_recordings
+    from scheduler.collect.recording import Recording
+    from scheduler.alerting.report import Section, write_report
+    from scheduler.alerting.sinks import build_sinks
 
     t_start = time.monotonic()
     out = Path(args.out)
@@ -307,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str) -> Path:
     """A temporary recording directory (symlinks) around loose logs, so one code path reads all."""
-    from .pipeline import ZEEK_STREAMS
+    from scheduler.pipeline import ZEEK_STREAMS
 
     d = Path(tempfile.mkdtemp(prefix="stowaway-replay-"))
     (d / "zeek").mkdir()
@@ -330,9 +330,9 @@ def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import replay, train_from_recordings
-    from .report import Section, write_report
-    from .sinks import JsonlSink, SinkSet
+    from scheduler.replay import replay, train_from_recordings
+    from scheduler.alerting.report import Section, write_report
+    from scheduler.alerting.sinks import JsonlSink, SinkSet
 
     cfg = load_config(args.config) if args.config else Config()
     dirs = [Path(r) for r in args.recordings]
@@ -350,7 +350,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         baselines, _ = train_from_recordings(args.train, cfg, progress=progress)
     elif args.models:
         from model.store import ModelStore
-        from .recording import Recording
+        from scheduler.collect.recording import Recording
 
         env = cfg.environment
         if env == "default" and dirs and (dirs[0] / "meta.json").exists():

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from scheduler.zeeklog import ParseStats, find_logs, iter_zeek_log
+from scheduler.collect.zeeklog import ParseStats, find_logs, iter_zeek_log
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ def detect_directory(directory: str | os.PathLike[str], detector: GeoStockDetect
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m scheduler.geo_stock DIR [DIR ...]``: print detections as JSON lines."""
+    """``python -m scheduler.detect.geo_stock DIR [DIR ...]``: print detections as JSON lines."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", help="Zeek log directories")
     args = ap.parse_args(argv)

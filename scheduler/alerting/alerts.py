@@ -23,16 +23,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+# The rule names and the candidate record are detect's output (re-exported: alerts carry them).
+from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY, RULES,
+                                        UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
+
 SCHEMA_VERSION = 1
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
-
-# Rule names (stable: they are in every alert and in `stowaway alerts --rule`).
-RULE_LOCATION = "location_discovery"
-RULE_CHURN = "container_churn"
-RULE_RISKY = "risky_container_config"
-RULE_ANOMALY = "behaviour_anomaly"
-RULES = (RULE_LOCATION, RULE_CHURN, RULE_RISKY, RULE_ANOMALY)
 
 # MITRE ATT&CK mappings. Only T1614 is a direct hit. Churn maps to Deploy Container because many
 # short-lived containers of one image is what running tooling in throw-away containers looks like;
@@ -47,42 +44,6 @@ MITRE: dict[str, list[dict[str, str]]] = {
                   "tactic": "Privilege Escalation", "tactic_id": "TA0004"}],
     RULE_ANOMALY: [],
 }
-
-UNKNOWN_CONTAINER_NAME = "container unknown"
-
-
-@dataclass
-class ContainerRef:
-    """Who the alert is about. id "" with name "container unknown" = an address in a container
-    subnet that no known container held at the time."""
-
-    id: str = ""
-    name: str = ""
-    image: str = ""
-    runtime: str = ""
-    address: str = ""
-
-
-@dataclass
-class Candidate:
-    """One detection hit, before merging and suppression."""
-
-    rule: str
-    ts: float
-    host: str
-    container: ContainerRef
-    severity: str
-    title: str
-    evidence: list[dict[str, Any]]
-    signature: str = ""            # refines the suppression key (e.g. an anomaly's top feature)
-    score: float | None = None
-    threshold: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        ckey = self.container.id or f"unknown:{self.container.address}"
-        return (self.host, ckey, self.rule, self.signature)
 
 
 def iso(ts: float) -> str:

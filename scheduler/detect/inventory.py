@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from model.records import ContainerInfo
-from scheduler.osquery_results import OsqueryRow
+from scheduler.collect.osquery_results import OsqueryRow
 
 log = logging.getLogger(__name__)
 
