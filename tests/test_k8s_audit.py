@@ -156,18 +156,18 @@ def test_file_source_spools_once_resumes_after_restart_and_dedupes(tmp_path: Pat
 
 def test_recording_records_of_the_bundled_k8s_scenarios() -> None:
     st = AuditStats()
-    recs = recording_records(REPO / "scheduler/demo_data/k8s_geo_lookup", st)
+    recs = recording_records(REPO / "scheduler/demo_data/k8s_geo", st)
     assert st.malformed == 0 and st.other_stages > 0 and st.records == len(recs)
     assert [r.ts for r in recs] == sorted(r.ts for r in recs)
     jane = [r for r in recs if r.user == "jane@corp" and r.action == EXEC]
     assert [r.command[0] for r in jane] == ["wget", "wget", "wget"]
-    gt = json.loads((REPO / "scheduler/demo_data/k8s_geo_lookup/ground_truth.json").read_text())
+    gt = json.loads((REPO / "scheduler/demo_data/k8s_geo/ground_truth.json").read_text())
     a1 = next(a for a in gt["malicious_actions"] if a["action_id"] == "A1")
     # the exec reaches the API server before the recorded command and ends after it
     assert jane[0].ts < a1["start"] < a1["end"] < jane[0].end_ts
     # every pod on the host side carries the UID of a pod the audit log created
     created = {r.pod_uid for r in recs if r.action == POD_CREATE}
-    with gzip.open(REPO / "scheduler/demo_data/k8s_geo_lookup/osquery/osqueryd.results.log.gz",
+    with gzip.open(REPO / "scheduler/demo_data/k8s_geo/osquery/osqueryd.results.log.gz",
                    "rt") as fh:
         uids = {json.loads(row["labels"]).get("io.kubernetes.pod.uid")
                 for line in fh for d in [json.loads(line)]
@@ -180,8 +180,8 @@ def test_generated_demo_data_is_reproducible(tmp_path: Path) -> None:
     from scheduler.collect.k8s_recording import build_scenario
 
     data = REPO / "scheduler/demo_data"
-    build_scenario(data, "k8s_geo_lookup", out=tmp_path)
+    build_scenario(data, "k8s_geo", out=tmp_path)
     for rel in ("k8s/audit.log.gz", "osquery/osqueryd.results.log.gz", "ground_truth.json",
                 "meta.json"):
-        assert (tmp_path / "k8s_geo_lookup" / rel).read_bytes() == \
-            (data / "k8s_geo_lookup" / rel).read_bytes(), rel
+        assert (tmp_path / "k8s_geo" / rel).read_bytes() == \
+            (data / "k8s_geo" / rel).read_bytes(), rel

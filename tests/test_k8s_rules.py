@@ -172,7 +172,7 @@ def test_state_round_trip_keeps_baseline_and_churn() -> None:
 
 
 def test_bundled_recordings_raise_what_their_ground_truth_says_and_nothing_else() -> None:
-    for name, expect in (("k8s_geo_lookup", {RULE_K8S_EXEC: {"jane@corp"}}),
+    for name, expect in (("k8s_geo", {RULE_K8S_EXEC: {"jane@corp"}}),
                          ("k8s_churn", {RULE_K8S_CHURN: {"system:serviceaccount:ci:runner"}})):
         rec_dir = REPO / "scheduler/demo_data" / name
         gt = json.loads((rec_dir / "ground_truth.json").read_text())["kubernetes"]

@@ -22,7 +22,7 @@ the reader keeps only ResponseComplete. docs/kubernetes.md lists the fields the 
 
     python -m scheduler.collect.k8s_recording build --data scheduler/demo_data
 
-writes `k8s_geo_lookup/` (from geo_lookup) and `k8s_churn/` (from churn). Deterministic: UIDs and
+writes `k8s_geo/` (from geo_lookup) and `k8s_churn/` (from churn). Deterministic: UIDs and
 auditIDs are uuid5 of the scenario and object, gzip mtime 0; rebuilding gives the same bytes.
 """
 from __future__ import annotations
@@ -367,7 +367,7 @@ def plan_geo_lookup(osq: list[str], gt: dict[str, Any]) -> tuple[Cluster, dict[s
     (A7, `kubectl run --rm -it`); sre@corp, who execs routinely, does A3-A5 in the tools pod."""
     times = _container_times(osq)
     t0 = min(c.get("create", 1e20) for c in times.values())
-    cl = Cluster("k8s_geo_lookup")
+    cl = Cluster("k8s_geo")
     rs_new = "web-6d9f8c7b5"
     _history(cl, t0, "web-7b4c9d8f6", rs_new)
     pods: dict[str, dict[str, str]] = {}
@@ -405,7 +405,7 @@ def plan_geo_lookup(osq: list[str], gt: dict[str, Any]) -> tuple[Cluster, dict[s
             _pod_for(cl, pods, cid, "shop", name, name)
             cl.create_pod(JANE, c["create"] - 0.9, "shop", name,
                           [Container(name, act["image"])])
-            cl.session(JANE, c["start"] - 0.05, c["die"] + 0.1, "shop", name, [],
+            cl.session(JANE, c["start"] - 0.3, c["die"] + 0.1, "shop", name, [],
                        container=name, sub="attach", tty=True)
             cl.delete_pod(JANE, c["die"] + 0.3, "shop", name)
             expected.append({"action_id": act["action_id"], "container_id": cid,
@@ -465,7 +465,7 @@ def plan_churn(osq: list[str], gt: dict[str, Any]) -> tuple[Cluster, dict[str, d
     return cl, pods, k8s_gt
 
 
-PLANS = {"k8s_geo_lookup": ("geo_lookup", plan_geo_lookup),
+PLANS = {"k8s_geo": ("geo_lookup", plan_geo_lookup),
          "k8s_churn": ("churn", plan_churn)}
 
 
@@ -499,7 +499,7 @@ def build_scenario(data: Path, name: str, out: Path | None = None) -> dict[str, 
 
 def check_k8s_ground_truth(gt: dict[str, Any] | None, alerts: list[dict[str, Any]]
                            ) -> list[dict[str, Any]]:
-    """One row per labelled Kubernetes expectation: the alert that shows it, or None.
+    """Ground-truth rows (the shape of replay.check_ground_truth's) for the Kubernetes labels.
 
     An attribution is met by an alert on the action's container whose `details.kubernetes` names
     the requester; an expected alert by an alert of that rule naming the requester."""
@@ -511,13 +511,17 @@ def check_k8s_ground_truth(gt: dict[str, Any] | None, alerts: list[dict[str, Any
         hit = next((x for x in alerts if x["container"].get("id") == a["container_id"]
                     and (x.get("details") or {}).get("kubernetes", {}).get("user")
                     == a["requester"]), None)
-        rows.append({"action_id": a.get("action_id", ""), "what": f"{a['how']} by "
-                     f"{a['requester']} in {a['pod']}", "alert_id": hit["id"] if hit else None})
+        rows.append({"action_id": f"{a.get('action_id', '')}/k8s",
+                     "label": f"{a['how']} by {a['requester']}", "rule": "location_discovery",
+                     "container": a["pod"], "image": "", "start": 0.0,
+                     "alert_id": hit["id"] if hit else None, "how": "requester named"})
     for e in k.get("expected_alerts", []):
-        hit = next((x for x in alerts if x["rule"] == e["rule"] and e["requester"] in
-                    json.dumps((x.get("details") or {}).get("kubernetes", {}))), None)
-        rows.append({"action_id": e["rule"], "what": f"{e['rule']} for {e['requester']}",
-                     "alert_id": hit["id"] if hit else None})
+        hit = next((x for x in alerts if x["rule"] == e["rule"] and
+                    (x.get("details") or {}).get("kubernetes", {}).get("requester")
+                    == e["requester"]), None)
+        rows.append({"action_id": e["rule"], "label": f"requester {e['requester']}",
+                     "rule": e["rule"], "container": e.get("namespace", ""), "image": "",
+                     "start": 0.0, "alert_id": hit["id"] if hit else None, "how": "k8s"})
     return rows
 
 
@@ -525,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scheduler.collect.k8s_recording",
                                  description="Write the Kubernetes demo recordings.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="k8s_geo_lookup and k8s_churn from geo_lookup and churn")
+    b = sub.add_parser("build", help="k8s_geo and k8s_churn from geo_lookup and churn")
     b.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "demo_data"))
     b.add_argument("--out", default="", help="default: --data")
     b.add_argument("--scenario", action="append", choices=sorted(PLANS))
