@@ -247,11 +247,11 @@ def engine_event(action: str, cid: str, name: str, t: int, exit_code: str | None
             "scope": "local", "time": t, "timeNano": t * 1_000_000_000 + 123}
 
 
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.1):
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
     """Poll `cond` until it returns something truthy and return that; fail the test on timeout.
 
     Listeners and the extension subprocess work in the background, so tests wait for an effect
-    instead of sleeping a fixed time.
+    instead of sleeping a fixed time. `what` names the awaited state in the failure message.
     """
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -259,4 +259,42 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.1):
         if v:
             return v
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+def wait_extension_sees_containers(client: Any, image: str, timeout: float = 30.0) -> None:
+    """Wait until a started extension reports a probe container's exec in both event tables.
+
+    The extension's podman event stream connects and its exec capture starts in the background;
+    a container started before that is missed, which is not what a test that runs containers next
+    is about. Each poll runs a fresh `podman exec` in a probe container, so an exec that happened
+    before the capture was up does not count and a slow start is still seen. `client` is a
+    fake_osqueryd.ExtClient; the probe container is removed before returning (and on failure).
+    """
+    import subprocess
+    import uuid
+
+    def podman(*args: str) -> str:
+        p = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed: {p.stderr}")
+        return p.stdout.strip()
+
+    name = f"stw-probe-{uuid.uuid4().hex[:8]}"
+    since = int(time.time()) - 1
+    at_least_since = [{"op": 32, "expr": str(since)}]       # time >= since (SQLite's GE)
+    ctx = [{"name": "time", "affinity": "BIGINT", "list": at_least_since}]
+    try:
+        cid = podman("run", "-d", "--name", name, "--network", "none", image, "sleep", "600")
+
+        def seen() -> bool:
+            podman("exec", cid, "true")
+            ev = client.generate("container_events", ctx).response
+            pe = client.generate("container_process_events", ctx).response
+            return (any(r["container_id"] == cid for r in ev)
+                    and any(r["container_id"] == cid and r["cmdline"] == "true" for r in pe))
+
+        wait_until(seen, timeout=timeout, interval=0.2,
+                   what="the extension reporting a probe container's exec")
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=60)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_hosts import wait_until
+from fake_hosts import wait_extension_sees_containers, wait_until
 from fake_osqueryd import FakeOsqueryd, constraint, start_extension
 from osquery_ext import tables
 from osquery_ext.runtimes import Runtimes
@@ -97,30 +97,6 @@ def _by_id(cid: str) -> str:
                                         "list": [{"op": EQ, "expr": cid}]}]})
 
 
-def _wait_until_extension_sees_containers(client, cleanup) -> None:
-    """Wait until the extension reports a probe container's exec, in both event tables.
-
-    Its podman event stream connects and its exec capture starts in the background; a container
-    started before that would be missed, which is what the test after this is not about. Each
-    poll runs a fresh `podman exec`, so an exec that happened before the capture was up does not
-    count and a late start is still seen.
-    """
-    probe = unique("probe")
-    cleanup["containers"].append(probe)
-    cid = podman("run", "-d", "--name", probe, "--network", "none", IMAGE, "sleep", "600")
-    since = int(time.time()) - 1
-
-    def seen() -> bool:
-        podman("exec", cid, "true")
-        ev = client.generate("container_events", [constraint("time", GE, since)]).response
-        pe = client.generate("container_process_events", [constraint("time", GE, since)]).response
-        return (any(r["container_id"] == cid for r in ev)
-                and any(r["container_id"] == cid and r["cmdline"] == "true" for r in pe))
-
-    wait_until(seen, timeout=30, interval=0.2)
-    podman("rm", "-f", "-t", "0", probe)
-
-
 def test_long_running_container_attributed(service, cleanup):
     name = unique("long")
     cleanup["containers"].append(name)
@@ -134,7 +110,7 @@ def test_long_running_container_attributed(service, cleanup):
 
     # `podman run -d` returns once the container started, not once `sleep 600` has exec'd:
     # wait for the state asserted below instead of reading the first snapshot
-    found = wait_until(sleeps, timeout=20)
+    found = wait_until(sleeps, timeout=20, what="a `sleep 600` row")
     assert len(found) == 1, found
     r = found[0]
     assert r["container_id"] == cid and r["runtime"] == "podman"
@@ -161,12 +137,13 @@ def test_wget_loop_container_flagged_while_it_runs(service, cleanup):
         return [r for r in tables.generate_container_processes(src, _by_id(cid))
                 if r["location_discovery"] == "1"]
 
-    flagged = wait_until(flagged_rows, timeout=20)   # "no location_discovery=1 row" on timeout
+    flagged = wait_until(flagged_rows, timeout=20, what="a location_discovery=1 row while wget loops")
     assert all(r["container_id"] == cid and r["image"] == IMAGE for r in flagged)
     assert any("ipinfo.io" in r["indicator"] for r in flagged)
     podman("rm", "-f", "-t", "0", name)
     # gone with the container
-    wait_until(lambda: tables.generate_container_processes(src, _by_id(cid)) == [], timeout=20)
+    wait_until(lambda: tables.generate_container_processes(src, _by_id(cid)) == [], timeout=20,
+               what="no process rows after podman rm")
 
 
 def test_short_lived_rm_container_through_thrift(service, cleanup):
@@ -181,7 +158,7 @@ def test_short_lived_rm_container_through_thrift(service, cleanup):
     try:
         uuid_, _info, _reg = manager.wait_registered()
         client = manager.client(uuid_)
-        _wait_until_extension_sees_containers(client, cleanup)
+        wait_extension_sees_containers(client, IMAGE)
         t0 = int(time.time()) - 1
         run = subprocess.run(["podman", "run", "--rm", "--name", name, "--network", "none", IMAGE,
                               "wget", "-qO-", "http://ipinfo.io/"], capture_output=True, text=True,
@@ -194,7 +171,8 @@ def test_short_lived_rm_container_through_thrift(service, cleanup):
             full = {"create", "start", "die", "destroy"} <= {r["action"] for r in rows}
             return rows if full else []
 
-        ev_rows = wait_until(lifecycle, timeout=20, interval=0.2)
+        ev_rows = wait_until(lifecycle, timeout=20, interval=0.2,
+                             what="create, start, die and destroy of the one-shot")
         cid = ev_rows[0]["container_id"]
         assert len(cid) == 64 and all(r["container_id"] == cid for r in ev_rows)
         times = {r["action"]: int(r["time_nano"]) for r in ev_rows}
@@ -212,7 +190,7 @@ def test_short_lived_rm_container_through_thrift(service, cleanup):
             return [r for r in pe.response if r["container_id"] == cid
                     and r["cmdline"] == "wget -qO- http://ipinfo.io/"]
 
-        wgets = wait_until(wget_events, timeout=20, interval=0.2)   # the wget's exec event
+        wgets = wait_until(wget_events, timeout=20, interval=0.2, what="the wget's exec event")
         w = wgets[0]
         assert w["location_discovery"] == "1" and w["tool"] == "wget"
         assert "ipinfo.io" in w["indicator"]
@@ -259,7 +237,7 @@ def test_listener_socket_of_a_container(service, cleanup):
     cid = podman("run", "-d", "--name", name, "--network", "none", IMAGE, "nc", "-l", "-p", "8080")
     src = _sources(service)
     rows = wait_until(lambda: [r for r in tables.generate_container_sockets(src, _by_id(cid))
-                               if r["state"] == "LISTEN"], timeout=20)   # nc's listening socket
+                               if r["state"] == "LISTEN"], timeout=20, what="nc's listening socket")
     r = rows[0]
     assert (r["protocol"], r["local_port"], r["container_id"]) == ("tcp", "8080", cid)
     host_netns = os.readlink("/proc/self/ns/net")[5:-1]
