@@ -10,8 +10,15 @@ Inputs accepted by :func:`classify_command`:
   * an argv list (``["wget", "-qO-", "http://ipinfo.io/"]``),
   * a shell string (``sh -c "..."`` wrapping, pipes, ``;``/``&&`` chains, ``$(...)``, heredocs),
   * bytes as read from ``/proc/<pid>/cmdline`` (NUL separated, possibly not UTF-8).
-Work is capped at :data:`MAX_SCAN` bytes from the start, so a 1 MiB command line costs no more
-than a 64 KiB one and an indicator near the start is still found.
+The whole command line is scanned, however long: an attacker who pads ``curl -H X:<70 KB>
+ifconfig.me`` must not get past a scan cap. Time stays linear in the length instead: every pass
+(prefilter, tokenizer, per-tool argument walks, program-text scans) is a single left-to-right
+walk or a regex without nested quantifiers, names longer than a DNS name (253) are not looked up,
+and nesting is followed :data:`_MAX_DEPTH` levels deep (``sh -c``, ``$(...)``, backquotes,
+wrapped command strings), each level re-reading at most the text it got. Below that depth a listed
+service name is flagged on its own (tool ``nested``): nobody nests command substitutions five
+deep around a geolocation service's name by accident, and following the nesting further would
+cost time quadratic in the length. ``bench/bench_classifier_long.py`` measures it.
 
 The service list is ``osquery_ext/data/geo_services.tsv`` and ``metadata_endpoints.tsv`` (the
 same files the Zeek package reads). One rule lives in code because it is a path on any host:
@@ -31,8 +38,8 @@ from typing import Iterable, Sequence
 
 from osquery_ext import indicators
 
-MAX_SCAN = 64 * 1024
 _MAX_DEPTH = 4
+_MAX_DNS_NAME = 253
 
 CATEGORY_METADATA = "cloud_metadata"
 
@@ -98,9 +105,11 @@ def match_domain(name: str) -> DomainMatch | None:
     ``ipinfo.io`` and ``www.ipinfo.io`` match the entry ``ipinfo.io``; ``notipinfo.io`` and
     ``ipinfo.io.evil.test`` do not. Case and one trailing dot are ignored.
     """
-    if not name:
+    if not name or len(name) > _MAX_DNS_NAME + 3:  # not a DNS name (and costly to walk)
         return None
     host = _clean_host(name)
+    if len(host) > _MAX_DNS_NAME:
+        return None
     geo = _tables().geo
     svc = geo.get(host)
     i = host.find(".")
@@ -144,7 +153,7 @@ def _has_candidate(low: str) -> bool:
     geo = t.geo
     for m in _CANDIDATE.finditer(low):
         name = m.group()
-        if len(name) > 253:
+        if len(name) > _MAX_DNS_NAME:
             continue  # longer than any DNS name: not a host (and costly to walk)
         if name in t.metadata_hosts:
             return True
@@ -177,36 +186,54 @@ _KEYWORDS_DROP = frozenset({"if", "then", "else", "elif", "do", "while", "until"
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?=")
 
 
-def _find_closing(s: str, i: int, opener: str, closer: str) -> int:
-    """Index of the ``closer`` matching an ``opener`` whose body starts at ``i`` (or len)."""
+# What _find_closing must look at: quotes, backslashes and parentheses; anything else is skipped
+# in one regex step (keeps megabytes of ordinary text inside $(...) fast).
+_PAREN_STOP = re.compile(r"['\"\\()]")
+_DQ_STOP = re.compile(r'["\\]')
+
+
+def _find_closing(s: str, i: int) -> int:
+    """Index of the ``)`` matching a ``$(`` whose body starts at ``i`` (or len when unclosed)."""
     depth = 1
     n = len(s)
-    quote = ""
-    while i < n:
+    while True:
+        m = _PAREN_STOP.search(s, i)
+        if m is None:
+            return n
+        i = m.start()
         c = s[i]
-        if quote:
-            if c == quote:
-                quote = ""
-            elif c == "\\" and quote == '"':
-                i += 1
-        elif c in "'\"":
-            quote = c
-        elif c == "\\":
+        if c == "'":
+            j = s.find("'", i + 1)
+            if j == -1:
+                return n
+            i = j + 1
+        elif c == '"':
             i += 1
-        elif c == opener:
+            while True:
+                q = _DQ_STOP.search(s, i)
+                if q is None:
+                    return n
+                if s[q.start()] == "\\":
+                    i = q.start() + 2
+                    continue
+                i = q.start() + 1
+                break
+        elif c == "\\":
+            i += 2
+        elif c == "(":
             depth += 1
-        elif c == closer:
+            i += 1
+        else:
             depth -= 1
             if depth == 0:
                 return i
-        i += 1
-    return n
+            i += 1
 
 
 def _take_dollar_paren(script: str, i: int, subs: list[str], word: list[str]) -> int:
     """A ``$(...)`` starting at ``i``: its body is a command of its own (to ``subs``) and its text
     stays in the current word. Returns the index after the closing parenthesis."""
-    j = _find_closing(script, i + 2, "(", ")")
+    j = _find_closing(script, i + 2)
     subs.append(script[i + 2:j])
     word.append(script[i:j + 1])
     return j + 1
@@ -219,6 +246,74 @@ def _take_backquoted(script: str, i: int, subs: list[str]) -> int:
     j = len(script) if j == -1 else j
     subs.append(script[i + 1:j])
     return j + 1
+
+
+_ANSI_C_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f",
+                  "v": "\v", "e": "\x1b", "E": "\x1b", "\\": "\\", "'": "'", '"': '"',
+                  "?": "?"}
+_ANSI_C_RUN = re.compile(r"[^'\\]+")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_ANSI_C_WIDTH = {"x": 2, "u": 4, "U": 8}
+
+
+def _take_ansi_c(script: str, i: int, word: list[str]) -> int:
+    """The body of a bash ANSI-C quote ``$'...'`` starting at ``i`` (after ``$'``), decoded to
+    ``word`` as bash does (``\\n``, ``\\xHH``, ``\\NNN`` octal, ``\\uHHHH``, ``\\'`` ...): the cmdline
+    column writes control characters this way, and ``curl $'\\x69pinfo.io'`` is ``curl ipinfo.io``.
+    Unclosed: to the end. Returns the index after the closing quote."""
+    n = len(script)
+    while i < n:
+        m = _ANSI_C_RUN.match(script, i)
+        if m:
+            word.append(m.group())
+            i = m.end()
+            continue
+        if script[i] == "'":
+            return i + 1
+        # a backslash escape
+        e = script[i + 1:i + 2]
+        if e in _ANSI_C_SIMPLE:
+            word.append(_ANSI_C_SIMPLE[e])
+            i += 2
+        elif e in _ANSI_C_WIDTH:
+            j = i + 2
+            end = min(n, j + _ANSI_C_WIDTH[e])
+            while j < end and script[j] in _HEX:
+                j += 1
+            if j == i + 2:
+                word.append("\\" + e)
+            else:
+                code = int(script[i + 2:j], 16)
+                word.append(chr(code) if code <= 0x10FFFF else "\ufffd")
+            i = j
+        elif e and e in "01234567":
+            j = i + 1
+            end = min(n, i + 4)
+            while j < end and script[j] in "01234567":
+                j += 1
+            word.append(chr(int(script[i + 1:j], 8) & 0xFF))
+            i = j
+        elif e == "c" and i + 2 < n:
+            word.append(chr(ord(script[i + 2]) & 0x1F))
+            i += 3
+        else:
+            word.append("\\" + e)
+            i += 2
+    return n
+
+
+def _ansi_c_decoded(text: str) -> str:
+    """``text`` with every ``$'...'`` replaced by what it decodes to, so that the prefilter sees
+    ``ipinfo.io`` in ``curl $'\\x69pinfo.io'``. Linear: one pass."""
+    out: list[str] = []
+    i = 0
+    while True:
+        j = text.find("$'", i)
+        if j == -1:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        i = _take_ansi_c(text, j + 2, out)
 
 
 def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
@@ -234,6 +329,7 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
     word: list[str] = []
     in_word = False
     pending_heredocs: list[tuple[str, _Segment | None, bool]] = []
+    unassigned = 0  # pending_heredocs[unassigned:] still wait for their command to end
     pipe_prev: _Segment | None = None
     stdin_for_current: str | None = None
     i, n = 0, len(script)
@@ -302,6 +398,10 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
                 in_word = True
             i += 2
             continue
+        if c == "$" and script.startswith("$'", i):
+            i = _take_ansi_c(script, i + 2, word)
+            in_word = True
+            continue
         if c == "$" and script.startswith("$(", i) and not script.startswith("$((", i):
             i = _take_dollar_paren(script, i, subs, word)
             in_word = True
@@ -365,13 +465,17 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
             if script.startswith("||", i) or script.startswith("&&", i):
                 op = script[i:i + 2]
             seg = end_segment(op)
-            if seg is not None and pending_heredocs:
-                pending_heredocs = [(d, seg, s) if tgt is None else (d, tgt, s)
-                                    for d, tgt, s in pending_heredocs]
+            if seg is not None and unassigned < len(pending_heredocs):
+                # only the heredocs opened since the last command ended are this command's
+                for k in range(unassigned, len(pending_heredocs)):
+                    d, _tgt, st = pending_heredocs[k]
+                    pending_heredocs[k] = (d, seg, st)
+                unassigned = len(pending_heredocs)
             i += len(op)
             if c == "\n" and pending_heredocs:
                 i = _read_heredocs(script, i, pending_heredocs)
                 pending_heredocs = []
+                unassigned = 0
             continue
         if c in " \t\r":
             end_word()
@@ -387,7 +491,9 @@ def split_shell(script: str) -> tuple[list[_Segment], list[str]]:
 
 
 def _read_heredocs(script: str, i: int, pending: list[tuple[str, _Segment | None, bool]]) -> int:
-    """Attach heredoc bodies starting at ``i`` to their commands; return the index after them."""
+    """Attach heredoc bodies starting at ``i`` to their commands; return the index after them.
+    A command's bodies are joined once at the end (many heredocs on one command stay linear)."""
+    bodies: dict[int, tuple[_Segment, list[str]]] = {}
     for delim, seg, strip_tabs in pending:
         body: list[str] = []
         while i < len(script):
@@ -398,8 +504,10 @@ def _read_heredocs(script: str, i: int, pending: list[tuple[str, _Segment | None
                 break
             body.append(line)
         if seg is not None:
-            text = "\n".join(body)
-            seg.stdin_text = text if seg.stdin_text is None else seg.stdin_text + "\n" + text
+            bodies.setdefault(id(seg), (seg, []))[1].append("\n".join(body))
+    for seg, texts in bodies.values():
+        text = "\n".join(texts)
+        seg.stdin_text = text if seg.stdin_text is None else seg.stdin_text + "\n" + text
     return i
 
 
@@ -713,7 +821,7 @@ def _scan_code(code: str, tool: str, context: str = "") -> CommandMatch | None:
     The text (or ``context``, e.g. ``perl -MLWP::Simple``) must show network use: printing a
     service's name is not contacting it.
     """
-    low = code[:MAX_SCAN].lower()
+    low = code.lower()
     if not (_NET_CODE.search(low) or (context and _NET_CODE.search(context.lower()))):
         return None
     spans = []
@@ -725,26 +833,33 @@ def _scan_code(code: str, tool: str, context: str = "") -> CommandMatch | None:
             if res:
                 return res
     t = _tables()
+    k = 0  # spans and candidates both run left to right: one pointer, not a search per name
+    path_end = -1  # where the path after the last metadata host ends (reused while ahead)
     for m in _CANDIDATE.finditer(low):
         s = m.start()
-        if any(a <= s < b for a, b in spans):
-            continue
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        if k < len(spans) and spans[k][0] <= s:
+            continue  # inside a URL already looked at
         if s > 0 and low[s - 1] in "/\\.@=?&%":
             continue  # a path, a file name, a query value, not a host
         name = m.group()
         if name in t.metadata_hosts:
-            rest = low[m.end():]
-            end = len(rest)
-            for ch in " '\"`)\n;,":
-                p = rest.find(ch)
-                if p != -1 and p < end:
-                    end = p
-            res = _match_url(name, rest[:end] or "/", tool)
+            if path_end < m.end():
+                p = _PATH_END.search(low, m.end())
+                path_end = p.start() if p else len(low)
+            # endpoint prefixes are short: a bounded slice keeps many hosts linear
+            path = low[m.end():min(path_end, m.end() + _MAX_PATH)]
+            res = _match_url(name, path or "/", tool)
         else:
             res = _match_host(name, tool)
         if res:
             return res
     return None
+
+
+_PATH_END = re.compile(r"[ '\"`)\n;,]")
+_MAX_PATH = 512
 
 
 _CODE_OPTS: dict[str, tuple[str, ...]] = {
@@ -923,6 +1038,8 @@ def _classify_argv(argv: list[str], depth: int, prev: _Segment | None = None,
             res = _classify_text(script, depth + 1)
             if res is None and joined:
                 res = _classify_text(joined, depth + 1)
+        elif script is not None:
+            res = _nested_name(script)
     elif name in _POWERSHELL:
         code = _powershell_code(argv)
         if stdin_text:
@@ -953,6 +1070,22 @@ def _classify_argv(argv: list[str], depth: int, prev: _Segment | None = None,
     return res
 
 
+def _nested_name(text: str) -> CommandMatch | None:
+    """Verdict on text nested deeper than _MAX_DEPTH: a listed service name in it is enough.
+
+    Following the nesting further would re-read the text once per level (quadratic for a
+    megabyte of ``$(``); a lookup service named five substitutions deep is suspicious on its
+    own. One linear candidate pass."""
+    low = text.lower()
+    if not _has_candidate(low):
+        return None
+    for m in _CANDIDATE.finditer(low):
+        hit = _match_host(m.group(), "nested")
+        if hit:
+            return hit
+    return None
+
+
 _PS_WORD = re.compile(r"(?<![\w-])(?:powershell|pwsh)(?:\.exe)?(?![\w-])", re.IGNORECASE)
 
 
@@ -962,11 +1095,10 @@ def _classify_text(script: str, depth: int) -> CommandMatch | None:
         res = _classify_argv(seg.argv, depth, seg.prev, seg.stdin_text)
         if res:
             return res
-    if depth < _MAX_DEPTH:
-        for sub in subs:
-            res = _classify_text(sub, depth + 1)
-            if res:
-                return res
+    for sub in subs:
+        res = _classify_text(sub, depth + 1) if depth < _MAX_DEPTH else _nested_name(sub)
+        if res:
+            return res
     # PowerShell syntax ((New-Object Net.WebClient).DownloadString(...)) is not shell syntax:
     # read everything after the powershell word as PowerShell code.
     m = _PS_WORD.search(script)
@@ -978,9 +1110,9 @@ def _classify_text(script: str, depth: int) -> CommandMatch | None:
 
 
 def _normalise(cmd: str | bytes | Sequence[str]) -> tuple[list[str] | None, str]:
-    """(argv or None for shell text, capped text) for any accepted input form."""
+    """(argv or None for shell text, whole text) for any accepted input form."""
     if isinstance(cmd, (bytes, bytearray, memoryview)):
-        raw = bytes(cmd[:MAX_SCAN])
+        raw = bytes(cmd)
         if b"\0" in raw:
             parts = raw.split(b"\0")
             if parts and parts[-1] == b"":
@@ -989,24 +1121,15 @@ def _normalise(cmd: str | bytes | Sequence[str]) -> tuple[list[str] | None, str]
             return argv, "\0".join(argv)
         return None, raw.decode("utf-8", "backslashreplace")
     if isinstance(cmd, str):
-        text = cmd[:MAX_SCAN]
+        text = cmd
         if "\0" in text:
             argv = text.split("\0")
             if argv and argv[-1] == "":
                 argv.pop()
             return argv, text
         return None, text
-    argv = []
-    total = 0
-    for a in cmd:
-        if isinstance(a, (bytes, bytearray)):
-            a = bytes(a).decode("utf-8", "backslashreplace")
-        a = str(a)
-        if total + len(a) > MAX_SCAN:
-            argv.append(a[:max(0, MAX_SCAN - total)])
-            break
-        argv.append(a)
-        total += len(a) + 1
+    argv = [bytes(a).decode("utf-8", "backslashreplace") if isinstance(a, (bytes, bytearray))
+            else str(a) for a in cmd]
     if len(argv) == 1 and any(ch.isspace() for ch in argv[0]):
         return None, argv[0]  # one joined string, e.g. osquery's cmdline column
     return argv, "\0".join(argv)
@@ -1022,7 +1145,8 @@ def classify_command(cmd: str | bytes | Sequence[str]) -> CommandMatch:
         argv, text = _normalise(cmd)
     except (TypeError, ValueError):
         return NO_MATCH
-    if not text or not _has_candidate(text.lower()):
+    if not text or not (_has_candidate(text.lower()) or (
+            "$'" in text and _has_candidate(_ansi_c_decoded(text).lower()))):
         return NO_MATCH
     res = _classify_argv(argv, 0) if argv is not None else _classify_text(text, 0)
     if res is None and argv is None and "\\n" in text:

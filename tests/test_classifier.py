@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from osquery_ext import classifier
-from osquery_ext.classifier import MAX_SCAN, classify_command, match_domain
+from osquery_ext.classifier import classify_command, match_domain
 
 FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES")
                 or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
@@ -282,8 +282,84 @@ def test_one_mib_benign_command_line_and_cap() -> None:
     assert not classify_command("echo " + "a" * (1 << 20)).location_discovery
     assert not classify_command("echo " + "a." * (1 << 19)).location_discovery
     assert not classify_command("x" * (1 << 20) + " curl ipinfo.io").location_discovery
-    # An indicator past MAX_SCAN is not looked at; one inside it is.
-    assert classify_command(" " * (MAX_SCAN - 100) + "curl ipinfo.io").location_discovery
+
+
+MB = 1 << 20
+
+
+def _huge_positive_shapes(MB: int = MB) -> list[tuple[str, object]]:  # noqa: N803
+    """1 MB command lines that contact ifconfig.me after (or among) a megabyte of padding: the
+    whole line is scanned, there is no cap to hide behind (issue 9 item 7). Sized by `MB` so that
+    bench/bench_classifier_long.py can time the same shapes at several sizes."""
+    pad = "A" * MB
+    many = []
+    for i in range(MB // 8):
+        many += ["-H", f"X{i}:y"]
+    deep_dq = 'sh -c "echo ' + '\\"' * (MB // 2) + '; curl ifconfig.me"'
+    return [
+        ("long header before the host (argv)", ["curl", "-H", "X:" + pad, "ifconfig.me"]),
+        ("long header before the host (text)", f"curl -H X:{pad} ifconfig.me"),
+        ("long header before the host (raw)", b"curl\0-H\0X:" + pad.encode() + b"\0ifconfig.me\0"),
+        ("long argument after the host", ["curl", "ifconfig.me", "-d", pad]),
+        ("padding before the command", f": {pad}; wget -qO- http://ifconfig.me/"),
+        ("many arguments before the host (argv)", ["curl", *many, "https://ifconfig.me/ip"]),
+        ("many arguments before the host (text)", "curl " + " ".join(many) + " ifconfig.me"),
+        ("many commands before", "true; " * (MB // 6) + "curl ifconfig.me"),
+        ("long pipeline before", "cat x | " * (MB // 8) + "curl ifconfig.me"),
+        ("deep double quoting", deep_dq),
+        ("deep single quoting", "sh -c '" + "'\"'\"'" * (MB // 5) + "'; curl ifconfig.me"),
+        ("deep $( nesting (unclosed)", "echo " + "$(" * (MB // 2) + " ; curl ifconfig.me"),
+        ("deep $( nesting", "echo " + "$(echo " * (MB // 8) + "$(curl ifconfig.me" + ")" * (MB // 8 + 1)),
+        ("deep backquote nesting", "echo `sh -c 'echo " * 4 + "A" * MB + "; curl ifconfig.me" + "'`" * 4),
+        ("sh -c of a padded script", ["sh", "-c", f"echo {pad} >/dev/null\ncurl -s ifconfig.me"]),
+        ("ANSI-C quoted padding", "echo $'" + "\\x41" * (MB // 4) + "'; curl ifconfig.me"),
+        ("many heredocs", "cat <<E; " * (MB // 11) + "\n" + "E\n" * (MB // 11) + "curl ifconfig.me"),
+        ("many heredocs on one command", "cat" + " <<E" * (MB // 8) + "\n" + "x\nE\n" * (MB // 8)
+         + "curl ifconfig.me"),
+        ("interpreter with many URLs", ["python3", "-c", "import urllib.request as u; x = '"
+                                        + "http://a.example/ " * (MB // 18)
+                                        + "'; u.urlopen('http://ifconfig.me')"]),
+        ("interpreter with many metadata hosts", ["python3", "-c", "import urllib.request as u; "
+                                                  + "x='169.254.169.254 ' * 0; " * (MB // 27)
+                                                  + "u.urlopen('https://ifconfig.me')"]),
+    ]
+
+
+@pytest.mark.parametrize("what,cmd", _huge_positive_shapes(),
+                         ids=[w for w, _ in _huge_positive_shapes()])
+def test_one_mb_lookup_after_padding_is_found(what: str, cmd: object) -> None:
+    size = (len(cmd) if isinstance(cmd, (str, bytes)) else sum(len(a) + 1 for a in cmd))
+    assert size >= MB * 0.9, (what, size)
+    m = classify_command(cmd)  # type: ignore[arg-type]
+    assert m.location_discovery, what
+    assert m.indicator.startswith("ifconfig.me"), (what, m)
+
+
+@pytest.mark.parametrize("what,cmd", [
+    ("dotted megabyte host", "curl http://" + "a." * (MB // 2) + "ifconfig.me"),
+    ("megabyte of $'", "echo " + "$'" * (MB // 2)),
+    ("megabyte of heredoc markers", "cat " + "<<" * (MB // 2)),
+    ("megabyte of backquotes", "echo " + "`" * MB),
+    ("megabyte of unclosed quotes", "echo \"" + "'" * MB),
+    ("megabyte of metadata hosts", "echo " + "169.254.169.254 " * (MB // 16)),
+    ("megabyte of URL-looking words", "python3 -c 'import socket' " + "http://a.b/ " * (MB // 12)),
+])
+def test_one_mb_odd_inputs_finish_negative(what: str, cmd: str) -> None:
+    """Shapes that would cost quadratic time in a careless scanner; none names a lookup used as
+    a host (a >253-character name is not a DNS name, so not a lookup)."""
+    assert not classify_command(cmd).location_discovery, what
+
+
+def test_ansi_c_quoting_is_read_like_bash() -> None:
+    """$'...' (what the cmdline column writes for control characters) is decoded, so a host
+    spelled with escapes is still the host."""
+    assert classify_command("curl $'\\x69fconfig.me'").indicator == "ifconfig.me"
+    assert classify_command("sh -c $'set -e\\ncurl -s ipinfo.io'").indicator == "ipinfo.io"
+    assert classify_command("wget $'http://ip\\151nfo.io/'").location_discovery  # octal
+    assert not classify_command("echo $'curl ipinfo.io'").location_discovery
+    from osquery_ext.cmdline import format_cmdline
+    argv = ["sh", "-c", "printf '\\033[2J'\ncurl -s ipinfo.io # it's"]
+    assert classify_command(format_cmdline(argv)).indicator == "ipinfo.io"
 
 
 def test_deep_nesting_is_bounded() -> None:

@@ -203,13 +203,20 @@ def test_process_vanishing_mid_read(proc):
 
 
 def test_very_long_command_line(proc):
-    # The classifier scans the first 64 KiB (its documented cap); the rest must still be carried.
-    argv = ["sh", "-c", "wget -qO- https://api.ipify.org ; : " + "x" * 200000]
+    # The whole command line is carried and classified: a lookup after 200 KB of padding too.
+    argv = ["sh", "-c", ": " + "x" * 200000 + "; wget -qO- https://api.ipify.org"]
     add_process(proc, 400, f"0::/machine.slice/libpod-{PODMAN_ID}.scope\n", argv, "sh")
-    src = tables.Sources(proc=str(proc), runtimes=None)
-    row = next(r for r in tables.generate_container_processes(src, None) if r["pid"] == "400")
-    assert len(row["cmdline"]) > 200000
-    assert row["location_discovery"] == "1"
+    calls = []
+
+    def counting(a: list[str]) -> dict:
+        calls.append(sum(map(len, a)))
+        return tables.default_classify(a)
+    src = tables.Sources(proc=str(proc), runtimes=None, classify=counting)
+    for _ in range(3):
+        row = next(r for r in tables.generate_container_processes(src, None) if r["pid"] == "400")
+        assert len(row["cmdline"]) > 200000
+        assert row["location_discovery"] == "1" and row["indicator"] == "api.ipify.org"
+    assert len([n for n in calls if n > 200000]) == 1 and len(calls) == 5  # each argv once
 
 
 # -- sockets -------------------------------------------------------------------------------------
