@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.collect.k8s_config import KubernetesConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -127,6 +129,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     @property
     def host_name(self) -> str:
@@ -196,6 +199,13 @@ def validate(cfg: Config) -> list[str]:
         problems.append("detection.window_s, churn_t_s must be > 0 and churn_n >= 1")
     if d.merge_s < 0 or d.suppression_s < 0:
         problems.append("detection.merge_s and suppression_s must be >= 0")
+    k = cfg.kubernetes
+    if k.webhook and not (0 <= k.webhook_port < 65536):
+        problems.append("kubernetes.webhook_port out of range")
+    if k.webhook_tls_key and not k.webhook_tls_cert:
+        problems.append("kubernetes.webhook_tls_key needs webhook_tls_cert")
+    if k.churn_n < 1 or k.churn_t_s <= 0 or k.baseline_s < 0:
+        problems.append("kubernetes.churn_n >= 1, churn_t_s > 0, baseline_s >= 0")
     if cfg.metrics.enabled and not (0 < cfg.metrics.port < 65536):
         problems.append("metrics.port out of range")
     return problems

@@ -100,6 +100,7 @@ class Daemon:
             self.pipeline.window_sink = self.window_store.add
         self.sinks = build_sinks(cfg.sinks)
         self.tailers = self._make_tailers()
+        self.k8s = self._start_k8s()
         self.direct = self._start_direct()
         self.metrics = Metrics(cfg)
         self._last_map = ""
@@ -150,6 +151,14 @@ class Daemon:
                                            fields=ingest_fields))
         return tailers
 
+    def _start_k8s(self) -> Any:
+        """The Kubernetes audit source (file and/or webhook into the spool), when configured."""
+        if not self.cfg.kubernetes.enabled:
+            return None
+        from scheduler.collect.k8s_source import K8sAuditSource
+
+        return K8sAuditSource(self.cfg.kubernetes, self.store)
+
     def _restore(self) -> None:
         row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
                                       (STATE_NAME,)).fetchone()
@@ -187,6 +196,11 @@ class Daemon:
                         items.append((float(rec.get("ts") or 0.0), 1 + i, "zeek",
                                       (t.stream, rec)))
             items.extend(self._thrift_items())
+            k8s_ids: list[str] = []
+            if self.k8s is not None:     # audit events: file lines -> spool, then the spool
+                self.k8s.spool_file()
+                k8s_ids, recs = self.k8s.take()
+                items.extend((r.ts, 1 + len(self.tailers), "k8s", r) for r in recs)
             items.sort(key=lambda x: (x[0], x[1]))
             p = self.pipeline
             for _, _, kind, payload in items:
@@ -197,6 +211,8 @@ class Daemon:
                 if kind == "osq":
                     # inventory rows were observed above; feed the rest of the row's logic
                     p.feed_osquery_row(payload, observe=False)
+                elif kind == "k8s":
+                    p.feed_k8s(payload)
                 else:
                     p.feed_zeek(*payload)
             alerts = p.flush(wall=time.time())
@@ -204,6 +220,8 @@ class Daemon:
                 with self.store.transaction() as conn:
                     for t, b in batches:
                         t.commit(b, conn)
+                    if k8s_ids:
+                        self.k8s.mark_consumed(conn, k8s_ids)
                     self.outbox.add(conn, alerts, STATE_NAME)
                     self._save_state(conn)
                     if self.direct is not None:
@@ -307,6 +325,8 @@ class Daemon:
                 conn.execute("DELETE FROM alert_repeats WHERE time < ?", (before,))
                 try:
                     self.store.prune_containers(before, conn=conn)
+                    if self.k8s is not None:
+                        self.k8s.prune(before, conn)
                 except Exception as exc:
                     log.debug("prune containers: %s", exc)
             try:
@@ -363,6 +383,8 @@ class Daemon:
         m.collect_seconds.set(seconds)
 
     def close(self) -> None:
+        if self.k8s is not None:
+            self.k8s.close()      # stop answering the API server; the spool keeps the rest
         with self.lock:
             try:
                 self.collect_once()

@@ -33,6 +33,9 @@ from scheduler.config import Config
 from scheduler.detect import rules
 from scheduler.detect.inventory import Inventory, event_time
 from scheduler.detect.join import Joiner
+from scheduler.detect.k8s_join import K8sJoin
+from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
+from scheduler.collect.k8s_audit import OrchestrationRecord
 from scheduler.detect.windowing import WindowingMixin
 from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
@@ -118,6 +121,7 @@ class PipelineStats:
     windows_scored: int = 0
     late_records: int = 0
     alerts: int = 0
+    k8s_records: int = 0
     bad_input: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +156,15 @@ class Pipeline(WindowingMixin):
         # traffic only and takes geo verdicts from its detectors, not from bare names.
         self.joiner = Joiner(self.inventory, self.environment, hold_s=0.0,
                              default_host=self.host, inbound=False, geo_from_names=False)
+        # Kubernetes audit records: their own rules, and the join that names the requester
+        # on alerts about containers in pods (docs/kubernetes.md).
+        k8s = self.config.kubernetes
+        misuse = getattr(det, "misuse", None)     # one registry allow-list for both sides
+        self.k8s_rules = K8sRules(K8sRuleSettings(
+            churn_n=k8s.churn_n, churn_t_s=k8s.churn_t_s, baseline_s=k8s.baseline_s,
+            allowed_registries=list(getattr(misuse, "allowed_registries", []) or []),
+            trusted_users=list(k8s.trusted_users)), default_host=k8s.cluster)
+        self.k8s_join = K8sJoin(after_s=k8s.join_after_s, trusted_users=k8s.trusted_users)
 
     # ----------------------------------------------------------------------------- containers
     def container_ref(self, host: str, container_id: str, image: str = "",
@@ -181,6 +194,8 @@ class Pipeline(WindowingMixin):
         if t == "container_inventory" and row.action != "removed":
             if not self.windows_only:
                 self._inventory_rules(host, row)
+                if col.get("pod_name") or "io.kubernetes.pod" in str(col.get("labels", "")):
+                    self.k8s_join.observe_inventory(col.get("id", ""), col)
         elif t == "container_events":
             ts = event_time(col) or row.unix_time
             rec = LifecycleRecord(ts=ts, container_id=col.get("container_id", ""),
@@ -190,6 +205,8 @@ class Pipeline(WindowingMixin):
             self.feed_lifecycle(rec)
         elif t in ("container_process_events", "container_processes") and row.action != "removed":
             rec = self.joiner.process_from_row(row, host)
+            if col.get("pod_uid"):
+                self.k8s_join.observe_process(rec.container_id, col["pod_uid"])
             # A snapshot lists long-running processes again and again, and at start-up lists
             # processes that began long ago: those are not new in any open window.
             stale = t == "container_processes" and rec.ts < self.data_time - self.window_s
@@ -249,6 +266,17 @@ class Pipeline(WindowingMixin):
         self._window_add("l", rec.ts, rec)
         cand = self.churn.observe(rec, self.container_ref(rec.host, rec.container_id, rec.image))
         if cand:
+            self._add(cand)
+
+    def feed_k8s(self, rec: OrchestrationRecord) -> None:
+        """A Kubernetes audit record: the k8s rules, and the join's memory of who made or
+        entered which pod (used when alerts on containers in pods are written)."""
+        if self.windows_only:
+            return      # a resumed replay restores both from the saved state
+        self.stats.k8s_records += 1
+        self._advance(rec.ts)
+        self.k8s_join.observe(rec)
+        for cand in self.k8s_rules.observe(rec):
             self._add(cand)
 
     def feed_net(self, rec: NetRecord, detection: Any = None) -> None:
@@ -353,6 +381,9 @@ class Pipeline(WindowingMixin):
             self.close_windows()
         self._score_closed()
         out = self.aggregator.flush(self.data_time, force=force, wall=wall)
+        if self.k8s_join.pods:
+            for a in out:
+                self.k8s_join.finish_alert(a)
         self.stats.alerts += len(out)
         return out
 
@@ -380,6 +411,8 @@ class Pipeline(WindowingMixin):
             self.feed_net(payload)
         elif kind == "life":
             self.feed_lifecycle(payload)
+        elif kind == "k8s":
+            self.feed_k8s(payload)
         elif kind == "info":
             c: ContainerInfo = payload
             st = self.inventory._state(c.host or self.host, c.container_id)
@@ -396,6 +429,8 @@ class Pipeline(WindowingMixin):
                 del d[cid]
         self.aggregator.prune(self.data_time)
         self.churn.prune(self.data_time)
+        self.k8s_rules.prune(self.data_time)
+        self.k8s_join.prune(self.data_time, keep_s=max(self.data_time - before_ts, 0.0))
         self._prune_proc_seen(self.data_time)
 
     # ----------------------------------------------------------------------------- state
@@ -412,6 +447,8 @@ class Pipeline(WindowingMixin):
             "life_recent": [[r.ts, r.container_id, r.image, r.action, r.name, r.host]
                             for r in self._life_recent],
             "stats": self.stats.to_dict(),
+            "k8s_rules": self.k8s_rules.dump_state(),
+            "k8s_join": self.k8s_join.dump_state(),
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -430,6 +467,8 @@ class Pipeline(WindowingMixin):
                                   st.get("life_recent", []))
         for k, v in st.get("stats", {}).items():
             setattr(self.stats, k, v)
+        self.k8s_rules.load_state(st.get("k8s_rules", {}))
+        self.k8s_join.load_state(st.get("k8s_join", {}))
 
 
 
@@ -474,6 +513,8 @@ def _timed_items(items: Iterable[Any]) -> Iterator[tuple[float, int, str, Any]]:
             kind = "life"
         elif isinstance(it, ContainerInfo):
             kind = "info"
+        elif isinstance(it, OrchestrationRecord):
+            kind = "k8s"
         else:
             raise TypeError(f"cannot process {type(it).__name__}")
         yield item_time(kind, it), seq, kind, it

@@ -24,6 +24,7 @@ from scheduler.alerting.alerts import Alert
 from scheduler.config import Config
 from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
+from scheduler.collect.k8s_audit import AuditStats, recording_records
 from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,16 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
         for d in rec.iter_zeek(stream, zstats, fields=ingest_fields(stream)):
             items.append((item_time("zeek", (stream, d)), 1 + si, seq, "zeek", (stream, d)))
             seq += 1
+    kstats = AuditStats()
+    for r in recording_records(rec_dir, kstats):      # k8s/audit.log (docs/kubernetes.md)
+        items.append((r.ts, 1 + len(ZEEK_STREAMS), seq, "k8s", r))
+        seq += 1
     items.sort(key=lambda x: (x[0], x[1], x[2]))
     if stats is not None:
         stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
                             "malformed": ostats.malformed}
+        if kstats.lines:
+            stats["k8s"] = kstats.to_dict()
         stats["zeek"] = {k: v for k, v in vars(zstats).items()
                          if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
             {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}

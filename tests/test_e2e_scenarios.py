@@ -228,14 +228,15 @@ def test_demo_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "ground truth: 51/51" in text
+    assert "ground truth: 148/148" in text     # 51 host/network + 97 of the k8s recordings
     assert "negative control 'benign': 0 alerts" in text
-    for rule in ("location_discovery", "container_churn", "behaviour_anomaly"):
+    for rule in ("location_discovery", "container_churn", "behaviour_anomaly", "k8s_pod_churn",
+                 "k8s_exec_new_requester"):
         assert rule in text
     alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
     assert len(alerts) == len({a["id"] for a in alerts}) > 50
     html = (out / "report.html").read_text()
-    assert html.count("<svg") == 3 and "MISSED" not in html
+    assert html.count("<svg") == 5 and "MISSED" not in html
     # Running it again gives the same alerts (same ids): the demo is deterministic.
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     again = [json.loads(x)["id"] for x in (out / "alerts.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 # The rule names and the candidate record are detect's output (re-exported: alerts carry them).
+from scheduler.detect.k8s_rules import K8S_MITRE
 from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY, RULES,
                                         UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
 
@@ -44,6 +45,7 @@ MITRE: dict[str, list[dict[str, str]]] = {
                   "tactic": "Privilege Escalation", "tactic_id": "TA0004"}],
     RULE_ANOMALY: [],
 }
+MITRE.update(K8S_MITRE)     # k8s_pod_churn, k8s_exec_new_requester, ... (detect/k8s_rules.py)
 
 
 def iso(ts: float) -> str:

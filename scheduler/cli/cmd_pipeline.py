@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEMO_TRAIN = "benign_long"
 DEMO_ATTACKS = ("geo_lookup", "churn", "drift")
 DEMO_NEGATIVE = "benign"
+DEMO_K8S = ("k8s_geo", "k8s_churn")     # with an API server audit log (docs/kubernetes.md)
 
 
 # ----------------------------------------------------------------------------------- parsers
@@ -223,11 +224,15 @@ def demo_config(out: Path) -> Config:
     # windows, worker 62, webapp 186. Under the default of 50 cron would never get its own
     # baseline, so the demo asks for 20 here; a real deployment keeps the default (50).
     cfg.model.min_windows = 20
+    # The k8s recordings carry two hours of audit history before the attack; the first hour
+    # is their baseline (a deployment learns for a week, kubernetes.baseline_s).
+    cfg.kubernetes.baseline_s = 3600.0
     return cfg
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from scheduler.replay import check_ground_truth, replay, train_from_recordings
+    from scheduler.collect.k8s_recording import check_k8s_ground_truth
     from scheduler.collect.recording import Recording
     from scheduler.alerting.report import Section, write_report
     from scheduler.alerting.sinks import build_sinks
@@ -253,8 +258,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"      {key:<30} {n:>4} windows  {scope}")
 
     sinks = build_sinks(cfg.sinks)
-    scenarios = [*DEMO_ATTACKS] + ([DEMO_NEGATIVE] if (data / DEMO_NEGATIVE / "meta.json").exists()
-                                   else [])
+    scenarios = [*DEMO_ATTACKS] + [k for k in DEMO_K8S if (data / k / "meta.json").exists()] \
+        + ([DEMO_NEGATIVE] if (data / DEMO_NEGATIVE / "meta.json").exists() else [])
     print(f"\n[2/3] replaying {', '.join(scenarios)}")
     sections, all_rows, coverage_all = [], [], []
     counts = {}
@@ -269,6 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 a["_scenario"], a["_repeats"] = sc, rep_count.get(a["id"], 0)
             gt = Recording(data / sc).ground_truth()
             cov = check_ground_truth(gt, alerts, cfg.detection.suppression_s)
+            cov += check_k8s_ground_truth(gt, alerts)     # requester named, k8s alerts
             coverage_all.extend(cov)
             counts[sc] = len(alerts)
             bad = res.stats.get("zeek", {}).get("bad_lines", 0) + \

@@ -4,7 +4,7 @@ field, tied by pod UID to the containers of an existing recording.
 Provenance. The host and network halves are the bundled recordings (real podman containers, real
 Zeek logs; scheduler/demo_data/README.md). There was no API server in those captures, so this
 module writes what the API server of a cluster running those containers would have logged, with
-the same times: a `kubectl exec` whose request reaches the API server 0.35 s before the recorded
+the same times, on a host renamed to the cluster node `k8s-node-1`: a `kubectl exec` whose request reaches the API server 0.35 s before the recorded
 `podman exec` started the command and whose session ends 0.05 s after it; a pod create 0.9 s
 before its container's recorded create event; and so on. The containers' inventory rows get the
 labels the kubelet puts on every CRI container (`io.kubernetes.pod.uid/name/namespace`,
@@ -46,6 +46,9 @@ NS_UUID = uuid.UUID("5a0c2f1e-7b1d-4c55-9e0e-6b1f3c0d2a77")
 KUBECTL_UA = "kubectl/v1.31.2 (linux/amd64) kubernetes/5864a46"
 KCM_UA = "kube-controller-manager/v1.31.2 (linux/amd64) kubernetes/5864a46/system:serviceaccount:kube-system:{}"
 CONTROL_PLANE_IP = "10.0.0.10"
+# The host of the k8s recordings: a cluster node (a host name of its own also keeps their alert
+# ids apart from those of the recordings they were made from, in one demo state database).
+NODE = "k8s-node-1"
 
 
 @dataclass(frozen=True)
@@ -270,14 +273,17 @@ def _container_times(osquery_lines: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _label_rows(osquery_lines: list[str], pods: dict[str, dict[str, str]]) -> list[str]:
+def _label_rows(osquery_lines: list[str], pods: dict[str, dict[str, str]],
+                node: str = NODE) -> list[str]:
     """Add the kubelet's labels (inventory) and the kubepods pod_uid (processes) to the rows of
-    the containers that are in a pod; every other byte of the line is unchanged."""
+    the containers that are in a pod, and name the host as the cluster node; every other field
+    of the line is unchanged."""
     out = []
     for line in osquery_lines:
         d = json.loads(line)
         name = d.get("name", "")
-        changed = False
+        changed = d.get("hostIdentifier") != node
+        d["hostIdentifier"] = node
         if name.endswith("container_inventory"):
             for row in d.get("snapshot") or []:
                 p = pods.get(row.get("id", ""))
@@ -488,6 +494,7 @@ def build_scenario(data: Path, name: str, out: Path | None = None) -> dict[str, 
     _gz_write(dst / AUDIT_DIR / (AUDIT_NAME + ".gz"), lines)
     meta = json.loads((src / "meta.json").read_text())
     meta["name"] = name
+    meta["host"] = NODE
     meta["source"] = (f"{src_name} with Kubernetes pod labels and a generated API server audit "
                       f"log (scheduler/collect/k8s_recording.py)")
     (dst / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
