@@ -22,7 +22,6 @@ more per line than a CSV-to-columns reader; the figure says what that costs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -31,12 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-SOURCE = FIXTURES / "container-scenarios" / "benign_long" / "zeek" / "http.log"
+sys.path.insert(0, str(ROOT / "tests"))
+from datafiles import exists, read_text, scenario_dir  # noqa: E402  (tests/datafiles.py)
+
+SOURCE = scenario_dir("benign_long") / "zeek" / "http.log"   # .log or .log.gz
 
 
 def build(path: Path, lines: int) -> None:
-    text = SOURCE.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = read_text(SOURCE).splitlines(keepends=True)
     header = [x for x in text if x.startswith("#") and not x.startswith("#close")]
     data = [x for x in text if not x.startswith("#")]
     t0 = float(data[0].split("\t", 1)[0])
@@ -96,7 +97,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    if not SOURCE.exists():
+    if not exists(SOURCE):
         print(f"bench_ingest: fixture {SOURCE} missing", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:

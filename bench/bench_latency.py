@@ -12,7 +12,6 @@ the shipped `merge_s = 10` on a few samples (what a deployment with default sett
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -21,12 +20,14 @@ from pathlib import Path
 
 from daemon_harness import ROOT, running_daemon, write_config  # bench/
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-DNS = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek" / "dns.log"
+sys.path.insert(0, str(ROOT / "tests"))
+from datafiles import exists, read_text, scenario_dir  # noqa: E402  (tests/datafiles.py)
+
+DNS = scenario_dir("geo_lookup") / "zeek" / "dns.log"   # .log or .log.gz
 
 
 def sample_line() -> tuple[list[str], str]:
-    lines = DNS.read_text().splitlines()
+    lines = read_text(DNS).splitlines()
     header = [x for x in lines if x.startswith("#") and not x.startswith("#close")]
     hit = next(x for x in lines if not x.startswith("#") and "\tipinfo.io\t" in x)
     return header, hit
@@ -96,8 +97,8 @@ def measure(merge_s: float, n: int, collect_s: float) -> list[float]:
 
 
 def main() -> int:
-    if not DNS.exists():
-        print(f"bench_latency: fixture {DNS} missing", file=sys.stderr)
+    if not exists(DNS):
+        print(f"bench_latency: data file {DNS} missing", file=sys.stderr)
         return 2
     collect_s = 0.25
     lat = measure(0.0, 20, collect_s)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     X = synthetic_windows(args.windows)
     tb, tm = paired(lambda: IsolationForest(n_estimators=args.n_estimators, random_state=0).fit(X),
                     lambda: ImageBaseline(n_estimators=args.n_estimators, random_state=0).fit(X), args.repeats)
-    # the minimum is the least disturbed run of each (timeit's advice on a shared machine);
+    # the minimum is the least disturbed run of each (timeit's advice on a busy machine);
     # the median of the per-pair ratios is printed too
     t_bare, t_model = min(tb), min(tm)
     ratio = t_model / t_bare

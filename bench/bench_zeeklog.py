@@ -16,7 +16,6 @@ typed fields against a C CSV reader that makes columns, not rows).
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -28,15 +27,17 @@ sys.path.insert(0, str(ROOT))
 from scheduler.detect.geo_stock import GeoStockDetector, iter_stream  # noqa: E402
 from scheduler.collect.zeeklog import ParseStats, iter_zeek_log  # noqa: E402
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-SOURCE = FIXTURES / "container-scenarios" / "benign_long" / "zeek" / "http.log"
+sys.path.insert(0, str(ROOT / "tests"))
+from datafiles import exists, read_text, scenario_dir  # noqa: E402  (tests/datafiles.py)
+
+SOURCE = scenario_dir("benign_long") / "zeek" / "http.log"   # .log or .log.gz
 LINES = 1_000_000
 TARGET_GEO = 1.5
 TARGET_RECORDS = 5.0
 
 
 def build(path: Path) -> None:
-    text = SOURCE.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = read_text(SOURCE).splitlines(keepends=True)
     header = [line for line in text if line.startswith("#") and not line.startswith("#close")]
     data = [line for line in text if not line.startswith("#")]
     with open(path, "w", encoding="utf-8") as out:
@@ -70,9 +71,9 @@ def run_geo(path: Path) -> int:
 
 
 def main() -> int:
-    if not SOURCE.is_file():
-        print(f"bench_zeeklog: fixture {SOURCE} missing, skipped")
-        return 0
+    if not exists(SOURCE):
+        print(f"bench_zeeklog: data file {SOURCE} missing", file=sys.stderr)
+        return 2
     contenders = {"zat": run_zat, "records": run_records, "geo": run_geo}
     best = {name: float("inf") for name in contenders}
     with tempfile.TemporaryDirectory() as tmp:

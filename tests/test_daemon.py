@@ -18,8 +18,6 @@ from scheduler.daemon import Daemon
 from scheduler.collect.osquery_results import batched_line, differential_line
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES") or REPO.parent / "shared" / "fixtures")
-GEO_DNS = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek" / "dns.log"
 
 DNS_HEADER = "\n".join([
     "#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-",

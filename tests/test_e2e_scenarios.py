@@ -1,4 +1,4 @@
-"""End to end on the recorded scenarios (scheduler/demo_data, converted from the shared fixtures).
+"""End to end on the recorded scenarios (scheduler/demo_data, converted from tests/data's scenarios).
 
 * every ground-truth action yields an alert on the right container and image, benign yields none;
 * a replay killed with SIGKILL (several times) and restarted gives the same alerts, none twice;
@@ -19,6 +19,7 @@ from pathlib import Path
 import joblib
 import pytest
 
+from datafiles import zat_dir, zeek_traces_dir
 from scheduler.config import Config
 from scheduler.replay import check_ground_truth, replay, train_from_recordings
 from scheduler.collect.recording import Recording, demo_data_dir
@@ -27,11 +28,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = demo_data_dir()
-
-
-def fixtures() -> Path:
-    env = os.environ.get("STOWAWAY_FIXTURES")
-    return Path(env) if env else REPO.parent / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +92,7 @@ def test_benign_recordings_give_no_alert(baselines) -> None:
 
 def test_stock_zeek_traces_give_no_alert() -> None:
     """Third-party benign Zeek logs (no container subnet): nothing may fire."""
-    root = fixtures() / "zeek-traces"
-    if not root.is_dir():
-        pytest.skip("zeek-traces fixtures not present")
+    root = zeek_traces_dir()
     from scheduler.pipeline import Pipeline
     from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 
@@ -187,16 +181,13 @@ def test_bad_input_is_counted_and_skipped(baselines, tmp_path: Path) -> None:
     dl.insert(first_data + 5, "garbage without tabs")
     with gzip.open(dns, "wt") as fh:
         fh.write("\n".join(dl) + "\n")
-    corrupt = fixtures() / "zat-data" / "http.log.corrupt.gz"
-    if corrupt.exists():
-        (rec / "zeek" / "http.log.gz").unlink()
-        shutil.copy(corrupt, rec / "zeek" / "http.log.gz")
+    (rec / "zeek" / "http.log.gz").unlink()
+    shutil.copy(zat_dir() / "http.log.corrupt.gz", rec / "zeek" / "http.log.gz")
     res = replay(rec, Config(), baselines)
     o, z = res.stats["osquery"], res.stats["zeek"]
     assert o["malformed"] >= 4
     assert z["bad_lines"] + z.get("io_errors", 0) >= 2
-    if corrupt.exists():
-        assert z.get("io_errors", 0) >= 1
+    assert z.get("io_errors", 0) >= 1
     # The good records still give the T1614 alerts (the DNS and host sides survive).
     gt = Recording(DATA / "geo_lookup").ground_truth()
     rows = [r for r in check_ground_truth(gt, res.alerts) if r["rule"] == "location_discovery"]
@@ -204,9 +195,7 @@ def test_bad_input_is_counted_and_skipped(baselines, tmp_path: Path) -> None:
 
 
 def test_zat_corpus_does_not_crash_or_alert() -> None:
-    root = fixtures() / "zat-data"
-    if not root.is_dir():
-        pytest.skip("zat-data fixtures not present")
+    root = zat_dir()
     from scheduler.pipeline import Pipeline
     from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 

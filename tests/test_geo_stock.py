@@ -1,27 +1,23 @@
-"""Stock-Zeek-log detection of location-discovery lookups, checked against the shared fixtures'
+"""Stock-Zeek-log detection of location-discovery lookups, checked against the recorded scenarios'
 ground truth (real Zeek 7.0.11 output, TSV and JSON) and against third-party logs where nothing
 may be found."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from datafiles import data_root, scenarios_dir
 from osquery_ext import classifier
 from scheduler.detect.geo_stock import GeoStockDetector, detect_directory, strip_port
 from scheduler.collect.zeeklog import ParseStats
 
-FIXTURES = Path(os.environ.get(
-    "STOWAWAY_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
-SCEN = FIXTURES / "container-scenarios"
+FIXTURES = data_root()
+SCEN = scenarios_dir()
 FORMATS = {"tsv": "zeek", "json": "zeek/json"}
-
-pytestmark = pytest.mark.skipif(not SCEN.is_dir(), reason=f"fixtures not found at {FIXTURES}")
-
 
 def _truth(scenario: str) -> dict:
     return json.loads((SCEN / scenario / "ground_truth.json").read_text())

@@ -7,26 +7,23 @@ read, and the attribution rules (records take their container's host, outbound o
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from datafiles import resolve, scenario_dir
 from scheduler.detect.join import Joiner
 from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.pipeline import Pipeline, ingest_fields
 from scheduler.collect.zeeklog import ZeekLogParser, iter_zeek_log
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
-ZEEK = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek"
+ZEEK = scenario_dir("geo_lookup") / "zeek"
 
 
-@pytest.mark.skipif(not ZEEK.is_dir(), reason=f"shared fixtures not found at {ZEEK}")
 @pytest.mark.parametrize("stream", ["conn", "dns", "http", "ssl"])
 @pytest.mark.parametrize("sub", ["", "json"])
 def test_engine_fields_parse_like_the_full_record(stream: str, sub: str) -> None:
-    path = ZEEK / sub / f"{stream}.log"
+    path = resolve(ZEEK / sub / f"{stream}.log")
     full = list(iter_zeek_log(path))
     part = list(iter_zeek_log(path, fields=ingest_fields(stream)))
     assert len(full) == len(part) > 0

@@ -7,12 +7,12 @@ the record's time. The recordings are built from the fixtures by scheduler.colle
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from datafiles import scenarios_dir
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 from scheduler.detect.inventory import Inventory
 from scheduler.detect.join import Joiner, join_batch, normalise_action
@@ -20,12 +20,9 @@ from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.collect.recording import Recording, convert_scenario
 from scheduler.collect.zeeklog import iter_zeek_log
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
-SCEN = FIXTURES / "container-scenarios"
+SCEN = scenarios_dir()
 HOST = "lab-host-1"
 
-pytestmark = pytest.mark.skipif(not SCEN.is_dir(), reason=f"shared fixtures not found at {SCEN}")
 
 
 def _zeek(src: Path, json_logs: bool = False) -> dict[str, list[dict[str, Any]]]:

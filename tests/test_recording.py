@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from datafiles import open_text, read_bytes, scenarios_dir
 from scheduler.collect import osquery_results as oqr
 from scheduler.collect.osquery_results import ParseStats
 from scheduler.collect.recording import (DEMO_SCENARIOS, Recording, RecordingMeta, RecordingWriter,
                                  convert_scenario, demo_data_dir, list_recordings,
                                  parse_rfc3339_ns, rewrite_text, _rewrite_map)
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
-SCEN = FIXTURES / "container-scenarios"
-needs_fixtures = pytest.mark.skipif(not SCEN.is_dir(), reason=f"shared fixtures not found at {SCEN}")
+SCEN = scenarios_dir()
 
 
 def test_rfc3339_ns() -> None:
@@ -63,7 +60,6 @@ def test_not_a_recording(tmp_path: Path) -> None:
         Recording(tmp_path)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("scenario", ["geo_lookup", "churn", "drift"])
 def test_converter_matches_fixture(scenario: str, tmp_path: Path) -> None:
     src = SCEN / scenario
@@ -92,7 +88,8 @@ def test_converter_matches_fixture(scenario: str, tmp_path: Path) -> None:
         assert inv[c["id"]]["ip_addresses"] == c["ip_address"], c["name"]
         assert inv[c["id"]]["image"] == c["image"]
     # every process line yields at least one exec row, and no original address leaks
-    procs = [json.loads(l) for l in open(src / "processes.jsonl")]
+    with open_text(src / "processes.jsonl") as fh:
+        procs = [json.loads(l) for l in fh]
     pev = [r for r in rows if r.table == "container_process_events"]
     assert {(int(r.columns["pid"]), r.columns["container_id"]) for r in pev} == \
         {(p["pid"], p["container_id"]) for p in procs}
@@ -100,11 +97,10 @@ def test_converter_matches_fixture(scenario: str, tmp_path: Path) -> None:
     # the Zeek logs are the fixture's, byte for byte (gzip-compressed)
     for name, path in rec.zeek_logs().items():
         with gzip.open(path, "rb") as fh:
-            assert fh.read() == (src / "zeek" / f"{name}.log").read_bytes()
+            assert fh.read() == read_bytes(src / "zeek" / f"{name}.log")
     assert rec.ground_truth() == json.loads((src / "ground_truth.json").read_text())
 
 
-@needs_fixtures
 def test_geo_lookup_rm_container_and_classification(tmp_path: Path) -> None:
     convert_scenario(SCEN / "geo_lookup", tmp_path / "g")
     rows = list(Recording(tmp_path / "g").iter_osquery_rows())
@@ -125,7 +121,6 @@ def test_geo_lookup_rm_container_and_classification(tmp_path: Path) -> None:
     assert wget.columns["indicator"]
 
 
-@needs_fixtures
 def test_benign_long_restart_and_redeploy_rows(tmp_path: Path) -> None:
     convert_scenario(SCEN / "benign_long", tmp_path / "b")
     rec = Recording(tmp_path / "b")

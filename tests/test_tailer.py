@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from datafiles import read_bytes, resolve, scenario_dir
 from scheduler.collect.state import StateStore
 from scheduler.collect.tailer import FileTailer, OsqueryTailer, ZeekTailer, drain
 
@@ -301,11 +302,9 @@ def test_kill_minus_9_mid_run_no_loss_no_duplicate(tmp_path: Path) -> None:
     assert got == written
 
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES", REPO.parent / "shared" / "fixtures"))
-GEO = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek"
+GEO = scenario_dir("geo_lookup") / "zeek"
 
 
-@pytest.mark.skipif(not GEO.is_dir(), reason=f"fixtures not found at {GEO}")
 @pytest.mark.parametrize("rel", ["conn.log", "dns.log", "json/http.log", "json/ssl.log"])
 def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, rel: str) -> None:
     """A real fixture log appended in odd-sized byte chunks (lines cut in half), rotated in the
@@ -314,9 +313,9 @@ def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, re
     import random
     from scheduler.collect.zeeklog import iter_zeek_log
 
-    src = GEO / rel
+    src = resolve(GEO / rel)
     ref = [r["uid"] for r in iter_zeek_log(src)]
-    data = src.read_bytes()
+    data = read_bytes(src)
     lines = data.splitlines(keepends=True)
     header = b"".join(l for l in lines if l.startswith(b"#") and not l.startswith(b"#close"))
     body = [l for l in lines if not l.startswith(b"#")]

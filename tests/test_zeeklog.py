@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 from pathlib import Path
 
 import pytest
 
+from datafiles import resolve, scenario_dir, zat_dir
 from scheduler.collect.zeeklog import (ParseStats, ZeekLogParser, find_logs, iter_zeek_log,
                                read_dataframe, unescape)
 
-FIXTURES = Path(os.environ.get(
-    "STOWAWAY_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
-ZAT = FIXTURES / "zat-data"
-GEO = FIXTURES / "container-scenarios" / "geo_lookup" / "zeek"
+ZAT = zat_dir()
+GEO = scenario_dir("geo_lookup") / "zeek"
 
-needs_fixtures = pytest.mark.skipif(not ZAT.is_dir(), reason=f"fixtures not found at {FIXTURES}")
 
 HEADER = ("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
           "#path\tdns\n#open\t2026-11-27-19-44-04\n"
@@ -110,10 +107,9 @@ def test_line_parser_for_tailers(tmp_path: Path) -> None:
     assert parser.log_path == "dns" and parser.stats.headers == 8
 
 
-@needs_fixtures
 def test_fixture_tsv_and_json_give_same_records() -> None:
-    tsv = list(iter_zeek_log(GEO / "dns.log"))
-    js = list(iter_zeek_log(GEO / "json" / "dns.log"))
+    tsv = list(iter_zeek_log(resolve(GEO / "dns.log")))
+    js = list(iter_zeek_log(resolve(GEO / "json" / "dns.log")))
     assert len(tsv) == len(js) == 326
 
     def key(r):
@@ -123,7 +119,6 @@ def test_fixture_tsv_and_json_give_same_records() -> None:
     assert [key(r) for r in tsv] == [key(r) for r in js]
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name,records,bad,io_errors", [
     ("conn.log", 360, 0, 0),
     ("dns.log", 54, 0, 0),
@@ -147,7 +142,6 @@ def test_zat_data(name: str, records: int, bad: int, io_errors: int) -> None:
         assert isinstance(r["ts"], float) and r["ts"] > 0
 
 
-@needs_fixtures
 def test_zat_json_logs() -> None:
     for path in sorted((ZAT / "json").glob("*.log")):
         stats = ParseStats()
@@ -156,7 +150,6 @@ def test_zat_json_logs() -> None:
         assert all(isinstance(r["ts"], float) for r in recs)
 
 
-@needs_fixtures
 @pytest.mark.filterwarnings("ignore:The inplace keyword")  # inside zat 0.4.9 on pandas 3
 def test_find_logs_and_zat_dataframe() -> None:
     assert [p.name for p in find_logs(ZAT, "http")] == ["http.log", "http.log.gz"]
