@@ -53,6 +53,9 @@ class NetRecord:
     uri: str = ""
     user_agent: str = ""
     geo_service: str = ""   # set when the destination is an IP-geolocation / IP-echo service
+    attribution: str = ""   # the join that named the container: bridge_address | nat_flow |
+                            # host_resolver (scheduler.detect.nat_join); "" when none did
+    container_addr: str = ""  # NAT joins: the container's own address:port behind the host's
 
 
 @dataclass(slots=True)

@@ -206,6 +206,8 @@ class Daemon:
             for _, _, kind, payload in items:
                 if kind == "osq" and payload.table in ("container_inventory", "container_events"):
                     p.inventory.observe(payload)
+                elif kind == "osq" and payload.table == "container_nat_flows":
+                    p.joiner.observe_nat(payload)   # before the batch's uplink records
             p.inventory.close_snapshots()   # containers missing from a full snapshot are gone
             for _, _, kind, payload in items:
                 if kind == "osq":

@@ -38,7 +38,7 @@ from scheduler.collect.osquery_results import KNOWN_TABLES, OsqueryRow
 log = logging.getLogger(__name__)
 
 SNAPSHOT_TABLES = ("container_inventory", "container_processes", "container_sockets")
-EVENT_TABLES = ("container_events", "container_process_events")
+EVENT_TABLES = ("container_events", "container_process_events", "container_nat_flows")
 OP_GREATER_EQUAL = 32   # osquery's ConstraintOperator GREATER_THAN_OR_EQUALS
 OP_EQUALS = 2
 

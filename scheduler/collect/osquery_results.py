@@ -43,6 +43,7 @@ KNOWN_TABLES: tuple[str, ...] = tuple(sorted((
     "container_events",
     "container_process_events",
     "container_sockets",
+    "container_nat_flows",
 ), key=len, reverse=True))
 
 ACTIONS = ("added", "removed", "snapshot")

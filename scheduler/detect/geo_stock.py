@@ -151,6 +151,9 @@ class GeoStockDetector:
         # uids already reported by a name (http/tls) or resolved_ip, and DNS (uid, query) pairs
         self._named_uids: OrderedDict[str, None] = OrderedDict()
         self._dns_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Sources that stand for containers outside any container subnet: a host's uplink
+        # address its containers are masqueraded to (the pipeline sets the NAT join's test).
+        self.also_source: Callable[[str], bool] | None = None
 
     # -- verdict caches --------------------------------------------------------------------
     def is_container(self, addr: str | None) -> bool:
@@ -170,6 +173,8 @@ class GeoStockDetector:
             if len(self._addr_memo) >= self.memo_max:
                 self._addr_memo.clear()
             self._addr_memo[addr] = verdict
+        if not verdict and self.also_source is not None:
+            return self.also_source(addr)   # learnt as flows arrive: never memoised
         return verdict
 
     def match_name(self, name: str | None) -> _Match | None:

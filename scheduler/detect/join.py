@@ -12,6 +12,12 @@ the record keeps container_id "" so the pipeline can still alert ("container unk
 no container address at all (the host's own traffic) are not container records: `net_record`
 returns None for them.
 
+Behind NAT: a sensor on the host's uplink sees the host's address, not the container's. When the
+originator is no container address, the record is matched against the host's conntrack flows
+(container_nat_flows rows, scheduler.detect.nat_join) on (host address, port, protocol, far end,
+time); a DNS query the host's resolver made upstream is tied to the one container that asked it,
+where only one did. NetRecord.attribution says which join named the container.
+
 Ordering: osquery reports a container some seconds after it started (its inventory interval), while
 Zeek may log the container's first connection before that. `Joiner.feed_zeek` therefore holds an
 unattributed container-subnet record for up to `hold_s` seconds (of record time, or until `flush`)
@@ -30,6 +36,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
 from scheduler.detect.inventory import ContainerState, Inventory, event_time
+from scheduler.detect.nat_join import (JOIN_ADDRESS, JOIN_NAT, JOIN_RESOLVER, TABLE as NAT_TABLE,
+                                       NatFlow, NatFlows)
 from scheduler.collect.osquery_results import OsqueryRow, normalise_action
 
 log = logging.getLogger(__name__)
@@ -194,6 +202,7 @@ class JoinStats:
     net: int = 0
     net_attributed: int = 0
     net_unknown: int = 0        # in a container subnet, no known container
+    net_nat: int = 0            # attributed through a NAT flow (or the host's resolver)
     net_not_container: int = 0  # neither side a container address
     duplicates: int = 0
     malformed: int = 0          # no usable time or originator address
@@ -205,7 +214,8 @@ class Joiner:
     def __init__(self, inventory: Inventory | None = None, environment: str = "default",
                  subnets: Sequence[Any] | None = None, hold_s: float = 30.0,
                  default_host: str = "", dedupe_window_s: float = 3600.0,
-                 inbound: bool = True, geo_from_names: bool = True) -> None:
+                 inbound: bool = True, geo_from_names: bool = True,
+                 nat: NatFlows | None = None) -> None:
         """`inbound`: attribute an outside client's connection to the container it reached (the
         model's view of a published service); the alerting pipeline judges outbound only.
         `geo_from_names`: fill NetRecord.geo_service from the shared domain list (the model's
@@ -220,6 +230,7 @@ class Joiner:
         self.inbound = inbound
         self.geo_from_names = geo_from_names
         self.stats = JoinStats()
+        self.nat = nat if nat is not None else NatFlows()
         self._match_domain = _domain_matcher() if geo_from_names else (lambda name: None)
         # held records: (hold time, stream, record, sensor host); the hold time is record time for
         # feed_zeek/release and whatever clock the caller uses with hold/due (the daemon: wall)
@@ -256,8 +267,16 @@ class Joiner:
         return st
 
     # -- osquery ----------------------------------------------------------------------------------
+    def observe_nat(self, row: OsqueryRow, host: str = "") -> None:
+        """Learn one container_nat_flows row (the NAT join's input)."""
+        if row.action != "removed":
+            self.nat.observe(row.columns, row.host or host or self.default_host)
+
     def from_osquery(self, row: OsqueryRow) -> list[ProcessRecord | LifecycleRecord | ContainerInfo]:
         """Records derived from one osquery row (inventory rows also update the Inventory)."""
+        if row.table == NAT_TABLE:
+            self.observe_nat(row)
+            return []
         if row.table == "container_inventory":
             self.inventory.observe(row)
             if row.action == "removed":
@@ -381,7 +400,9 @@ class Joiner:
         cid = g("container_id")
         if cid is not None:
             cid = _s(rec, "container_id")
+        attribution = container_addr = ""
         if cid:
+            attribution = JOIN_ADDRESS  # the Zeek package named it from the bridge address map
             image = _str(_get(rec, "image", "container_image"))
             known = self._container(host, cid)
             if known is not None:
@@ -393,11 +414,27 @@ class Joiner:
             cid = image = ""
             holder = self._lookup(host, orig_h, ts)
             in_subnet = holder is not None or self.in_container_subnet(orig_h)
-            if holder is None and self.inbound and not in_subnet:
+            nat = None
+            if holder is None and not in_subnet and len(self.nat):
+                nat, attribution = self._nat_lookup(stream, rec, host, orig_h, ts)
+            if nat is not None:
+                cid, host = nat.container_id, nat.host or host
+                known = self._container(host, cid) if cid else None
+                image = nat.image or (known.image if known else "")
+                container_addr = f"{nat.container_addr}:{nat.container_port}"
+                self.stats.net_nat += 1
+                if cid:
+                    self.stats.net_attributed += 1
+                else:
+                    self.stats.net_unknown += 1
+            elif holder is None and self.inbound and not in_subnet:
                 # inbound: an outside client talking to a container's published service
                 holder = self._lookup(host, resp_h, ts)
-            if holder is not None:
+            if nat is not None:
+                pass
+            elif holder is not None:
                 cid, image, host = holder.container_id, holder.image, holder.host or host
+                attribution = JOIN_ADDRESS
                 self.stats.net_attributed += 1
             elif in_subnet:
                 self.stats.net_unknown += 1
@@ -413,9 +450,29 @@ class Joiner:
                         orig_p=orig_p if type(orig_p) is int else _n(rec, "id.orig_p", "orig_p"),
                         proto=proto,
                         uid=uid if type(uid) is str and uid not in _NOT_TEXT else _s(rec, "uid"),
-                        host=host, uri=_s(rec, "uri"), user_agent=_s(rec, "user_agent"))
+                        host=host, uri=_s(rec, "uri"), user_agent=_s(rec, "user_agent"),
+                        attribution=attribution, container_addr=container_addr)
         self._fill_kind(out, stream, rec)
         return out
+
+    def _nat_lookup(self, stream: str, rec: dict[str, Any], host: str, orig_h: str,
+                    ts: float) -> tuple[NatFlow | None, str]:
+        """(the container flow an uplink record was, the join that found it) or (None, "")."""
+        g = rec.get
+        orig_p, resp_p = g("id.orig_p"), g("id.resp_p")
+        orig_p = orig_p if type(orig_p) is int else _n(rec, "id.orig_p", "orig_p")
+        resp_p = resp_p if type(resp_p) is int else _n(rec, "id.resp_p", "resp_p")
+        proto = _s(rec, "proto") or ("tcp" if stream in ("http", "ssl") else
+                                     "udp" if stream == "dns" else "")
+        resp_h = _s(rec, "id.resp_h", "resp_h")
+        nf = self.nat.match(host, orig_h, orig_p, proto, ts, resp_h, resp_p)
+        if nf is not None:
+            return nf, JOIN_NAT
+        if stream == "dns" and self.nat.is_nat_address(orig_h):
+            nf = self.nat.resolver_flow(host, ts)
+            if nf is not None:
+                return nf, JOIN_RESOLVER
+        return None, ""
 
     def _fill_kind(self, out: NetRecord, stream: str, rec: dict[str, Any]) -> None:
         if stream == "conn":
@@ -449,13 +506,20 @@ class Joiner:
     # -- holding records of containers osquery has not reported yet --------------------------------
     def should_hold(self, rec: dict[str, Any], host: str = "") -> bool:
         """A record from a container subnet that no known container held at its time (and that
-        does not name its container): osquery may report that container later."""
+        does not name its container): osquery may report that container later. Likewise a
+        record from a host's uplink address (one NAT flows left through) that no NAT flow
+        explains yet: the host reports its conntrack flows on osquery's schedule too."""
         if rec.get("container_id"):
             return False
         ts = to_ts(rec.get("ts"))
         orig = _str(_get(rec, "id.orig_h", "orig_h"))
-        if ts is None or not orig or not self.in_container_subnet(orig):
+        if ts is None or not orig:
             return False
+        if not self.in_container_subnet(orig):
+            if not self.nat.is_nat_address(orig) or ts < self.nat.latest - self.nat.skew_s:
+                return False  # not an uplink address, or the host's flows are past this time
+            stream = "dns" if "query" in rec else "http" if "uri" in rec else "conn"
+            return self._nat_lookup(stream, rec, host or self.default_host, orig, ts)[0] is None
         return self._lookup(host or self.default_host, orig, ts) is None
 
     def hold(self, stream: str, rec: dict[str, Any], host: Any, at: float) -> None:

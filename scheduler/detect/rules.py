@@ -100,6 +100,13 @@ def net_geo_service(rec: NetRecord) -> str:
 
 
 def net_summary(rec: NetRecord) -> str:
+    text = _net_summary(rec)
+    if rec.container_addr:   # a NAT join: the uplink saw the host; say which container flow it was
+        text += f" (via {rec.attribution or 'NAT'} {rec.container_addr})"
+    return text
+
+
+def _net_summary(rec: NetRecord) -> str:
     if rec.kind == "dns":
         return f"dns {rec.domain} {rec.rcode}".strip()
     if rec.kind == "http":
@@ -124,6 +131,10 @@ def net_evidence(rec: NetRecord, service: str = "") -> dict[str, Any]:
         ev["dns.rcode"] = rec.rcode
     if service:
         ev["service"] = service
+    if rec.attribution:
+        ev["join"] = rec.attribution   # how the record was tied to its container
+    if rec.container_addr:
+        ev["container.address"] = rec.container_addr
     return ev
 
 
