@@ -156,6 +156,8 @@ class Pipeline(WindowingMixin):
         # traffic only and takes geo verdicts from its detectors, not from bare names.
         self.joiner = Joiner(self.inventory, self.environment, hold_s=0.0,
                              default_host=self.host, inbound=False, geo_from_names=False)
+        if self.geo is not None:   # uplink sensors: the host's NAT address speaks for containers
+            self.geo.also_source = self.joiner.nat.is_nat_address
         # Kubernetes audit records: their own rules, and the join that names the requester
         # on alerts about containers in pods (docs/kubernetes.md).
         k8s = self.config.kubernetes
@@ -191,6 +193,10 @@ class Pipeline(WindowingMixin):
             self.stats.osquery_rows += 1
         if t in ("container_inventory", "container_events") and observe and not self.windows_only:
             self.inventory.observe(row)
+        if t == "container_nat_flows":   # the NAT join's input (batch callers observe it first)
+            if observe:
+                self.joiner.observe_nat(row, host)
+            return
         if t == "container_inventory" and row.action != "removed":
             if not self.windows_only:
                 self._inventory_rules(host, row)
@@ -394,6 +400,8 @@ class Pipeline(WindowingMixin):
         for _, _, kind, payload in batch:
             if kind == "osq" and payload.table in ("container_inventory", "container_events"):
                 self.inventory.observe(payload)
+            elif kind == "osq" and payload.table == "container_nat_flows":
+                self.joiner.observe_nat(payload)
         for _, _, kind, payload in batch:
             self._dispatch(kind, payload)
         return self.flush(force=finish)

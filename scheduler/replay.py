@@ -159,6 +159,8 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     for _, kind, payload in items:
         if kind == "osq" and payload.table in ("container_inventory", "container_events"):
             pipe.inventory.observe(payload)
+        elif kind == "osq" and payload.table == "container_nat_flows":
+            pipe.joiner.observe_nat(payload)   # the NAT join sees every flow up front too
     pipe.inventory.close_snapshots()
 
     store = ReplayStore(state_db) if state_db else None
