@@ -44,6 +44,8 @@ class ReplayResult:
     windows: list[Any] = field(default_factory=list)
     environment: str = "default"
     repeats: list[dict[str, Any]] = field(default_factory=list)
+    # image -> destinations it contacted (training replays: the beacon rule's baseline)
+    misuse_baseline: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
@@ -231,7 +233,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         alerts = [alert_from_dict(d) for d in all_alerts]
     return ReplayResult(name=rec.name, alerts=alerts, stats=stats, resumed_from=start,
                         items=len(items), windows=pipe.collected, environment=pipe.environment,
-                        repeats=repeats)
+                        repeats=repeats, misuse_baseline=pipe.misuse.export_baseline())
 
 
 def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None = None,
@@ -243,14 +245,20 @@ def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None 
 
     config = config or Config()
     parts, env = [], None
+    destinations: dict[str, set[str]] = {}
     for d in rec_dirs:
         res = replay(d, config, None, progress=progress, collect_windows=True)
         parts.extend(res.windows)
+        for image, dests in res.misuse_baseline.items():
+            destinations.setdefault(image, set()).update(dests)
         env = env or res.environment
     fw = FeatureWindows.concat(parts)
     env = env or config.environment
     fw.environment = env
     eb = EnvironmentBaselines(env, min_windows=config.model.min_windows).fit(fw)
+    # The destinations each image contacted in training ride along with the baselines: the
+    # beacon rule never judges them (health checks, cron jobs of the training period).
+    eb.misuse_baseline = {img: sorted(d) for img, d in sorted(destinations.items())}
     if model_dir is not None:
         try:
             from model.store import ModelStore

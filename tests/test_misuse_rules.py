@@ -54,7 +54,7 @@ def test_miner_and_escape_shapes() -> None:
         "curl", "/usr/bin/curl", "curl --unix-socket /var/run/docker.sock http://x/containers/json")
     assert "kubectl" in pat.escape_match("kubectl", "/usr/bin/kubectl", "kubectl get pods")
     assert "unshare" in pat.escape_match("unshare", "/bin/busybox", "unshare -Urm sh")
-    for benign in ("mount", "mount -t tmpfs none /tmp", "ls /dev/sda1", "cat /etc/hosts",
+    for benign in ("mount", "mount -t tmpfs none /tmp", "/usr/bin/runc init", "ls /dev/sda1", "cat /etc/hosts",
                    "wget -qO- http://172.17.0.3:8080/health"):
         assert pat.escape_match("", "", benign) == "", benign
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from scheduler.detect.k8s_rules import K8S_MITRE
 from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY, RULES,
                                         UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
+from scheduler.detect.misuse import MISUSE_MITRE
 
 SCHEMA_VERSION = 1
 
@@ -46,6 +47,8 @@ MITRE: dict[str, list[dict[str, str]]] = {
     RULE_ANOMALY: [],
 }
 MITRE.update(K8S_MITRE)     # k8s_pod_churn, k8s_exec_new_requester, ... (detect/k8s_rules.py)
+# The named misuse rules (reverse shell, tunnels, beaconing, ...) carry their own mapping.
+MITRE.update(MISUSE_MITRE)
 
 
 def iso(ts: float) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
-from scheduler.alerting.alerts import Candidate, ContainerRef
+from scheduler.detect.candidate import Candidate, ContainerRef
 from scheduler.detect import misuse_patterns as pat
 from scheduler.detect.misuse_config import (
     MISUSE_RULES, RULE_BEACON, RULE_DNS_TUNNEL, RULE_ESCAPE, RULE_MINER, RULE_NEW_IMAGE,
@@ -241,6 +241,8 @@ class MisuseDetector:
     def _cand(self, rule: str, ts: float, host: str, container: ContainerRef, what: str,
               evidence: list[dict[str, Any]], signature: str = "",
               details: dict[str, Any] | None = None) -> Candidate:
+        if callable(container):      # the pipeline passes a builder: resolved only for a hit
+            container = container()
         return Candidate(rule=rule, ts=ts, host=host, container=container,
                          severity=_SEVERITY[rule],
                          title=f"{_TITLE[rule]} in {_who(container)}: {what}"[:200],
@@ -257,13 +259,14 @@ class MisuseDetector:
 
     # -- host side ------------------------------------------------------------------------------
     def process(self, cols: dict[str, str], rec: ProcessRecord,
-                container: ContainerRef) -> list[Candidate]:
-        """A container_processes / container_process_events row (`cols`) and its record."""
+                container: ContainerRef | Callable[[], ContainerRef]) -> list[Candidate]:
+        """A container_processes / container_process_events row (`cols`) and its record;
+        `container` may be a builder, called only when a rule fires."""
         if not rec.container_id:
             return []
         self._push(self._procs, rec.container_id, rec, rec.ts)
         out: list[Candidate] = []
-        host, image, cid = rec.host, container.image or rec.image, rec.container_id
+        host, image, cid = rec.host, rec.image, rec.container_id
         cmd, name, path = rec.cmdline, rec.name, rec.path
 
         remote = pat.parse_remote(cols.get("stdio_remote", ""))
@@ -306,8 +309,9 @@ class MisuseDetector:
 
     # -- network side ---------------------------------------------------------------------------
     def net(self, stream: str, raw: dict[str, Any], rec: NetRecord,
-            container: ContainerRef) -> list[Candidate]:
-        """One attributed Zeek record (`raw`: the parsed log fields)."""
+            container: ContainerRef | Callable[[], ContainerRef]) -> list[Candidate]:
+        """One attributed Zeek record (`raw`: the parsed log fields); `container` may be a
+        builder, called only when a rule fires (most records fire nothing)."""
         if self.learning:
             self.learn(rec)
             return []

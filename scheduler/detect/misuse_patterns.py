@@ -175,6 +175,8 @@ def escape_match(name: str, path: str, cmdline: str) -> str:
             return "mount of a host block device " + next(t for t in rest if _HOST_DEV.match(t))
         if p in ("debugfs", "fdisk") and any(_HOST_DEV.match(t) for t in rest):
             return f"{p} on a host block device"
+        if p in ("runc", "crun") and (not rest or rest[0] == "init"):
+            return ""       # the runtime's own bootstrap of every container (`runc init`)
         if p in RUNTIME_CLIENTS and i == 0:
             return f"container runtime client {p} run inside a container"
         if p == "chroot" and rest and rest[0].startswith(("/host", "/mnt", "/rootfs")):
