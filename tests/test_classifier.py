@@ -2,21 +2,16 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from datafiles import open_text, scenarios_dir
 from osquery_ext import classifier
 from osquery_ext.classifier import classify_command, match_domain
 
-FIXTURES = Path(os.environ.get("STOWAWAY_FIXTURES")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
-SCENARIOS = FIXTURES / "container-scenarios"
-needs_fixtures = pytest.mark.skipif(not SCENARIOS.is_dir(),
-                                    reason=f"fixtures not found at {SCENARIOS}")
+SCENARIOS = scenarios_dir()
 
 
 # ---------------------------------------------------------------------------------- match_domain
@@ -392,17 +387,11 @@ def _ground_truth(scenario: str) -> dict:
 
 
 def _processes(scenario: str):
-    path = SCENARIOS / scenario / "processes.jsonl"
-    if path.exists():
-        fh = path.open("rt", encoding="utf-8")
-    else:
-        fh = gzip.open(str(path) + ".gz", "rt", encoding="utf-8")
-    with fh:
+    with open_text(SCENARIOS / scenario / "processes.jsonl") as fh:
         for line in fh:
             yield json.loads(line)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("scenario", ["geo_lookup", "churn"])
 def test_fixture_location_discovery_actions_positive(scenario: str) -> None:
     gt = _ground_truth(scenario)
@@ -418,7 +407,6 @@ def test_fixture_location_discovery_actions_positive(scenario: str) -> None:
     assert checked >= (7 if scenario == "geo_lookup" else 40)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("scenario", ["geo_lookup", "churn"])
 def test_fixture_positives_also_as_joined_cmdline(scenario: str) -> None:
     """osquery's cmdline column joins argv with spaces; the verdict must survive that."""
@@ -429,7 +417,6 @@ def test_fixture_positives_also_as_joined_cmdline(scenario: str) -> None:
                 assert classify_command(joined).location_discovery, joined
 
 
-@needs_fixtures
 def test_fixture_geo_lookup_indicators() -> None:
     gt = _ground_truth("geo_lookup")
     got = [classify_command(a["command"]).indicator for a in gt["malicious_actions"]]
@@ -437,7 +424,6 @@ def test_fixture_geo_lookup_indicators() -> None:
                    "ipinfo.io", "icanhazip.com"]
 
 
-@needs_fixtures
 def test_fixture_drift_actions_negative() -> None:
     gt = _ground_truth("drift")
     assert gt["malicious_actions"]
@@ -449,7 +435,6 @@ def test_fixture_drift_actions_negative() -> None:
             assert not classify_command(p.get("cmdline") or []).location_discovery, p["cmdline"]
 
 
-@needs_fixtures
 @pytest.mark.parametrize("scenario", ["benign", "drift", "benign_long"])
 def test_fixture_benign_process_cmdlines_all_negative(scenario: str) -> None:
     n = 0
@@ -472,7 +457,6 @@ def test_fixture_benign_process_cmdlines_all_negative(scenario: str) -> None:
     assert "/health" in joined and "api.example.com" in joined
 
 
-@needs_fixtures
 def test_fixture_geo_lookup_processes_only_actions_positive() -> None:
     """In geo_lookup, exactly the processes of the labelled actions are positive."""
     gt = _ground_truth("geo_lookup")
