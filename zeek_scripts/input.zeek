@@ -75,6 +75,24 @@ export {
 	## Container CIDRs read from :zeek:see:`Stowaway::container_subnets_file`.
 	global site_container_subnets: set[subnet] = set();
 
+	## Matches (whole string, any case) a name that is a listed domain or falls under
+	## one on a label boundary. Rebuilt from :zeek:see:`Stowaway::geo_services` each
+	## time the file has been (re)read, so the common case, a name that matches
+	## nothing, costs one DFA match instead of a walk over its labels.
+	global geo_names_pattern: pattern = /^$/;
+
+	## False until :zeek:see:`Stowaway::geo_names_pattern` has been built.
+	global geo_names_ready = F;
+
+	## Matches (whole string, any case) an HTTP Host header as sent that can be
+	## evidence: a name under a listed domain or a metadata endpoint host, with an
+	## optional port (``[fd00:ec2::254]:80``). Rebuilt with the tables; every other
+	## request costs one DFA match.
+	global http_hosts_pattern: pattern = /^$/;
+
+	## False until :zeek:see:`Stowaway::http_hosts_pattern` has been built.
+	global http_hosts_ready = F;
+
 	## Raised once every data stream has been read for the first time (or failed).
 	global data_ready: event();
 
@@ -178,6 +196,77 @@ event Stowaway::subnet_line(desc: Input::EventDescription, tpe: Input::Event, s:
 	add subnet_lines[to_subnet(first)];
 	}
 
+# "ipinfo.io" -> "ipinfo\.io"; a name with anything but [a-z0-9._:-] (which could
+# change the pattern's meaning) is left out of the pattern with a warning.
+function name_regex(name: string, what: string): string
+	{
+	if ( ! ( /^[a-zA-Z0-9._:-]+$/ == name ) )
+		{
+		Reporter::warning(fmt("Stowaway: %s '%s' has characters outside [a-z0-9._:-]; ignored",
+		                      what, name));
+		return "";
+		}
+
+	return gsub(name, /\./, "\\.");
+	}
+
+function geo_alternatives(): vector of string
+	{
+	local alts: vector of string = vector();
+
+	for ( domain in geo_services )
+		{
+		local rx = name_regex(domain, "geo service domain");
+		if ( rx != "" )
+			alts += rx;
+		}
+
+	return alts;
+	}
+
+function metadata_alternatives(): vector of string
+	{
+	local hosts: set[string] = set();
+	local alts: vector of string = vector();
+
+	for ( [mhost, mprefix] in metadata_endpoints )
+		add hosts[mhost];
+
+	for ( h in hosts )
+		{
+		local rx = name_regex(h, "metadata host");
+		if ( rx != "" )
+			alts += rx;
+		}
+
+	return alts;
+	}
+
+# Both patterns, from the tables as they are now (called after each complete read of
+# geo_services.tsv or metadata_endpoints.tsv).
+function build_name_patterns()
+	{
+	local geo = geo_alternatives();
+	local meta = metadata_alternatives();
+	local names = fmt("(.*\\.)?(%s)\\.*", join_string_vec(geo, "|"));
+
+	geo_names_ready = |geo| > 0;
+	if ( geo_names_ready )
+		geo_names_pattern = string_to_pattern(fmt("(?i:^%s$)", names), F);
+
+	local hosts: vector of string = vector();
+	if ( |geo| > 0 )
+		hosts += names;
+	if ( |meta| > 0 )
+		hosts += fmt("\\[?(%s)\\]?", join_string_vec(meta, "|"));
+
+	http_hosts_ready = |hosts| > 0;
+	if ( http_hosts_ready )
+		http_hosts_pattern = string_to_pattern(
+		    fmt("(?i:^[[:space:]]*(%s)(:[0-9]*)?[[:space:]]*$)", join_string_vec(hosts, "|")),
+		    F);
+	}
+
 event Input::end_of_data(name: string, source: string)
 	{
 	if ( name == SUBNET_STREAM )
@@ -186,6 +275,8 @@ event Input::end_of_data(name: string, source: string)
 		site_container_subnets = subnet_lines;
 		subnet_lines = set();
 		}
+	else if ( name == GEO_STREAM || name == META_STREAM )
+		build_name_patterns();
 
 	stream_settled(name);
 	}

@@ -100,8 +100,9 @@ export {
 }
 
 redef record Conn::Info += {
-	## T when the originator address lies in a container subnet (Stowaway).
-	container: bool &log &optional;
+	## T when the originator address lies in a container subnet (Stowaway). The
+	## default keeps connections from elsewhere free of any work: they log F.
+	container: bool &log &default=F;
 };
 
 # Per-connection state: which (method, service) pairs were logged, whether a
@@ -125,6 +126,10 @@ function is_container_addr(a: addr): bool
 
 function match_service_domain(name: string): string
 	{
+	# One DFA match rejects almost every name; the label walk runs on hits only.
+	if ( ! geo_names_ready || ! ( geo_names_pattern == name ) )
+		return "";
+
 	local n = to_lower(strip(name));
 	n = sub(n, /\.+$/, "");
 	local hops = 0;
@@ -162,20 +167,6 @@ function host_without_port(host: string): string
 
 	local parts = split_string1(h, /:/);
 	return sub(parts[0], /\.+$/, "");
-	}
-
-# The request's Host header as sent. HTTP::Info$host cannot be used for this: the
-# HTTP script cuts it at the first colon, which turns "[fd00:ec2::254]" (the AWS
-# IPv6 metadata endpoint) into "[fd00".
-function raw_host_header(hlist: mime_header_list): string
-	{
-	for ( i in hlist )
-		{
-		if ( hlist[i]$name == "HOST" )
-			return hlist[i]$value;
-		}
-
-	return "";
 	}
 
 function get_state(c: connection): ConnState
@@ -319,28 +310,11 @@ event zeek_init() &priority=5
 	    $path="container_geo", $policy=log_policy]);
 	}
 
-event http_all_headers(c: connection, is_orig: bool, hlist: mime_header_list)
+# The metadata endpoint (longest listed path prefix, compared without case) that an
+# HTTP request to ``host`` for ``uri`` asks for its location, as "<cloud>-metadata",
+# or "". Only called for hosts that http_hosts_pattern accepts.
+function metadata_service(host: string, uri: string): string
 	{
-	if ( ! is_orig || ! c?$http )
-		return;
-
-	if ( ! is_container_addr(c$id$orig_h) )
-		return;
-
-	local raw_host = raw_host_header(hlist);
-	if ( raw_host == "" )
-		return;
-
-	local ts = c$http?$ts ? c$http$ts : network_time();
-	local host = host_without_port(raw_host);
-	local uri = c$http?$uri ? c$http$uri : "";
-	local ua = c$http?$user_agent ? c$http$user_agent : "";
-
-	if ( report_name(c, ts, "http", host, uri, ua) )
-		return;
-
-	# Cloud instance-metadata location requests (169.254.169.254 and friends): the
-	# longest matching path prefix of this host wins; the path compares without case.
 	local luri = to_lower(uri == "" ? "/" : uri);
 	local best = "";
 	local best_cloud = "";
@@ -359,14 +333,43 @@ event http_all_headers(c: connection, is_orig: bool, hlist: mime_header_list)
 		best_cloud = mv?$cloud ? mv$cloud : "cloud";
 		}
 
-	if ( best != "" )
-		log_lookup(c, ts, "http", cat(best_cloud, "-metadata"), "cloud_metadata", host,
-		           uri, ua);
+	return best == "" ? "" : cat(best_cloud, "-metadata");
+	}
+
+# One check per HTTP request, when its message is complete (headers, URI and
+# User-Agent known). HTTP::Info$host is the Host header as sent, port included (Zeek
+# >= 5.0, zeek/zeek#1844), so the bracketed IPv6 metadata host is seen whole. No
+# per-header handler: http_header is raised for every header, http_all_headers makes
+# Zeek build a header list for every message.
+event http_message_done(c: connection, is_orig: bool, stat: http_message_stat)
+	{
+	if ( ! is_orig || ! http_hosts_ready )
+		return;
+
+	local orig = c$id$orig_h;
+	if ( orig !in container_subnets && orig !in site_container_subnets )
+		return;
+
+	if ( ! c?$http || ! c$http?$host || ! ( http_hosts_pattern == c$http$host ) )
+		return;
+
+	local host = host_without_port(c$http$host);
+	local ts = c$http?$ts ? c$http$ts : network_time();
+	local uri = c$http?$uri ? c$http$uri : "";
+	local ua = c$http?$user_agent ? c$http$user_agent : "";
+
+	if ( report_name(c, ts, "http", host, uri, ua) )
+		return;
+
+	local service = metadata_service(host, uri);
+	if ( service != "" )
+		log_lookup(c, ts, "http", service, "cloud_metadata", host, uri, ua);
 	}
 
 event dns_request(c: connection, msg: dns_msg, query: string, qtype: count, qclass: count)
 	{
-	if ( ! is_container_addr(c$id$orig_h) )
+	local orig = c$id$orig_h;
+	if ( orig !in container_subnets && orig !in site_container_subnets )
 		return;
 
 	report_name(c, network_time(), "dns", query, "", "");
@@ -384,48 +387,67 @@ event dns_AAAA_reply(c: connection, msg: dns_msg, ans: dns_answer, a: addr)
 
 event ssl_extension_server_name(c: connection, is_client: bool, names: string_vec)
 	{
-	if ( ! is_client || ! is_container_addr(c$id$orig_h) )
+	local orig = c$id$orig_h;
+	if ( ! is_client || ( orig !in container_subnets && orig !in site_container_subnets ) )
 		return;
 
 	for ( i in names )
 		report_name(c, network_time(), "tls", names[i], "", "");
 	}
 
+# Only connections to a remembered answer address do anything here: one table lookup
+# for every other connection.
 event new_connection(c: connection)
 	{
-	if ( ! is_container_addr(c$id$orig_h) )
+	local resp = c$id$resp_h;
+	if ( resp !in resolved )
+		return;
+
+	local orig = c$id$orig_h;
+	if ( orig !in container_subnets && orig !in site_container_subnets )
 		return;
 
 	# Keep the answer valid at connection start: it may expire (or be replaced)
 	# before the connection ends.
-	if ( answer_for(c$id$resp_h, network_time()) )
-		{
-		local st = get_state(c);
-		st$resolved = resolved[c$id$resp_h];
-		}
+	if ( answer_for(resp, network_time()) )
+		get_state(c)$resolved = resolved[resp];
 	}
 
-# Priority 1: after Conn's set_conn (5), before conn.log is written (-5).
+# Priority 1: after Conn's set_conn (5), before conn.log is written (-5). Connections
+# from outside the container subnets cost one subnet lookup (conn.log's container
+# defaults to F).
 event connection_state_remove(c: connection) &priority=1
 	{
-	local from_container = is_container_addr(c$id$orig_h);
-
-	if ( c?$conn )
-		c$conn$container = from_container;
-
-	if ( ! from_container )
+	local orig = c$id$orig_h;
+	if ( orig !in container_subnets && orig !in site_container_subnets )
 		return;
 
-	if ( c?$stowaway && c$stowaway$named )
+	if ( c?$conn )
+		c$conn$container = T;
+
+	if ( ! c?$stowaway )
+		{
+		# In a cluster the answer may have arrived from another worker after this
+		# connection started: look again now.
+		if ( c$id$resp_h in resolved && answer_for(c$id$resp_h, c$start_time) )
+			{
+			local r0 = resolved[c$id$resp_h];
+			log_lookup(c, c$start_time, "resolved_ip", r0$service,
+			           r0?$category ? r0$category : "", r0$name, "", "");
+			}
+		return;
+		}
+
+	local st = c$stowaway;
+
+	if ( st$named )
 		return;
 
 	local r: ResolvedAnswer;
 
-	if ( c?$stowaway && c$stowaway?$resolved )
-		r = c$stowaway$resolved;
+	if ( st?$resolved )
+		r = st$resolved;
 	else if ( answer_for(c$id$resp_h, c$start_time) )
-		# In a cluster the answer may have arrived from another worker after this
-		# connection started: look again now.
 		r = resolved[c$id$resp_h];
 	else
 		return;
