@@ -5,7 +5,11 @@ import argparse
 import os
 import sys
 
+from scheduler.emulate import misuse_scenarios
+from scheduler.emulate.misuse_scenarios import MISUSE_SCENARIOS
 from scheduler.emulate.runner import SCENARIOS, SELFTEST, Options, emulate
+
+misuse_scenarios.install()      # the named-rule scenarios and their checks
 
 EPILOG = """\
 runtime socket (when --runtime-socket is not given), first that exists:
@@ -44,8 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "containers through the Docker Engine API (Docker or Podman), then check that "
                     "the extension, Zeek and the scheduler each saw what they should.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", default="all", choices=[*SCENARIOS, "all", SELFTEST],
-                   help="which scenario to run (default: all = geo-lookup, churn, benign)")
+    p.add_argument("--scenario", default="all",
+                   choices=[*SCENARIOS, *MISUSE_SCENARIOS, "all", "misuse", SELFTEST],
+                   help="which scenario to run (default: all = geo-lookup, churn, benign; "
+                        "misuse = the named-rule scenarios " + ", ".join(MISUSE_SCENARIOS)
+                        + " and benign)")
     p.add_argument("--runtime-socket", metavar="PATH",
                    help="Docker Engine API socket (path or unix:// URL) of Docker or Podman")
     p.add_argument("--image", metavar="IMAGE",
@@ -80,7 +87,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    scen = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    scen = list(SCENARIOS) if args.scenario == "all" else \
+        [*MISUSE_SCENARIOS, "benign"] if args.scenario == "misuse" else [args.scenario]
     return Options(scenarios=scen, runtime_socket=args.runtime_socket, image=args.image,
                    build_image_from=args.build_image_from, record=args.record, live=args.live,
                    zeek_logs=args.zeek_logs, osquery_socket=args.osquery_socket,

@@ -472,6 +472,13 @@ def scenario_selftest_miss(lab: Lab, sr: ScenarioRun, opts: Options) -> None:
     sr.lifecycle_expects.append((c.id, f"start+die of {c.name}"))
 
 
+#: Scenario sets registered from outside this module (scheduler.emulate.misuse_scenarios.install,
+#: called by the CLI): scenario name -> hooks with `zeek(sr, lab, opts, workdir) -> (dir, why)` and
+#: `check_zeek(sr, dir, why) -> [Check]`; and the scheduler config the pipeline layer runs with.
+#: Data, not imports, so this module and those that build on its helpers form no import cycle.
+EXTRA_SCENARIOS: dict[str, Any] = {}
+PIPELINE_CONFIG: Callable[[], Any] | None = None
+
 RUNNERS: dict[str, Callable[[Lab, ScenarioRun, Options], None]] = {
     "geo-lookup": scenario_geo_lookup,
     "churn": scenario_churn,
@@ -786,7 +793,8 @@ def record_dir_problem(path: str, scenarios: list[str]) -> str | None:
         return None
     if not p.is_dir():
         return f"--record {path}: exists and is not a directory"
-    allowed = set(RECORDING_ENTRIES) | {s.replace("-", "_") for s in [*SCENARIOS, SELFTEST]}
+    allowed = set(RECORDING_ENTRIES) | {s.replace("-", "_") for s in [*SCENARIOS, *EXTRA_SCENARIOS,
+                                                                      SELFTEST]}
     stray = sorted(e.name for e in p.iterdir() if e.name not in allowed)
     if stray:
         return (f"--record {path}: directory holds other files ({', '.join(stray[:5])}); "
@@ -809,7 +817,7 @@ def _full_ids(sr: ScenarioRun, view: Any) -> set[str]:
     return {cid for cid in sr.ids}
 
 
-def run_pipeline(recording: Path) -> tuple[list[dict[str, Any]] | None, str]:
+def run_pipeline(recording: Path, config: Any = None) -> tuple[list[dict[str, Any]] | None, str]:
     """Feed a recording through the scheduler's pipeline; (alerts as dicts, note) or (None, why)."""
     try:
         from scheduler import replay as replay_mod
@@ -817,7 +825,7 @@ def run_pipeline(recording: Path) -> tuple[list[dict[str, Any]] | None, str]:
         return None, f"scheduler.replay not available ({exc})"
     fn, name = replay_mod.replay, "replay"
     try:
-        result = fn(recording)
+        result = fn(recording, config)
     except Exception as exc:  # noqa: BLE001 - a crash in the pipeline is a failed layer, reported
         log.exception("pipeline on %s failed", recording)
         return [], f"pipeline raised {type(exc).__name__}: {exc}"
@@ -935,12 +943,21 @@ def emulate(opts: Options, out: Any = sys.stdout) -> int:
             checks.extend(check_standin(sr, lab.standin.events() if lab.standin is not None else None))
             checks.extend(check_extension(sr, view, view_note))
             target = _recording_target(opts, sr, workdir, len(runs))
-            sr.recording = write_recording(sr, lab, view, target, None) if view is not None or opts.record else None
+            extra = EXTRA_SCENARIOS.get(sr.name)
+            # A registered scenario set may bring Zeek logs into the recording (the named
+            # rules' network evidence is Zeek's): (log dir or None, why not).
+            zdir, zwhy = extra.zeek(sr, lab, opts, workdir) if extra is not None else (None, "")
+            sr.recording = write_recording(sr, lab, view, target, str(zdir) if zdir else None) \
+                if view is not None or opts.record else None
             if view is None:
                 sr.alerts, sr.pipeline_note = None, "no host view to feed the pipeline (extension not checked)"
             else:
-                sr.alerts, sr.pipeline_note = run_pipeline(sr.recording)
-            checks.extend(maybe_zeek(sr, opts))
+                sr.alerts, sr.pipeline_note = run_pipeline(
+                    sr.recording, PIPELINE_CONFIG() if PIPELINE_CONFIG is not None else None)
+            if extra is not None:
+                checks.extend(extra.check_zeek(sr, str(zdir) if zdir else None, zwhy))
+            else:
+                checks.extend(maybe_zeek(sr, opts))
             checks.extend(check_scheduler(sr))
         print_table(checks, out)
         status = 1 if any(c.result == FAIL for c in checks) else 0
