@@ -1,17 +1,26 @@
 """`stowaway run`: the long-running detector.
 
-APScheduler (3.x, BackgroundScheduler) runs four jobs; the main thread only waits for a signal:
+The invariant: **the daemon equals the replay.** Whatever the daemon is fed, as the logs grow,
+across rotations, kill -9 restarts and receivers that fail, the alerts it writes are the ones
+`stowaway replay` gives for the same input (tests/test_soak.py, bench/soak.py).
+
+APScheduler (3.x, BackgroundScheduler) runs five jobs; the main thread only waits for a signal:
 
 * collect (every `daemon.collect_interval_s`): poll the tailers (osqueryd results log, Zeek logs) or
   query the extension over Thrift, feed the pipeline, and in ONE SQLite transaction commit the tail
-  checkpoints, the new alerts (outbox) and the pipeline state; then deliver the outbox to the sinks
-  and rewrite the address map the Zeek package reads. A kill -9 at any point re-reads only lines
-  whose results were not committed, and the sinks drop alert ids they already have.
-* score (every window_s/6, at least 5 s): data time is moved to "now minus a lag", which closes
-  every window that has ended, scores it against its image baseline, and flushes alerts whose merge
-  window has passed in wall-clock time.
-* retrain (daily at `model.retrain_hour_utc`): per environment, from the stored feature windows;
-  the new baselines are swapped in.
+  checkpoints, the new alerts (outbox) and the engine state (`pipeline.EngineState`: inventory,
+  held records, open windows with their records, join and detector memory); then hand the outbox
+  to the sinks (local writes only) and rewrite the address map the Zeek package reads. A kill -9 at
+  any point re-reads only lines whose results were not committed, and the sinks drop alert ids
+  they already have.
+* score (every window_s/6, at least 5 s): when the sources are quiet, data time follows the wall
+  clock from the last record, which closes windows that have ended (`daemon.lag_s` past their
+  end), scores them against their image baseline, and flushes alerts whose merge window has passed.
+* deliver (about every second): a webhook round when its backoff allows (and at start), outside
+  the daemon lock, each POST bounded by `timeout_s`: a hung receiver never stalls collection.
+* retrain (daily at `model.retrain_hour_utc`, or every `daemon.retrain_interval_s`): per
+  environment, from the stored feature windows; the new baselines are swapped in and score the
+  next windows (the window store records which version scored each window).
 * prune (every `daemon.prune_interval_s`): retention for windows, delivered alerts, inventory
   history and webhook markers.
 
@@ -30,13 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.config import Config, validate
-from scheduler.pipeline import PIPELINE_SCHEMA, Pipeline, ingest_fields
+from scheduler.pipeline import PIPELINE_SCHEMA, EngineState, Pipeline, ingest_fields
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "daemon"
-SCORE_LAG_S = 10.0      # Zeek writes a connection when it ends; allow late records this long
 
 
 class Metrics:
@@ -94,28 +102,40 @@ class Daemon:
         self.baselines = self._load_baselines()
         self.pipeline = Pipeline(cfg, self.baselines)
         self.pipeline.hold_s = cfg.detection.attribution_hold_s
-        self._restore()
+        self.pipeline.close_lag_s = cfg.daemon.lag_s
+        self.state = EngineState(self.pipeline, STATE_NAME)
+        self.restored = self._restore()
         self.window_store = self._open_window_store()
         if self.window_store is not None:
-            self.pipeline.window_sink = self.window_store.add
+            self.pipeline.window_sink = self._store_windows
         self.sinks = build_sinks(cfg.sinks)
+        self.sinks.defer_delivery()         # remote receivers: the deliver job, outside the lock
+        self._deliver_lock = threading.Lock()
         self.tailers = self._make_tailers()
         self.k8s = self._start_k8s()
         self.direct = self._start_direct()
         self.metrics = Metrics(cfg)
         self._last_map = ""
         self.cycles = 0
+        self.retrains = 0
         self.catching_up = False
-        deliver_outbox(self.outbox, self.sinks)
+        # The data clock while the sources are quiet: data time of the last new record and the
+        # wall time it was read (a restart counts as "just read": nothing closes early).
+        self._data_anchor: tuple[float, float] | None = \
+            (self.pipeline.data_time, time.time()) if self.pipeline.data_time else None
+        with self.lock:
+            deliver_outbox(self.outbox, self.sinks)
 
     # ------------------------------------------------------------------------------ set-up
     def _load_baselines(self) -> Any:
+        self.model_version = ""
         try:
             from model.store import ModelStore
 
             ms = ModelStore(self.cfg.model.dir)
             if self.cfg.environment in ms.environments():
                 eb = ms.load(self.cfg.environment)
+                self.model_version = ms.current_version(self.cfg.environment) or ""
                 trained_w = ms.read_manifest(self.cfg.environment).get("window_s")
                 if trained_w and abs(float(trained_w) - self.cfg.detection.window_s) > 1e-6:
                     log.warning("baselines of %r were trained on %gs windows but detection.window_s "
@@ -159,21 +179,25 @@ class Daemon:
 
         return K8sAuditSource(self.cfg.kubernetes, self.store)
 
-    def _restore(self) -> None:
-        row = self.store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
-                                      (STATE_NAME,)).fetchone()
-        if row:
-            self.pipeline.load_state(json.loads(row[0]))
-            # Windows that were open when the daemon stopped lost their records: skip them.
-            self.pipeline._skip, self.pipeline._rebuild = set(self.pipeline._rebuild), set()
+    def _restore(self) -> bool:
+        """The engine as it was at the last commit, as one object (EngineState): inventory,
+        held records, open windows with their records, aggregator, detectors."""
         try:
-            from scheduler.detect.inventory import Inventory
-
-            inv = Inventory.load(self.store)
-            if len(inv):
-                self.pipeline.inventory = inv
+            restored = self.state.load(self.store)
         except Exception as exc:
-            log.warning("inventory not restored: %s", exc)
+            log.error("engine state in %s not restored (%s): starting empty", self.cfg.state_db,
+                      exc)
+            return False
+        if restored:
+            p = self.pipeline
+            log.info("engine state restored: %d containers, %d held records, %d open windows, "
+                     "data time %.3f", len(p.inventory), p.joiner.held, len(p._cw), p.data_time)
+        return restored
+
+    def _store_windows(self, fw: Any) -> None:
+        """Every built window goes to the window store (the next retrain's input), tagged with
+        the model version that is about to score it."""
+        self.window_store.add(fw, scored_by=self.model_version)
 
     # ------------------------------------------------------------------------------ jobs
     def collect_once(self) -> int:
@@ -203,6 +227,7 @@ class Daemon:
                 items.extend((r.ts, 1 + len(self.tailers), "k8s", r) for r in recs)
             items.sort(key=lambda x: (x[0], x[1]))
             p = self.pipeline
+            before = p.data_time
             for _, _, kind, payload in items:
                 if kind == "osq" and payload.table in ("container_inventory", "container_events"):
                     p.inventory.observe(payload)
@@ -217,6 +242,8 @@ class Daemon:
                     p.feed_k8s(payload)
                 else:
                     p.feed_zeek(*payload)
+            if p.data_time > before:
+                self._data_anchor = (p.data_time, time.time())
             alerts = p.flush(wall=time.time())
             try:
                 with self.store.transaction() as conn:
@@ -225,7 +252,7 @@ class Daemon:
                     if k8s_ids:
                         self.k8s.mark_consumed(conn, k8s_ids)
                     self.outbox.add(conn, alerts, STATE_NAME)
-                    self._save_state(conn)
+                    self.state.save(self.store, conn)
                     if self.direct is not None:
                         self.direct.save_cursors(self.store, conn)
             except BaseException:
@@ -278,24 +305,51 @@ class Daemon:
             return []
         return [(_osq_time(r), 0, "osq", r) for r in rows]
 
+    def data_clock(self, now: float) -> float | None:
+        """Data time while the sources are quiet: the last record's time plus the wall time
+        since it was read. Live, that is the wall clock; on old data (a backlog, a recording)
+        it keeps the data's own pace, so windows are not closed ahead of their records."""
+        if self._data_anchor is None:
+            return None
+        ts, wall = self._data_anchor
+        return ts + max(0.0, now - wall)
+
     def score_once(self, now: float | None = None) -> int:
-        """Close windows that ended (data time := now - lag) and flush due alerts."""
+        """Close windows that ended (by the data clock) and flush due alerts."""
         now = time.time() if now is None else now
         with self.lock:
             p = self.pipeline
-            if not self.catching_up:
-                p._advance(now - SCORE_LAG_S)
+            clock = self.data_clock(now)
+            if not self.catching_up and clock is not None:
+                p._advance(clock)
             alerts = p.flush(wall=now)
             with self.store.transaction() as conn:
                 self.outbox.add(conn, alerts, STATE_NAME)
-                self._save_state(conn)
+                self.state.save(self.store, conn)
             n = deliver_outbox(self.outbox, self.sinks)
         if self.metrics.enabled:
             for a in alerts:
                 self.metrics.alerts.labels(a.rule).inc()
         return n
 
+    def deliver_once(self, force: bool = False) -> int:
+        """A delivery round of the remote sinks (webhook) whose backoff allows one; outside the
+        daemon lock (collection goes on while a receiver hangs), one round at a time."""
+        if not self._deliver_lock.acquire(blocking=False):
+            return 0
+        try:
+            return self.sinks.deliver_due(force=force)
+        finally:
+            self._deliver_lock.release()
+
+    def deliver_tick_s(self) -> float:
+        """How often the deliver job looks: at most the shortest webhook backoff, so a spool is
+        delivered within one retry interval of the receiver's recovery."""
+        return max(0.05, min(1.0, self.cfg.sinks.webhook.backoff_s))
+
     def retrain_once(self) -> bool:
+        """Retrain from the stored windows (outside the lock: the window store serialises its
+        own reads) and swap the new baselines in; the next windows are scored by them."""
         if self.window_store is None:
             return False
         try:
@@ -309,12 +363,15 @@ class Daemon:
                              min_windows=self.cfg.model.min_windows,
                              window_s=self.cfg.detection.window_s)
             eb = ms.load(self.cfg.environment)
+            version = ms.current_version(self.cfg.environment) or ""
         except Exception as exc:
             log.warning("retrain of %r skipped: %s", self.cfg.environment, exc)
             return False
         with self.lock:
             self.pipeline.baselines = eb
-        log.info("retrained %r: %s", self.cfg.environment,
+            self.model_version = version
+            self.retrains += 1
+        log.info("retrained %r: version %s; %s", self.cfg.environment, version,
                  getattr(report, "to_text", lambda: "")()[:200])
         return True
 
@@ -338,25 +395,16 @@ class Daemon:
             self.pipeline.prune(before)
             if self.window_store is not None:
                 try:
-                    self.window_store._db.execute("DELETE FROM windows WHERE window_end < ?",
-                                                  (before,))
-                    self.window_store._db.commit()
+                    n = self.window_store.prune(before)
+                    if n:
+                        log.info("pruned %d feature windows that ended before %.0f", n, before)
                 except Exception as exc:
-                    log.debug("prune windows: %s", exc)
+                    log.warning("prune windows: %s", exc)
             for s in self.sinks.sinks:
                 if hasattr(s, "prune_markers"):
                     s.prune_markers(self.cfg.retention.days * 86400)
 
     # ------------------------------------------------------------------------------ helpers
-    def _save_state(self, conn: Any) -> None:
-        state = self.pipeline.dump_state()
-        conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
-                     (STATE_NAME, json.dumps(state, default=str), time.time()))
-        try:
-            self.pipeline.inventory.save(self.store, conn=conn)
-        except Exception as exc:
-            log.debug("inventory save: %s", exc)
-
     def _write_address_map(self) -> None:
         path = self.cfg.sources.address_map
         if not path:
@@ -393,6 +441,7 @@ class Daemon:
                 self.score_once()
             except Exception as exc:
                 log.error("final collect failed: %s", exc)
+            self.deliver_once(force=True)      # one last bounded round; the spool keeps the rest
             self.sinks.close()
             self.metrics.close()
             if self.direct is not None:
@@ -435,7 +484,14 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
                   next_run_time=_now_dt())
     sched.add_job(d.score_once, "interval", seconds=max(5.0, cfg.detection.window_s / 6),
                   id="score")
-    sched.add_job(d.retrain_once, "cron", hour=cfg.model.retrain_hour_utc, minute=0, id="retrain")
+    sched.add_job(d.deliver_once, "interval", seconds=d.deliver_tick_s(), id="deliver",
+                  next_run_time=_now_dt())           # the spool is flushed at start too
+    if cfg.daemon.retrain_interval_s > 0:
+        sched.add_job(d.retrain_once, "interval", seconds=cfg.daemon.retrain_interval_s,
+                      id="retrain")
+    else:
+        sched.add_job(d.retrain_once, "cron", hour=cfg.model.retrain_hour_utc, minute=0,
+                      id="retrain")
     sched.add_job(d.prune_once, "interval", seconds=cfg.daemon.prune_interval_s, id="prune")
 
     def on_signal(signum: int, _frame: Any) -> None:

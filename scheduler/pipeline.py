@@ -20,6 +20,7 @@ items are OsqueryRow, (stream, zeek_dict) tuples or model.records objects.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import deque
@@ -33,10 +34,10 @@ from scheduler.config import Config
 from scheduler.detect import rules
 from scheduler.detect.inventory import Inventory, event_time
 from scheduler.detect.join import Joiner
-from scheduler.detect.misuse import MisuseDetector
 from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
 from scheduler.collect.k8s_audit import OrchestrationRecord
+from scheduler.detect.misuse import MisuseDetector
 from scheduler.detect.windowing import WindowingMixin
 from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
@@ -151,20 +152,14 @@ class Pipeline(WindowingMixin):
         self.stats = PipelineStats()
         self._init_windows(det.window_s)
         self._proc_seen: dict[tuple[str, int, str], float] = {}
+        self._wqueue: list[tuple[float, int, str, Any]] = []   # window input waiting (close lag)
+        self._wseq = 0
         self._risky_seen: set[tuple[str, str, str]] = set()
         # Attribution (address -> container at a time, process rows, the hold of records whose
         # container osquery has not reported yet) is the join's; the engine judges outbound
         # traffic only and takes geo verdicts from its detectors, not from bare names.
         self.joiner = Joiner(self.inventory, self.environment, hold_s=0.0,
                              default_host=self.host, inbound=False, geo_from_names=False)
-        # Named misuse rules (reverse shell, tunnels, beaconing, ...); the destinations each
-        # image contacted in training come with the baselines (replay.train_from_recordings).
-        self.misuse = MisuseDetector(
-            det.misuse, baseline=getattr(baselines, "misuse_baseline", None),
-            internal=self.joiner.in_container_subnet, known_address=self._address_ever_held,
-            baseline_images=list(getattr(baselines, "models", None) or ()))
-        if self.geo is not None:   # uplink sensors: the host's NAT address speaks for containers
-            self.geo.also_source = self.joiner.nat.is_nat_address
         # Kubernetes audit records: their own rules, and the join that names the requester
         # on alerts about containers in pods (docs/kubernetes.md).
         k8s = self.config.kubernetes
@@ -174,6 +169,14 @@ class Pipeline(WindowingMixin):
             allowed_registries=list(getattr(misuse, "allowed_registries", []) or []),
             trusted_users=list(k8s.trusted_users)), default_host=k8s.cluster)
         self.k8s_join = K8sJoin(after_s=k8s.join_after_s, trusted_users=k8s.trusted_users)
+        if self.geo is not None:   # uplink sensors: the host's NAT address speaks for containers
+            self.geo.also_source = self.joiner.nat.is_nat_address
+        # Named misuse rules (reverse shell, tunnels, beaconing, ...); the destinations each
+        # image contacted in training come with the baselines (replay.train_from_recordings).
+        self.misuse = MisuseDetector(
+            det.misuse, baseline=getattr(baselines, "misuse_baseline", None),
+            internal=self.joiner.in_container_subnet, known_address=self._address_ever_held,
+            baseline_images=list(getattr(baselines, "models", None) or ()))
 
     # ----------------------------------------------------------------------------- containers
     def container_ref(self, host: str, container_id: str, image: str = "",
@@ -246,6 +249,35 @@ class Pipeline(WindowingMixin):
         cand = rules.risky_config(col, ts, host, self.container_ref(host, cid, col.get("image", "")))
         if cand:
             self._add(cand)
+
+    # ----------------------------------------------------------------------------- window order
+    def _window_add(self, kind: str, ts: float, rec: Any) -> None:
+        """With a close lag (the daemon), window input waits in a time-ordered queue until data
+        time passes it by the lag: records that arrive a little out of order (osquery reports on
+        its schedule, Zeek logs a connection when it ends) then reach their windows in time
+        order, as in a replay, instead of as late records. Rules are not delayed."""
+        if self.close_lag_s <= 0 or self.windows_only:
+            WindowingMixin._window_add(self, kind, ts, rec)
+            return
+        self._wseq += 1
+        heapq.heappush(self._wqueue, (ts, self._wseq, kind, rec))
+
+    def _release_window_input(self, until: float) -> None:
+        q = self._wqueue
+        while q and q[0][0] <= until:
+            ts, _, kind, rec = heapq.heappop(q)
+            WindowingMixin._window_add(self, kind, ts, rec)
+
+    def _advance(self, ts: float) -> None:
+        if ts <= self.data_time:
+            return
+        if self._wqueue:
+            self._release_window_input(ts - self.close_lag_s)
+        WindowingMixin._advance(self, ts)
+
+    def close_windows(self) -> None:
+        self._release_window_input(float("inf"))
+        WindowingMixin.close_windows(self)
 
     # ----------------------------------------------------------------------------- records
     def feed_process(self, rec: ProcessRecord, window: bool = True) -> None:
@@ -467,14 +499,17 @@ class Pipeline(WindowingMixin):
                 del d[cid]
         self.aggregator.prune(self.data_time)
         self.churn.prune(self.data_time)
-        self.misuse.prune(self.data_time)
         self.k8s_rules.prune(self.data_time)
         self.k8s_join.prune(self.data_time, keep_s=max(self.data_time - before_ts, 0.0))
+        self.misuse.prune(self.data_time)
         self._prune_proc_seen(self.data_time)
 
     # ----------------------------------------------------------------------------- state
-    def dump_state(self) -> dict[str, Any]:
-        return {
+    def dump_state(self, full: bool = False) -> dict[str, Any]:
+        """The engine's memory as plain JSON. `full` (the daemon) adds what a resumed replay
+        rebuilds by re-reading its input and a daemon cannot: the records of the open windows,
+        the join's memory and the stock-log geo detector's DNS answers (see `EngineState`)."""
+        st = {
             "aggregator": self.aggregator.dump_state(),
             "churn": self.churn.dump_state(),
             "misuse": self.misuse.dump_state(),
@@ -490,6 +525,16 @@ class Pipeline(WindowingMixin):
             "k8s_rules": self.k8s_rules.dump_state(),
             "k8s_join": self.k8s_join.dump_state(),
         }
+        if full:
+            st["windows"] = {cid: {"origin": cw["origin"], "k": cw["k"],
+                                   **{kind: [_record_to_list(r) for r in cw[kind]]
+                                      for kind in ("p", "n", "l")}}
+                             for cid, cw in self._cw.items()}
+            st["proc_seen"] = [[c, pid, cmd, t] for (c, pid, cmd), t in self._proc_seen.items()]
+            st["window_queue"] = [[ts, kind, _record_to_list(r)]
+                                  for ts, _, kind, r in sorted(self._wqueue)]
+            st["geo"] = _geo_state(self.geo, self.data_time) if self.geo is not None else None
+        return st
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.aggregator.load_state(st.get("aggregator", {}))
@@ -510,7 +555,115 @@ class Pipeline(WindowingMixin):
             setattr(self.stats, k, v)
         self.k8s_rules.load_state(st.get("k8s_rules", {}))
         self.k8s_join.load_state(st.get("k8s_join", {}))
+        if "windows" in st:          # a full state: the open windows come back whole
+            self._load_windows(st["windows"], st.get("open_windows", []))
+            self._proc_seen = {(c, int(pid), cmd): float(t) for c, pid, cmd, t in
+                               st.get("proc_seen", [])}
+            self._wqueue = []
+            for ts, kind, values in st.get("window_queue", []):
+                self._wseq += 1
+                self._wqueue.append((float(ts), self._wseq, kind, _record_from_list(kind, values)))
+            heapq.heapify(self._wqueue)
+            if self.geo is not None and st.get("geo"):
+                _load_geo_state(self.geo, st["geo"])
 
+    def _load_windows(self, windows: dict[str, Any], positions: list[Any]) -> None:
+        """Re-open the windows that were open at the save, with their records, so they are
+        completed by the records still to come and scored once (not skipped, not twice)."""
+        pos = {(c, int(k)): int(p) for c, k, p in positions}
+        self._cw, self._heap, self._rebuild = {}, [], set()
+        for cid, w in sorted(windows.items()):
+            k = int(w["k"])
+            self._cw[cid] = {"origin": float(w["origin"]), "k": k,
+                             **{kind: [_record_from_list(kind, x) for x in w.get(kind, [])]
+                                for kind in ("p", "n", "l")}}
+            heapq.heappush(self._heap, (float(w["origin"]) + (k + 1) * self.window_s, cid, k))
+            self._win_pos[(cid, k)] = pos.get((cid, k), 0)
+
+
+class EngineState:
+    """Everything the engine reads, saved and restored as ONE object (the daemon's restart).
+
+    Why one object: the engine's parts share state by reference (the join and the misuse rules
+    read the pipeline's Inventory; the geo detector reads the join's NAT flows). Restoring them
+    field by field once left the join reading an empty inventory after every restart, so Zeek
+    records no longer reached their containers. Here the inventory is loaded *into* the object
+    the parts already hold, and the rest (held records, open windows with their records, join
+    and detector memory, aggregator, churn...) comes from one JSON document written in the same
+    SQLite transaction as the tail checkpoints and the alert outbox.
+
+    The inventory lives in the state DB's `containers` table (saved incrementally: only the
+    containers that changed), the rest in `pipeline_state` under `name`.
+    """
+
+    def __init__(self, pipeline: "Pipeline", name: str) -> None:
+        self.pipeline = pipeline
+        self.name = name
+
+    def save(self, store: Any, conn: Any) -> None:
+        """Write the state inside the caller's transaction."""
+        import json
+
+        p = self.pipeline
+        conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
+                     (self.name, json.dumps(p.dump_state(full=True), default=str), time.time()))
+        p.inventory.save(store, conn=conn)
+
+    def load(self, store: Any) -> bool:
+        """Restore a saved state into the pipeline; False when there is none."""
+        import json
+
+        p = self.pipeline
+        inv = Inventory.load(store, grace_before=p.inventory.grace_before,
+                             grace_after=p.inventory.grace_after)
+        p.inventory.__dict__.update(inv.__dict__)   # in place: every part holds this object
+        row = store.conn.execute("SELECT data FROM pipeline_state WHERE name=?",
+                                 (self.name,)).fetchone()
+        if not row:
+            return len(inv) > 0
+        st = json.loads(row[0])
+        p.load_state(st)
+        if "windows" not in st:
+            # A state written before windows were saved whole: those windows lost their
+            # records, so they are skipped rather than scored incomplete.
+            p._skip, p._rebuild = set(p._rebuild), set()
+        return True
+
+
+_RECORD_TYPES = {"p": ProcessRecord, "n": NetRecord, "l": LifecycleRecord}
+_RECORD_FIELDS = {k: tuple(f for f in t.__dataclass_fields__) for k, t in _RECORD_TYPES.items()}
+
+
+def _record_to_list(rec: Any) -> list[Any]:
+    """A window record as a JSON list in field order (compact: windows are saved every cycle)."""
+    return [getattr(rec, f) for f in rec.__dataclass_fields__]
+
+
+def _record_from_list(kind: str, values: list[Any]) -> Any:
+    return _RECORD_TYPES[kind](**dict(zip(_RECORD_FIELDS[kind], values)))
+
+
+def _geo_state(geo: Any, now: float, keep_ids: int = 20_000) -> dict[str, Any]:
+    """The stock-log geo detector's memory: unexpired DNS answers for listed names, and the
+    most recent uids / (uid, query) pairs it already reported (so a restart neither forgets
+    that an address belongs to a geolocation service nor reports a connection twice)."""
+    resolved = [[addr, [[e.start, e.expires, e.name, e.service, e.category] for e in bucket
+                        if e.expires >= now]] for addr, bucket in geo.resolved.items()]
+    return {"resolved": [r for r in resolved if r[1]],
+            "named_uids": list(geo._named_uids)[-keep_ids:],
+            "dns_seen": [list(k) for k in list(geo._dns_seen)[-keep_ids:]]}
+
+
+def _load_geo_state(geo: Any, st: dict[str, Any]) -> None:
+    from collections import OrderedDict
+
+    from scheduler.detect.geo_stock import _Resolved
+
+    geo.resolved = OrderedDict((addr, [_Resolved(*e) for e in bucket])
+                               for addr, bucket in st.get("resolved", []))
+    geo._resolved_count = sum(len(b) for b in geo.resolved.values())
+    geo._named_uids = OrderedDict((u, None) for u in st.get("named_uids", []))
+    geo._dns_seen = OrderedDict((tuple(k), None) for k in st.get("dns_seen", []))
 
 
 @dataclass(frozen=True)

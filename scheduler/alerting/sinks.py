@@ -198,8 +198,13 @@ class WebhookSink:
         self._post = poster or _http_post
         self._sleep = sleep
         self.stats = {"delivered": 0, "failed_attempts": 0, "spooled": 0}
-        self._retry_at = 0.0        # after a failed flush, do not block again before this time
+        self._retry_at = 0.0        # after a failed round, no new attempt before this time
+        self._delay = 0.0           # the current backoff (0: the receiver answered last time)
         self._clock = time.monotonic
+        # The daemon sets `defer`: emit() then only spools (a local file write), and its
+        # delivery job calls deliver_due() on a timer, outside the lock collection holds, so a
+        # hung receiver costs at most timeout_s per round and never stalls collection.
+        self.defer = False
 
     def _pending(self, alert_id: str) -> Path:
         return self.spool / f"{alert_id}.json"
@@ -217,8 +222,36 @@ class WebhookSink:
             os.replace(tmp, self._pending(a.id))
             self.stats["spooled"] += 1
             n += 1
-        self.flush()
+        if not self.defer:
+            self.flush()
         return n
+
+    @property
+    def retry_interval(self) -> float:
+        """The longest wait between two delivery rounds while the receiver fails: backoff_s
+        doubling per failed round, capped at backoff_s * 2**max_attempts (and at 60 s). After
+        the receiver recovers, the spool is delivered within this long."""
+        return min(60.0, self.cfg.backoff_s * 2 ** max(1, self.cfg.max_attempts))
+
+    def due(self) -> bool:
+        return self._clock() >= self._retry_at
+
+    def deliver_due(self, force: bool = False) -> int:
+        """One delivery round, unless the backoff says wait (or `force`): each spooled alert in
+        order, one bounded POST each (timeout_s), stopping at the first failure. Returns the
+        number delivered. A failed round doubles the wait before the next (up to
+        `retry_interval`); a successful one resets it."""
+        if not force and not self.due():
+            return 0
+        before = self.stats["delivered"]
+        ok = self._round(attempts=1)
+        if ok:
+            self._delay, self._retry_at = 0.0, 0.0
+        else:
+            self._delay = min(self.retry_interval,
+                              max(self.cfg.backoff_s, self._delay * 2 or self.cfg.backoff_s))
+            self._retry_at = self._clock() + self._delay
+        return self.stats["delivered"] - before
 
     def pending_ids(self) -> list[str]:
         files = sorted(self.spool.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
@@ -227,6 +260,11 @@ class WebhookSink:
     def flush(self) -> None:
         """Try to deliver everything in the spool; stop at the first receiver failure (after
         backoff) so the order of alerts is kept and a dead receiver is not hammered."""
+        if not self._round(attempts=max(1, self.cfg.max_attempts)):
+            self._retry_at = self._clock() + self.retry_interval
+
+    def _round(self, attempts: int) -> bool:
+        """Deliver the spool in order; False at the first alert the receiver did not take."""
         for alert_id in self.pending_ids():
             path = self._pending(alert_id)
             if self._marker(alert_id).exists():
@@ -236,21 +274,21 @@ class WebhookSink:
                 body = path.read_bytes()
             except FileNotFoundError:
                 continue
-            if not self._deliver(alert_id, body):
-                self._retry_at = self._clock() + min(60.0, self.cfg.backoff_s * 2 ** self.cfg.max_attempts)
-                return
+            if not self._deliver(alert_id, body, attempts):
+                return False
             self._marker(alert_id).touch()
             path.unlink(missing_ok=True)
             self.stats["delivered"] += 1
+        return True
 
     def force_retry(self) -> None:
         self._retry_at = 0.0
 
-    def _deliver(self, alert_id: str, body: bytes) -> bool:
+    def _deliver(self, alert_id: str, body: bytes, attempts: int) -> bool:
         headers = {"Content-Type": "application/json", "Idempotency-Key": alert_id,
                    **self.cfg.headers}
         delay = self.cfg.backoff_s
-        for attempt in range(1, max(1, self.cfg.max_attempts) + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 status = self._post(self.cfg.url, body, headers, self.cfg.timeout_s)
                 if 200 <= status < 300:
@@ -267,7 +305,7 @@ class WebhookSink:
             except (OSError, urllib.error.URLError) as exc:
                 log.warning("webhook unreachable for %s (attempt %d): %s", alert_id, attempt, exc)
             self.stats["failed_attempts"] += 1
-            if attempt < self.cfg.max_attempts:
+            if attempt < attempts:
                 self._sleep(delay)
                 delay *= 2
         return False
@@ -315,6 +353,26 @@ class SinkSet:
                 s.flush()
             except Exception as exc:
                 log.error("sink %s flush failed: %s", s.name, exc)
+
+    def defer_delivery(self) -> None:
+        """Sinks that talk to a remote receiver only queue on emit; `deliver_due` sends."""
+        for s in self.sinks:
+            if hasattr(s, "deliver_due"):
+                s.defer = True
+
+    def deliver_due(self, force: bool = False) -> int:
+        """A delivery round of every deferring sink whose backoff allows one."""
+        n = 0
+        for s in self.sinks:
+            if hasattr(s, "deliver_due"):
+                try:
+                    n += s.deliver_due(force=force)
+                except Exception as exc:
+                    log.error("sink %s delivery failed: %s", s.name, exc)
+        return n
+
+    def undelivered(self) -> int:
+        return sum(len(s.pending_ids()) for s in self.sinks if hasattr(s, "pending_ids"))
 
     def close(self) -> None:
         for s in self.sinks:

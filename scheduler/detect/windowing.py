@@ -50,6 +50,10 @@ class WindowingMixin:
         self.windows_only = False
         self._rebuild: set[tuple[str, int]] = set()
         self.on_window_scored: Callable[[Any], None] | None = None
+        # A window closes when data time passes its end by this much: live sources deliver a
+        # little out of order (osquery reports on its schedule, Zeek writes a connection when it
+        # ends), so the daemon waits for them; a time-sorted replay needs no lag (0).
+        self.close_lag_s = 0.0
 
 
     @property
@@ -117,6 +121,7 @@ class WindowingMixin:
             return
         self.data_time = ts
         heap = self._heap
+        ts -= self.close_lag_s
         while heap and heap[0][0] <= ts:
             _, cid, k = heapq.heappop(heap)
             cw = self._cw.get(cid)
