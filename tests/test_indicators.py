@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 import subprocess
 import sys
@@ -150,3 +151,96 @@ def test_zeek_format_header() -> None:
         lines = (indicators.DATA_DIR / name).read_text().splitlines()
         assert sum(1 for ln in lines if ln.startswith("#fields\t")) == 1
         assert all(ln.strip() for ln in lines)
+
+
+# -- completeness against public lists (issue 10 item 9) -------------------------------------------
+SOURCES_DIR = REPO / "tests" / "data" / "indicator_sources"
+_SOURCE_LINE = re.compile(r"^# source ([a-z0-9_]+): (.*)$")
+
+
+def _read_source(path: Path) -> tuple[list[str], dict[str, str]]:
+    """(host names the list gives, {reviewed name: why geo_services.tsv does not list it})."""
+    names: list[str] = []
+    excluded: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, why = line.partition("\t")
+        if why:
+            excluded[name] = why
+        else:
+            names.append(name.split("/", 1)[0].lower())
+    return names, excluded
+
+
+def _row_for(host: str, domains: set[str]) -> str | None:
+    """The geo_services.tsv row that matches `host` (equal, or `host` ends with "." + row)."""
+    labels = host.rstrip(".").split(".")
+    for i in range(len(labels)):
+        if ".".join(labels[i:]) in domains:
+            return ".".join(labels[i:])
+    return None
+
+
+def _recorded_sources() -> dict[str, set[str]]:
+    """The "# source <key>: rows..." comment block of geo_services.tsv (continuation lines
+    start with "#   ")."""
+    out: dict[str, set[str]] = {}
+    key = None
+    for line in (indicators.DATA_DIR / "geo_services.tsv").read_text().splitlines():
+        m = _SOURCE_LINE.match(line)
+        if m:
+            key = m.group(1)
+            out[key] = set(m.group(2).split())
+        elif key and line.startswith("#   "):
+            out[key].update(line[4:].split())
+        else:
+            key = None
+    return out
+
+
+def _source_files() -> list[Path]:
+    files = sorted(SOURCES_DIR.glob("*.txt"))
+    assert len(files) >= 6, f"vendored indicator sources missing in {SOURCES_DIR}"
+    return files
+
+
+@pytest.mark.parametrize("path", _source_files(), ids=lambda p: p.stem)
+def test_every_name_of_a_public_list_is_covered(path: Path) -> None:
+    """Each vendored list (Sigma, CAPE, Cuckoo, capa, malcontent, Elastic, common tools, DNS
+    echo names) is covered name by name; a name left out must say why."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert len(header) >= 2 and any("Format" in h for h in header), \
+        f"{path.name}: provenance header (where the list comes from, format) missing"
+    names, excluded = _read_source(path)
+    assert names, path.name
+    domains = set(indicators.load_geo_services())
+    missing = [n for n in names if _row_for(n, domains) is None]
+    assert not missing, f"{path.name}: not matched by geo_services.tsv: {missing}"
+    for name, why in excluded.items():
+        assert why.startswith("not listed: ") and len(why) > 25, (path.name, name)
+    # and the classifier flags a plain lookup of each listed name
+    from osquery_ext.classifier import classify_command
+    for n in names:
+        cat = indicators.load_geo_services()[_row_for(n, domains)].category
+        cmd = f"dig +short {n}" if cat == "dns_echo" else f"curl -s https://{n}/"
+        assert classify_command(cmd).location_discovery, (path.name, cmd)
+
+
+def test_geo_services_records_its_sources() -> None:
+    """The data file's comment block names, per source, exactly the rows that match its names,
+    so a reader of geo_services.tsv sees where each row comes from (rows no source names are
+    the maintainers' own)."""
+    domains = set(indicators.load_geo_services())
+    recorded = _recorded_sources()
+    assert set(recorded) == {p.stem for p in _source_files()}
+    for path in _source_files():
+        names, _ = _read_source(path)
+        gave = {_row_for(n, domains) for n in names}
+        assert recorded[path.stem] == gave, (
+            f"geo_services.tsv '# source {path.stem}:' should list {sorted(gave)}")
+    assert len(domains) >= 300
