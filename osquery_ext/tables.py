@@ -13,6 +13,7 @@ scheduled run, and `container_id = X` on the process / socket tables skips readi
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable
 from osquery import STRING, INTEGER, TableColumn, TablePlugin
 
 from osquery_ext import conntrack, stdio_sockets
+from osquery_ext.cmdline import format_cmdline
 from osquery_ext.events import RingBuffer
 from osquery_ext.runtimes import ContainerMeta, Runtimes
 
@@ -170,6 +172,7 @@ class Sources:
         self._attr_bytes = Memo(lambda raw: attribute(raw.decode("utf-8", "replace")))
         self._attr_text = Memo(attribute)
         self._classify_argv = Memo(lambda argv: classify(list(argv)))
+        self._huge_verdicts: dict[bytes, dict[str, Any]] = {}
 
     def attribute_raw(self, raw: bytes) -> dict[str, str] | None:
         return self._attr_bytes(raw)
@@ -178,12 +181,24 @@ class Sources:
         return self._attr_text(text)
 
     def classify_argv(self, argv: tuple[str, ...]) -> dict[str, Any]:
-        if sum(map(len, argv)) > 4096:  # huge command lines: classify, do not keep as memo keys
-            return self.classify(list(argv))
+        """Memoised verdict. Huge command lines are keyed by a digest in a small memo of their
+        own: the classifier reads all of a command line (linear, but up to ~2 s of CPU per MB
+        for pathological shapes), so a long-lived padded process must cost that once, not on
+        every container_processes query, and the main memo never holds megabyte keys."""
+        if sum(map(len, argv)) > 4096:
+            key = hashlib.blake2b("\0".join(argv).encode("utf-8", "surrogatepass"),
+                                  digest_size=16).digest()
+            hit = self._huge_verdicts.get(key)
+            if hit is None:
+                hit = self.classify(list(argv))
+                if len(self._huge_verdicts) >= 64:
+                    self._huge_verdicts.clear()
+                self._huge_verdicts[key] = hit
+            return hit
         return self._classify_argv(argv)
 
     def classify_list(self, argv: list[str]) -> dict[str, Any]:
-        return self._classify_argv(tuple(argv))
+        return self.classify_argv(tuple(argv))
 
     def name_image(self, cid: str) -> tuple[str, str]:
         """(name, image) known for a container id (runtime cache / events), no blocking I/O."""
@@ -360,7 +375,7 @@ def generate_container_processes(src: Sources, context: Any = None) -> list[dict
         cls = src.classify_argv(argv) if argv else {}
         netns = _netns(proc, pid)
         rows.append({
-            "pid": pid, "ppid": ppid, "name": comm, "path": exe, "cmdline": " ".join(argv),
+            "pid": pid, "ppid": ppid, "name": comm, "path": exe, "cmdline": format_cmdline(cmd),
             "uid": _uid_from_status(status), "start_time": str(start),
             "container_id": att["container_id"], "runtime": att.get("runtime", ""),
             "pod_uid": att.get("pod_uid", ""), "netns": netns,
