@@ -454,13 +454,18 @@ class AddressBook:
 
     def __init__(self, proc: str = "/proc", attribute: Callable[[bytes], Any] | None = None,
                  inventory: Callable[[], Iterable[Any]] | None = None,
-                 min_rescan: float = 0.2) -> None:
+                 min_rescan: float = 0.05) -> None:
         self.proc = proc
         self.attribute = attribute or _default_attribute
         self.inventory = inventory
         self.min_rescan = min_rescan
         self._by_addr: dict[str, Holder] = {}
         self._misses: dict[str, float] = {}   # address -> when it last failed to resolve
+        self._ns_seen: dict[str, tuple[Holder | None, frozenset[str]]] = {}
+        #: set while exec events feed learn_pid: every container's addresses are then learnt at
+        #: its first exec, so the newest holder of an address is always known and a holder whose
+        #: process has already exited (a --rm one-shot) still answers for its flows.
+        self.exec_learning = False
         self._last_scan = -1e9
         self._lock = threading.Lock()
 
@@ -479,20 +484,23 @@ class AddressBook:
 
     def resolve(self, addr: str) -> Holder | None:
         """Who holds `addr` now: the remembered holder if its process still lives in the same
-        network namespace, else a rescan of /proc (rate-limited) and then the inventory."""
+        network namespace, else a rescan of /proc (at most every min_rescan; an unknown address
+        seen again within a second is not rescanned for) and then the runtime inventory."""
         with self._lock:
             h = self._by_addr.get(addr)
-        if h is not None and self._alive(h):
+        if h is not None and (self.exec_learning or self._alive(h)):
             return h
         now = time.monotonic()
         if h is None and now - self._misses.get(addr, -1e9) < 1.0:
             return None  # asked within the last second: a host address, or a container now gone
-        if now - self._last_scan >= self.min_rescan or h is not None:
-            self.scan()
-            with self._lock:
-                h = self._by_addr.get(addr)
-            if h is not None:
-                return h
+        wait = self.min_rescan - (now - self._last_scan)
+        if wait > 0 and h is None:
+            time.sleep(wait)   # at most min_rescan: the kernel queues events meanwhile
+        self.scan()
+        with self._lock:
+            h = self._by_addr.get(addr)
+        if h is not None:
+            return h
         if self.inventory is not None:
             try:
                 self.learn_inventory(self.inventory())
@@ -508,41 +516,85 @@ class AddressBook:
 
     def scan(self) -> int:
         """Read the addresses of one process per container network namespace; returns how many
-        addresses are known afterwards. Entries whose process died are dropped."""
+        addresses are known afterwards. Entries whose process died are dropped.
+
+        Fast on a busy host: a network namespace already read in an earlier scan (the host's,
+        shared by every host process, and each known container's) costs one readlink per process,
+        so a scan that looks for one new container reads only that container's files."""
         self._last_scan = time.monotonic()
         found: dict[str, Holder] = {}
-        seen_ns: set[str] = set()
+        ns_now: dict[str, tuple[Holder | None, frozenset[str]]] = {}
         try:
             pids = [p for p in os.listdir(self.proc) if p.isdigit()]
         except OSError:
             return 0
         for pid in pids:
             base = f"{self.proc}/{pid}"
+            try:
+                ns = os.readlink(base + "/ns/net")
+            except OSError:
+                continue
+            if ns in ns_now:
+                continue
+            prev = self._ns_seen.get(ns)
+            if prev is not None and (prev[0] is None or self._alive(prev[0])):
+                ns_now[ns] = prev
+                continue
             cg = _read(base + "/cgroup")
             if not cg:
                 continue
             att = self.attribute(cg)
             if not att or not att.get("container_id"):
+                ns_now[ns] = (None, frozenset())   # a host (or unattributable) namespace
                 continue
-            try:
-                ns = os.readlink(base + "/ns/net")
-            except OSError:
-                continue
-            if ns in seen_ns:
-                continue
-            seen_ns.add(ns)
             addrs = local_addresses_fib_trie((_read(base + "/net/fib_trie") or b"").decode(
                 "ascii", "replace"))
             addrs |= local_addresses_if_inet6((_read(base + "/net/if_inet6") or b"").decode(
                 "ascii", "replace"))
-            for a in addrs:
-                found[a] = Holder(att["container_id"], int(pid), ns)
+            ns_now[ns] = (Holder(att["container_id"], int(pid), ns), frozenset(addrs))
+        self._ns_seen = ns_now
+        for holder, addrs in ns_now.values():
+            if holder is not None:
+                for a in addrs:
+                    found[a] = holder
         with self._lock:
-            for a, h in list(self._by_addr.items()):
-                if h.pid and a not in found:
-                    del self._by_addr[a]
+            if not self.exec_learning:
+                for a, h in list(self._by_addr.items()):
+                    if h.pid and a not in found:
+                        del self._by_addr[a]
             self._by_addr.update(found)
             return len(self._by_addr)
+
+    def learn_pid(self, pid: int) -> bool:
+        """Learn the addresses of `pid`'s network namespace if it is a container's not seen yet
+        (called on each exec: one readlink for a known namespace). True when it learnt some."""
+        base = f"{self.proc}/{pid}"
+        try:
+            ns = os.readlink(base + "/ns/net")
+        except OSError:
+            return False
+        prev = self._ns_seen.get(ns)
+        if prev is not None and (prev[0] is None or prev[0].pid == pid or self._alive(prev[0])):
+            return False
+        cg = _read(base + "/cgroup")
+        if not cg:
+            return False
+        att = self.attribute(cg)
+        if not att or not att.get("container_id"):
+            self._ns_seen[ns] = (None, frozenset())
+            return False
+        addrs = local_addresses_fib_trie((_read(base + "/net/fib_trie") or b"").decode(
+            "ascii", "replace"))
+        addrs |= local_addresses_if_inet6((_read(base + "/net/if_inet6") or b"").decode(
+            "ascii", "replace"))
+        holder = Holder(att["container_id"], int(pid), ns)
+        self._ns_seen[ns] = (holder, frozenset(addrs))
+        if len(self._ns_seen) > 20000:
+            self._ns_seen.clear()
+        with self._lock:
+            for a in addrs:
+                self._by_addr[a] = holder
+        return bool(addrs)
 
     def learn_inventory(self, metas: Iterable[Any]) -> None:
         """Addresses the runtime reports (ContainerMeta.ip_addresses); a /proc-learnt holder wins
@@ -638,6 +690,18 @@ def events_enabled(proc: str = "/proc") -> bool:
     return raw is None or raw.strip() != b"0"
 
 
+def log_mode(mode: str, reason: str, poll_interval: float = 1.0) -> None:
+    """The one log line that says how container_nat_flows is filled (a warning unless events)."""
+    if mode == "unavailable":
+        log.warning("conntrack unavailable (%s): container_nat_flows stays empty; the other "
+                    "tables keep working", reason)
+    elif mode in ("netlink-poll", "proc-poll"):
+        log.warning("conntrack events unavailable (%s); polling the table every %gs (%s): short "
+                    "UDP flows may be missed", reason, poll_interval, mode)
+    elif mode == "events":
+        log.info("conntrack event capture running%s", f" ({reason})" if reason else "")
+
+
 class HostAddresses:
     """The host's own addresses (refreshed every few seconds), so the bridge's gateway address,
     which sits inside the container subnet, is not taken for a container."""
@@ -649,7 +713,9 @@ class HostAddresses:
 
     def __call__(self, addr: str) -> bool:
         now = time.monotonic()
-        if now - self._at > self.ttl:
+        age = now - self._at
+        # a bridge that just appeared (its gateway address) must not wait out the TTL
+        if age > self.ttl or (addr not in self._addrs and age > 0.5):
             self._at = now
             text4 = (_read(f"{self.proc}/net/fib_trie") or b"").decode("ascii", "replace")
             text6 = (_read(f"{self.proc}/net/if_inet6") or b"").decode("ascii", "replace")
@@ -669,8 +735,12 @@ class ConntrackCapture(threading.Thread):
                  subnets: list[Any] | None = None, proc: str = "/proc",
                  poll_interval: float = 1.0, force_mode: str | None = None,
                  clock: Callable[[], int] = time.time_ns,
-                 lookup: Callable[[str], "tuple[str, str] | None"] | None = None) -> None:
+                 lookup: Callable[[str], "tuple[str, str] | None"] | None = None,
+                 on_mode: Callable[[str, str], None] | None = None,
+                 learn_execs: bool = False) -> None:
         super().__init__(name="conntrack", daemon=True)
+        self.on_mode = on_mode
+        self.learn_execs = learn_execs
         self.buffer = buffer
         self.book = book or AddressBook(proc)
         self.subnets = _default_subnets() if subnets is None else subnets
@@ -688,6 +758,7 @@ class ConntrackCapture(threading.Thread):
         self._polled: dict[tuple, Flow] = {}    # polling: what the last poll saw
         self._stop_evt = threading.Event()
         self._sock: socket.socket | None = None
+        self._exec_sock: socket.socket | None = None
 
     # -- flow handling (shared by every mode) --------------------------------------------------
     def handle(self, flow: Flow, source: str, t_ns: int | None = None) -> dict[str, str] | None:
@@ -739,15 +810,32 @@ class ConntrackCapture(threading.Thread):
     # -- modes ---------------------------------------------------------------------------------
     def _set_mode(self, mode: str, reason: str = "") -> None:
         self.mode, self.reason = mode, reason
-        if mode == "unavailable":
-            log.warning("conntrack unavailable (%s): container_nat_flows stays empty; the other "
-                        "tables keep working", reason)
-        elif mode != "events":
-            log.warning("conntrack events unavailable (%s); polling the table every %gs "
-                        "(%s): short UDP flows may be missed", reason, self.poll_interval, mode)
+        if self.on_mode is not None:
+            self.on_mode(mode, reason)
         else:
-            log.info("conntrack event capture running")
+            log_mode(mode, reason, self.poll_interval)
         self.ready.set()
+
+    def _open_exec_socket(self) -> None:
+        """Learn container addresses at each exec (the process connector), so a flow of a
+        container that exits right after it is still attributed. Best effort."""
+        if not self.learn_execs:
+            return
+        try:
+            from osquery_ext import proc_connector
+            self._exec_sock = proc_connector.open_socket()
+            self.book.exec_learning = True
+        except (OSError, ImportError) as exc:
+            log.debug("no exec events for address learning: %s", exc)
+
+    def _on_exec_data(self, data: bytes) -> None:
+        from osquery_ext import proc_connector
+        for what, tgid, _ts in proc_connector.parse_messages(data):
+            if what == proc_connector.PROC_EVENT_EXEC and tgid:
+                try:
+                    self.book.learn_pid(tgid)
+                except Exception:  # one odd process must not stop the capture
+                    log.debug("address learning for pid %s failed", tgid, exc_info=True)
 
     def run(self) -> None:
         try:
@@ -764,7 +852,8 @@ class ConntrackCapture(threading.Thread):
                 except OSError as exc:
                     why = f"netlink subscribe: {exc.strerror or exc}"
             if self._sock is not None:
-                self._set_mode("events")
+                self._open_exec_socket()
+                self._set_mode("events", "exec learning" if self._exec_sock else "")
                 self._resync("dump")  # flows that were already there when we started
                 self._event_loop(self._sock)
                 return
@@ -799,15 +888,27 @@ class ConntrackCapture(threading.Thread):
                 self.handle(replace(f, kind="new"), source, t)
 
     def _event_loop(self, sock: socket.socket) -> None:
+        socks = [sock] + ([self._exec_sock] if self._exec_sock is not None else [])
         while not self._stop_evt.is_set():
             try:
-                ready, _, _ = select.select([sock], [], [], 0.5)
+                ready, _, _ = select.select(socks, [], [], 0.5)
             except (InterruptedError, ValueError):
                 if self._stop_evt.is_set():
                     break
                 continue
             if not ready:
                 continue
+            if self._exec_sock is not None and self._exec_sock in ready:
+                # execs first: a container's address is learnt before its flows are handled
+                while True:   # drain: every exec queued so far comes before this flow
+                    try:
+                        self._on_exec_data(self._exec_sock.recv(262144, socket.MSG_DONTWAIT))
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        break  # an exec overrun: the /proc rescan on an unknown address covers it
+                if sock not in ready:
+                    continue
             try:
                 data = sock.recv(1 << 20)
             except OSError as exc:
@@ -849,17 +950,162 @@ class ConntrackCapture(threading.Thread):
                 pass
 
 
-def start_capture(src: Any, **kwargs: Any) -> ConntrackCapture:
-    """Start the capture for a tables.Sources: its nat_flows buffer, its /proc, its runtimes
-    (inventory addresses and names). Returns the started thread (`.stop()` ends it)."""
+
+# -- the capture process and the extension side -----------------------------------------------------
+def capture_main(out: Any = None) -> int:
+    """The capture process (`python -m osquery_ext.conntrack`): one JSON line per status change
+    and per row. Why a process of its own: learning a container's address races the container's
+    exit (a `--rm` one-shot lives a few ms after its exec), and inside the extension another
+    Python thread may hold the GIL for 5 ms; a small single-threaded interpreter at raised
+    priority wins that race (the same reasoning as proc_connector's exec capture)."""
+    import json
+    import sys
+
+    from osquery_ext.proc_connector import _die_with_parent, _raise_priority
+
+    out = out or sys.stdout
+    logging.basicConfig(level=logging.ERROR)
+
+    def emit(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    class _Rows:
+        def append(self, row: dict[str, str]) -> None:
+            emit({"row": row})
+
+    _die_with_parent()
+    _raise_priority()
+    cap = ConntrackCapture(_Rows(), on_mode=lambda m, r: emit({"status": m, "reason": r}),
+                           learn_execs=True)
+    try:
+        cap.run()
+    except BrokenPipeError:
+        return 0
+    return 0 if cap.mode != "unavailable" else 2
+
+
+class ConntrackReader(threading.Thread):
+    """Runs the capture process and buffers its rows, naming containers from the runtime cache
+    (and, for a row the process could not attribute, from the runtime inventory's addresses).
+
+    Same interface as ConntrackCapture for the extension: `mode`, `reason`, `ready`, `stop()`."""
+
+    def __init__(self, buffer: Any, lookup: Callable[[str], "tuple[str, str] | None"] | None = None,
+                 by_address: Callable[[str], str] | None = None,
+                 command: list[str] | None = None, max_restarts: int = 5) -> None:
+        super().__init__(name="conntrack-reader", daemon=True)
+        import sys
+        self.buffer = buffer
+        self.lookup = lookup
+        self.by_address = by_address
+        self.command = command or [sys.executable, "-m", "osquery_ext.conntrack"]
+        self.max_restarts = max_restarts
+        self.mode = "starting"
+        self.reason = ""
+        self.ready = threading.Event()
+        self.rows = 0
+        self._child: Any = None
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        import subprocess
+        restarts = 0
+        while not self._stop_evt.is_set():
+            try:
+                self._child = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                               stdin=subprocess.DEVNULL, text=True, bufsize=1)
+            except OSError as exc:
+                self._mode("unavailable", f"cannot start the capture process: {exc}")
+                return
+            self._consume(self._child)
+            rc = self._child.wait()
+            if self._stop_evt.is_set() or self.mode == "unavailable":
+                break
+            restarts += 1
+            if restarts > self.max_restarts:
+                self._mode("unavailable", f"capture process keeps exiting (status {rc})")
+                break
+            log.warning("conntrack capture exited (status %s); restarting", rc)
+            self._stop_evt.wait(min(5.0, 0.5 * restarts))
+        if self.mode != "unavailable":
+            self.mode = "stopped"
+
+    def _mode(self, mode: str, reason: str) -> None:
+        if mode != self.mode:
+            log_mode(mode, reason)
+        self.mode, self.reason = mode, reason
+        self.ready.set()
+
+    def _consume(self, child: Any) -> None:
+        import json
+        for line in child.stdout:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            row = obj.get("row")
+            if isinstance(row, dict):
+                self.buffer.append(self.complete(row))
+                self.rows += 1
+            elif "status" in obj:
+                self._mode(str(obj["status"]), str(obj.get("reason", "")))
+
+    def complete(self, row: dict[str, str]) -> dict[str, str]:
+        """Fill what the capture process cannot know: names, and a container id from the
+        runtime's addresses when /proc had none."""
+        if not row.get("container_id") and self.by_address is not None:
+            try:
+                row["container_id"] = self.by_address(row.get("container_address", "")) or ""
+            except Exception:  # a runtime that is down: the row stays unattributed
+                log.debug("runtime address lookup failed", exc_info=True)
+        cid = row.get("container_id")
+        if cid and self.lookup is not None and not row.get("container_name"):
+            named = self.lookup(cid)
+            if named:
+                row["container_name"], row["image"] = named
+        return row
+
+    def stop(self) -> None:
+        import subprocess
+        self._stop_evt.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(2)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def start_capture(src: Any, **kwargs: Any) -> ConntrackReader:
+    """Start the capture process for a tables.Sources: rows into its nat_flows buffer, names
+    from its runtime cache, addresses the process could not attribute from its runtime
+    inventory. Returns the started reader thread (`.stop()` ends it and the process)."""
     runtimes = getattr(src, "runtimes", None)
 
     def lookup(cid: str) -> tuple[str, str] | None:
         name, image = src.name_image(cid)
         return (name, image) if name or image else None
 
-    book = AddressBook(src.proc, attribute=getattr(src, "attribute_raw", None),
-                       inventory=runtimes.inventory if runtimes is not None else None)
-    cap = ConntrackCapture(src.nat_flows, book, lookup=lookup, **kwargs)
-    cap.start()
-    return cap
+    def by_address(addr: str) -> str:
+        if runtimes is None or not addr:
+            return ""
+        for m in runtimes.inventory():
+            if addr in (m.ip_addresses or []):
+                return m.id
+        return ""
+
+    reader = ConntrackReader(src.nat_flows, lookup, by_address, **kwargs)
+    reader.start()
+    return reader
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    try:
+        sys.exit(capture_main())
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(0)
