@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from datafiles import read_bytes, resolve, scenario_dir
+from fake_hosts import wait_until
 from scheduler.collect.state import StateStore
 from scheduler.collect.tailer import FileTailer, OsqueryTailer, ZeekTailer, drain
 
@@ -265,35 +266,32 @@ def test_kill_minus_9_mid_run_no_loss_no_duplicate(tmp_path: Path) -> None:
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(script), str(log), str(db), str(REPO)])
 
+    def consumed() -> int:
+        try:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        except sqlite3.OperationalError:   # table not created yet (or locked for a moment)
+            return 0
+
     child = start()
     write(300, "a")
-    time.sleep(0.3)
+    # The rotation below is only a rotation for a child that already follows the file: wait for
+    # its first checkpointed batch (under load the interpreter takes most of a second to start).
+    wait_until(lambda: consumed() > 0, timeout=60, interval=0.01,
+               what="the child's first committed batch")
     write(200, "b")
     os.rename(log, tmp_path / "conn.2026-11-27-19-00-00.log")
     write(300, "c")
-
-    def consumed() -> int:
-        try:
-            return sqlite3.connect(db).execute("SELECT COUNT(*) FROM seen").fetchone()[0]
-        except sqlite3.OperationalError:   # table not created yet
-            return 0
-
-    deadline = time.time() + 20
-    while consumed() < 50 and time.time() < deadline:   # started and busy, far from done
-        time.sleep(0.01)
+    wait_until(lambda: consumed() >= 50, timeout=60, interval=0.01,
+               what="50 lines consumed (started and busy, far from done)")
     child.send_signal(signal.SIGKILL)
     child.wait(10)
     assert child.returncode == -signal.SIGKILL
     mid = sqlite3.connect(db).execute("SELECT COUNT(*) FROM seen").fetchone()[0]
     write(200, "d")
     child = start()
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM seen").fetchone()[0]
-        if n >= len(written):
-            break
-        time.sleep(0.1)
-    time.sleep(0.3)    # would a duplicate still arrive?
+    wait_until(lambda: consumed() >= len(written), timeout=60, what="every line consumed")
+    time.sleep(0.3)    # would a duplicate still arrive? (an absence cannot be polled for)
     StateStore(db).set_kv("stop", "1")
     child.wait(30)
     got = [r[0] for r in sqlite3.connect(db).execute("SELECT line FROM seen ORDER BY rowid")]
