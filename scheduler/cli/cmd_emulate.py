@@ -81,6 +81,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="only remove what earlier runs killed with SIGKILL left behind (runs whose "
                         "process is alive are never touched), then exit")
     p.add_argument("--report", metavar="FILE", help="also write the checks as JSON (for CI gates)")
+    p.add_argument("--uplink", action="store_true",
+                   help="instead: T1614 seen by a Zeek on the host's uplink, behind the host's NAT "
+                        "(masqueraded podman bridge, zeek -i on the uplink veth, the NAT join); "
+                        "needs root, podman and zeek")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory (debugging)")
     p.set_defaults(func=run)
     return p
@@ -111,4 +115,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"cleaned {line}")
         print(f"{len(done)} stale run(s) cleaned")
         return 0
+    if args.uplink:
+        from scheduler.emulate import uplink
+
+        return uplink.main(image=args.image, report=args.report, keep_workdir=args.keep_workdir)
     return emulate(options_from_args(args))

@@ -314,3 +314,36 @@ def replay_alerts(recording: Path) -> list[dict[str, Any]]:
 
     result = replay(recording, Config())
     return [a.to_dict() for a in result.alerts]
+
+
+def main(out: Any = None, image: str | None = None, report: str | None = None,
+         keep_workdir: bool = False) -> int:
+    """`stowaway emulate --uplink`: run, print the pass/fail table; 0 all pass, 1 a check failed,
+    2 the lab could not be set up."""
+    import sys
+
+    from scheduler.emulate.runner import print_table
+
+    out = out or sys.stdout
+    why = skip_reason()
+    if why:
+        print(f"stowaway emulate --uplink: cannot run here: {why}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="stwup-"))
+    try:
+        try:
+            res = run(workdir, image or IMAGE)
+        except (RuntimeError, uplink_lab.LabError, OSError) as exc:
+            print(f"stowaway emulate --uplink: set-up failed: {exc}", file=sys.stderr)
+            return 2
+        print_table(res.checks, out)
+        if report:
+            Path(report).write_text(json.dumps({"ok": res.ok, "checks": [c.__dict__ for c in
+                                                                          res.checks]},
+                                               indent=1) + "\n")
+        return 0 if res.ok else 1
+    finally:
+        if keep_workdir:
+            print(f"work directory kept: {workdir}", file=out)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
