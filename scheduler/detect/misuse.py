@@ -70,6 +70,7 @@ _TITLE = {RULE_REVERSE_SHELL: "Network-redirected shell (T1059.004)",
 
 RECENT_S = 120.0          # how long recent processes/connections are kept to join the sides
 RECENT_MAX = 200          # per container
+TUNNEL_CONNS = 5          # relayed connections shown per tunnel
 STRATUM_STREAMS = ("stratum",)
 _SEEN_MAX = 100_000
 
@@ -215,6 +216,7 @@ class MisuseDetector:
         self._procs: dict[str, deque] = {}          # cid -> recent ProcessRecord
         self._conns: dict[str, deque] = {}          # cid -> recent conn NetRecord
         self._shell_remotes: dict[str, dict[tuple[str, int], ProcessRecord]] = {}
+        self._tunnels: dict[str, tuple[ProcessRecord, int]] = {}   # cid -> (tool, conns shown)
         self._series: dict[tuple[str, str, int], _Series] = {}
         self._names: dict[tuple[str, str], str] = {}    # (cid, ip) -> domain seen for it
         self._dns: dict[tuple[str, str], _DnsGroup] = {}
@@ -294,9 +296,14 @@ class MisuseDetector:
                 continue
             why = fn()
             if why and self._once((rule, cid, rec.pid, cmd)):
-                out.append(self._cand(rule, rec.ts, host, container, why,
-                                      [process_evidence(rec, reason=why,
-                                                        summary=f"{cmd or name} ({why})")]))
+                ev = [process_evidence(rec, reason=why, summary=f"{cmd or name} ({why})")]
+                if rule == RULE_TUNNEL:     # the relayed connections, already seen or to come
+                    self._tunnels[cid] = (rec, 0)
+                    ev += [net_evidence(c, f"relayed conn {c.proto} {c.resp_h}:{c.resp_p} "
+                                           f"{c.conn_state}")
+                           for c in list(self._conns.get(cid, ()))[-TUNNEL_CONNS:]
+                           if c.ts >= rec.ts - 1.0]
+                out.append(self._cand(rule, rec.ts, host, container, why, ev))
 
         kinds = cols.get("raw_sockets", "")
         if kinds and self._on(RULE_RAW_SOCKET, image) \
@@ -328,6 +335,7 @@ class MisuseDetector:
         elif stream == "conn":
             self._push(self._conns, cid, rec, rec.ts)
             out += self._shell_conn(rec, container)
+            out += self._tunnel_conn(rec, container)
             out += self._beacon(rec, container)
         elif stream in STRATUM_STREAMS:
             out += self._stratum(raw, rec, container)
@@ -353,6 +361,19 @@ class MisuseDetector:
                                               f"{rec.conn_state} (the shell's connection)")],
                            signature=f"{rec.resp_h}:{rec.resp_p}"
                            if (rec.resp_h, rec.resp_p) in shells else f"{rec.orig_h}:{rec.orig_p}")]
+
+    def _tunnel_conn(self, rec: NetRecord, container: Any) -> list[Candidate]:
+        """Outbound connections of a container running a tunnel tool: the relayed traffic
+        (the first TUNNEL_CONNS, merged into the tunnel alert while it is open)."""
+        t = self._tunnels.get(rec.container_id)
+        if t is None or t[1] >= TUNNEL_CONNS or rec.ts < t[0].ts - 1.0:
+            return []
+        proc, shown = t
+        self._tunnels[rec.container_id] = (proc, shown + 1)
+        what = f"connection of the tunnel {proc.name or 'tool'} to {rec.resp_h}:{rec.resp_p}"
+        return [self._cand(RULE_TUNNEL, rec.ts, rec.host, container, what,
+                           [net_evidence(rec, f"relayed conn {rec.proto} {rec.resp_h}:{rec.resp_p}"
+                                              f" {rec.conn_state}")])]
 
     def _host_hint(self, cid: str, needles: Iterable[str]) -> list[dict[str, Any]]:
         """Recent processes of the container whose command line names the destination."""

@@ -415,7 +415,7 @@ def install() -> None:
     """Register the scenarios, their Zeek hooks, the emulation config and the benign control's
     "no named alert" checks with the runner (idempotent)."""
     R.RUNNERS.update(RUNNERS)
-    for name in MISUSE_SCENARIOS:
+    for name in (*MISUSE_SCENARIOS, "benign"):   # the control too: its network must be quiet
         R.EXTRA_SCENARIOS[name] = _Hooks
     R.PIPELINE_CONFIG = emulation_config
     if not getattr(R.RUNNERS["benign"], "named_rules", False):
