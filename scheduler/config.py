@@ -34,7 +34,7 @@ class SourcesConfig:
     osquery_spawn_extension: bool = True
     zeek_log_dir: str = "/opt/zeek/logs/current"
     zeek_streams: list[str] = field(
-        default_factory=lambda: ["conn", "dns", "http", "ssl", "container_geo"])
+        default_factory=lambda: ["conn", "dns", "http", "ssl", "container_geo", "stratum"])
     zeek_format: str = "auto"          # auto | tsv | json
     # The address→container map that the Zeek package reads (written by the scheduler).
     address_map: str = "/var/lib/stowaway/address_map.tsv"
