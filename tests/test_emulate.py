@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_hosts import wait_extension_sees_containers, wait_until
 from scheduler.emulate import emulab, runner as emulate, standin
 from scheduler.emulate.runner import FAIL, NOT_CHECKED, PASS, Action, Expect, ScenarioRun
 
@@ -178,8 +179,12 @@ def test_standin_serves_dns_http_https_with_sni_on_loopback(tmp_path):
                 while chunk := tls.recv(4096):
                     data += chunk
         assert b'"ip": "203.0.113.45"' in data
-        time.sleep(0.2)
-        events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+
+        def logged() -> list[dict]:
+            evs = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+            return evs if {"dns", "http", "tls", "https"} <= {e["kind"] for e in evs} else []
+
+        events = wait_until(logged, timeout=10, what="dns, http, tls and https in the event log")
         kinds = [e["kind"] for e in events]
         assert kinds[0] == "ready" and "dns" in kinds and "http" in kinds
         assert any(e["kind"] == "tls" and e["sni"] == "api.ipify.org" for e in events)
@@ -433,6 +438,7 @@ class LeakMonitor:
 
     def __init__(self) -> None:
         self.proc = None
+        self._err_head = b""   # what tcpdump wrote to stderr before it was listening
         self.pcap = Path(tempfile.mkdtemp(prefix="stwemu-test-uplink-")) / "uplink.pcap"
         routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True,
                                            text=True).stdout or "[]")
@@ -441,7 +447,24 @@ class LeakMonitor:
             self.proc = subprocess.Popen(["tcpdump", "-i", self.dev, "-n", "-U", "-w", str(self.pcap),
                                           self.FILTER],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.5)
+            self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        """tcpdump says "listening on <dev>" once its capture and filter are set."""
+        fd = self.proc.stderr.fileno()
+        os.set_blocking(fd, False)
+
+        def listening() -> bool:
+            try:
+                self._err_head += os.read(fd, 4096)
+            except BlockingIOError:
+                pass
+            return b"listening on" in self._err_head or self.proc.poll() is not None
+
+        try:
+            wait_until(listening, timeout=15, interval=0.05, what="tcpdump listening on the uplink")
+        finally:
+            os.set_blocking(fd, True)
 
     @classmethod
     def leaks_in(cls, pcap: Path) -> list[str]:
@@ -477,6 +500,7 @@ class LeakMonitor:
             return [], "no uplink or no tcpdump"
         self.proc.send_signal(signal.SIGINT)
         _out, err = self.proc.communicate(timeout=10)
+        err = self._err_head.decode(errors="replace") + err
         try:
             return self.leaks_in(self.pcap), err
         finally:
@@ -556,7 +580,9 @@ def test_recordings_replay_through_reader_and_pipeline(all_run):
             assert {a["container_id"] for a in acts} <= t1614
             assert all(a["container"]["image"] == IMAGE for a in alerts if a["rule"] == "location_discovery")
             oneshot = next(a for a in acts if a["action_id"] == "G4")
-            assert oneshot["lifetime_s"] is not None and oneshot["lifetime_s"] < 1.0
+            # a --rm one-shot: well under 1 s on an idle host; podman's own create/remove take
+            # seconds on a loaded one (4.7 s seen at load 7), which is not what is tested here
+            assert oneshot["lifetime_s"] is not None and oneshot["lifetime_s"] < 10.0
             sni = [e for e in gt["standin_events"] if e.get("sni") == "api.ipify.org"]
             assert sni, "the HTTPS lookup's SNI reached the stand-in"
             _check_pcap(rec / name / "scenario.pcap", gt["emulation"]["subnet"])
@@ -624,6 +650,13 @@ def test_missing_detection_exits_nonzero(rootfs):
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
 
 
+def _churn_containers(run_id: str) -> list[str]:
+    """Names of the run's churn containers podman knows about (running or exited)."""
+    names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                           text=True).stdout.split()
+    return [n for n in names if n.startswith(f"stwemu-{run_id}-churn-")]
+
+
 @podman
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_run_leaves_nothing_behind(sig):
@@ -633,16 +666,12 @@ def test_interrupt_mid_run_leaves_nothing_behind(sig):
     first = proc.stdout.readline()
     run_id = _run_id(first)
     # wait until churn containers exist (the run is mid-way: network, netns, stand-in, tcpdump up)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
-                               text=True).stdout.split()
-        if sum(n.startswith(f"stwemu-{run_id}-churn-") for n in names) >= 1:
-            break
-        time.sleep(0.2)
-    else:
+    try:
+        wait_until(lambda: _churn_containers(run_id), timeout=60, interval=0.2,
+                   what="churn containers")
+    except AssertionError:
         proc.kill()
-        pytest.fail("churn containers never appeared")
+        raise
     before = _leftovers(run_id)
     assert before.get("netns") and before.get("networks") and before.get("processes"), before
     time.sleep(1.0)
@@ -665,14 +694,15 @@ def test_geo_lookup_through_the_deployed_extension_over_thrift(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     manager = ext = None
     try:
-        deadline = time.time() + 15
-        while not sock.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        assert sock.exists(), "podman service did not start"
+        wait_until(sock.exists, timeout=15, what="the podman service socket")
         manager = FakeOsqueryd(tmp_path).start()
         ext = start_extension(manager.path, env={"STOWAWAY_RUNTIME_SOCKETS": f"podman=unix://{sock}"})
-        manager.wait_registered()
-        time.sleep(1.5)  # listeners connect; the connector probes itself
+        uuid_, _info, _reg = manager.wait_registered()
+        client = manager.client(uuid_)
+        try:
+            wait_extension_sees_containers(client, IMAGE)   # event stream and exec capture are live
+        finally:
+            client.close()
         proc = _emulate("--scenario", "geo-lookup", "--runtime-socket", str(sock),
                         "--osquery-socket", manager.path, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -700,14 +730,11 @@ def test_cleanup_stale_after_sigkill():
                              "--churn-count", "20", "--churn-seconds", "30"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_id = _run_id(proc.stdout.readline())
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
-                               text=True).stdout.split()
-        if any(n.startswith(f"stwemu-{run_id}-churn-") for n in names):
-            break
-        time.sleep(0.2)
-    proc.kill()
+    try:
+        wait_until(lambda: _churn_containers(run_id), timeout=60, interval=0.2,
+                   what="churn containers")
+    finally:
+        proc.kill()
     proc.communicate(timeout=30)
     left = _leftovers(run_id)
     assert left.get("networks") and left.get("netns"), left  # SIGKILL really left things behind
@@ -715,8 +742,6 @@ def test_cleanup_stale_after_sigkill():
     out = _emulate("--cleanup-stale", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"run {run_id}:" in out.stdout
-    deadline = time.time() + 10
-    while _leftovers(run_id) and time.time() < deadline:
-        time.sleep(0.5)
-    assert _leftovers(run_id) == {}
+    wait_until(lambda: _leftovers(run_id) == {}, timeout=10, interval=0.5,
+               what=f"nothing left of run {run_id}")
     assert not Path(f"/run/stowaway-emulate/{run_id}.json").exists()
