@@ -135,3 +135,78 @@ def test_a_flood_of_bad_lines_is_counted_not_logged_line_by_line(caplog: pytest.
     assert stats.malformed == 1000
     assert len(caplog.records) == oqr.MAX_WARNINGS + 1
     assert caplog.messages[0].startswith("f:1:")
+
+
+# ---- hostile lines: every exception a line can provoke is caught per line, named and counted ----
+
+def _good(t: int) -> str:
+    return oqr.differential_line("container_events", "h1", t, "added",
+                                 {"action": "start", "container_id": f"c{t}"})
+
+
+HOSTILE = [
+    ("[" * 100_000, "nested too deeply"),                           # RecursionError in json
+    ('{"a":' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
+    ('{"name": "container_events", "unixTime": ' + "9" * 5000 + ', "columns": {}, '
+     '"action": "added"}', "JSON we read"),                          # ValueError: > 4300 digits
+    ('{"name": "container_events", "unixTime": 1e999, "columns": {}, "action": "added"}',
+     "unixTime"),                                                    # inf: not a finite time
+    ('{"name": "container_events", "unixTime": NaN, "columns": {}, "action": "added"}',
+     "unixTime"),
+    ('{"name": "container_events", "unixTime": "1e400", "columns": {}, "action": "added"}',
+     "unixTime"),
+    ('{"name": "container_events", "unixTime": [1], "columns": {}, "action": "added"}',
+     "unixTime is list"),
+    ('{"name": "container_events", "unixTime": 1, "snapshot": [[1, 2]]}', "snapshot[0]"),
+    ('{"name": "container_events", "unixTime": 1, "diffResults": {"added": ["x"]}}',
+     "diffResults.added[0]"),
+    ('{"name": "container_events", "unixTime": 1, "columns": [], "action": "added"}', "columns"),
+    (b'{"name": "container_events", "unixTime": 1, "columns": {"a": "\xff\xfe"}}', "UTF-8"),
+    ('[{"name": "container_events"}]', "list, not an object"),
+]
+
+
+@pytest.mark.parametrize("bad,why", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_line_is_named_counted_and_the_rest_is_read(bad: str | bytes, why: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    stats = ParseStats()
+    parser = oqr.OsqueryResultsParser("results.log", stats)
+    with caplog.at_level(logging.WARNING):
+        rows = [r for n, line in enumerate([_good(1), bad, _good(3)], 1)
+                for r in parser.parse_line(line, n)]
+    assert [r.columns["container_id"] for r in rows] == ["c1", "c3"]
+    assert stats.malformed == 1 and stats.rows == 2
+    assert any(m.startswith("results.log:2:") and why in m for m in caplog.messages), caplog.messages
+
+
+def test_truncated_gzip_gives_what_was_readable_and_names_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "osqueryd.results.log.gz"
+    data = gzip.compress(("\n".join(_good(i) for i in range(3000)) + "\n").encode())
+    path.write_bytes(data[: len(data) // 2])         # the writer died mid-file
+    stats = ParseStats()
+    with caplog.at_level(logging.WARNING):
+        rows = list(oqr.iter_results(path, stats))    # no EOFError
+    assert 0 < len(rows) < 3000
+    assert [int(r.unix_time) for r in rows] == list(range(len(rows)))   # in order, no gap
+    assert stats.io_errors == 1
+    assert any(str(path) in m and "EOFError" in m for m in caplog.messages), caplog.messages
+
+
+def test_warnings_are_rate_limited_per_period_not_silenced_for_good(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After a burst, a bad line in a later period is logged again (a daemon runs for weeks)."""
+    clock = [0.0]
+    stats = ParseStats()
+    stats.limiter.clock = lambda: clock[0]
+    parser = oqr.OsqueryResultsParser("f", stats)
+    with caplog.at_level(logging.WARNING):
+        for n in range(1, 101):
+            parser.parse_line("junk", n)
+        burst = len(caplog.messages)
+        clock[0] = 61.0
+        parser.parse_line("junk", 101)
+    assert stats.malformed == 101
+    assert burst == oqr.MAX_WARNINGS + 1               # 20 lines + "only counted"
+    assert any("80 more warnings" in m for m in caplog.messages)
+    assert caplog.messages[-1].startswith("f:101:")

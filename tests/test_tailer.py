@@ -388,3 +388,86 @@ def test_copytruncate_reads_the_rest_from_the_copy(tmp_path: Path, store: StateS
         fh.write("after-0\n")
     consume(t, seen)
     assert seen == first + ["unread-0", "unread-1", "after-0"]
+
+
+# ---- hostile lines and damaged files: the batch survives, the checkpoint moves past what was read --
+
+OSQ_GOOD = ('{"name":"pack_stowaway_stowaway_container_events","hostIdentifier":"h","unixTime":%d,'
+            '"action":"added","columns":{"action":"start","container_id":"c%d"}}')
+
+
+@pytest.mark.parametrize("bad", [
+    "[" * 100_000,                                                       # RecursionError
+    '{"name":"container_events","unixTime":' + "9" * 5000 + ',"columns":{},"action":"added"}',
+    '{"name":"container_events","unixTime":1e999,"columns":{},"action":"added"}',
+    '{"name":"container_events","unixTime":1,"snapshot":[["not","an","object"]]}',
+], ids=["deep", "digits", "inf", "list-row"])
+def test_osquery_tailer_hostile_line_costs_one_line_not_the_batch(
+        tmp_path: Path, store: StateStore, bad: str, caplog: pytest.LogCaptureFixture) -> None:
+    log = tmp_path / "osqueryd.results.log"
+    append(log, [OSQ_GOOD % (1, 1), bad, OSQ_GOOD % (3, 3)])
+    t = OsqueryTailer(log, store)
+    rows = []
+    with caplog.at_level(logging.WARNING):
+        drain(t, lambda b, c: rows.extend(b.items))     # no exception out of poll()
+    assert [r.columns["container_id"] for r in rows] == ["c1", "c3"]
+    assert t.stats.malformed == 1
+    assert any(f"{log}:2:" in m for m in caplog.messages), caplog.messages
+    # the checkpoint is past the three lines: a restarted tailer reads only what comes next
+    append(log, [OSQ_GOOD % (4, 4)])
+    t2, later = OsqueryTailer(log, store), []
+    drain(t2, lambda b, c: later.extend(b.items))
+    assert [r.columns["container_id"] for r in later] == ["c4"]
+
+
+def test_zeek_tailer_hostile_json_line_costs_one_line(tmp_path: Path, store: StateStore) -> None:
+    log = tmp_path / "dns.log"
+    good = '{"ts":%d.5,"uid":"J%d","id.orig_h":"172.17.0.3","id.orig_p":1,"query":"q"}'
+    append(log, [good % (1, 1), '{"ts":1.0,"a":' + "[" * 100_000, '{"ts":NaN,"uid":"X"}',
+                 '{"ts":2.0,"uid":"X","id.orig_h":{"x":1}}', good % (5, 5)])
+    t = ZeekTailer(log, store, stream="dns")
+    got = []
+    drain(t, lambda b, c: got.extend(b.items))
+    assert [(n, r["uid"]) for n, r in got] == [(1, "J1"), (5, "J5")]
+    assert t.stats.bad_lines == 3
+
+
+def test_parse_failure_does_not_move_the_position(tmp_path: Path, store: StateStore) -> None:
+    """Were a parser to raise anyway, the lines are read again, not silently skipped."""
+    log = tmp_path / "osqueryd.results.log"
+    append(log, [OSQ_GOOD % (1, 1), OSQ_GOOD % (2, 2)])
+    t = OsqueryTailer(log, store)
+    t._parse_one = lambda line, parse: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        t.poll()
+    del t._parse_one
+    assert [r.columns["container_id"] for r in t.poll().items] == ["c1", "c2"]
+
+
+def test_truncated_rotated_gzip_is_read_as_far_as_it_goes(tmp_path: Path, store: StateStore,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The rotated file was compressed and the .gz is cut short: its readable lines are read, the
+    damage is named, and the tailer moves on to the live file."""
+    import gzip as _gz
+    log = tmp_path / "conn.log"
+    first = [f"line-{i:05d}-" + "x" * 40 for i in range(30)]
+    append(log, first)
+    t = FileTailer(log, store)
+    seen: list[str] = []
+    consume(t, seen)
+    rest = [f"rest-{i:05d}-" + "z" * 40 for i in range(20000)]
+    append(log, rest)
+    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
+    os.rename(log, rotated)
+    data = _gz.compress(rotated.read_bytes())
+    (tmp_path / (rotated.name + ".gz")).write_bytes(data[: len(data) * 2 // 3])
+    rotated.unlink()
+    append(log, ["new-0", "new-1"])
+    with caplog.at_level(logging.WARNING):
+        consume(t, seen)                                # no EOFError
+    got_rest = seen[len(first):-2]
+    assert seen[:len(first)] == first and seen[-2:] == ["new-0", "new-1"]
+    assert 0 < len(got_rest) < len(rest) and got_rest == rest[:len(got_rest)]
+    assert t.io_errors == 1
+    assert any("conn.2026-11-27-19-00-00.log.gz" in m and "EOFError" in m
+               for m in caplog.messages), caplog.messages

@@ -188,3 +188,63 @@ def test_missing_and_binary_files_do_not_raise(tmp_path: Path) -> None:
     stats = ParseStats()
     assert list(iter_zeek_log(bad_gz, stats)) == []
     assert stats.io_errors == 1
+
+
+# ---- hostile lines: every exception a line can provoke is caught per line, named and counted ----
+
+JSON_GOOD = '{"ts": %s, "uid": "%s", "id.orig_h": "172.17.0.3", "id.orig_p": 1, "query": "q"}'
+HOSTILE_JSON = [
+    ('{"ts": 1.0, "a": ' + "[" * 100_000, "nested too deeply"),      # RecursionError
+    ('[{"ts": 1.0}]', "before any #fields"),           # not JSON-object-shaped: a TSV line
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),   # RecursionError
+    ('{"ts": ' + "9" * 400 + ', "uid": "X"}', "ts"),                  # int -> float overflow
+    ('{"ts": ' + "9" * 5000 + ', "uid": "X"}', "digits"),             # ValueError in json
+    ('{"ts": 1e999, "uid": "X"}', "not finite"),                      # inf
+    ('{"ts": NaN, "uid": "X"}', "not finite"),
+    ('{"ts": "9999-99-99T00:00:00Z", "uid": "X"}', "ts"),
+    ('{"ts": [1.0], "uid": "X"}', "field ts is list"),
+    ('{"ts": 1.0, "uid": "X", "id.orig_h": ["172.17.0.3"]}', "field id.orig_h is list"),
+    ('{"ts": 1.0, "uid": "X", "id.orig_p": "53"}', "field id.orig_p is str"),
+    ('{"ts": 1.0, "uid": {"a": 1}}', "field uid is dict"),
+]
+
+
+@pytest.mark.parametrize("bad,why", HOSTILE_JSON, ids=range(len(HOSTILE_JSON)))
+def test_hostile_json_line_is_named_and_the_rest_is_read(tmp_path: Path, bad: str, why: str,
+                                                         caplog) -> None:
+    text = "\n".join([JSON_GOOD % ("1.5", "J1"), bad, JSON_GOOD % ("2.5", "J3")]) + "\n"
+    for gz in (False, True):
+        path = _write(tmp_path, f"dns{int(gz)}.log" + (".gz" if gz else ""), text, gz=gz)
+        stats = ParseStats()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="scheduler.collect.zeeklog"):
+            recs = list(iter_zeek_log(path, stats))
+        assert [r["uid"] for r in recs] == ["J1", "J3"]
+        assert stats.bad_lines == 1 and stats.records == 2
+        assert any(f"{path}:2:" in m and why in m for m in caplog.messages), caplog.messages
+
+
+@pytest.mark.parametrize("ts", ["nan", "inf", "-inf", "1e999"])
+def test_tsv_time_must_be_finite(tmp_path: Path, ts: str, caplog) -> None:
+    """NaN or inf as a time would throw the engine's data clock off: a malformed line."""
+    text = (HEADER + "1.5\tC1\t172.17.0.3\t1\tq\tT\t-\t-\t-\n"
+            + f"{ts}\tC2\t172.17.0.3\t1\tq\tT\t-\t-\t-\n" + "2.5\tC3\t172.17.0.3\t1\tq\tT\t-\t-\t-\n")
+    path = _write(tmp_path, "dns.log", text)
+    stats = ParseStats()
+    with caplog.at_level(logging.WARNING, logger="scheduler.collect.zeeklog"):
+        recs = list(iter_zeek_log(path, stats))
+    assert [r["uid"] for r in recs] == ["C1", "C3"] and stats.bad_lines == 1
+    assert any(f"{path}:10:" in m and "finite" in m for m in caplog.messages), caplog.messages
+
+
+def test_truncated_gzip_tsv_gives_what_was_readable(tmp_path: Path, caplog) -> None:
+    body = "".join(f"{1000 + i}.5\tC{i}\t172.17.0.3\t1\tq{i}\tT\t-\t-\t-\n" for i in range(4000))
+    data = gzip.compress((HEADER + body).encode())
+    path = tmp_path / "dns.log.gz"
+    path.write_bytes(data[: len(data) // 2])
+    stats = ParseStats()
+    with caplog.at_level(logging.WARNING, logger="scheduler.collect.zeeklog"):
+        recs = list(iter_zeek_log(path, stats))
+    assert 0 < len(recs) < 4000 and [r["uid"] for r in recs] == [f"C{i}" for i in range(len(recs))]
+    assert stats.io_errors == 1
+    assert any(str(path) in m for m in caplog.messages)

@@ -30,9 +30,13 @@ import gzip
 import io
 import json
 import logging
+import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from scheduler.collect.warnlimit import WarnLimiter
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +83,30 @@ class ParseStats:
     rows: int = 0
     malformed: int = 0
     ignored: int = 0
+    io_errors: int = 0      # unreadable or truncated files (what was readable was read)
     warnings: list[str] = field(default_factory=list)
+    # per file: MAX_WARNINGS warnings a minute are logged, the rest counted (and summarised)
+    limiter: WarnLimiter = field(default_factory=lambda: WarnLimiter(log, MAX_WARNINGS, 60.0),
+                                 repr=False, compare=False)
 
-    def warn(self, message: str, limit: int = MAX_WARNINGS) -> None:
-        """Count a malformed line; log the first `limit` (a flood of bad lines must not become a
-        flood of log lines), then say once that the rest are only counted."""
+    def warn(self, message: str, limit: int = MAX_WARNINGS, key: str = "osquery results") -> None:
+        """Count a malformed line and log it through the rate limiter (a flood of bad lines must
+        not become a flood of log lines); the first `limit` messages are kept for reports."""
         self.malformed += 1
+        self._keep(message, limit)
+        self.limiter.warn(key, "%s", message)
+
+    def io_error(self, message: str, key: str = "osquery results") -> None:
+        """Count a file that could not be read to its end (always logged: it is rare and final)."""
+        self.io_errors += 1
+        self._keep(message, MAX_WARNINGS)
+        log.warning("%s", message)
+
+    def _keep(self, message: str, limit: int) -> None:
         if len(self.warnings) < limit:
             self.warnings.append(message)
-            log.warning("%s", message)
-        elif self.malformed == limit + 1 or len(self.warnings) == limit:
+        elif len(self.warnings) == limit:
             self.warnings.append("(further malformed lines are only counted)")
-            log.warning("more malformed osquery result lines; further ones are only counted")
 
 
 def normalise_action(action: str) -> str:
@@ -128,9 +144,9 @@ def _stringify(value: Any) -> str:
     return str(value)
 
 
-def _columns(obj: Any) -> dict[str, str]:
+def _columns(obj: Any, where: str = "columns") -> dict[str, str]:
     if not isinstance(obj, dict):
-        raise MalformedLine(f"row is {type(obj).__name__}, not an object")
+        raise MalformedLine(f"field {where} is {type(obj).__name__}, not an object")
     return {str(k): _stringify(v) for k, v in obj.items()}
 
 
@@ -138,10 +154,22 @@ def _unix_time(obj: dict[str, Any]) -> float:
     raw = obj.get("unixTime")
     if raw is None or raw == "":
         raise MalformedLine("no unixTime")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise MalformedLine(f"field unixTime is {type(raw).__name__}, not a number")
     try:
-        return float(raw)
-    except (TypeError, ValueError) as exc:
-        raise MalformedLine(f"unixTime {raw!r} is not a number") from exc
+        value = float(raw)
+    except (ValueError, OverflowError) as exc:
+        raise MalformedLine(f"field unixTime {_clip(raw)!r} is not a number") from exc
+    if not math.isfinite(value):
+        # NaN or inf would move the engine's data clock to nowhere (or to the end of time)
+        raise MalformedLine(f"field unixTime {_clip(raw)!r} is not a finite number")
+    return value
+
+
+def _clip(value: Any, n: int = 40) -> str:
+    """A bad value as it appears in a warning: bounded, whatever its size."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= n else text[:n] + f"...({len(text)} chars)"
 
 
 def _host(obj: dict[str, Any]) -> str:
@@ -185,12 +213,15 @@ def parse_object(obj: Any) -> list[OsqueryRow] | None:
             items = diff.get(action) or []
             if not isinstance(items, list):
                 raise MalformedLine(f"diffResults.{action} is not a list")
-            rows.extend(OsqueryRow(table, host, unix_time, action, _columns(r), name) for r in items)
+            rows.extend(OsqueryRow(table, host, unix_time, action,
+                                   _columns(r, f"diffResults.{action}[{i}]"), name)
+                        for i, r in enumerate(items))
     elif "snapshot" in obj:
         items = obj["snapshot"]
         if not isinstance(items, list):
             raise MalformedLine("snapshot is not a list")
-        rows.extend(OsqueryRow(table, host, unix_time, "snapshot", _columns(r), name) for r in items)
+        rows.extend(OsqueryRow(table, host, unix_time, "snapshot", _columns(r, f"snapshot[{i}]"),
+                               name) for i, r in enumerate(items))
     else:
         action = obj.get("action")
         if action not in ("added", "removed"):
@@ -216,6 +247,10 @@ def parse_line(line: str | bytes) -> list[OsqueryRow] | None:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedLine(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError:
+        raise MalformedLine("not JSON we read: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:   # e.g. an integer of more than 4300 digits
+        raise MalformedLine(f"not JSON we read: {_clip(str(exc), 80)}") from None
     return parse_object(obj)
 
 
@@ -235,7 +270,14 @@ class OsqueryResultsParser:
         try:
             rows = parse_line(line)
         except MalformedLine as exc:
-            self.stats.warn(f"{self.source}:{lineno}: malformed osquery result line skipped: {exc}")
+            self.stats.warn(f"{self.source}:{lineno}: malformed osquery result line skipped: {exc}",
+                            key=self.source)
+            return []
+        except Exception as exc:  # noqa: BLE001 - one bad line must never cost the batch
+            # Whatever else a hostile line provokes (RecursionError in a nested value, MemoryError
+            # aside): named, counted, skipped.
+            self.stats.warn(f"{self.source}:{lineno}: malformed osquery result line skipped: "
+                            f"{type(exc).__name__}: {_clip(str(exc), 80)}", key=self.source)
             return []
         if rows is None:
             self.stats.ignored += 1
@@ -253,11 +295,21 @@ def open_text(path: str | Path) -> io.TextIOBase:
 
 
 def iter_results(path: str | Path, stats: ParseStats | None = None) -> Iterator[OsqueryRow]:
-    """All rows of a results log (plain or .gz), in file order, malformed lines skipped."""
+    """All rows of a results log (plain or .gz), in file order, malformed lines skipped.
+
+    A file that cannot be read to its end (a truncated or damaged .gz, an I/O error) ends the
+    iteration with a named warning and `stats.io_errors`: what was readable has been yielded."""
     parser = OsqueryResultsParser(path, stats)
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            yield from parser.parse_line(line, lineno)
+    lineno = 0
+    try:
+        with open_text(path) as handle:
+            for lineno, line in enumerate(handle, start=1):
+                yield from parser.parse_line(line, lineno)
+    except (OSError, EOFError, zlib.error, UnicodeError) as exc:
+        # gzip.BadGzipFile is an OSError, a truncated stream an EOFError, a damaged deflate block
+        # a zlib.error
+        parser.stats.io_error(f"{path}: stopped reading after line {lineno}: "
+                              f"{type(exc).__name__}: {exc}")
 
 
 def iter_lines(lines: Iterable[str], source: str = "<lines>",

@@ -32,11 +32,13 @@ import hashlib
 import logging
 import os
 import sqlite3
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from scheduler.collect.state import Checkpoint, StateStore
+from scheduler.collect.warnlimit import WarnLimiter
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,9 @@ class FileTailer:
         self.rotations = 0
         self.truncations = 0
         self.lost_files = 0
+        self.io_errors = 0       # files that could not be read to their end (truncated .gz, EIO)
+        self.bad_lines = 0       # lines a parser failed on outside its own checks (see _parse_one)
+        self._limiter = WarnLimiter(log, burst=20, period_s=60.0)
         self.rewind()
 
     # -- checkpoint ---------------------------------------------------------------------------------
@@ -206,10 +211,21 @@ class FileTailer:
             return pos
         new = replace(pos, header=list(pos.header))
         with handle:
-            handle.seek(new.offset)
             pending = b""
+            try:
+                handle.seek(new.offset)
+            except (OSError, EOFError, zlib.error) as exc:
+                return self._unreadable(path, new, exc, final)
             while budget > 0:
-                chunk = handle.read(READ_CHUNK)
+                try:
+                    # read1: a gzip reader's read(n) drops what it decompressed in the call that
+                    # hits a truncated end; read1 hands out each piece as it comes
+                    chunk = handle.read1(READ_CHUNK)
+                except (OSError, EOFError, zlib.error) as exc:
+                    # A truncated or damaged .gz (or an I/O error): the complete lines read so far
+                    # are kept; the rest of this file cannot be had.
+                    _, new = self._split_lines(pending, path, new, budget, out)
+                    return self._unreadable(path, new, exc, final)
                 if not chunk:
                     break
                 data = pending + chunk
@@ -234,6 +250,31 @@ class FileTailer:
                 text = pending.decode("utf-8", errors="replace").rstrip("\r")
                 out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
         return new
+
+    def _split_lines(self, data: bytes, path: str, new: Checkpoint, budget: int,
+                     out: list[TailLine]) -> tuple[int, Checkpoint]:
+        """The complete lines of `data` (a partial last one is dropped) into `out`."""
+        parts = data.split(b"\n")
+        parts.pop()
+        for raw in parts[:max(0, budget)]:
+            new.offset += len(raw) + 1
+            new.lineno += 1
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if text.startswith("#"):
+                new.header = _update_header(new.header, text)
+            out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
+            budget -= 1
+        return budget, new
+
+    def _unreadable(self, path: str, pos: Checkpoint, exc: BaseException,
+                    final: bool) -> Checkpoint:
+        """Name a file that stopped being readable mid-way. A rotated (final) file is done: the
+        tailer moves on to the live file, so one damaged archive does not stop the source."""
+        self.io_errors += 1
+        log.warning("%s: stopped reading %s after line %d (offset %d): %s: %s%s", self.source,
+                    path, pos.lineno, pos.offset, type(exc).__name__, exc,
+                    "; the rest of it is lost" if final else "; will retry")
+        return pos
 
     def poll(self, max_lines: int | None = None) -> TailBatch:
         """Read new complete lines (up to max_lines), following rotation and truncation."""
@@ -303,13 +344,26 @@ class FileTailer:
         return new
 
     def _batch(self, lines: list[TailLine], pos: Checkpoint) -> TailBatch:
-        self.pos = pos
+        """Parse the lines, then move the in-memory position: if parsing failed as a whole, the
+        position stays where it was and the lines are read again (nothing silently skipped)."""
         batch = TailBatch(self.source, lines, pos)
         self._parse(batch)
+        self.pos = pos
         return batch
 
     def _parse(self, batch: TailBatch) -> None:
-        """Hook for subclasses: fill batch.items."""
+        """Hook for subclasses: fill batch.items (each line through `_parse_one`)."""
+
+    def _parse_one(self, line: TailLine, parse: Callable[[str, int], Any]) -> Any:
+        """One line through a parser that should never raise; if it does anyway, the line is
+        named, counted and skipped: the rest of the batch is still handled."""
+        try:
+            return parse(line.text, line.lineno)
+        except Exception as exc:  # noqa: BLE001 - one bad line must never cost the batch
+            self.bad_lines += 1
+            self._limiter.warn(line.path, "%s: %s:%d: line skipped: %s: %.120s", self.source,
+                               line.path, line.lineno, type(exc).__name__, exc)
+            return None
 
     def lines(self) -> Iterator[TailLine]:
         """Convenience for one-shot reading without checkpoints (tests)."""
@@ -363,7 +417,7 @@ class ZeekTailer(FileTailer):
                 self._parser = self._new_parser(line.path, [])
             elif self._parser.path != line.path:
                 self._parser.path = line.path  # same inode, renamed by rotation: warnings say so
-            rec = self._parser.parse_line(line.text, line.lineno)
+            rec = self._parse_one(line, self._parser.parse_line)
             if rec is not None:
                 batch.items.append((line.lineno, rec))
 
@@ -384,7 +438,7 @@ class OsqueryTailer(FileTailer):
             parser = self._parsers.get(line.path)
             if parser is None:
                 parser = self._parsers[line.path] = self._make(line.path, self.stats)
-            batch.items.extend(parser.parse_line(line.text, line.lineno))
+            batch.items.extend(self._parse_one(line, parser.parse_line) or ())
 
 
 def follow_zeek_dir(directory: str | Path, store: StateStore,

@@ -27,6 +27,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 import re
 import zlib
@@ -35,9 +36,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from scheduler.collect.warnlimit import WarnLimiter
+
 log = logging.getLogger(__name__)
 
-#: At most this many per-line warnings per file; the rest are only counted (a million bad lines
+#: At most this many per-line warnings per file and minute; the rest are counted (a million bad lines
 #: must not become a million log lines).
 MAX_WARNINGS_PER_FILE = 20
 
@@ -57,6 +60,10 @@ class ParseStats:
     io_errors: int = 0      # unreadable / truncated files
     files: int = 0
     bad_by_file: dict[str, int] = field(default_factory=dict)
+    # per file: MAX_WARNINGS_PER_FILE warnings a minute are logged, the rest counted (summarised)
+    limiter: WarnLimiter = field(
+        default_factory=lambda: WarnLimiter(log, MAX_WARNINGS_PER_FILE, 60.0),
+        repr=False, compare=False)
 
     def add_bad(self, path: str) -> None:
         self.bad_lines += 1
@@ -82,9 +89,20 @@ def _to_bool(value: str) -> bool:
     raise ValueError(f"not a Zeek bool: {value!r}")
 
 
+def _finite_time(value: str) -> float:
+    """A ``time`` value: NaN or inf would move the engine's data clock to nowhere or to the end
+    of time (closing every open window), so they are malformed, not data."""
+    t = float(value)
+    if not math.isfinite(t):
+        raise MalformedLine(f"time value {value[:40]!r} is not finite")
+    return t
+
+
 def _scalar_converter(zeek_type: str) -> Callable[[str], Any] | None:
     """Converter for one scalar Zeek type; None means "keep the string" (fast path)."""
-    if zeek_type in ("time", "interval", "double"):
+    if zeek_type == "time":
+        return _finite_time
+    if zeek_type in ("interval", "double"):
         return float
     if zeek_type in ("count", "int", "port"):
         return int
@@ -99,6 +117,36 @@ def _container_inner(zeek_type: str) -> str | None:
         if zeek_type.startswith(prefix) and zeek_type.endswith("]"):
             return zeek_type[len(prefix):-1]
     return None
+
+
+#: Types of the JSON fields the detectors read (Zeek's JSON writer: addr/string/enum -> str,
+#: port/count -> int, interval/double -> number, set/vector -> list). A line from another producer
+#: with, say, a list as ``id.orig_h`` is malformed here, named by field, instead of failing
+#: somewhere in the engine.
+_NUM = (int, float)
+JSON_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "uid": (str,), "id.orig_h": (str,), "id.resp_h": (str,), "id.orig_p": (int,),
+    "id.resp_p": (int,), "proto": (str,), "service": (str,), "conn_state": (str,),
+    "duration": _NUM, "orig_bytes": (int,), "resp_bytes": (int,), "orig_pkts": (int,),
+    "resp_pkts": (int,), "orig_ip_bytes": (int,), "resp_ip_bytes": (int,),
+    "query": (str,), "qtype_name": (str,), "rcode_name": (str,), "answers": (list,),
+    "TTLs": (list,), "host": (str,), "uri": (str,), "method": (str,), "user_agent": (str,),
+    "status_code": (int,), "server_name": (str,), "version": (str,), "subject": (str,),
+    "container_id": (str,), "container": (bool, str),
+}
+
+
+def _check_json_types(rec: dict[str, Any]) -> None:
+    """Raise MalformedLine naming the first known field whose value has the wrong type."""
+    for name, types in JSON_FIELD_TYPES.items():
+        value = rec.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise MalformedLine(f"field {name} is {type(value).__name__}, expected "
+                                f"{' or '.join(t.__name__ for t in types)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MalformedLine(f"field {name} is not a finite number")
 
 
 def _compile_row(plan: list[tuple[int, str, Callable[[str], Any] | None, bool]]
@@ -243,8 +291,12 @@ class ZeekLogParser:
                 rec = self._json(line)
             else:
                 rec = self._tsv(line)
-        except (MalformedLine, ValueError, TypeError) as exc:
-            self._bad(lineno, str(exc))
+        except (MalformedLine, ValueError, TypeError, OverflowError) as exc:
+            self._bad(lineno, _clip(str(exc)))
+            return None
+        except Exception as exc:  # noqa: BLE001 - one hostile line must never cost the batch
+            # RecursionError from deeply nested JSON and whatever else: named, counted, skipped
+            self._bad(lineno, f"{type(exc).__name__}: {_clip(str(exc))}")
             return None
         if rec is not None:
             self.stats.records += 1
@@ -272,11 +324,14 @@ class ZeekLogParser:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MalformedLine(f"bad JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise MalformedLine("bad JSON: nested too deeply") from None
         if not isinstance(rec, dict):
-            raise MalformedLine("JSON line is not an object")
+            raise MalformedLine(f"JSON line is a {type(rec).__name__}, not an object")
         ts = rec.get("ts")
-        if ts is not None and not isinstance(ts, float):
+        if ts is not None:
             rec["ts"] = _json_time(ts)
+        _check_json_types(rec)
         for name, pred in self.where.items():
             value = rec.get(name)
             if not pred(self.unset_field if value is None else str(value)):
@@ -290,28 +345,37 @@ class ZeekLogParser:
         self.stats.add_bad(self.path)
         self._warned += 1
         where = f"{self.path}:{lineno}" if lineno is not None else self.path
-        if self._warned <= MAX_WARNINGS_PER_FILE:
-            log.warning("skipping malformed Zeek log line %s: %s", where, why)
-        elif self._warned == MAX_WARNINGS_PER_FILE + 1:
-            log.warning("%s: more malformed lines; further ones are only counted", self.path)
+        self.stats.limiter.warn(self.path, "skipping malformed Zeek log line %s: %s", where, why)
+
+
+def _clip(text: str, n: int = 120) -> str:
+    """A reason as it appears in a warning: bounded, whatever the line held."""
+    return text if len(text) <= n else text[:n] + f"...({len(text)} chars)"
 
 
 def _json_time(value: Any) -> float:
-    """JSON ``ts``: epoch number (default writer) or ISO 8601 (``JSON::TS_ISO8601``)."""
+    """JSON ``ts``: epoch number (default writer) or ISO 8601 (``JSON::TS_ISO8601``); finite."""
     if isinstance(value, bool):
-        raise MalformedLine(f"bad ts {value!r}")
+        raise MalformedLine(f"field ts: bad time {value!r}")
+    t: float | None = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return float(value)
-        except ValueError:
-            pass
+            t = float(value)
+        except OverflowError:
+            raise MalformedLine(f"field ts: {len(str(value))}-digit number is not a time") from None
+    elif isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            t = float(value)
         except ValueError:
-            raise MalformedLine(f"bad ts {value!r}") from None
-    raise MalformedLine(f"bad ts {value!r}")
+            try:
+                t = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except (ValueError, OverflowError, OSError):
+                raise MalformedLine(f"field ts: bad time {_clip(value, 40)!r}") from None
+    if t is None:
+        raise MalformedLine(f"field ts is {type(value).__name__}, not a time")
+    if not math.isfinite(t):
+        raise MalformedLine(f"field ts: time {_clip(str(value), 40)!r} is not finite")
+    return t
 
 
 def open_log_text(path: str | os.PathLike[str]) -> io.TextIOBase:
