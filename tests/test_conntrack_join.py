@@ -188,3 +188,20 @@ def test_pipeline_alerts_on_the_container_behind_the_nat():
     assert ev and ev[0]["join"] == JOIN_NAT and ev[0]["source.ip"] == HOSTADDR
     assert ev[0]["container.address"].startswith(META["container_address"] + ":")
     assert "via nat_flow" in ev[0]["summary"]
+
+
+def test_a_flow_found_by_a_dump_matches_records_from_before_the_dump():
+    """Flows already tracked when the extension started come from a table dump, whose time is
+    the dump's, not the flow's start: a long-lived flow's earlier records still match it."""
+    nat = NatFlows()
+    row = {"time": "5000", "event": "new", "source": "dump", "protocol": "tcp",
+           "container_address": "10.89.0.9", "container_port": "41000",
+           "remote_address": "198.51.100.201", "remote_port": "443", "nat_address": HOSTADDR,
+           "nat_port": "41000", "nat_remote_address": "198.51.100.201",
+           "nat_remote_port": "443", "start_time": "5000.0", "end_time": "",
+           "container_id": "c-long", "conntrack_id": "77"}
+    nat.observe(row, HOST)
+    assert nat.match(HOST, HOSTADDR, 41000, "tcp", 3000.0).container_id == "c-long"
+    nat.observe({**row, "source": "event", "conntrack_id": "78", "nat_port": "41001",
+                 "container_port": "41001"}, HOST)
+    assert nat.match(HOST, HOSTADDR, 41001, "tcp", 3000.0) is None  # an event's start is exact

@@ -61,6 +61,9 @@ class NatFlow:
     container_name: str = ""
     image: str = ""
     conntrack_id: str = ""
+    #: found by a table dump (extension start, after an overrun): the flow began at some unknown
+    #: time before `start`, so any earlier record time matches
+    open_start: bool = False
 
     @property
     def natted(self) -> bool:
@@ -108,7 +111,8 @@ def flow_from_columns(c: dict[str, str], host: str) -> NatFlow | None:
                    nat_remote_port=nrport, start=start, end=end,
                    container_id=c.get("container_id") or "",
                    container_name=c.get("container_name") or "", image=c.get("image") or "",
-                   conntrack_id=c.get("conntrack_id") or "")
+                   conntrack_id=c.get("conntrack_id") or "",
+                   open_start=c.get("source") == "dump")
 
 
 class NatFlows:
@@ -224,8 +228,8 @@ class NatFlows:
         best: NatFlow | None = None
         best_key: tuple[int, float] | None = None
         for f in lst:
-            if f.start - skew > ts:
-                break  # sorted by start: the rest start later still
+            if f.start - skew > ts and not f.open_start:
+                continue  # starts after the record (later ones too, unless found by a dump)
             if f.end is not None and ts > f.end + skew:
                 continue
             if resp_h and f.nat_remote_addr and resp_h != f.nat_remote_addr:
