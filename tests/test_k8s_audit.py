@@ -185,3 +185,26 @@ def test_generated_demo_data_is_reproducible(tmp_path: Path) -> None:
                 "meta.json"):
         assert (tmp_path / "k8s_geo" / rel).read_bytes() == \
             (data / "k8s_geo" / rel).read_bytes(), rel
+
+
+def test_hostile_events_cost_only_themselves() -> None:
+    from scheduler.collect.k8s_audit import records_from_events
+
+    cl = Cluster("t")
+    for i in range(3):
+        cl.create_pod(JANE, T + i, "shop", f"p{i}", [Container("c", "x:1")])
+    good = complete(cl)
+    weird = json.loads(json.dumps(good[1]))
+    weird["responseObject"]["spec"]["volumes"] = 5                 # wrong JSON types
+    weird["responseObject"]["spec"]["containers"] = {"c": "x"}
+    weird["responseObject"]["metadata"]["ownerReferences"] = "me"
+    weird["user"]["groups"] = "admins"
+    broken = dict(good[2], objectRef={"resource": "pods", "namespace": "shop"}, auditID="b-1",
+                  requestReceivedTimestamp=12)
+    st = AuditStats()
+    recs = list(records_from_events([good[0], weird, broken, good[2]], st))
+    assert [r.name for r in recs] == ["p0", "p1", "p2"] and st.malformed == 1
+    assert recs[1].images == [] and recs[1].groups == [] and recs[1].owner == ""
+    p = AuditLineParser("audit.log", st)
+    assert p.parse_line("[" * 100_000 + "]" * 100_000, 1) == []       # nesting: counted
+    assert p.parse_line("{" + '"a":' * 5, 2) == [] and st.malformed == 3

@@ -107,18 +107,20 @@ def test_bad_json_is_400_and_counted_bad_items_skipped_good_ones_kept(server) ->
     assert code == 400 and "not an audit EventList" in body["error"]
     code, _ = post("127.0.0.1", srv.server_port, b'{"kind": "EventList", "items": 3}')
     assert code == 400 and srv.stats.malformed == 2
+    code, _ = post("127.0.0.1", srv.server_port, b"[" * 200_000)          # hostile nesting
+    assert code == 400 and srv.stats.malformed == 3
     b = batches(1, 4)[0]
     b["items"].insert(1, {"kind": "Event", "stage": "ResponseComplete"})       # no auditID
     bad_ts = dict(b["items"][-1], auditID="x-1", requestReceivedTimestamp="noon")
     b["items"].append(bad_ts)
     code, body = post("127.0.0.1", srv.server_port, json.dumps(b).encode())
     assert code == 200 and body["accepted"] == 4
-    assert srv.stats.malformed == 4 and len(spooled(db)) == 4
+    assert srv.stats.malformed == 5 and len(spooled(db)) == 4
     conn = sqlite3.connect(db)
     reasons = [r[0] for r in conn.execute("SELECT reason FROM k8s_audit_rejects")]
     conn.close()
-    assert len(reasons) == 3 and "items[1]: no auditID or stage" in reasons[2]
-    assert "requestReceivedTimestamp" in reasons[2]
+    assert len(reasons) == 4 and "items[1]: no auditID or stage" in reasons[3]
+    assert "requestReceivedTimestamp" in reasons[3] and "RecursionError" not in reasons[3]
 
 
 def test_wrong_path_and_healthz(server) -> None:

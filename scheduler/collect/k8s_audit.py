@@ -202,6 +202,11 @@ def _obj(ev: dict[str, Any], key: str) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def _list(v: Any) -> list[Any]:
+    """A JSON array, or [] for anything else (a hostile or broken event must not raise)."""
+    return v if isinstance(v, list) else []
+
+
 def _pod_spec(obj: dict[str, Any], resource: str) -> dict[str, Any]:
     """The pod spec inside a Pod or a workload object ({} when absent)."""
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
@@ -217,7 +222,7 @@ def _pod_spec(obj: dict[str, Any], resource: str) -> dict[str, Any]:
 def _containers(spec: dict[str, Any], keys: Iterable[str]) -> list[dict[str, Any]]:
     out = []
     for k in keys:
-        for c in spec.get(k) or []:
+        for c in _list(spec.get(k)):
             if isinstance(c, dict):
                 out.append(c)
     return out
@@ -239,7 +244,7 @@ def _fill_from_spec(rec: OrchestrationRecord, spec: dict[str, Any], ephemeral_on
         if sc.get("privileged") is True:
             rec.privileged = True
         caps = sc.get("capabilities") if isinstance(sc.get("capabilities"), dict) else {}
-        for cap in caps.get("add") or []:
+        for cap in _list(caps.get("add")):
             if isinstance(cap, str) and cap.upper() not in rec.capabilities:
                 rec.capabilities.append(cap.upper())
     if ephemeral_only:
@@ -247,7 +252,7 @@ def _fill_from_spec(rec: OrchestrationRecord, spec: dict[str, Any], ephemeral_on
     rec.host_network = spec.get("hostNetwork") is True
     rec.host_pid = spec.get("hostPID") is True
     rec.host_ipc = spec.get("hostIPC") is True
-    for v in spec.get("volumes") or []:
+    for v in _list(spec.get("volumes")):
         hp = v.get("hostPath") if isinstance(v, dict) else None
         if isinstance(hp, dict) and isinstance(hp.get("path"), str):
             rec.host_paths.append(hp["path"])
@@ -266,7 +271,7 @@ def _action(verb: str, resource: str, sub: str) -> str:
 
 def _controller_owner(meta: dict[str, Any]) -> str:
     """"Kind/name" of the object's controlling owner (a pod's ReplicaSet or Job), or ""."""
-    for ref in meta.get("ownerReferences") or []:
+    for ref in _list(meta.get("ownerReferences")):
         if isinstance(ref, dict) and ref.get("controller") is True:
             return f"{ref.get('kind', '')}/{ref.get('name', '')}"
     return ""
@@ -310,12 +315,12 @@ def parse_event(ev: Any, cluster: str = "") -> OrchestrationRecord | None:
     username = user.get("username") or ""
     rec = OrchestrationRecord(
         ts=ts, end_ts=end_ts, action=_action(verb, resource, sub), audit_id=audit_id, verb=verb,
-        user=username, groups=[g for g in user.get("groups") or [] if isinstance(g, str)],
+        user=username, groups=[g for g in _list(user.get("groups")) if isinstance(g, str)],
         user_uid=str(user.get("uid", "") or ""),
         impersonated_user=str(imp.get("username", "") or ""),
         service_account=_service_account(str(imp.get("username") or username)),
         user_agent=str(ev.get("userAgent", "") or ""),
-        source_ips=[s for s in ev.get("sourceIPs") or [] if isinstance(s, str)],
+        source_ips=[s for s in _list(ev.get("sourceIPs")) if isinstance(s, str)],
         namespace=str(ref.get("namespace", "") or ""), name=str(ref.get("name", "") or ""),
         resource=resource, subresource=sub, kind=WORKLOAD_RESOURCES.get(resource, "Pod"),
         pod_uid=str(ref.get("uid", "") or "") if resource == "pods" else "",
@@ -375,8 +380,8 @@ class AuditLineParser:
         try:
             doc = json.loads(text)
             events = events_in(doc)
-        except (json.JSONDecodeError, AuditEventError) as exc:
-            self._warn(lineno, f"not an audit event: {exc}")
+        except (ValueError, RecursionError) as exc:   # JSONDecodeError, AuditEventError, nesting
+            self._warn(lineno, f"not an audit event: {type(exc).__name__}: {exc}"[:300])
             return []
         out = []
         for ev in events:
@@ -412,7 +417,7 @@ class AuditTailer(FileTailer):
             parser = self._parsers.get(line.path)
             if parser is None:
                 parser = self._parsers[line.path] = AuditLineParser(line.path, self.stats)
-            batch.items.extend(parser.parse_line(line.text, line.lineno))
+            batch.items.extend(self._parse_one(line, parser.parse_line) or ())
 
 
 def records_from_events(events: Iterable[Any], stats: AuditStats | None = None,
@@ -422,7 +427,7 @@ def records_from_events(events: Iterable[Any], stats: AuditStats | None = None,
     for ev in events:
         try:
             rec = parse_event(ev, cluster)
-        except AuditEventError as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken event costs that event, not the batch
             stats.malformed += 1
             if stats.malformed <= MAX_WARNINGS:
                 log.warning("%s: %s (event skipped)", where, exc)

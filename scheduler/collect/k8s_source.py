@@ -86,14 +86,14 @@ class K8sAuditSource:
     def take(self, limit: int = 10_000) -> tuple[list[str], list[OrchestrationRecord]]:
         """Pending spooled events as records; every id returned must be marked consumed in the
         caller's transaction (`k8s_spool.mark_consumed`), including those that gave no record."""
-        with self.store._lock:
-            rows = k8s_spool.pending(self.store.conn, limit)
+        with self.store.transaction() as conn:
+            rows = k8s_spool.pending(conn, limit)
         ids, recs = [], []
         for audit_id, ev in rows:
             ids.append(audit_id)
             try:
                 rec = parse_event(ev, self.cfg.cluster)
-            except AuditEventError as exc:
+            except Exception as exc:  # noqa: BLE001 - one broken event never stops the source
                 self.stats.malformed += 1
                 log.warning("k8s audit spool: %s (event skipped)", exc)
                 continue

@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             doc = json.loads(body)
             events = events_in(doc)
-        except (json.JSONDecodeError, UnicodeDecodeError, AuditEventError) as exc:
+        except (ValueError, RecursionError) as exc:   # bad JSON or UTF-8, not an EventList
             srv.reject(f"not an EventList: {exc}", body)
             self._answer(400, {"error": f"not an audit EventList: {exc}"})
             return
