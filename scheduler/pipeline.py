@@ -21,6 +21,7 @@ items are OsqueryRow, (stream, zeek_dict) tuples or model.records objects.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -160,6 +161,8 @@ class Pipeline(WindowingMixin):
         # traffic only and takes geo verdicts from its detectors, not from bare names.
         self.joiner = Joiner(self.inventory, self.environment, hold_s=0.0,
                              default_host=self.host, inbound=False, geo_from_names=False)
+        self.joiner.subnets += [ipaddress.ip_network(n, strict=False)
+                                for n in det.container_subnets]
         # Kubernetes audit records: their own rules, and the join that names the requester
         # on alerts about containers in pods (docs/kubernetes.md).
         k8s = self.config.kubernetes

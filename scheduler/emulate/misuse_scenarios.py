@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MISUSE_SCENARIOS = ("reverse-shell", "tunnel", "beacon", "miner", "escape", "new-image", "spoof")
 #: The registry the new-image scenario tags its image under (never contacted: a local tag).
 FOREIGN_REGISTRY = "registry.stwemu.example"
+#: Where every emulation network lives (emulab.pick_subnet).
+LAB_BLOCK = "10.213.0.0/16"
 #: Rules the benign control must not raise.
 NAMED_RULES = ("reverse_shell", "tunnel", "dns_tunnel", "beaconing", "cryptomining",
                "container_escape", "unexpected_image", "raw_socket", "spoofed_source")
@@ -45,7 +47,7 @@ NAMED_RULES = ("reverse_shell", "tunnel", "dns_tunnel", "beaconing", "cryptomini
 ZeekExpect = tuple[str, Callable[[dict[str, list[dict[str, Any]]]], tuple[bool, str]]]
 
 
-def emulation_config(lab_subnet: str = "") -> Any:
+def emulation_config() -> Any:
     """The scheduler configuration the emulation's pipeline runs with: the operator-side settings
     a deployment would have. The benign control's worker polls api.example.com and its peer's
     :8080 every 3 s, regular enough to look like a beacon, so those destinations are on the
@@ -54,6 +56,7 @@ def emulation_config(lab_subnet: str = "") -> Any:
     from scheduler.config import Config
 
     cfg = Config()
+    cfg.detection.container_subnets = [LAB_BLOCK]     # the lab's /24s are container subnets
     m = cfg.detection.misuse
     m.allowed_registries = ["localhost", "docker.io", "quay.io"]
     m.beacon_allow = {"*": ["api.example.com", "*:8080"]}
@@ -279,7 +282,15 @@ def scenario_spoof(lab: Any, sr: Any, opts: Any) -> None:
     pip = _ip(lab, peer)
     kw = R.run_kwargs(lab, "spoof")
     kw.pop("detach", None)
-    cmd = ["sh", "-c", f"arping -c 6 -w 7 -I eth0 {pip}; ping -c 3 {pip}"]
+    spare = _spare_address(pip)
+    net = pip.rsplit(".", 1)[0]
+    gw = net + ".1"
+    # arping: a packet socket; then a second address no container holds, and pings from it to
+    # hosts of the lab (the peer and the stand-ins answer: ICMP "connections" in Zeek from a
+    # source no container has).
+    cmd = ["sh", "-c", f"arping -c 6 -w 7 -I eth0 {pip}; ip addr add {spare}/24 dev eth0 && "
+                       f"for t in {pip} {gw} {net}.250 {net}.201 {net}.210; do "
+                       f"ping -c 2 -W 1 -I {spare} $t; done"]
     c = lab.client.containers.create(lab.image, cmd, name=f"{lab.prefix}spoof",
                                      cap_add=["NET_RAW", "NET_ADMIN"], **kw)
     lab.known_ids.add(c.id)
@@ -296,8 +307,19 @@ def scenario_spoof(lab: Any, sr: Any, opts: Any) -> None:
                            lambda r, cid=c.id: R.same_id(r.get("container_id", ""), cid)
                            and "packet" in (r.get("raw_sockets") or "")))
     _expect_rule(sr, "raw_socket", c, lab.image, f"raw_socket alert on {c.name}")
+    sr.expects.append(R.Expect("spoofed_source", "", "",
+                               what=f"spoofed_source alert for {spare} (held by no container)"))
+    _zeek_expects(sr).append((f"conn records from {spare} (no container's address)",
+                              lambda recs: _count_ok(len([r for r in recs.get("conn", [])
+                                                          if r.get("id.orig_h") == spare]), 3)))
     R.stop_container(c)
     R.stop_container(peer)
+
+
+def _spare_address(peer_ip: str) -> str:
+    """An address of the lab /24 that neither the runtime's lease range (.2-.127) nor the
+    stand-ins (.201-.210, .250) use."""
+    return peer_ip.rsplit(".", 1)[0] + ".199"
 
 
 def _found(items: Any) -> tuple[bool, str]:
