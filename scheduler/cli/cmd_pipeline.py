@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scheduler.alerting.alerts import read_alerts, summarize_evidence
-from scheduler.config import Config, load_config
+from scheduler.config import Config, check_paths, load_config
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     cfg = load_config(args.config)
+    problems = check_paths(cfg)      # before anything is opened: one line each, exit 2
+    if problems:
+        for p in problems:
+            print(f"stowaway run: {args.config}: {p}", file=sys.stderr)
+        return 2
     return run_daemon(cfg, once=args.once)
 
 

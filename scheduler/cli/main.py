@@ -67,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from scheduler.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:   # a user error in a config file: its lines, no traceback
+        for line in str(exc).splitlines():
+            print(f"stowaway {args.command}: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

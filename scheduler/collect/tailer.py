@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
 READ_CHUNK = 1 << 20
+# A configured source that does not exist is said at start and then once an hour (even without
+# -v: a typo in a path must not look like a quiet network). Keyed by path, shared by all tailers.
+MISSING_SOURCES = WarnLimiter(log, burst=1, period_s=3600.0)
 
 
 @dataclass(slots=True)
@@ -113,8 +116,12 @@ class FileTailer:
     """Follow one path. `source` is the checkpoint key (defaults to the path)."""
 
     def __init__(self, path: str | Path, store: StateStore, source: str | None = None,
-                 start_at_end: bool = False, max_lines: int = 10_000) -> None:
+                 start_at_end: bool = False, max_lines: int = 10_000,
+                 missing: str = "file") -> None:
         self.path = str(path)
+        # "file": warn (hourly) while the followed file does not exist; "dir": only while its
+        # directory does not (a Zeek stream with no traffic yet has no file, and that is fine)
+        self.missing = missing
         self.store = store
         self.source = source or self.path
         self.start_at_end = start_at_end
@@ -284,6 +291,7 @@ class FileTailer:
             st = os.stat(self.path)
         except FileNotFoundError:
             st = None
+            self._warn_missing()
         pos = self.pos
         if pos is None:
             if st is None:
@@ -332,6 +340,17 @@ class FileTailer:
         if not pos.fingerprint or not pos.fingerprint.startswith(f"{FINGERPRINT_BYTES}:"):
             pos.fingerprint = _fingerprint(self.path, min(pos.offset, FINGERPRINT_BYTES)) or pos.fingerprint
         return self._batch(lines, pos)
+
+    def _warn_missing(self) -> None:
+        if self.missing == "dir":
+            directory = os.path.dirname(self.path) or "."
+            if not os.path.isdir(directory):
+                MISSING_SOURCES.warn(directory, "source %s: directory %s does not exist; nothing "
+                                     "is read from it until it does (said again hourly)",
+                                     self.source.split(":")[0], directory)
+        elif self.missing == "file":
+            MISSING_SOURCES.warn(self.path, "source %s: %s does not exist; nothing is read from it "
+                                 "until it does (said again hourly)", self.source, self.path)
 
     def _file_start(self, st: os.stat_result) -> Checkpoint:
         """The position before the first line of the file `st` describes."""
@@ -391,6 +410,7 @@ class ZeekTailer(FileTailer):
         self.stats = stats if stats is not None else zeeklog.ParseStats()
         self._parser: Any = None
         self._parser_key: tuple[str, int] | None = None
+        kwargs.setdefault("missing", "dir")
         super().__init__(path, store, source=source or f"zeek:{self.stream}", **kwargs)
 
     def _new_parser(self, path: str, header: list[str]) -> Any:
