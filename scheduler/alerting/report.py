@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scheduler.alerting.alerts import summarize_evidence
+from scheduler.alerting.textsafe import escape_text
 
 RULE_COLOURS = {
     "location_discovery": "#d62728",
@@ -34,7 +35,8 @@ class Section:
 
 
 def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+    """HTML-escaped, with control and bidi characters made visible (alerting.textsafe)."""
+    return html.escape(escape_text(s), quote=True)
 
 
 def _hms(ts: float) -> str:

@@ -9,7 +9,9 @@ unfinished batch after a crash (at-least-once upstream) and the sinks turn that 
   then POSTed with the header `Idempotency-Key: <id>`; on a 2xx the spool file becomes a
   `.delivered` marker. A receiver that is down only delays delivery: the spool is retried with
   exponential backoff on every flush and at start-up. A marker means "never send again".
-* stdout / syslog: fire-and-forget; they dedupe within the process lifetime only.
+* stdout / syslog: fire-and-forget; they dedupe within the process lifetime only. Syslog is
+  size-limited: an alert longer than `sinks.syslog_max_bytes` is cut with a visible marker and a
+  pointer to the full alert in JSONL (`cut_alert`), and counted.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from scheduler.alerting.alerts import Alert
-from scheduler.config import SinksConfig, WebhookConfig
+from scheduler.config import SinksConfig, WebhookConfig, syslog_address
 
 log = logging.getLogger(__name__)
 
@@ -133,39 +135,136 @@ class StdoutSink:
 
 
 _FACILITIES = logging.handlers.SysLogHandler.facility_names
+_SEVERITY = {"low": 6, "medium": 4, "high": 3, "critical": 2}   # info, warning, err, crit
+TRUNCATED_MARKER = "[TRUNCATED]"
+
+
+def _clip(value: Any, n: int) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= n else text[: max(0, n - 3)] + "..."
+
+
+def cut_alert(alert: dict[str, Any], max_bytes: int, jsonl_path: str) -> tuple[bytes, bool]:
+    """The alert as one JSON text (ASCII: control and non-ASCII characters escaped) of at most
+    `max_bytes` bytes, and whether it was cut.
+
+    Why not drop or split: a SIEM fed by syslog must still see that the alert happened, which rule,
+    which container, and where the whole of it is. A cut alert keeps id, time, rule, severity,
+    host, container and title (each bounded), says `TRUNCATED_MARKER` with the full size, points
+    at the full alert (its id in the JSONL file), and fills what room is left with the start of the
+    full JSON as an excerpt. A padded command line can make an alert long, never invisible.
+    """
+    full = json.dumps(alert, separators=(",", ":")).encode()
+    if len(full) <= max_bytes:
+        return full, False
+    c = alert.get("container") or {}
+    where = jsonl_path or "(no jsonl sink)"
+    for limit in (256, 64, 16, 0):      # bounded fields; smaller until even a tiny limit fits
+        head = {
+            "id": alert.get("id"), "time": alert.get("time"),
+            "rule": _clip(alert.get("rule", ""), limit or 32), "severity": alert.get("severity"),
+            "host": _clip((alert.get("host") or {}).get("name", ""), limit),
+            "container": {"id": _clip(c.get("id", ""), max(limit, 12)),
+                          "name": _clip(c.get("name", ""), limit),
+                          "image": _clip(c.get("image", ""), limit)},
+            "title": _clip(alert.get("title", ""), limit),
+            "truncated": f"{TRUNCATED_MARKER} alert of {len(full)} bytes cut to fit {max_bytes}; "
+                         f"full alert: id {alert.get('id')} in {_clip(where, max(limit, 64))}",
+            "full_alert": {"id": alert.get("id"), "jsonl": jsonl_path},
+            "excerpt": "",
+        }
+        if not limit:
+            head.pop("full_alert")
+        base = len(json.dumps(head, separators=(",", ":")).encode())
+        room = max_bytes - base
+        if room < 0:
+            continue
+        text = full.decode()
+        n = room
+        while n > 0:
+            head["excerpt"] = text[:n] + "..."
+            out = json.dumps(head, separators=(",", ":")).encode()
+            if len(out) <= max_bytes:
+                return out, True
+            n -= max(1, len(out) - max_bytes)      # escaping made it longer: take that much off
+        head["excerpt"] = ""
+        return json.dumps(head, separators=(",", ":")).encode(), True
+    raise ValueError(f"syslog max_bytes {max_bytes} cannot hold even a cut alert")
 
 
 class SyslogSink:
-    """RFC 3164-style syslog through the standard library handler (local socket or UDP)."""
+    """RFC 3164-style syslog datagrams (a local socket like /dev/log, or UDP host:port).
+
+    Each alert is one datagram of at most `max_bytes`: longer ones are cut (`cut_alert`) and
+    counted in `stats["truncated"]`, never refused by the socket ("Message too long"). A datagram
+    the socket does refuse (no syslogd, network down) is counted in `stats["failed"]`, logged, and
+    not counted as sent; the alert stays in JSONL (and the webhook spool, when configured).
+    """
 
     name = "syslog"
 
-    def __init__(self, target: str, facility: str = "local0") -> None:
-        if target.startswith("/"):
-            address: Any = target
-        else:
-            host, _, port = target.rpartition(":")
-            address = (host or "127.0.0.1", int(port or 514))
-        fac = _FACILITIES.get(facility, _FACILITIES["local0"])
-        self._handler = logging.handlers.SysLogHandler(address=address, facility=fac,
-                                                       socktype=socket.SOCK_DGRAM)
-        self._handler.ident = "stowaway: "
+    def __init__(self, target: str, facility: str = "local0", max_bytes: int = 8192,
+                 jsonl_path: str = "") -> None:
+        self.address = syslog_address(target)
+        self.facility = _FACILITIES.get(facility, _FACILITIES["local0"])
+        self.max_bytes = max_bytes
+        self.jsonl_path = jsonl_path
+        self.stats = {"sent": 0, "truncated": 0, "failed": 0}
         self._ids: set[str] = set()
+        self._sock: socket.socket | None = None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            if isinstance(self.address, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.connect(self.address)
+            else:
+                family, _, _, _, addr = socket.getaddrinfo(*self.address, type=socket.SOCK_DGRAM)[0]
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.connect(addr)
+            self._sock = sock
+        return self._sock
+
+    def datagram(self, alert: Alert) -> tuple[bytes, bool]:
+        """`<PRI>stowaway: <json>` within max_bytes, and whether the JSON was cut."""
+        pri = self.facility * 8 + _SEVERITY.get(alert.severity, 3)
+        prefix = f"<{pri}>stowaway: ".encode()
+        body, cut = cut_alert(alert.to_dict(), self.max_bytes - len(prefix), self.jsonl_path)
+        return prefix + body, cut
 
     def emit(self, alerts: list[Alert]) -> int:
         n = 0
-        for a in _first_sight(alerts, self._ids):
-            level = {"low": logging.INFO, "medium": logging.WARNING}.get(a.severity, logging.ERROR)
-            rec = logging.LogRecord("stowaway", level, __file__, 0, a.to_json(), None, None)
-            self._handler.emit(rec)
+        for a in alerts:
+            if a.id in self._ids:
+                continue
+            data, cut = self.datagram(a)
+            try:
+                self._socket().send(data)
+            except OSError as exc:
+                self.stats["failed"] += 1
+                log.warning("syslog %s: alert %s not sent (%d bytes): %s", self.address, a.id,
+                            len(data), exc)
+                self._close_socket()           # reconnect next time (syslogd restarted)
+                continue
+            self._ids.add(a.id)
+            self.stats["sent"] += 1
+            if cut:
+                self.stats["truncated"] += 1
+                log.info("syslog: alert %s cut to %d bytes; full alert in %s", a.id, len(data),
+                         self.jsonl_path or "(no jsonl sink)")
             n += 1
         return n
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
-        self._handler.close()
+        self._close_socket()
 
 
 Poster = Callable[[str, bytes, dict[str, str], float], int]
@@ -389,7 +488,8 @@ def build_sinks(cfg: SinksConfig) -> SinkSet:
     if cfg.stdout:
         sinks.append(StdoutSink())
     if cfg.syslog:
-        sinks.append(SyslogSink(cfg.syslog, cfg.syslog_facility))
+        sinks.append(SyslogSink(cfg.syslog, cfg.syslog_facility, cfg.syslog_max_bytes,
+                                jsonl_path=str(Path(cfg.jsonl).resolve()) if cfg.jsonl else ""))
     if cfg.webhook.url:
         sinks.append(WebhookSink(cfg.webhook))
     return SinkSet(sinks)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scheduler.alerting.alerts import read_alerts, summarize_evidence
+from scheduler.alerting.textsafe import escape_text
 from scheduler.config import Config, check_paths, load_config
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------- tables
 
 def _short(s: str, n: int) -> str:
+    """Escaped (control characters made visible: the text comes from containers), then cut."""
+    s = escape_text(s)
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
@@ -176,7 +179,7 @@ def print_table(rows: list[dict[str, Any]], wide: bool = False, stream: Any = No
     stream.write(head + "\n" + "-" * min(len(head) + 40, max(width, 100)) + "\n")
     for r in rows:
         vals = [r["scenario"], r["rule"], r["container"], r["image"], str(r["repeats"] or "")]
-        line = "  ".join(f"{_short(str(v), w) if not wide else str(v):<{w}}"
+        line = "  ".join(f"{_short(str(v), w) if not wide else escape_text(v):<{w}}"
                          for v, (_, w) in zip(vals, cols[:-1]))
         stream.write(line + "  " + _short(r["evidence"], ev_w) + "\n")
     stream.flush()
@@ -467,7 +470,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     errors: list[str] = []
     alerts = read_alerts(path, errors)
     for e in errors[:5]:
-        print(f"skipped unreadable line {e}", file=sys.stderr)
+        print(f"skipped unreadable line {escape_text(e)}", file=sys.stderr)
     since = parse_since(args.since) if args.since else None
     sel = filter_alerts(alerts, args.rule, args.container, args.image, args.severity, since)
     if args.limit:
@@ -485,7 +488,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                      summarize_evidence(a.get("evidence", []))))
     print(f"{'time (UTC)':<19}  {'rule':<22}  {'sev':<6}  {'container':<22}  {'image':<27}  evidence")
     for r in rows:
-        print(f"{r[0]:<19}  {r[1]:<22}  {r[2]:<6}  {_short(r[3], 22):<22}  {_short(r[4], 27):<27}  "
-              f"{_short(r[5], 100)}")
+        print(f"{r[0]:<19}  {_short(r[1], 22):<22}  {_short(r[2], 6):<6}  {_short(r[3], 22):<22}  "
+              f"{_short(r[4], 27):<27}  {_short(r[5], 100)}")
     print(f"{len(sel)} of {len(alerts)} alerts", file=sys.stderr)
     return 0
