@@ -191,3 +191,21 @@ def test_daemon_reads_file_and_webhook_once_across_a_restart(tmp_path: Path) -> 
         d2.close()
     again = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert [a["id"] for a in again] == [a["id"] for a in alerts]
+
+
+def test_replay_command_with_a_loose_audit_log(tmp_path: Path) -> None:
+    from scheduler.cli import main
+
+    rec = DATA / "k8s_geo"
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[kubernetes]\nbaseline_s = 3600.0\n")
+    out = tmp_path / "alerts.jsonl"
+    assert main(["replay", "--config", str(cfg), "--zeek-dir", str(rec / "zeek"),
+                 "--osquery-log", str(rec / "osquery" / "osqueryd.results.log.gz"),
+                 "--k8s-audit-log", str(rec / "k8s" / "audit.log.gz"), "--host", "k8s-node-1",
+                 "--out", str(out), "--no-progress"]) == 0
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    web2 = [a for a in alerts if a["rule"] == "location_discovery"
+            and a["container"]["name"] == "web-2"]
+    assert web2 and web2[0]["details"]["kubernetes"]["requester"] == "jane@corp"
+    assert {a["rule"] for a in alerts} >= {"k8s_exec_new_requester", "location_discovery"}

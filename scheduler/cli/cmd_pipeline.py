@@ -79,6 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recordings", nargs="*", help="recording directories")
     p.add_argument("--zeek-dir", help="directory with conn/dns/http/ssl/container_geo logs")
     p.add_argument("--osquery-log", help="osqueryd results log (plain or .gz)")
+    p.add_argument("--k8s-audit-log", help="Kubernetes API server audit log (JSON lines of "
+                   "audit.k8s.io/v1 Events, plain or .gz; docs/kubernetes.md)")
     p.add_argument("--host", default="", help="host name for --zeek-dir/--osquery-log input")
     p.add_argument("--config", "-c", help="TOML config (detection settings, sinks)")
     p.add_argument("--out", default="alerts.jsonl", help="alerts JSONL (default: %(default)s)")
@@ -319,7 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- replay
 
-def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str) -> Path:
+def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str,
+                       k8s_log: str | None = None) -> Path:
     """A temporary recording directory (symlinks) around loose logs, so one code path reads all."""
     from scheduler.pipeline import ZEEK_STREAMS
 
@@ -337,6 +340,10 @@ def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str)
                 if src.exists():
                     (d / "zeek" / cand).symlink_to(src.resolve())
                     break
+    if k8s_log:
+        src = Path(k8s_log).resolve()
+        (d / "k8s").mkdir()
+        (d / "k8s" / ("audit.log.gz" if src.name.endswith(".gz") else "audit.log")).symlink_to(src)
     name = Path(zeek_dir or osquery_log or "logs").name
     (d / "meta.json").write_text(json.dumps({"name": name, "host": host, "environment": "default",
                                              "source": "stowaway replay", "time_range": [0, 0]}))
@@ -351,8 +358,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else Config()
     dirs = [Path(r) for r in args.recordings]
     tmp = None
-    if args.zeek_dir or args.osquery_log:
-        tmp = _logs_as_recording(args.zeek_dir, args.osquery_log, args.host or cfg.host_name)
+    if args.zeek_dir or args.osquery_log or args.k8s_audit_log:
+        tmp = _logs_as_recording(args.zeek_dir, args.osquery_log, args.host or cfg.host_name,
+                                 args.k8s_audit_log)
         dirs.append(tmp)
     if not dirs:
         print("stowaway replay: give recording directories or --zeek-dir/--osquery-log",
