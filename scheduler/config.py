@@ -459,6 +459,13 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"sources.address_map_mode = {cfg.sources.address_map_mode!r}: expected "
                         "an octal mode like \"0600\" or \"0640\" (owner read-write, no execute, "
                         "no write for group/others)")
+    if cfg.sources.address_map_group:
+        import grp
+        try:
+            grp.getgrnam(cfg.sources.address_map_group)
+        except KeyError:
+            problems.append(f"sources.address_map_group = {cfg.sources.address_map_group!r}: "
+                            "expected the name of an existing group")
     if cfg.sinks.syslog:
         try:
             syslog_address(cfg.sinks.syslog)
@@ -486,8 +493,9 @@ def validate(cfg: Config) -> list[str]:
 def daemon_paths(cfg: Config) -> list[tuple[str, str, bool]]:
     """(key, path, is_directory) of everything `stowaway run` creates."""
     out = [("state_db", cfg.state_db, False), ("sinks.jsonl", cfg.sinks.jsonl, False),
-           ("model.dir", cfg.model.dir, True), ("model.windows_db", cfg.model.windows_db, False),
-           ("sources.address_map", cfg.sources.address_map, False)]   # windows_db "": in dir
+           ("model.dir", cfg.model.dir, True),
+           ("model.windows_db", cfg.model.windows_path, False),
+           ("sources.address_map", cfg.sources.address_map, False)]
     if cfg.sinks.webhook.url:
         out.append(("sinks.webhook.spool_dir", cfg.sinks.webhook.spool_dir, True))
     return [(k, p, d) for k, p, d in out if p]
@@ -499,6 +507,8 @@ def check_paths(cfg: Config) -> list[str]:
     Missing directories are fine: the daemon creates them (0700)."""
     problems = []
     for key, path, is_dir in daemon_paths(cfg):
+        if key == "model.windows_db" and not cfg.model.windows_db:
+            continue                        # inside model.dir: said once, for model.dir
         p = Path(path)
         if p.exists():
             if is_dir and not p.is_dir():

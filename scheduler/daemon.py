@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scheduler.config import Config, validate
+from scheduler.collect.fsmode import DAEMON_UMASK, apply_mode, prepare_private
+from scheduler.config import Config, daemon_paths, validate
 from scheduler.pipeline import PIPELINE_SCHEMA, EngineState, Pipeline, ingest_fields
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox
 
@@ -96,6 +97,7 @@ class Daemon:
 
         self.cfg = cfg
         self.lock = threading.RLock()
+        prepare_private(daemon_paths(cfg))   # 0600 files, 0700 dirs (docs/scheduler.md)
         self.store = StateStore(cfg.state_db)
         self.store.ensure_schema(PIPELINE_SCHEMA)
         self.outbox = AlertOutbox(self.store)
@@ -415,6 +417,7 @@ class Daemon:
             if current == self._last_map:
                 return
             self.pipeline.inventory.write_address_map(path)
+            apply_mode(path, self.cfg.sources.address_map_mode, self.cfg.sources.address_map_group)
             self._last_map = current
         except Exception as exc:
             log.warning("address map %s not written: %s", path, exc)
@@ -468,6 +471,7 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
             log.error("config: %s", p)
         print("stowaway run: invalid config:\n  " + "\n  ".join(problems))
         return 2
+    os.umask(DAEMON_UMASK)      # whatever else the daemon or its libraries create: 0600 / 0700
     d = Daemon(cfg)
     if once:
         d.collect_once()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from scheduler.alerting.alerts import Alert
+from scheduler.collect.fsmode import PRIVATE_FILE, open_private_append, private_dir
 from scheduler.config import SinksConfig, WebhookConfig, syslog_address
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ class JsonlSink:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)   # alerts carry full command lines: 0600 in 0700
         self._ids = self._load_ids()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open_private_append(self.path)
 
     def _load_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -293,7 +294,7 @@ class WebhookSink:
             raise ValueError("webhook sink needs a url")
         self.cfg = cfg
         self.spool = Path(cfg.spool_dir)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool)
         self._post = poster or _http_post
         self._sleep = sleep
         self.stats = {"delivered": 0, "failed_attempts": 0, "spooled": 0}
@@ -317,7 +318,9 @@ class WebhookSink:
             if self._marker(a.id).exists() or self._pending(a.id).exists():
                 continue
             tmp = self.spool / f".{a.id}.tmp"
-            tmp.write_text(a.to_json(), encoding="utf-8")
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "w",
+                      encoding="utf-8") as fh:
+                fh.write(a.to_json())
             os.replace(tmp, self._pending(a.id))
             self.stats["spooled"] += 1
             n += 1

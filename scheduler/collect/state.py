@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from scheduler.collect.fsmode import create_private, tighten_sqlite
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -99,7 +101,9 @@ class StateStore:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 in a 0700 directory (if we create it), whatever the umask: the state holds
+            # the inventory, held records and alerts on their way out (docs/scheduler.md)
+            create_private(self.path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transaction bounds are explicit
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                     timeout=30.0)
@@ -107,6 +111,8 @@ class StateStore:
         self._lock = threading.RLock()
         self._depth = 0
         self.conn.execute("PRAGMA journal_mode=WAL")
+        if str(path) != ":memory:":
+            tighten_sqlite(self.path)   # -wal/-shm of a database an older version made 0644
         # NORMAL in WAL mode survives process crashes (kill -9) without losing committed work;
         # FULL also survives power loss at the cost of an fsync per commit.
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
