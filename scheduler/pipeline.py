@@ -503,7 +503,8 @@ class Pipeline(WindowingMixin):
         self.aggregator.prune(self.data_time)
         self.churn.prune(self.data_time)
         self.k8s_rules.prune(self.data_time)
-        self.k8s_join.prune(self.data_time, keep_s=max(self.data_time - before_ts, 0.0))
+        self.k8s_join.prune(self.data_time, keep_s=max(self.data_time - before_ts, 0.0),
+                            containers=keep)
         self.misuse.prune(self.data_time)
         self._prune_proc_seen(self.data_time)
 

@@ -126,3 +126,14 @@ def test_state_round_trip() -> None:
     j2.load_state(json.loads(json.dumps(j.dump_state())))
     ctx = j2.context(CID, T + 100.4)
     assert ctx["how"] == "exec" and ctx["record"].user == "jane@corp"
+
+
+def test_prune_forgets_gone_containers_and_old_records() -> None:
+    cl = Cluster("j")
+    uid = cl.create_pod(RS_CONTROLLER, T, "shop", "web-7f9", WEB)
+    cl.session(JANE, T + 100.0, T + 100.6, "shop", "web-7f9", ["id"], container="web")
+    _, _, j = joined(cl, labels(uid, "shop", "web-7f9", "web"), T + 100.4)
+    j.prune(T + 200, keep_s=3600, containers={CID})
+    assert CID in j.pods and uid in j.created and j.sessions
+    j.prune(T + 5000, keep_s=3600, containers=set())          # container gone, records old
+    assert j.pods == {} and j.created == {} and j.sessions == {}

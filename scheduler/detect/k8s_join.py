@@ -256,9 +256,12 @@ class K8sJoin:
         return f"{head}; {what} {verb} {lag:.1f} s later in that pod"
 
     # -- state ------------------------------------------------------------------------------
-    def prune(self, now: float, keep_s: float) -> None:
-        """Forget sessions and pod creations older than keep_s (pods live longer: their
-        creation is kept while a container of theirs is known)."""
+    def prune(self, now: float, keep_s: float, containers: Any = None) -> None:
+        """Forget containers no longer in the inventory (`containers`: the ids to keep), and
+        sessions and pod creations older than keep_s (a creation is kept while a container of
+        its pod is known)."""
+        if containers is not None:
+            self.pods = {c: p for c, p in self.pods.items() if c in containers}
         live_uids = {p.uid for p in self.pods.values()}
         self.created = {u: r for u, r in self.created.items()
                         if u in live_uids or now - r.ts < keep_s}
@@ -266,9 +269,6 @@ class K8sJoin:
             self.sessions[k] = [s for s in self.sessions[k] if now - s.end_ts < keep_s]
             if not self.sessions[k]:
                 del self.sessions[k]
-
-    def forget_container(self, container_id: str) -> None:
-        self.pods.pop(container_id, None)
 
     def dump_state(self) -> dict[str, Any]:
         return {"pods": {c: asdict(p) for c, p in self.pods.items()},
