@@ -428,6 +428,11 @@ class Daemon:
             return
         for _, _, kind, _ in items:
             m.records.labels(kind).inc()
+        seen = self.__dict__.setdefault("_skipped", {})   # malformed lines, per source
+        for t in self.tailers:
+            if getattr(t, "skipped", 0) > seen.get(t.source, 0):
+                m.bad.labels(t.source).inc(t.skipped - seen.get(t.source, 0))
+                seen[t.source] = t.skipped
         for a in alerts:
             m.alerts.labels(a.rule).inc()
         m.containers.set(len(self.pipeline.inventory))

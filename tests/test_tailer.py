@@ -471,3 +471,36 @@ def test_truncated_rotated_gzip_is_read_as_far_as_it_goes(tmp_path: Path, store:
     assert t.io_errors == 1
     assert any("conn.2026-11-27-19-00-00.log.gz" in m and "EOFError" in m
                for m in caplog.messages), caplog.messages
+
+
+def test_daemon_batch_with_a_hostile_line_is_processed_and_counted_in_metrics(tmp_path: Path) -> None:
+    """In the daemon, one hostile line used to drop its whole batch (the position moved before
+    the lines were parsed); now the rest is fed to the engine and the line is a metric."""
+    import urllib.request
+
+    from scheduler.config import Config
+    from scheduler.daemon import Daemon
+
+    log = tmp_path / "osqueryd.results.log"
+    inv = ('{"name":"pack_stowaway_stowaway_container_inventory","hostIdentifier":"h1",'
+           '"unixTime":1795805040,"action":"added","columns":{"id":"e011c403","name":"web-2",'
+           '"image":"localhost/webapp:1.4","state":"running","ip_addresses":"172.17.0.3",'
+           '"runtime":"podman","created":"1795805038"}}')
+    append(log, ["[" * 100_000, inv, '{"name":"container_events","unixTime":NaN,"columns":{}}'])
+    cfg = Config(state_db=str(tmp_path / "state.db"))
+    cfg.sources.osquery_results_log = str(log)
+    cfg.sources.zeek_log_dir = str(tmp_path / "zeek")
+    cfg.sources.address_map = str(tmp_path / "map.tsv")
+    cfg.sinks.jsonl = str(tmp_path / "alerts.jsonl")
+    cfg.model.dir = str(tmp_path / "models")
+    cfg.metrics.enabled, cfg.metrics.port = True, 0
+    d = Daemon(cfg)
+    try:
+        d.collect_once()
+        assert "172.17.0.3" in (tmp_path / "map.tsv").read_text()     # the inventory row arrived
+        assert d.tailers[0].stats.malformed == 2
+        body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
+                                      timeout=5).read().decode()
+        assert 'stowaway_bad_lines_total{source="osquery:results"} 2.0' in body
+    finally:
+        d.close()

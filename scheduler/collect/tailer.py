@@ -373,6 +373,15 @@ class FileTailer:
     def _parse(self, batch: TailBatch) -> None:
         """Hook for subclasses: fill batch.items (each line through `_parse_one`)."""
 
+    @property
+    def skipped(self) -> int:
+        """Lines skipped as malformed plus files not readable to their end, since start (the
+        daemon's stowaway_bad_lines metric)."""
+        stats = getattr(self, "stats", None)
+        parsed = (getattr(stats, "malformed", 0) or getattr(stats, "bad_lines", 0)) + \
+            getattr(stats, "io_errors", 0) if stats is not None else 0
+        return self.bad_lines + self.io_errors + parsed
+
     def _parse_one(self, line: TailLine, parse: Callable[[str, int], Any]) -> Any:
         """One line through a parser that should never raise; if it does anyway, the line is
         named, counted and skipped: the rest of the batch is still handled."""
