@@ -306,7 +306,8 @@ def parse_event(ev: Any, cluster: str = "") -> OrchestrationRecord | None:
     ref = _obj(ev, "objectRef")
     verb = str(ev.get("verb", ""))
     resource, sub = str(ref.get("resource", "")), str(ref.get("subresource", ""))
-    ts = parse_time(ev.get("requestReceivedTimestamp"), f"requestReceivedTimestamp (auditID {audit_id})")
+    ts = parse_time(ev.get("requestReceivedTimestamp"),
+                    f"requestReceivedTimestamp (auditID {audit_id})")
     end = ev.get("stageTimestamp")
     end_ts = parse_time(end, f"stageTimestamp (auditID {audit_id})") if end else ts
     status = _obj(ev, "responseStatus")

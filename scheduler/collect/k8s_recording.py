@@ -4,7 +4,8 @@ field, tied by pod UID to the containers of an existing recording.
 Provenance. The host and network halves are the bundled recordings (real podman containers, real
 Zeek logs; scheduler/demo_data/README.md). There was no API server in those captures, so this
 module writes what the API server of a cluster running those containers would have logged, with
-the same times, on a host renamed to the cluster node `k8s-node-1`: a `kubectl exec` whose request reaches the API server 0.35 s before the recorded
+the same times, on a host renamed to the cluster node `k8s-node-1`: a `kubectl exec` whose
+request reaches the API server 0.35 s before the recorded
 `podman exec` started the command and whose session ends 0.05 s after it; a pod create 0.9 s
 before its container's recorded create event; and so on. The containers' inventory rows get the
 labels the kubelet puts on every CRI container (`io.kubernetes.pod.uid/name/namespace`,
@@ -44,7 +45,8 @@ AUDIT_DIR = "k8s"
 AUDIT_NAME = "audit.log"
 NS_UUID = uuid.UUID("5a0c2f1e-7b1d-4c55-9e0e-6b1f3c0d2a77")
 KUBECTL_UA = "kubectl/v1.31.2 (linux/amd64) kubernetes/5864a46"
-KCM_UA = "kube-controller-manager/v1.31.2 (linux/amd64) kubernetes/5864a46/system:serviceaccount:kube-system:{}"
+KCM_UA = ("kube-controller-manager/v1.31.2 (linux/amd64) kubernetes/5864a46/"
+          "system:serviceaccount:kube-system:{}")
 CONTROL_PLANE_IP = "10.0.0.10"
 # The host of the k8s recordings: a cluster node (a host name of its own also keeps their alert
 # ids apart from those of the recordings they were made from, in one demo state database).
@@ -95,9 +97,9 @@ def pod_spec(containers: Iterable[Container], host_network: bool = False, host_p
         if sc:
             d["securityContext"] = sc
         conts.append(d)
-    spec: dict[str, Any] = {"containers": conts, "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
-                            "schedulerName": "default-scheduler", "serviceAccountName": "default",
-                            "terminationGracePeriodSeconds": 30}
+    spec: dict[str, Any] = {"containers": conts, "restartPolicy": "Always",
+                            "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
+                            "serviceAccountName": "default", "terminationGracePeriodSeconds": 30}
     if host_network:
         spec["hostNetwork"] = True
     if host_pid:
@@ -171,7 +173,8 @@ class Cluster:
     def _meta(self, kind: str, ns: str, name: str, t: float,
               owner: tuple[str, str] | None = None, labels: dict[str, str] | None = None
               ) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name, "namespace": ns, "uid": self.uid(f"{kind}:{ns}/{name}"),
+        meta: dict[str, Any] = {"name": name, "namespace": ns,
+                                "uid": self.uid(f"{kind}:{ns}/{name}"),
                                 "resourceVersion": str(100000 + self._n),
                                 "creationTimestamp": format_time(t)[:19] + "Z",
                                 "labels": labels or {"app": name.split("-")[0]}}
@@ -191,7 +194,8 @@ class Cluster:
         spec = pod_spec(containers, **spec_kw)
         req = {"kind": "Pod", "apiVersion": "v1",
                "metadata": {"name": name, "namespace": ns, "labels": {"run": name}}, "spec": spec}
-        resp = {"kind": "Pod", "apiVersion": "v1", "metadata": self._meta("Pod", ns, name, t, owner),
+        resp = {"kind": "Pod", "apiVersion": "v1",
+                "metadata": self._meta("Pod", ns, name, t, owner),
                 "spec": spec, "status": {"phase": "Pending", "qosClass": "BestEffort"}}
         self._event(who, "create", f"/api/v1/namespaces/{ns}/pods",
                     {"resource": "pods", "namespace": ns, "name": name, "apiVersion": "v1"},
@@ -206,11 +210,13 @@ class Cluster:
         self._event(who, "delete", f"/api/v1/namespaces/{ns}/pods/{name}",
                     {"resource": "pods", "namespace": ns, "name": name, "apiVersion": "v1"},
                     t, t + 0.009, 200,
-                    {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+                    {"kind": "DeleteOptions", "apiVersion": "v1",
+                     "propagationPolicy": "Background"},
                     resp)
 
     def session(self, who: Identity, t0: float, t1: float, ns: str, pod: str,
-                command: list[str], container: str = "", sub: str = "exec", tty: bool = False) -> str:
+                command: list[str], container: str = "", sub: str = "exec",
+                tty: bool = False) -> str:
         """kubectl exec / attach: a long-running request answered when the session ends."""
         return self._event(who, "create",
                            exec_uri(ns, pod, command, container, sub, stdin=tty, tty=tty),
@@ -258,7 +264,7 @@ class Cluster:
 # ---- the recordings' containers ------------------------------------------------------------------
 
 def _container_times(osquery_lines: list[str]) -> dict[str, dict[str, Any]]:
-    """container id -> name, image and its create/start/die/destroy times (from container_events)."""
+    """container id -> name, image, create/start/die/destroy times (from container_events)."""
     out: dict[str, dict[str, Any]] = {}
     for line in osquery_lines:
         d = json.loads(line)
@@ -322,7 +328,8 @@ def _read_gz_lines(path: Path) -> list[str]:
 # identities of the stories
 JANE = Identity("jane@corp", ("developers", "system:authenticated"), "198.51.100.23")
 SRE = Identity("sre@corp", ("sre", "system:authenticated"), "10.20.0.15")
-CI_DEPLOYER = service_account("ci", "deployer", "10.20.1.5", "argocd-application-controller/v2.12.3")
+CI_DEPLOYER = service_account("ci", "deployer", "10.20.1.5",
+                              "argocd-application-controller/v2.12.3")
 CI_RUNNER = service_account("ci", "runner", "10.20.1.6")
 STOLEN_RUNNER = service_account("ci", "runner", "203.0.113.77", "curl/8.5.0")
 RS_CONTROLLER = controller("replicaset-controller")

@@ -53,7 +53,10 @@ class WebhookSettings:
     client_ca: str = ""           # with TLS: require client certificates signed by this CA
 
 
-def spool_rows(events: list[Any], stats: AuditStats) -> tuple[list[tuple[str, float, dict]], list[str]]:
+SpoolRow = tuple[str, float, dict[str, Any]]
+
+
+def spool_rows(events: list[Any], stats: AuditStats) -> tuple[list[SpoolRow], list[str]]:
     """The events of a batch worth spooling, as (auditID, ts, event), and the problems found."""
     rows, problems = [], []
     for i, ev in enumerate(events):
@@ -70,7 +73,8 @@ def spool_rows(events: list[Any], stats: AuditStats) -> tuple[list[tuple[str, fl
             stats.not_relevant += 1
             continue
         try:
-            ts = parse_time(ev.get("requestReceivedTimestamp"), f"items[{i}].requestReceivedTimestamp")
+            ts = parse_time(ev.get("requestReceivedTimestamp"),
+                            f"items[{i}].requestReceivedTimestamp")
         except AuditEventError as exc:
             stats.malformed += 1
             problems.append(str(exc))

@@ -70,9 +70,11 @@ def _labels(value: Any) -> dict[str, str]:
 def pod_from_inventory(columns: dict[str, Any]) -> PodRef | None:
     """The pod of a container_inventory row (labels, else the pod_name/pod_namespace columns)."""
     lab = _labels(columns.get("labels"))
-    ref = PodRef(uid=lab.get(LABEL_POD_UID, "") or str(columns.get("pod_uid", "") or ""),
-                 namespace=lab.get(LABEL_POD_NAMESPACE, "") or str(columns.get("pod_namespace", "") or ""),
-                 name=lab.get(LABEL_POD_NAME, "") or str(columns.get("pod_name", "") or ""),
+    def col(key: str) -> str:
+        return str(columns.get(key, "") or "")
+    ref = PodRef(uid=lab.get(LABEL_POD_UID, "") or col("pod_uid"),
+                 namespace=lab.get(LABEL_POD_NAMESPACE, "") or col("pod_namespace"),
+                 name=lab.get(LABEL_POD_NAME, "") or col("pod_name"),
                  container=lab.get(LABEL_CONTAINER_NAME, ""))
     return ref if ref.uid or ref.name else None
 
@@ -205,7 +207,8 @@ class K8sJoin:
         cid = alert.container.id
         if not cid or not self.pods or cid not in self.pods:
             return False
-        procs = [e for e in alert.evidence if e.get("side") == "host" and e.get("kind") == "process"]
+        procs = [e for e in alert.evidence
+                 if e.get("side") == "host" and e.get("kind") == "process"]
         nets = [e for e in alert.evidence if e.get("side") == "network"]
         first = procs[0] if procs else (nets[0] if nets else None)
         t = float(first.get("time", alert.time)) if first else alert.time
