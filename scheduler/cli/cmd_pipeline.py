@@ -401,7 +401,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"{res.name}: {res.items} records, {len(alerts)} alerts"
                   f"{' (resumed at ' + str(res.resumed_from) + ')' if res.resumed_from else ''}; "
                   f"bad input: zeek {z.get('bad_lines', 0)} lines"
-                  f" {z.get('bad_by_file') or ''}, osquery {o.get('malformed', 0)} lines",
+                  f" {z.get('bad_by_file') or ''}"
+                  f"{', %d zeek file(s) unreadable to the end' % z['io_errors'] if z.get('io_errors') else ''}"
+                  f", osquery {o.get('malformed', 0)} lines",
                   file=sys.stderr)
             if args.json:
                 for a in alerts:
