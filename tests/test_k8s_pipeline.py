@@ -209,3 +209,24 @@ def test_replay_command_with_a_loose_audit_log(tmp_path: Path) -> None:
             and a["container"]["name"] == "web-2"]
     assert web2 and web2[0]["details"]["kubernetes"]["requester"] == "jane@corp"
     assert {a["rule"] for a in alerts} >= {"k8s_exec_new_requester", "location_discovery"}
+
+
+def test_kubernetes_config_is_checked(tmp_path: Path) -> None:
+    from scheduler.collect.k8s_source import K8sAuditSource
+    from scheduler.collect.state import StateStore
+    from scheduler.config import ConfigError, config_from_dict, validate
+
+    cfg = config_from_dict({"kubernetes": {"webhook": True, "webhook_tls_key": "k.pem",
+                                           "churn_n": 0}})
+    problems = validate(cfg)
+    assert len(problems) == 2 and any("kubernetes.webhook_tls_key" in x for x in problems)
+    assert any("kubernetes.churn_n" in x for x in problems)
+    with pytest.raises(ConfigError, match="kubernetes.audit_path"):
+        config_from_dict({"kubernetes": {"audit_path": "/x"}})
+    cfg = config_from_dict({"kubernetes": {"webhook": True, "webhook_port": 0,
+                                           "webhook_token_file": str(tmp_path / "missing")}})
+    store = StateStore(tmp_path / "s.db")
+    with pytest.raises(ValueError, match="kubernetes.webhook_token_file: cannot read"):
+        K8sAuditSource(cfg.kubernetes, store)
+    store.close()
+    assert not Config().kubernetes.enabled
