@@ -127,3 +127,10 @@ def test_address_map_mode_and_group_for_a_zeek_of_another_user(tmp_path: Path) -
     amap = tmp_path / "var" / "lib" / "stowaway" / "zeek" / "address_map.tsv"
     assert mode(amap) == 0o640 and os.stat(amap).st_gid == os.getegid()
     assert mode(tmp_path / "var" / "lib" / "stowaway" / "state.db") == 0o600
+
+
+def test_a_symlinked_state_db_is_followed(tmp_path: Path, open_umask) -> None:
+    real = tmp_path / "real.db"
+    (tmp_path / "link.db").symlink_to(real)
+    StateStore(tmp_path / "link.db").close()
+    assert real.is_file() and mode(real) == 0o600

@@ -48,7 +48,7 @@ def private_dir(path: str | Path) -> Path:
 def tighten(path: str | Path, mode: int = PRIVATE_FILE) -> bool:
     """chmod an existing regular file we own to `mode` if it allows more; True if changed."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(path)
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
@@ -66,8 +66,8 @@ def create_private(path: str | Path) -> Path:
     DB created this way stays private."""
     p = Path(path)
     private_dir(p.parent)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0),
-                 PRIVATE_FILE)
+    # a configured path may be a symlink the operator made on purpose: followed
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
     os.close(fd)
     tighten(p)
     return p
