@@ -85,6 +85,7 @@ class ContainerMeta:
     pod_namespace: str = ""
     pid: int = 0
     source: str = "api"
+    cap_add: list[str] = field(default_factory=list)   # capabilities added at create (NET_RAW)
 
     def to_row(self) -> dict[str, str]:
         """The container_inventory row (osquery wants every value as a string)."""
@@ -98,7 +99,7 @@ class ContainerMeta:
             "host_root_mounted": _b(self.host_root_mounted),
             "labels": json.dumps(self.labels, sort_keys=True), "pod_name": self.pod_name,
             "pod_namespace": self.pod_namespace, "pid": str(self.pid), "runtime": self.runtime,
-            "source": self.source,
+            "source": self.source, "cap_add": ",".join(self.cap_add),
         }
 
 
@@ -187,7 +188,16 @@ def meta_from_api(runtime: str, listed: dict[str, Any], inspected: dict[str, Any
         pod_namespace=labels.get(K8S_POD_NAMESPACE, ""),
         pid=int(state.get("Pid") or 0),
         source="api",
+        cap_add=cap_names(hc.get("CapAdd")),
     )
+
+
+def cap_names(caps: Any) -> list[str]:
+    """HostConfig.CapAdd as sorted names without the CAP_ prefix (Docker writes NET_RAW, Podman
+    CAP_NET_RAW); anything that is not a list of strings gives []."""
+    if not isinstance(caps, list):
+        return []
+    return sorted({str(c).upper().removeprefix("CAP_") for c in caps if isinstance(c, str) and c})
 
 
 class HealthLog:

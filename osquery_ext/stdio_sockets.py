@@ -17,9 +17,44 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from osquery_ext.procfs import SocketRow, read_proc_net
+from osquery_ext.procfs import NET_FILES, SocketRow, parse_proc_net
 
 STDIO_FDS = (0, 1, 2)
+
+
+def read_all(path: str) -> bytes | None:
+    """A /proc file read to its end. /proc/net/* are seq_files: each read() returns at most about
+    a page however large the buffer, so one read of a busy namespace's tcp table misses rows;
+    read until the kernel returns nothing. None when the file (the process) is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        parts = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_proc_net(pid: int | str, proc: str = "/proc") -> list[SocketRow] | None:
+    """All TCP/UDP sockets of `pid`'s network namespace, every row (see read_all); None when the
+    pid is gone. Same rows as procfs.read_proc_net on small tables."""
+    rows: list[SocketRow] = []
+    for fname, proto, fam in NET_FILES:
+        data = read_all(f"{proc}/{pid}/net/{fname}")
+        if data is None:
+            if fname == "tcp":
+                return None
+            continue
+        rows.extend(parse_proc_net(data.decode("ascii", "replace"), proto, fam))
+    return rows
 #: Column names added to container_processes and container_process_events.
 COLUMNS = ("stdio_socket", "stdio_remote", "raw_sockets")
 EMPTY = {c: "" for c in COLUMNS}
@@ -112,11 +147,10 @@ def namespace_raw_inodes(pid: int | str, proc: str = "/proc") -> dict[str, set[i
     """{kind: inodes} of the raw/packet sockets open in `pid`'s network namespace."""
     out: dict[str, set[int]] = {}
     for fname, kind in RAW_FILES:
-        try:
-            with open(f"{proc}/{pid}/net/{fname}", encoding="ascii", errors="replace") as fh:
-                inodes = parse_inodes(fh.read(), kind)
-        except OSError:
+        data = read_all(f"{proc}/{pid}/net/{fname}")
+        if data is None:
             continue
+        inodes = parse_inodes(data.decode("ascii", "replace"), kind)
         if inodes:
             out[kind] = inodes
     return out
@@ -175,5 +209,11 @@ class Probe:
 
 
 def capture(pid: int, proc: str = "/proc") -> dict[str, str]:
-    """The three columns for a just-exec'd process (exec capture: no namespace cache)."""
-    return Probe(proc).columns(pid)
+    """The columns for a just-exec'd process. The exec capture races short-lived processes, so
+    this costs three readlinks unless a standard stream is a socket; raw sockets are not read
+    (a process opens those after its exec: container_processes reports them)."""
+    out = dict(EMPTY)
+    st = read_stdio(pid, proc)
+    if st is not None:
+        out.update(st.columns())
+    return out

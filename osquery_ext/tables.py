@@ -56,7 +56,7 @@ COLUMNS: dict[str, list[TableColumn]] = {
         T("network_mode", STRING), T("pid_mode", STRING), T("ipc_mode", STRING),
         T("runtime_socket_mounted", INTEGER), T("host_root_mounted", INTEGER),
         T("labels", STRING), T("pod_name", STRING), T("pod_namespace", STRING),
-        T("pid", INTEGER), T("runtime", STRING), T("source", STRING)],
+        T("pid", INTEGER), T("runtime", STRING), T("source", STRING), T("cap_add", STRING)],
     "container_events": [
         T("time", "BIGINT"), T("time_nano", "BIGINT"), T("action", STRING),
         T("container_id", STRING), T("name", STRING), T("image", STRING),

@@ -109,3 +109,26 @@ def test_exec_capture_row_carries_stdio_remote() -> None:
         proc.wait()
         for s in (cli, peer, srv):
             s.close()
+
+
+def test_busy_namespace_tcp_table_is_read_whole() -> None:
+    """/proc/net/tcp is a seq_file (about a page per read()): with 200 sockets open, the shell's
+    socket may sit past the first page and must still be found."""
+    srv = _listener()
+    port = srv.getsockname()[1]
+    extra, accepted = [], []
+    for _ in range(100):
+        extra.append(socket.create_connection(("127.0.0.1", port)))
+        accepted.append(srv.accept()[0])
+    cli = socket.create_connection(("127.0.0.1", port))
+    peer, _ = srv.accept()
+    proc = subprocess.Popen(["sh", "-c", "sleep 30"], stdin=cli.fileno(), stdout=cli.fileno())
+    try:
+        st = ss.read_stdio(proc.pid)
+        assert st is not None and st.remote == f"tcp 127.0.0.1:{port}"
+        assert len(ss.read_proc_net(proc.pid)) > 200
+    finally:
+        proc.kill()
+        proc.wait()
+        for s in (cli, peer, srv, *extra, *accepted):
+            s.close()

@@ -30,7 +30,7 @@ CONTRACT_COLUMNS = {
                            "stdio_socket stdio_remote raw_sockets",
     "container_inventory": "id name image image_id state created started ip_addresses networks "
                            "privileged network_mode pid_mode ipc_mode runtime_socket_mounted "
-                           "host_root_mounted labels pod_name pod_namespace pid runtime source",
+                           "host_root_mounted labels pod_name pod_namespace pid runtime source cap_add",
     "container_events": "time time_nano action container_id name image exit_code runtime",
     "container_process_events": "time time_nano pid ppid uid name cmdline path container_id "
                                 "container_name image runtime location_discovery indicator tool "
