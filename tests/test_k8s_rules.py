@@ -43,6 +43,7 @@ def test_system_users_and_registries() -> None:
     assert is_system_user("system:kube-scheduler") and is_system_user("system:node:n1")
     assert is_system_user("system:serviceaccount:kube-system:replicaset-controller")
     assert not is_system_user("system:serviceaccount:ci:runner")
+    assert not is_system_user("system:anonymous")
     assert not is_system_user("jane@corp") and is_system_user("jane@corp", ["jane@corp"])
     assert [image_registry(i) for i in ("nginx", "library/nginx:1", "ghcr.io/a/b:1",
                                         "localhost:5000/x", "localhost/webapp:1.4",

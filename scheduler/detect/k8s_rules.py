@@ -19,7 +19,7 @@ Rules (names are stable; they are in every alert):
   rule's list, `[detection.misuse] allowed_registries`, so both sides judge images alike).
 
 A "system user" is a Kubernetes component (`system:*` user names, e.g. `system:kube-scheduler`,
-`system:node:<n>`) or a service account of `kube-system`; service accounts of other namespaces
+`system:node:<n>`, but not `system:anonymous`) or a service account of `kube-system`; service accounts of other namespaces
 (CI runners, operators) are requesters like any person. `trusted_users` adds exceptions.
 """
 from __future__ import annotations
@@ -80,6 +80,8 @@ def is_system_user(user: str, trusted: Any = ()) -> bool:
     """Kubernetes components and kube-system service accounts (see module docstring)."""
     if user in trusted:
         return True
+    if user == "system:anonymous":     # an unauthenticated request is anything but a component
+        return False
     if user.startswith("system:serviceaccount:"):
         return user.startswith("system:serviceaccount:kube-system:")
     return user.startswith("system:")
