@@ -213,6 +213,8 @@ class Pipeline(WindowingMixin):
         if t == "container_inventory" and row.action != "removed":
             if not self.windows_only:
                 self._inventory_rules(host, row)
+                if not self.collect_windows:
+                    self._misuse_inventory(host, row)
                 if col.get("pod_name") or "io.kubernetes.pod" in str(col.get("labels", "")):
                     self.k8s_join.observe_inventory(col.get("id", ""), col)
         elif t == "container_events":
@@ -234,6 +236,13 @@ class Pipeline(WindowingMixin):
                 for cand in self.misuse.process(
                         col, rec, lambda: self.container_ref(host, rec.container_id, rec.image)):
                     self._add(cand)
+
+    def _misuse_inventory(self, host: str, row: OsqueryRow) -> None:
+        col = row.columns
+        ts = _f(col.get("started")) or _f(col.get("created")) or row.unix_time
+        for cand in self.misuse.inventory(col, ts, host, lambda: self.container_ref(
+                host, col.get("id", ""), col.get("image", ""))):
+            self._add(cand)
 
     def _address_ever_held(self, addr: str) -> bool:
         """Did any container, on any host, ever hold `addr` (spoofed-source rule)?"""

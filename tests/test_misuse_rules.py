@@ -205,3 +205,13 @@ def test_raw_socket_and_spoofed_source() -> None:
     known = NetRecord(ts=20, kind="conn", container_id="", image="", orig_h="172.17.0.9",
                       resp_h="172.17.0.1", proto="icmp", host="h1")
     assert sum((det.net("conn", {}, known, unknown) for _ in range(5)), []) == []
+
+
+def test_added_raw_capabilities_from_inventory() -> None:
+    det = MisuseDetector()
+    row = {"id": CID, "image": C.image, "cap_add": "NET_ADMIN,NET_RAW"}
+    out = det.inventory(row, 5.0, "h1", C)
+    assert [c.rule for c in out] == ["raw_socket"] and "NET_ADMIN, NET_RAW" in out[0].title
+    assert det.inventory(row, 15.0, "h1", C) == []            # the next snapshot: same finding
+    assert MisuseDetector().inventory({"id": CID, "image": C.image, "cap_add": "SYS_TIME"},
+                                      5.0, "h1", C) == []

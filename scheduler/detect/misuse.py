@@ -71,6 +71,7 @@ _TITLE = {RULE_REVERSE_SHELL: "Network-redirected shell (T1059.004)",
 RECENT_S = 120.0          # how long recent processes/connections are kept to join the sides
 RECENT_MAX = 200          # per container
 TUNNEL_CONNS = 5          # relayed connections shown per tunnel
+RAW_CAPS = frozenset({"NET_RAW", "NET_ADMIN", "ALL"})
 STRATUM_STREAMS = ("stratum",)
 _SEEN_MAX = 100_000
 
@@ -476,16 +477,33 @@ class MisuseDetector:
                 or not self._on(RULE_SPOOFED_SOURCE, ""):
             return []
         q = self._unknown.setdefault(addr, deque())
-        q.append(rec.ts)
-        while q and rec.ts - q[0] > self.cfg.spoof_window_s:
+        q.append(rec)
+        while q and rec.ts - q[0].ts > self.cfg.spoof_window_s:
             q.popleft()
         if len(q) < self.cfg.spoof_min_records:
             return []
         what = (f"{len(q)} records in {self.cfg.spoof_window_s:g} s from {addr}, an address in "
                 f"a container subnet that no known container held")
+        shown = list(q)[-5:] if len(q) == self.cfg.spoof_min_records else [rec]
         return [self._cand(RULE_SPOOFED_SOURCE, rec.ts, rec.host, container, what,
-                           [net_evidence(rec, f"{rec.kind} from {addr} to "
-                                              f"{rec.resp_h}:{rec.resp_p}")])]
+                           [net_evidence(r, f"{r.kind} {r.proto} from {addr} to "
+                                            f"{r.resp_h}:{r.resp_p}") for r in shown])]
+
+    # -- inventory ------------------------------------------------------------------------------
+    def inventory(self, cols: dict[str, str], ts: float, host: str,
+                  container: ContainerRef | Callable[[], ContainerRef]) -> list[Candidate]:
+        """A container_inventory row: NET_RAW / NET_ADMIN / ALL added at create is what forging
+        packets from a container needs (Docker grants NET_RAW by default; Podman 4 does not)."""
+        caps = {c.strip().upper() for c in str(cols.get("cap_add") or "").split(",") if c.strip()}
+        risky = sorted(caps & RAW_CAPS)
+        cid, image = str(cols.get("id") or ""), str(cols.get("image") or "")
+        if not risky or not cid or not self._on(RULE_RAW_SOCKET, image) \
+                or not self._once((RULE_RAW_SOCKET, "caps", cid)):
+            return []
+        what = f"started with {', '.join(risky)} added: can open raw/packet sockets"
+        ev = [{"side": "host", "kind": "inventory", "time": round(ts, 6), "cap_add": sorted(caps),
+               "summary": f"config: cap_add {','.join(sorted(caps))}"}]
+        return [self._cand(RULE_RAW_SOCKET, ts, host, container, what, ev)]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def lifecycle(self, rec: LifecycleRecord) -> list[Candidate]:

@@ -306,6 +306,10 @@ def scenario_spoof(lab: Any, sr: Any, opts: Any) -> None:
     sr.row_expects.append(("container_processes", f"arping in {c.name} holding a packet socket",
                            lambda r, cid=c.id: R.same_id(r.get("container_id", ""), cid)
                            and "packet" in (r.get("raw_sockets") or "")))
+    # (Podman lists only NET_ADMIN as added: NET_RAW is in its default set; Docker lists both.)
+    sr.row_expects.append(("container_inventory", f"{c.name} with NET_ADMIN added",
+                           lambda r, cid=c.id: R.same_id(r.get("id", ""), cid)
+                           and "NET_ADMIN" in (r.get("cap_add") or "").split(",")))
     _expect_rule(sr, "raw_socket", c, lab.image, f"raw_socket alert on {c.name}")
     sr.expects.append(R.Expect("spoofed_source", "", "",
                                what=f"spoofed_source alert for {spare} (held by no container)"))
