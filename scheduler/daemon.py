@@ -429,10 +429,13 @@ class Daemon:
         for _, _, kind, _ in items:
             m.records.labels(kind).inc()
         seen = self.__dict__.setdefault("_skipped", {})   # malformed lines, per source
-        for t in self.tailers:
-            if getattr(t, "skipped", 0) > seen.get(t.source, 0):
-                m.bad.labels(t.source).inc(t.skipped - seen.get(t.source, 0))
-                seen[t.source] = t.skipped
+        counts = [(t.source, getattr(t, "skipped", 0)) for t in self.tailers]
+        if self.k8s is not None:        # bad audit lines / events, refused webhook posts
+            counts.append(("k8s:audit", self.k8s.bad_input()))
+        for source, n in counts:
+            if n > seen.get(source, 0):
+                m.bad.labels(source).inc(n - seen.get(source, 0))
+                seen[source] = n
         for a in alerts:
             m.alerts.labels(a.rule).inc()
         m.containers.set(len(self.pipeline.inventory))

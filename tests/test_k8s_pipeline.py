@@ -230,3 +230,26 @@ def test_kubernetes_config_is_checked(tmp_path: Path) -> None:
         K8sAuditSource(cfg.kubernetes, store)
     store.close()
     assert not Config().kubernetes.enabled
+
+
+def test_daemon_counts_bad_audit_input_in_its_metrics(tmp_path: Path) -> None:
+    import urllib.request
+
+    cfg, cl, body = _setup(tmp_path)
+    cfg.metrics.enabled, cfg.metrics.port = True, 0
+    with (tmp_path / "audit.log").open("a") as fh:
+        fh.write("{broken line\n")
+    d = Daemon(cfg)
+    try:
+        port = d.k8s.server.server_port
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("POST", "/k8s-audit", body=body, headers={"Authorization": "Bearer nope"})
+        assert c.getresponse().status == 401
+        c.close()
+        d.collect_once()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
+                                      timeout=5).read().decode()
+        assert 'stowaway_bad_lines_total{source="k8s:audit"} 2.0' in text
+        assert 'stowaway_records_total{source="k8s"} 1.0' in text      # the pod create
+    finally:
+        d.close()

@@ -104,6 +104,11 @@ class K8sAuditSource:
             recs.append(rec)
         return ids, recs
 
+    def bad_input(self) -> int:
+        """Malformed lines and events and refused (unauthorized) webhook posts, since start."""
+        tail = (self.tailer.bad_lines + self.tailer.io_errors) if self.tailer is not None else 0
+        return self.stats.malformed + self.stats.unauthorized + tail
+
     @staticmethod
     def mark_consumed(conn: sqlite3.Connection, ids: list[str]) -> None:
         k8s_spool.mark_consumed(conn, ids)
