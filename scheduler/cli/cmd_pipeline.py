@@ -350,6 +350,20 @@ def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str,
     return d
 
 
+def replay_mode(baselines: Any, cfg: Config) -> str:
+    """One line saying what a replay will detect with, so rules-only runs are never silent."""
+    if not cfg.detection.anomaly:
+        return "rules only (detection.anomaly is off)"
+    if baselines is None:
+        return ("rules only: no baselines (give --train BENIGN_RECORDING or --models DIR to score "
+                "feature windows)")
+    models = getattr(baselines, "models", {}) or {}
+    fallback = getattr(baselines, "fallback", None) is not None
+    return (f"rules + anomaly scoring with {len(models)} image model(s)"
+            f"{' + environment-wide fallback' if fallback else ''}"
+            f" (environment {getattr(baselines, 'environment', cfg.environment)!r})")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from scheduler.replay import replay, train_from_recordings
     from scheduler.alerting.report import Section, write_report
@@ -366,10 +380,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("stowaway replay: give recording directories or --zeek-dir/--osquery-log",
               file=sys.stderr)
         return 2
+    from scheduler.collect.recording import recording_problem
+
+    # Every argument is checked before anything is written: a wrong one leaves no empty output.
+    for d in [*dirs, *map(Path, args.train)]:
+        problem = recording_problem(d)
+        if problem:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            print(f"stowaway replay: {problem}", file=sys.stderr)
+            return 2
     baselines = None
     progress = not args.no_progress
     if args.train:
-        baselines, _ = train_from_recordings(args.train, cfg, progress=progress)
+        try:
+            baselines, train_fw = train_from_recordings(args.train, cfg, progress=progress)
+        except ValueError as exc:     # no windows at all: nothing to fit
+            baselines, train_fw = None, None
+            log.debug("training failed: %s", exc)
+        if train_fw is None or len(train_fw) == 0:
+            baselines = None
+            print(f"stowaway replay: warning: training on {', '.join(args.train)} found no "
+                  f"feature windows (windows need the osquery host view: container and process "
+                  f"rows; Zeek-only input gives none): the anomaly rule scores nothing",
+                  file=sys.stderr)
     elif args.models:
         from model.store import ModelStore
         from scheduler.collect.recording import Recording
@@ -383,6 +417,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"stowaway replay: no baselines for environment {env!r} in {args.models}: {exc}",
                   file=sys.stderr)
             return 2
+    print(f"stowaway replay: mode: {replay_mode(baselines, cfg)}", file=sys.stderr)
     state_db = args.state_db or f"{args.out}.state.db"
     sinks = SinkSet([JsonlSink(args.out)])
     sections = []

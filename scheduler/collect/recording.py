@@ -68,6 +68,37 @@ def _first_existing(*paths: Path) -> Path | None:
     return None
 
 
+FIXTURE_MARKERS = ("containers.json", "processes.jsonl", "processes.jsonl.gz", "events.jsonl")
+
+
+def is_fixture_layout(path: str | Path) -> bool:
+    """A scenario directory in the fixture layout (containers.json, events.jsonl, processes.jsonl,
+    zeek/): what a capture lab writes, which `convert_scenario` turns into a recording."""
+    p = Path(path)
+    return (p / "containers.json").is_file() and any((p / m).is_file() for m in FIXTURE_MARKERS[1:])
+
+
+def recording_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be replayed as a recording, in one line naming it; None when it can.
+
+    Checked before anything is written, so a wrong argument leaves no empty output behind."""
+    p = Path(path)
+    if not p.exists():
+        return f"{p}: no such directory"
+    if not p.is_dir():
+        return f"{p}: not a directory (a recording is a directory with meta.json)"
+    if (p / "meta.json").is_file():
+        try:
+            json.loads((p / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            return f"{p / 'meta.json'}: unreadable ({exc})"
+        return None
+    if is_fixture_layout(p):
+        return (f"{p}: a fixture-layout scenario, not a recording; convert it first: "
+                f"stowaway convert {p} <out-dir>")
+    return f"{p}: not a recording (no meta.json; see docs/recordings.md)"
+
+
 class Recording:
     """Read access to one recording directory."""
 
