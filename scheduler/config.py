@@ -70,6 +70,11 @@ class MisuseConfig:
     beacon_max_period_s: float = 3600.0
     beacon_max_missed_share: float = 0.25  # at most 1 in 4 intervals may span missed beats
     beacon_history: int = 24              # connections kept per (container, destination)
+    # Judge images that have no training destinations (cold start)? Off by default: without the
+    # image's baseline every cron job and poller is beacon-shaped (benign_long: 47 alerts). The
+    # daemon's model store does not carry training destinations yet, so there the rule only runs
+    # with this on (list pollers in beacon_allow); replays trained from recordings have them.
+    beacon_cold_start: bool = False
     # Destinations never judged as beacons, per image (fnmatch) -> entries: a domain, an IP,
     # "ip:port", "*:port" or a CIDR. Image "*" applies to all. Learned baselines (training
     # recordings) add the destinations each image already contacted.

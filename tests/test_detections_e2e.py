@@ -99,7 +99,9 @@ def test_emulated_benign_control_is_silent_and_needs_its_allow_list() -> None:
     assert checks and all(c.result == R.PASS for c in checks)
     # The worker polls api.example.com and the web's :8080 every 3 s: beacon-shaped. Without the
     # operator's allow-list (and no training for this image) the rule says so.
-    bare = [a for a in _alerts(MISUSE / "benign", Config()) if a["rule"] == "beaconing"]
+    cold = Config()
+    cold.detection.misuse.beacon_cold_start = True
+    bare = [a for a in _alerts(MISUSE / "benign", cold) if a["rule"] == "beaconing"]
     assert bare and all("every 3." in a["title"] for a in bare)
 
 

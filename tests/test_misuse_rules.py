@@ -106,8 +106,11 @@ def test_reverse_shell_joins_its_connection() -> None:
     assert [c.rule for c in late] == ["reverse_shell"]
 
 
+COLD = MisuseConfig(beacon_cold_start=True)
+
+
 def test_beacon_with_missed_beat_and_jitter_tolerance() -> None:
-    det = MisuseDetector()
+    det = MisuseDetector(COLD)
     rng = random.Random(7)
     times = [100 + 5 * i + rng.uniform(-0.02, 0.02) for i in range(14) if i != 6]   # one missed
     out = []
@@ -121,7 +124,7 @@ def test_beacon_with_missed_beat_and_jitter_tolerance() -> None:
 
 def test_beacon_silent_on_random_health_checks_baseline_and_allow_list() -> None:
     rng = random.Random(3)
-    det = MisuseDetector()
+    det = MisuseDetector(COLD)
     t, out = 0.0, []
     for _ in range(40):                                   # 1.5-2.5 s random sleep: CV ~0.14
         t += 0.05 + rng.uniform(1.5, 2.5)
@@ -130,12 +133,18 @@ def test_beacon_silent_on_random_health_checks_baseline_and_allow_list() -> None
     regular = [_conn(5.0 * i, "198.51.100.7", 80) for i in range(12)]
     base = MisuseDetector(baseline={C.image: {"198.51.100.7:80"}})
     assert sum((base.net("conn", {}, r, C) for r in regular), []) == []
-    allow = MisuseDetector(MisuseConfig(beacon_allow={"localhost/app*": ["198.51.100.0/24"]}))
+    allow = MisuseDetector(MisuseConfig(beacon_cold_start=True,
+                                        beacon_allow={"localhost/app*": ["198.51.100.0/24"]}))
     assert sum((allow.net("conn", {}, r, C) for r in regular), []) == []
-    off = MisuseDetector(MisuseConfig(disabled=["beaconing"]))
+    off = MisuseDetector(MisuseConfig(beacon_cold_start=True, disabled=["beaconing"]))
     assert sum((off.net("conn", {}, r, C) for r in regular), []) == []
-    on = MisuseDetector()
+    on = MisuseDetector(COLD)
     assert [c.rule for c in sum((on.net("conn", {}, r, C) for r in regular), [])] == ["beaconing"]
+    # no training destinations for the image and no cold start: not judged at all
+    assert sum((MisuseDetector().net("conn", {}, r, C) for r in regular), []) == []
+    other = MisuseDetector(baseline={C.image: {"203.0.113.1:443"}})      # trained: judged
+    assert [c.rule for c in sum((other.net("conn", {}, r, C) for r in regular), [])] == \
+        ["beaconing"]
 
 
 def _dns(ts: float, name: str, qtype: str = "TXT") -> tuple[dict, NetRecord]:

@@ -395,6 +395,8 @@ class MisuseDetector:
             return []
         if s.flagged_at >= 0 and rec.ts - s.flagged_at < 300.0:
             return []
+        if not cfg.beacon_cold_start and not self.baseline.get(rec.image):
+            return []       # no training destinations for this image: see beacon_cold_start
         domain = self._names.get((rec.container_id, rec.resp_h), "")
         if self._is_baseline(rec, domain):
             return []

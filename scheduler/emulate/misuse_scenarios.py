@@ -60,6 +60,7 @@ def emulation_config() -> Any:
     m = cfg.detection.misuse
     m.allowed_registries = ["localhost", "docker.io", "quay.io"]
     m.beacon_allow = {"*": ["api.example.com", "*:8080"]}
+    m.beacon_cold_start = True        # the emulation image has no training data
     return cfg
 
 
