@@ -34,7 +34,7 @@ from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.config import Config
 from scheduler.detect import rules
 from scheduler.detect.inventory import Inventory, event_time
-from scheduler.detect.join import Joiner
+from scheduler.detect.join import Joiner, to_ts
 from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
 from scheduler.collect.k8s_audit import OrchestrationRecord
@@ -159,7 +159,7 @@ class Pipeline(WindowingMixin):
         # Attribution (address -> container at a time, process rows, the hold of records whose
         # container osquery has not reported yet) is the join's; the engine judges outbound
         # traffic only and takes geo verdicts from its detectors, not from bare names.
-        self.joiner = Joiner(self.inventory, self.environment, hold_s=0.0,
+        self.joiner = _LiveJoiner(self.inventory, self.environment, hold_s=0.0,
                              default_host=self.host, inbound=False, geo_from_names=False)
         self.joiner.subnets += [ipaddress.ip_network(n, strict=False)
                                 for n in det.container_subnets]
@@ -206,6 +206,8 @@ class Pipeline(WindowingMixin):
             self.stats.osquery_rows += 1
         if t in ("container_inventory", "container_events") and observe and not self.windows_only:
             self.inventory.observe(row)
+        if row.unix_time > self.joiner.osquery_until.get(host, 0.0):
+            self.joiner.osquery_until[host] = row.unix_time
         if t == "container_nat_flows":   # the NAT join's input (batch callers observe it first)
             if observe:
                 self.joiner.observe_nat(row, host)
@@ -230,7 +232,9 @@ class Pipeline(WindowingMixin):
                 self.k8s_join.observe_process(rec.container_id, col["pod_uid"])
             # A snapshot lists long-running processes again and again, and at start-up lists
             # processes that began long ago: those are not new in any open window.
-            stale = t == "container_processes" and rec.ts < self.data_time - self.window_s
+            # (Live, data time runs ahead of the windows by the close lag: measured from there.)
+            stale = t == "container_processes" and \
+                rec.ts < self.data_time - self.close_lag_s - self.window_s
             self.feed_process(rec, window=not stale)
             if not self.windows_only and not self.collect_windows:
                 for cand in self.misuse.process(
@@ -275,10 +279,24 @@ class Pipeline(WindowingMixin):
         heapq.heappush(self._wqueue, (ts, self._wseq, kind, rec))
 
     def _release_window_input(self, until: float) -> None:
+        """Hand queued window input up to data time `until` to the windows, in time order.
+
+        A container's windows are anchored at its creation (inventory); a record of a container
+        osquery has not reported yet waits (up to one more window length) so the anchor is the
+        creation time, as in a replay that knows the inventory up front, not the record's time."""
         q = self._wqueue
+        waiting = []
         while q and q[0][0] <= until:
-            ts, _, kind, rec = heapq.heappop(q)
+            item = heapq.heappop(q)
+            ts, _, kind, rec = item
+            cid = rec.container_id
+            if cid and cid not in self._origins and self.inventory.get(self.host, cid) is None \
+                    and ts > until - self.window_s and until != float("inf"):
+                waiting.append(item)
+                continue
             WindowingMixin._window_add(self, kind, ts, rec)
+        for item in waiting:
+            heapq.heappush(q, item)
 
     def _advance(self, ts: float) -> None:
         if ts <= self.data_time:
@@ -539,6 +557,7 @@ class Pipeline(WindowingMixin):
             "k8s_join": self.k8s_join.dump_state(),
         }
         if full:
+            st["osquery_until"] = self.joiner.osquery_until
             st["windows"] = {cid: {"origin": cw["origin"], "k": cw["k"],
                                    **{kind: [_record_to_list(r) for r in cw[kind]]
                                       for kind in ("p", "n", "l")}}
@@ -569,6 +588,8 @@ class Pipeline(WindowingMixin):
         self.k8s_rules.load_state(st.get("k8s_rules", {}))
         self.k8s_join.load_state(st.get("k8s_join", {}))
         if "windows" in st:          # a full state: the open windows come back whole
+            self.joiner.osquery_until = {h: float(t) for h, t in
+                                         st.get("osquery_until", {}).items()}
             self._load_windows(st["windows"], st.get("open_windows", []))
             self._proc_seen = {(c, int(pid), cmd): float(t) for c, pid, cmd, t in
                                st.get("proc_seen", [])}
@@ -592,6 +613,33 @@ class Pipeline(WindowingMixin):
                                 for kind in ("p", "n", "l")}}
             heapq.heappush(self._heap, (float(w["origin"]) + (k + 1) * self.window_s, cid, k))
             self._win_pos[(cid, k)] = pos.get((cid, k), 0)
+
+
+class _LiveJoiner(Joiner):
+    """The engine's join, which live (hold_s > 0) also holds a record whose address several
+    containers have held (churn reuses addresses) until osquery has reported past the record's
+    time: before that, the inventory may not know yet that the old holder died and a new one
+    took the address, and the record would go to the wrong container. A batch replay knows the
+    whole inventory up front and never holds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.osquery_until: dict[str, float] = {}   # host -> newest osquery result time read
+
+    def should_hold(self, rec: dict[str, Any], host: str = "") -> bool:
+        if super().should_hold(rec, host):
+            return True
+        if self.hold_s <= 0 or rec.get("container_id"):
+            return False
+        ts = to_ts(rec.get("ts"))
+        orig = rec.get("id.orig_h") or rec.get("orig_h")
+        if ts is None or not isinstance(orig, str) or not orig:
+            return False
+        h = host or self.default_host
+        until = self.osquery_until.get(h)
+        if until is None:
+            until = max(self.osquery_until.values(), default=0.0)
+        return ts > until and len(self.inventory.holders(h, orig)) > 1
 
 
 class EngineState:

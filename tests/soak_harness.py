@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMS = ("conn", "dns", "http", "ssl", "container_geo")
+STARTUP_BOUND_S = 60.0   # a restarted daemon is up within this (imports, model load)
 
 log = logging.getLogger(__name__)
 
@@ -377,11 +378,11 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with rx._changed:
-                    while rx.mode == "hang":
-                        rx.hung += 1
-                        if not rx._changed.wait(timeout=30):
-                            break
                     mode = rx.mode
+                    if mode == "hang":       # answered (503) only after the client gave up
+                        rx.hung += 1
+                        while rx.mode == "hang" and rx._changed.wait(timeout=30):
+                            pass
                 if mode != "ok":
                     rx.refused += 1
                     self.send_response(500)
@@ -428,22 +429,40 @@ class WebhookReceiver:
 class DaemonProcess:
     """`stowaway run --config ...` as a user runs it; kill -9, restart, SIGTERM."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, prelude: str = "") -> None:
         self.config = config
         self.log_path = log_path
+        self.prelude = prelude    # Python run before the CLI (tests plant a bug with it)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.kills = 0
+        self.ready_at: list[float] = []   # wall time a start was up ("stowaway: running")
+        self._mark = 0                    # log size when the latest process started
         self.cpu_s = 0.0          # CPU of processes already gone (from /proc before the kill)
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         fh = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "-v", "run",
-                                      "--config", str(self.config)], cwd=REPO, env=env,
-                                     stdout=fh, stderr=subprocess.STDOUT)
+        self._mark = fh.tell()
+        self._ready = False
+        argv = ["run", "--config", str(self.config)]
+        cmd = [sys.executable, "-m", "scheduler.cli", *argv] if not self.prelude else \
+            [sys.executable, "-c", self.prelude + "\nimport sys\nfrom scheduler.cli import main\n"
+             f"sys.exit(main({argv!r}))"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
         fh.close()
         self.starts += 1
+
+    def check_ready(self) -> bool:
+        """Note when the latest process printed its "running" line; True once it has. (A
+        process killed before it was up never gets a ready time.)"""
+        if not self._ready:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._mark)
+                if b"stowaway: running" in fh.read():
+                    self._ready = True
+                    self.ready_at.append(time.time())
+        return self._ready
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -655,8 +674,10 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, window_s: float,
              lag_s: float, models: Path, kills: int = 2, webhook_flaps: int = 1,
              rotations: int = 2, malformed: bool = True, truncated_gz: bool = True,
-             feed: Feed | None = None, tick_s: float = 0.1, sample_every_s: float = 600.0,
+             feed: Feed | None = None, tick_s: float = 0.05, sample_every_s: float = 600.0,
+             collect_s: float = 0.1,
              end_timeout_s: float = 120.0, retrain_interval_s: float = 0.0,
+             kill_fractions: list[float] | None = None, prelude: str = "",
              on_tick: Callable[[float], None] | None = None) -> SoakResult:
     """Feed, fault, drain, replay, compare (see the module docstring)."""
     rng = random.Random(seed)
@@ -664,15 +685,16 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
     logs = LiveLogs(root, feed)
     rx = WebhookReceiver()
     cfg = write_config(root, feed, logs, rx.url, window_s=window_s, lag_s=lag_s, models=models,
-                       retrain_interval_s=retrain_interval_s)
+                       retrain_interval_s=retrain_interval_s, collect_s=collect_s)
     state_db = root / "state" / "state.db"
-    daemon = DaemonProcess(cfg, root / "daemon.log")
+    daemon = DaemonProcess(cfg, root / "daemon.log", prelude=prelude)
     span = feed.end - feed.start
 
     # Seeded fault plan, in data time (fractions of the span, away from the very end).
     def points(n: int, lo: float = 0.1, hi: float = 0.85) -> list[float]:
         return sorted(feed.start + span * rng.uniform(lo, hi) for _ in range(n))
-    kill_at = points(kills)
+    kill_at = points(kills) if kill_fractions is None else \
+        [feed.start + span * f for f in kill_fractions]
     rotate_at = [(t, rng.choice(["conn", "dns", "http"])) for t in points(rotations, 0.2, 0.8)]
     flaps = points(webhook_flaps, 0.1, 0.6)
     flap_plan: list[tuple[float, str]] = []
@@ -712,8 +734,7 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
 
     t0 = time.monotonic()
     daemon.start()
-    wait_until(lambda: "stowaway: running" in daemon.log_path.read_text(), 120,
-               "daemon started")
+    wait_until(daemon.check_ready, 120, "daemon started")
     data_t = feed.start - 1.0
     next_sample = feed.start
     try:
@@ -756,6 +777,7 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
                 next_sample += sample_every_s
             if not daemon.alive():
                 raise AssertionError(f"daemon exited on its own; see {daemon.log_path}")
+            daemon.check_ready()
             time.sleep(tick_s)
         rx.set_mode("ok")
         if flap_plan:
@@ -768,6 +790,7 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
                    "daemon engine idle (windows closed, alerts written)")
         wait_until(lambda: not list((root / "state" / "spool").glob("*.json")), end_timeout_s,
                    "webhook spool delivered")
+        daemon.check_ready()
         rss, cpu = daemon.usage()
         samples.append(((feed.end - feed.start) / 3600.0, rss, cpu))
         rc = daemon.stop()
@@ -795,9 +818,12 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
     late: list[tuple[str, float]] = []
     when = {k: t for t, k in reversed(rx.accepted)}       # first acceptance per id
     for recovered, pending in spooled_at_recovery:
+        limit = recovered + retry_interval + 1.0          # + the deliver job's tick and a POST
+        for ready in daemon.ready_at:                     # a kill -9 meanwhile: from its restart
+            if recovered <= ready and ready - STARTUP_BOUND_S <= limit:
+                limit = max(limit, ready + retry_interval + 1.0)
         for aid in pending:
             got = when.get(aid)
-            limit = recovered + retry_interval + 1.0      # + the deliver job's tick and a POST
             if got is None or got > limit:
                 late.append((aid, (got or float("inf")) - limit))
     return SoakResult(diff=compare(daemon_alerts, replay_alerts), daemon_alerts=daemon_alerts,

@@ -197,11 +197,13 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
         load_config(p)
 
 
-def test_late_records_and_windows_open_at_restart_are_not_scored() -> None:
-    """A window is scored once: records arriving after it closed are counted as late, and a
-    window the daemon held when it stopped is skipped after restart (it would be incomplete)."""
+def test_late_records_counted_and_window_open_at_restart_completed(tmp_path: Path) -> None:
+    """A window is scored once: records arriving after it closed are counted as late. A window
+    open when the daemon stopped comes back with its records (EngineState) and is completed by
+    the records after the restart: scored once, whole, not skipped."""
     from model.records import ProcessRecord
-    from scheduler.pipeline import Pipeline
+    from scheduler.collect.state import StateStore
+    from scheduler.pipeline import PIPELINE_SCHEMA, EngineState, Pipeline
 
     def proc(ts: float, pid: int) -> ProcessRecord:
         return ProcessRecord(ts=ts, container_id="c1", image="img:1", pid=pid, name="sleep",
@@ -217,18 +219,181 @@ def test_late_records_and_windows_open_at_restart_are_not_scored() -> None:
     p.flush()
     p.feed_process(proc(20.0, 200))               # late for window 0
     assert p.stats.late_records == 1
-    state = json.loads(json.dumps(p.dump_state()))
-    q = Pipeline(cfg, host="h")                   # "restart" as the daemon does it
+    p.feed_process(proc(75.0, 101))               # window 1, still open at the "kill"
+    store = StateStore(tmp_path / "state.db")
+    store.ensure_schema(PIPELINE_SCHEMA)
+    with store.transaction() as conn:
+        EngineState(p, "daemon").save(store, conn)
+    q = Pipeline(cfg, host="h")                   # restart as the daemon does it
     q.collect_windows = True
-    q.load_state(state)
-    q._skip, q._rebuild = set(q._rebuild), set()
-    q.feed_process(proc(75.0, 101))               # window 1: held when stopped -> skipped
-    q.feed_process(proc(130.0, 102))              # window 2: scored normally
+    assert EngineState(q, "daemon").load(store)
+    q.feed_process(proc(80.0, 102))               # window 1 goes on after the restart
+    q.feed_process(proc(130.0, 103))              # window 2
     q.flush(force=True)
-    built = [(cid, float(ws)) for fw in q.collected for cid, ws in zip(fw.container_id, fw.window_start)]
-    assert built == [("c1", 120.0)]
+    store.close()
+    built = {float(ws): fw.row_dict(i)["processes_started"] for fw in q.collected
+             for i, ws in enumerate(fw.window_start)}
+    assert built == {60.0: 3, 120.0: 1}           # window 1 whole: 70, 75 (before) + 80 (after)
     assert sum(len(fw) for fw in p.collected) == 1    # window 0 once, with its 5 processes
     assert p.collected[0].row_dict(0)["processes_started"] == 5
+
+
+def test_restart_keeps_zeek_records_tied_to_their_containers(tmp_path: Path) -> None:
+    """After a restart the join reads the restored inventory: a lookup logged by Zeek after the
+    restart still goes to its container and merges with the host side (issue 9: 40 of 81
+    alerts said "container unknown" across restarts)."""
+    from scheduler.config import load_config
+
+    cfg = load_config(write_config(tmp_path))
+    inventory, process = _osquery_lines()
+    (tmp_path / "osqueryd.results.log").write_text(inventory + "\n")
+    (tmp_path / "zeek" / "dns.log").write_text(DNS_HEADER)
+    d1 = Daemon(cfg)
+    d1.collect_once()                       # web-2 known, state committed; then "kill -9"
+    d1.store.close()
+    d2 = Daemon(cfg)
+    try:
+        assert d2.restored and d2.pipeline.joiner.inventory is d2.pipeline.inventory
+        with open(tmp_path / "zeek" / "dns.log", "a") as fh:
+            fh.write(dns_line(1795805066.512, "172.17.0.3", "ipinfo.io", "C1plje"))
+        with open(tmp_path / "osqueryd.results.log", "a") as fh:
+            fh.write(process + "\n")
+        d2.collect_once()
+        time.sleep(0.6)                     # past attribution_hold_s: nothing may be held
+        d2.collect_once()
+        d2.score_once(now=time.time() + 75)
+        alerts = read_alerts(tmp_path)
+        assert len(alerts) == 1
+        assert alerts[0]["container"]["name"] == "web-2"
+        assert set(alerts[0]["event"]["evidence_sides"]) == {"host", "network"}
+    finally:
+        d2.close()
+
+
+class _Hook:
+    """A webhook receiver on 127.0.0.1 that can hang (tests/soak_harness.py)."""
+
+    def __new__(cls):
+        from soak_harness import WebhookReceiver
+        return WebhookReceiver()
+
+
+def test_hung_webhook_never_stalls_collection_and_spool_is_flushed_at_start(
+        tmp_path: Path) -> None:
+    import threading
+
+    from fake_hosts import wait_until
+    from scheduler.config import load_config
+
+    rx = _Hook()
+    try:
+        cfg = load_config(write_config(tmp_path))
+        cfg.sinks.webhook.url = rx.url
+        cfg.sinks.webhook.spool_dir = str(tmp_path / "spool")
+        cfg.sinks.webhook.timeout_s = 0.5
+        cfg.sinks.webhook.backoff_s = 0.1
+        cfg.sinks.webhook.max_attempts = 3
+        rx.set_mode("hang")
+        (tmp_path / "osqueryd.results.log").write_text("\n".join(_osquery_lines()) + "\n")
+        (tmp_path / "zeek" / "dns.log").write_text(
+            DNS_HEADER + dns_line(1795805066.512, "172.17.0.3", "ipinfo.io", "C1plje"))
+        d = Daemon(cfg)
+        stop = threading.Event()
+
+        def deliver_job() -> None:          # what APScheduler's deliver job does
+            while not stop.is_set():
+                d.deliver_once()
+                time.sleep(d.deliver_tick_s())
+        worker = threading.Thread(target=deliver_job, daemon=True)
+        worker.start()
+        try:
+            d.collect_once()
+            d.score_once(now=time.time() + 75)
+            assert len(read_alerts(tmp_path)) == 1           # JSONL written at once
+            aid = read_alerts(tmp_path)[0]["id"]
+            wait_until(lambda: rx.hung > 0, 10, what="a POST hanging at the receiver")
+            for i in range(5):                             # collection goes on meanwhile
+                t0 = time.monotonic()
+                with open(tmp_path / "zeek" / "dns.log", "a") as fh:
+                    fh.write(dns_line(1795805070.0 + i, "172.17.0.3", "db.svc.internal", f"Q{i}"))
+                d.collect_once()
+                assert time.monotonic() - t0 < 0.4
+                assert d.lock.acquire(timeout=0.2)
+                d.lock.release()
+            assert rx.ids() == {}
+            stop.set()
+            worker.join(timeout=10)
+        finally:
+            stop.set()
+            d.sinks.close()
+            d.store.close()
+        # The receiver recovers while the daemon is down: the next start flushes the spool.
+        rx.set_mode("ok")
+        d2 = Daemon(cfg)
+        try:
+            t0 = time.monotonic()
+            d2.deliver_once()                               # the job's first run, at start
+            assert rx.ids() == {aid: 1}
+            assert time.monotonic() - t0 < d2.sinks.sinks[-1].retry_interval
+        finally:
+            d2.close()
+    finally:
+        rx.stop()
+
+
+def test_scheduled_retrain_scores_next_windows_and_prune_drops_old_ones(tmp_path: Path) -> None:
+    """Windows are stored from the scheduler's worker threads (the store's one owning thread),
+    the retrain job (compressed clock: daemon.retrain_interval_s) trains new versions from
+    them, and later windows are scored by the newest; pruning removes windows past retention."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from fake_hosts import wait_until
+    from model.store import ModelStore
+    from scheduler.config import load_config
+
+    cfg = load_config(write_config(tmp_path))
+    cfg.detection.window_s = 10.0
+    cfg.daemon.lag_s = 2.0
+    cfg.daemon.retrain_interval_s = 0.5
+    cfg.model.min_windows = 5
+    (tmp_path / "osqueryd.results.log").write_text(_osquery_lines()[0] + "\n")
+    (tmp_path / "zeek" / "dns.log").write_text(DNS_HEADER)
+    t0 = 1795805040.0
+    d = Daemon(cfg)
+    sched = BackgroundScheduler(timezone="UTC")
+    sched.add_job(d.collect_job, "interval", seconds=0.1)
+    sched.add_job(d.retrain_once, "interval", seconds=cfg.daemon.retrain_interval_s)
+    sched.start()
+    ms = ModelStore(cfg.model.dir)
+    try:
+        for chunk in range(12):              # 2 minutes of data per chunk, 12 windows each
+            with open(tmp_path / "zeek" / "dns.log", "a") as fh:
+                fh.write("".join(dns_line(t0 + chunk * 120 + i, "172.17.0.3",
+                                          f"n{i % (3 + chunk)}.svc.internal", f"C{chunk}x{i}")
+                                 for i in range(120)))
+            n = d.window_store.count("lab") + d.window_store.count("default")
+            wait_until(lambda: d.window_store.count() > n, 20, what="windows of the new chunk")
+            if chunk >= 3:
+                wait_until(lambda: d.retrains >= chunk - 2, 20, what="a retrain on the new windows")
+        versions = ms.versions(cfg.environment)
+        assert len(versions) >= 3
+        rows = d.window_store.scored_by(cfg.environment)
+        order = [v for _, _, v in rows if v]
+        assert len(set(order)) >= 2
+        assert order == sorted(order)        # each version scores the windows after it
+        assert order[-1] in versions[-2:]
+    finally:
+        sched.shutdown(wait=True)
+    try:
+        total = d.window_store.count()
+        mid = rows[len(rows) // 2][0]
+        d.prune_once(now=mid + cfg.retention.days * 86400)
+        left = d.window_store.count()
+        assert 0 < left < total
+        d.prune_once(now=time.time() + cfg.retention.days * 86400)
+        assert d.window_store.count() == 0
+    finally:
+        d.close()
 
 
 def test_backlog_is_read_in_data_time_not_clock_time(tmp_path: Path) -> None:
