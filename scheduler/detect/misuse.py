@@ -324,27 +324,34 @@ class MisuseDetector:
             self.learn(rec)
             return []
         cid = rec.container_id
-        out: list[Candidate] = []
         if not cid:
             return self._unknown_source(rec, container)
-        if stream in ("http", "ssl") and rec.domain:
-            self._names[(cid, rec.resp_h)] = rec.domain.lower()
-        elif stream == "dns":
-            for a in _answers(raw):
-                self._names[(cid, a)] = rec.domain.lower()
-            out += self._dns_tunnel(raw, rec, container)
-        elif stream == "conn":
+        if stream == "http" or stream == "ssl":
+            # The hot path (a busy web tier logs millions of these): remember the name for the
+            # beacon evidence, look for the API server, nothing else.
+            d = rec.domain
+            if not d:
+                return []
+            self._names[(cid, rec.resp_h)] = d
+            if d[:10].lower() != "kubernetes" or not d.lower().startswith("kubernetes.default") \
+                    or not self._on(RULE_ESCAPE, rec.image) \
+                    or not self._once((RULE_ESCAPE, cid, "k8s")):
+                return []
+            return [self._cand(RULE_ESCAPE, rec.ts, rec.host, container,
+                               f"contacts the Kubernetes API server ({d})",
+                               [net_evidence(rec, f"{stream} {d}")])]
+        out: list[Candidate] = []
+        if stream == "conn":
             self._push(self._conns, cid, rec, rec.ts)
             out += self._shell_conn(rec, container)
             out += self._tunnel_conn(rec, container)
             out += self._beacon(rec, container)
+        elif stream == "dns":
+            for a in _answers(raw):
+                self._names[(cid, a)] = rec.domain
+            out += self._dns_tunnel(raw, rec, container)
         elif stream in STRATUM_STREAMS:
             out += self._stratum(raw, rec, container)
-        if stream in ("http", "ssl") and rec.domain.lower().startswith("kubernetes.default") \
-                and self._on(RULE_ESCAPE, rec.image) and self._once((RULE_ESCAPE, cid, "k8s")):
-            out.append(self._cand(RULE_ESCAPE, rec.ts, rec.host, container,
-                                  f"contacts the Kubernetes API server ({rec.domain})",
-                                  [net_evidence(rec, f"{stream} {rec.domain}")]))
         return out
 
     def _shell_conn(self, rec: NetRecord, container: ContainerRef) -> list[Candidate]:
@@ -397,7 +404,7 @@ class MisuseDetector:
             return []
         if not cfg.beacon_cold_start and not self.baseline.get(rec.image):
             return []       # no training destinations for this image: see beacon_cold_start
-        domain = self._names.get((rec.container_id, rec.resp_h), "")
+        domain = self._names.get((rec.container_id, rec.resp_h), "").lower()
         if self._is_baseline(rec, domain):
             return []
         st = beacon_stats(s.times)
@@ -542,8 +549,8 @@ class MisuseDetector:
         if not rec.container_id or not rec.image or not rec.resp_h:
             return
         if rec.kind in ("http", "ssl") and rec.domain:
-            self._names[(rec.container_id, rec.resp_h)] = rec.domain.lower()
-        domain = self._names.get((rec.container_id, rec.resp_h), "")
+            self._names[(rec.container_id, rec.resp_h)] = rec.domain
+        domain = self._names.get((rec.container_id, rec.resp_h), "").lower()
         self.learned.setdefault(rec.image, set()).update(
             destination_keys(rec.resp_h, rec.resp_p, domain if rec.kind == "conn" else "",
                              self.internal(rec.resp_h)))
