@@ -524,7 +524,7 @@ class Pipeline(WindowingMixin):
     def prune(self, before_ts: float) -> None:
         """Forget per-container window bookkeeping of containers the inventory no longer has."""
         keep = {c.container_id for c in self.inventory.containers()} | set(self._cw)
-        for d in (self._origins, self._last_closed):
+        for d in (self._origins, self._last_closed, self._stopped):
             for cid in [c for c in d if c not in keep]:
                 del d[cid]
         self.aggregator.prune(self.data_time)
@@ -550,6 +550,7 @@ class Pipeline(WindowingMixin):
             "held": [[stream, rec, sensor] for stream, rec, sensor in self.joiner.held_records()],
             "origins": self._origins,
             "last_closed": self._last_closed,
+            "stopped": self._stopped,
             "life_recent": [[r.ts, r.container_id, r.image, r.action, r.name, r.host]
                             for r in self._life_recent],
             "stats": self.stats.to_dict(),
@@ -580,6 +581,7 @@ class Pipeline(WindowingMixin):
             self.joiner.hold(stream, rec, sensor, now)
         self._origins = {k: float(v) for k, v in st.get("origins", {}).items()}
         self._last_closed = {k: int(v) for k, v in st.get("last_closed", {}).items()}
+        self._stopped = {k: float(v) for k, v in st.get("stopped", {}).items()}
         self._life_recent = deque(LifecycleRecord(ts=t, container_id=c, image=i, action=a, name=n,
                                                   host=h) for t, c, i, a, n, h in
                                   st.get("life_recent", []))

@@ -26,6 +26,11 @@ from scheduler.detect import rules
 log = logging.getLogger(__name__)
 
 
+# Lifecycle actions that end a container's life (its windows stop) and that begin one again.
+STOP_ACTIONS = frozenset({"die", "died", "stop", "exited"})
+START_ACTIONS = frozenset({"start", "restart", "unpause"})
+
+
 class WindowingMixin:
     """Open/closed feature windows per container and their scoring (see module docstring)."""
 
@@ -37,6 +42,10 @@ class WindowingMixin:
         self._closed: list[tuple[str, dict[str, Any]]] = []
         self._origins: dict[str, float] = {}
         self._last_closed: dict[str, int] = {}   # newest closed window index per container
+        # Containers that died or stopped, and when: no window starts after that moment until
+        # the container starts again (a stopped container waiting for its removal is not
+        # "behaving" with zero traffic: scoring those empty windows gave false anomalies).
+        self._stopped: dict[str, float] = {}
         self._skip: set[tuple[str, int]] = set()
         self._life_recent: deque = deque()
         self.collect_windows = False      # keep every built window in `collected` (training)
@@ -84,6 +93,15 @@ class WindowingMixin:
         if origin is None:
             origin = self._origin(cid, ts)
         k = int(math.floor((ts - origin) / self.window_s))
+        if kind == "l":
+            action = rec.action
+            if action in START_ACTIONS:
+                self._stopped.pop(cid, None)
+            elif action in STOP_ACTIONS:
+                self._stopped.setdefault(cid, ts)
+        stopped = self._stopped.get(cid) if self._stopped else None
+        if stopped is not None and origin + k * self.window_s > stopped:
+            return     # a window that would start after the container stopped: it never lived there
         cw = self._cw.get(cid)
         if cw is not None and cw["k"] == k and not (self._skip and (cid, k) in self._skip):
             # The common case: the container's open window. (An open window's index is above
