@@ -83,10 +83,11 @@ def _find(d: Path, stem: str) -> Path | None:
 
 
 def load_feed(recordings: Iterable[str | Path], shift_s: float = 0.0,
-              streams: Iterable[str] = STREAMS) -> Feed:
+              streams: Iterable[str] = STREAMS, id_suffix: str = "") -> Feed:
     """The lines of recordings (sequential in time, one host) in the order a host writes them.
 
-    `shift_s` moves every time in the lines (bench/soak.py loops recordings this way)."""
+    `shift_s` moves every time in the lines and `id_suffix` ends every container id with it
+    (bench/soak.py loops a recording this way: each loop's containers are new containers)."""
     out: list[tuple[float, int, str, str]] = []
     headers: dict[str, list[str]] = {}
     host = env = ""
@@ -99,8 +100,8 @@ def load_feed(recordings: Iterable[str | Path], shift_s: float = 0.0,
         for line in _open_text(osq) if osq else ():
             if not line.strip():
                 continue
-            if shift_s:
-                line = shift_osquery_line(line, shift_s)
+            if shift_s or id_suffix:
+                line = shift_osquery_line(line, shift_s, id_suffix)
             at = float(json.loads(line).get("unixTime") or 0)
             out.append((at, seq, "osquery", line))
             seq += 1
@@ -128,18 +129,22 @@ def load_feed(recordings: Iterable[str | Path], shift_s: float = 0.0,
 _TIME_COLUMNS = ("time", "created", "started", "start_time")
 
 
-def shift_osquery_line(line: str, shift_s: float) -> str:
-    """The same osqueryd result line, `shift_s` seconds later (unixTime and every time column)."""
+def shift_osquery_line(line: str, shift_s: float, id_suffix: str = "") -> str:
+    """The same osqueryd result line, `shift_s` seconds later (unixTime and every time column),
+    container ids ending in `id_suffix`."""
     d = json.loads(line)
     d["unixTime"] = int(float(d.get("unixTime") or 0) + shift_s)
 
     def shift_row(row: dict[str, str]) -> None:
+        if id_suffix:
+            for c in ("id", "container_id"):
+                if len(row.get(c) or "") > len(id_suffix):
+                    row[c] = row[c][: -len(id_suffix)] + id_suffix
         for c in _TIME_COLUMNS:
             v = row.get(c)
             if v not in (None, "", "0"):
                 try:
-                    row[c] = str(int(float(v) + shift_s)) if c != "start_time" else \
-                        str(int(float(v) + shift_s))
+                    row[c] = str(int(float(v) + shift_s))
                 except ValueError:
                     pass
         if row.get("time_nano"):
@@ -163,6 +168,19 @@ def shift_zeek_line(line: str, shift_s: float) -> str:
 
 
 # =============================================================================== malformed input
+def looped_feed(recording: str | Path, loops: int, gap_s: float = 60.0) -> Feed:
+    """A recording played `loops` times back to back (each loop shifted in time, with its own
+    container ids): hours of recorded time from the 30-minute benign_long."""
+    meta = json.loads((Path(recording) / "meta.json").read_text())
+    lo, hi = meta["time_range"]
+    period = float(hi) - float(lo) + gap_s
+    parts = [load_feed([recording], shift_s=i * period, id_suffix=f"{i:04x}" if i else "")
+             for i in range(loops)]
+    first = parts[0]
+    first.lines = [x for p in parts for x in p.lines]
+    return first
+
+
 def malformed_osquery_lines(rng: random.Random) -> list[tuple[str, str]]:
     """(kind, line): one of every way an osquery results line can be broken."""
     good = {"name": "pack_stowaway_stowaway_container_process_events", "hostIdentifier": "x",
@@ -503,7 +521,7 @@ class DaemonProcess:
 def write_config(root: Path, feed: Feed, logs: LiveLogs, webhook_url: str, *,
                  window_s: float, lag_s: float, models: Path, collect_s: float = 0.2,
                  retrain_interval_s: float = 0.0, min_windows: int = 20,
-                 extra: str = "") -> Path:
+                 hold_s: float = 5.0, extra: str = "") -> Path:
     """One config for both sides: the daemon reads the live logs, the replay the mirror."""
     text = f"""
 environment = "{feed.environment}"
@@ -516,6 +534,7 @@ zeek_log_dir = "{logs.zeek_dir}"
 address_map = "{root}/state/address_map.tsv"
 [detection]
 window_s = {window_s}
+attribution_hold_s = {hold_s}
 [sinks]
 jsonl = "{root}/state/alerts.jsonl"
 [sinks.webhook]

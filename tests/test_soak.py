@@ -116,8 +116,10 @@ _p.EngineState.load = _load
 
 
 def test_soak_fails_when_a_restart_drops_the_joiner_state(tmp_path: Path, models: Path) -> None:
-    res = run_soak(tmp_path, [DEMO / "geo_lookup"], seed=3, speed=SPEED, window_s=WINDOW_S,
-                   lag_s=LAG_S, models=models, kills=1, kill_fractions=[0.12], webhook_flaps=0,
+    feed = load_feed([DEMO / "geo_lookup"])
+    feed.lines = [x for x in feed.lines if x[0] < feed.start + 80]    # up to the first lookups
+    res = run_soak(tmp_path, [], feed=feed, seed=3, speed=SPEED, window_s=WINDOW_S,
+                   lag_s=LAG_S, models=models, kills=1, kill_fractions=[0.2], webhook_flaps=0,
                    rotations=0, malformed=False, truncated_gz=False, prelude=DROP_JOINER_STATE)
     assert res.kills == 1
     assert not res.diff.equal
