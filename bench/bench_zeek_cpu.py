@@ -206,8 +206,9 @@ def profile(pcap: Path, workdir: Path, top: int = 15) -> None:
         if len(parts) < 6 or "zeek_scripts" not in line:
             continue
         rows.append(parts)
-    print("package functions/handlers by CPU (--profile-scripts, tab columns as Zeek writes):")
-    for parts in sorted(rows, key=lambda p: _float(p[3]), reverse=True)[:top]:
+    print("package functions/handlers by CPU (--profile-scripts: function, location, type, "
+          "calls, total CPU s, CPU s in callees):")
+    for parts in sorted(rows, key=lambda p: _float(p[4]), reverse=True)[:top]:
         print("  " + "\t".join(parts[:6]))
 
 
