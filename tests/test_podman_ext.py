@@ -106,11 +106,12 @@ def test_long_running_container_attributed(service, cleanup):
 
     def sleeps() -> list[dict]:
         rows = tables.generate_container_processes(src, _by_id(cid))
-        return [r for r in rows if r["cmdline"] == "sleep 600"]
+        return [r for r in rows if r["cmdline"] == "sleep 600" and r["image"]]
 
-    # `podman run -d` returns once the container started, not once `sleep 600` has exec'd:
+    # `podman run -d` returns once the container started, not once `sleep 600` has exec'd, and
+    # under load the runtime API can miss its 2 s timeout (the row then has no image/name yet):
     # wait for the state asserted below instead of reading the first snapshot
-    found = wait_until(sleeps, timeout=20, what="a `sleep 600` row")
+    found = wait_until(sleeps, timeout=30, what="a `sleep 600` row with its image")
     assert len(found) == 1, found
     r = found[0]
     assert r["container_id"] == cid and r["runtime"] == "podman"
