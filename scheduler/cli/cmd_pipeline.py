@@ -193,12 +193,13 @@ def _fixtures_dir() -> Path | None:
     env = os.environ.get("STOWAWAY_FIXTURES")
     cands = [Path(env) / "container-scenarios"] if env else []
     repo = Path(__file__).resolve().parents[2]
-    cands += [repo.parent / "shared" / "fixtures" / "container-scenarios"]
+    cands += [repo / "tests" / "data" / "container-scenarios"]   # a source checkout
     return next((c for c in cands if c.is_dir()), None)
 
 
 def find_demo_data(explicit: str | None, out: Path) -> Path:
-    """The bundled recordings; built from the shared fixtures into <out> when not bundled."""
+    """The bundled recordings; built from the fixture-layout scenarios (tests/data in a source
+    checkout, or STOWAWAY_FIXTURES) into <out> when not bundled."""
     from scheduler.collect.recording import demo_data_dir
 
     needed = (DEMO_TRAIN, *DEMO_ATTACKS)

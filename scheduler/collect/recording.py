@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Recordings: convert shared fixtures, inspect.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-demo", help="convert fixture scenarios into recordings")
-    b.add_argument("--fixtures", default="../shared/fixtures/container-scenarios")
+    b.add_argument("--fixtures", default="tests/data/container-scenarios")
     b.add_argument("--out", default=str(demo_data_dir()))
     b.add_argument("--scenario", action="append", help="only these (repeatable)")
     b.add_argument("--host", default=DEFAULT_HOST)
