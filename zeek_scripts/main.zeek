@@ -372,16 +372,32 @@ event dns_request(c: connection, msg: dns_msg, query: string, qtype: count, qcla
 	if ( orig !in container_subnets && orig !in site_container_subnets )
 		return;
 
+	# The pattern check inline: most queries name nothing listed.
+	if ( ! geo_names_ready || ! ( geo_names_pattern == query ) )
+		return;
+
 	report_name(c, network_time(), "dns", query, "", "");
 	}
 
 event dns_A_reply(c: connection, msg: dns_msg, ans: dns_answer, a: addr)
 	{
+	# Every client's answers count, so keep the common miss cheap: the answer's name
+	# and the question asked on this connection (CNAME chains) against the pattern.
+	if ( ! geo_names_ready || ( ! ( geo_names_pattern == ans$query ) &&
+	     ! ( c?$dns && c$dns?$query && geo_names_pattern == c$dns$query ) ) )
+		return;
+
 	learn_answer(c, ans, a);
 	}
 
 event dns_AAAA_reply(c: connection, msg: dns_msg, ans: dns_answer, a: addr)
 	{
+	# Every client's answers count, so keep the common miss cheap: the answer's name
+	# and the question asked on this connection (CNAME chains) against the pattern.
+	if ( ! geo_names_ready || ( ! ( geo_names_pattern == ans$query ) &&
+	     ! ( c?$dns && c$dns?$query && geo_names_pattern == c$dns$query ) ) )
+		return;
+
 	learn_answer(c, ans, a);
 	}
 
