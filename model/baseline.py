@@ -342,10 +342,16 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "pipeline_")
         return (np.asarray(X, dtype=float) - self.median_) / self.scale_
 
-    def deviations(self, x: np.ndarray, top: int = 3, min_abs_z: float = 1.0) -> list[dict[str, Any]]:
-        """The features of one window that deviate most from this baseline's training data."""
+    def deviations(self, x: np.ndarray, top: int = 3, min_abs_z: float = 1.0,
+                   above_only: bool = False) -> list[dict[str, Any]]:
+        """The features of one window that deviate most from this baseline's training data.
+
+        `above_only` keeps only features above the baseline: for the environment-wide fallback,
+        whose medians mix every image, "less than usual" describes other images, not this one."""
         x = np.asarray(x, dtype=float)
         z = self.robust_z(x[None, :])[0]
+        if above_only:
+            z = np.where(z > 0, z, 0.0)
         # values above anything seen in training first (that is what is new), then by |robust z|
         above = x > self.max_
         order = np.lexsort((-np.abs(z), ~above))
@@ -519,7 +525,7 @@ class EnvironmentBaselines:
                 devs = ([{"feature": "unseen_executables", "value": len(unseen[j]),
                           "names": unseen[j]}] if unseen[j] else [])
                 if anomalous or explain_all:
-                    devs += model.deviations(X[j], top=top)
+                    devs += model.deviations(X[j], top=top, above_only=is_fallback)
                     text = explain(devs)
                 else:
                     text = "; ".join(([explain(devs)] if devs else []) + ["within this image's baseline"])

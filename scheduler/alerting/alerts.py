@@ -112,7 +112,13 @@ class Alert:
             out["score"] = round(self.score, 6)
             out["threshold"] = None if self.threshold is None else round(self.threshold, 6)
         if self.details:
-            out["details"] = self.details
+            details = dict(self.details)
+            window = details.pop("window", None)
+            if window:       # an anomaly's feature window: its own field, next to the alert time
+                out["window"] = {"start": iso(window["start"]), "end": iso(window["end"]),
+                                 "start_ts": window["start"], "end_ts": window["end"]}
+            if details:
+                out["details"] = details
         return out
 
     def to_json(self) -> str:

@@ -289,6 +289,7 @@ SAMPLES_PER_SIDE = 5
 _NET_TOOLS = frozenset({"curl", "wget", "nc", "ncat", "netcat", "nslookup", "dig", "host", "drill",
                         "telnet", "socat", "nmap", "masscan", "ssh", "openssl", "ping"})
 _FAILED_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
+_SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "busybox"})
 _DNS_FEATURES = frozenset({"dns_queries", "distinct_domains", "nxdomain_share",
                            "dns_label_entropy_mean"})
 _CONN_FEATURES = frozenset({"failed_conns", "outbound_conns", "distinct_remote_addrs",
@@ -298,41 +299,76 @@ _CONN_FEATURES = frozenset({"failed_conns", "outbound_conns", "distinct_remote_a
 def window_samples(processes: list[ProcessRecord], nets: list[NetRecord],
                    deviations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A few of the window's own records that show what the deviations say, so an anomaly alert
-    also has host and network evidence side by side: processes of never-seen executables (or
-    the window's first processes when process counts deviate), failed connections, NXDOMAIN
-    answers, ... Picked in time order, at most SAMPLES_PER_SIDE per side."""
+    also has host and network evidence side by side, picked in time order, at most
+    SAMPLES_PER_SIDE per side.
+
+    Each sample is chosen by the feature that made the window anomalous and the way that feature
+    counts: unseen executables by the same name the features use (argv[0]'s basename: in busybox
+    images every applet's path is /bin/busybox, so a path match selects every process); failed
+    connections for failed_conns; one connection per new port or address for
+    distinct_remote_ports / distinct_remote_addrs (a sweep shows its spread, not its first five
+    packets to one port); NXDOMAIN answers for a DNS burst."""
+    from model.features import executable_name   # the features' own naming (import: scoring only)
+
     top = [d for d in deviations if isinstance(d, dict)][:3]     # what the alert's title says
     feats = {str(d.get("feature", "")) for d in top}
-    unseen = {n for d in top if d.get("feature") == "unseen_executables" for n in d.get("names", [])}
+    unseen = {str(n).lower() for d in top if d.get("feature") == "unseen_executables"
+              for n in d.get("names", [])}
     out: list[dict[str, Any]] = []
     host: list[ProcessRecord] = []
     if unseen:
-        host = [p for p in processes
-                if (p.path.rsplit("/", 1)[-1] or p.name) in unseen or p.name in unseen]
+        host = [p for p in processes if executable_name(p) in unseen]
     if not host and "location_discovery_processes" in feats:
         host = [p for p in processes if p.location_discovery]
     if not host and "network_tool_processes" in feats:
-        host = [p for p in processes if (p.path.rsplit("/", 1)[-1] or p.name) in _NET_TOOLS
-                or p.name in _NET_TOOLS]
+        host = [p for p in processes if executable_name(p) in _NET_TOOLS]
+    if not host and "shell_processes" in feats:
+        host = [p for p in processes if executable_name(p) in _SHELLS]
     if not host and feats & {"processes_started", "distinct_executables", "shell_processes"}:
-        host = list(processes)
+        host = _first_of_each(processes, executable_name)
     for p in sorted(host, key=lambda r: r.ts)[:SAMPLES_PER_SIDE]:
         out.append({"side": "host", "kind": "process", "time": round(p.ts, 6), "pid": p.pid,
                     "ppid": p.ppid, "name": p.name, "path": p.path, "cmdline": p.cmdline,
                     "summary": (p.cmdline or p.name)[:120]})
+    conns = [n for n in nets if n.kind == "conn"]
     net: list[NetRecord] = []
     if "failed_conns" in feats:
-        net = [n for n in nets if n.kind == "conn" and n.conn_state in _FAILED_STATES]
+        net = [n for n in conns if n.conn_state in _FAILED_STATES]
+    if not net and "distinct_remote_ports" in feats:
+        net = _first_of_each(conns, lambda n: (n.resp_p, n.proto))
+    if not net and "distinct_remote_addrs" in feats:
+        net = _first_of_each(conns, lambda n: n.resp_h)
     if not net and "geo_service_contacts" in feats:
         net = [n for n in nets if n.geo_service]
     if not net and feats & _DNS_FEATURES:
         dns = [n for n in nets if n.kind == "dns"]
-        net = [n for n in dns if n.rcode == "NXDOMAIN"] or dns
+        net = [n for n in dns if n.rcode == "NXDOMAIN"] or _first_of_each(dns, lambda n: n.domain)
     if not net and feats & _CONN_FEATURES:
-        net = [n for n in nets if n.kind == "conn"]
+        net = conns
     for n in sorted(net, key=lambda r: r.ts)[:SAMPLES_PER_SIDE]:
         out.append(net_evidence(n, n.geo_service))
     return out
+
+
+def _first_of_each(records: list, key: Any) -> list:
+    """The first record (in time) of each distinct key: what a distinct-count feature counted."""
+    seen: set = set()
+    out = []
+    for r in sorted(records, key=lambda r: r.ts):
+        k = key(r)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def first_evidence_time(evidence: list[dict[str, Any]], default: float) -> float:
+    """When the deviating behaviour began: the earliest host or network sample, else `default`
+    (the window start). An anomaly alert stamped with its window start would sort up to a window
+    length before anything happened."""
+    times = [float(e["time"]) for e in evidence
+             if e.get("side") in ("host", "network") and e.get("time") is not None]
+    return min(times) if times else default
 
 
 def _explanation_text(expl: Any, limit: int = 3) -> str:
