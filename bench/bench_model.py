@@ -3,10 +3,15 @@
 Targets (issue 4): fitting an ImageBaseline on 10,000 windows costs at most 1.2x a bare
 IsolationForest fitted on the same matrix in the same run; batched scoring runs at >= 200,000
 windows/s. Both are measured here, on one synthetic matrix shaped like real windows (counts, shares,
-entropy, bytes, age), median of several repeats after a warm-up. Prints the figures and exits 1
-when a target is missed (so `make bench` shows it).
+entropy, bytes, age), after a warm-up. Prints the figures and exits 1 when a target is missed (so
+`make bench` shows it).
 
-    .venv/bin/python bench/bench_model.py [--windows 10000] [--score-windows 500000] [--repeats 7]
+The fit target is graded on the median of per-pair ratios over at least 15 alternating pairs
+(bare, ImageBaseline, bare, ImageBaseline, ...): each pair sees about the same load from other
+processes, and the median ignores the pairs a burst of load hit on one side only. The minimum of 7
+each (the earlier grade) compared two different moments and failed once in two runs under load.
+
+    .venv/bin/python bench/bench_model.py [--windows 10000] [--score-windows 500000] [--pairs 15]
 """
 from __future__ import annotations
 
@@ -72,23 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=10_000)
     ap.add_argument("--score-windows", type=int, default=500_000)
     ap.add_argument("--batch", type=int, default=100_000, help="rows per scoring call")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--pairs", type=int, default=15, help="alternating fit pairs (at least 15)")
+    ap.add_argument("--repeats", type=int, default=5, help="scoring repeats (best of)")
     ap.add_argument("--n-estimators", type=int, default=100)
     args = ap.parse_args(argv)
+    if args.pairs < 15:
+        ap.error(f"--pairs {args.pairs}: the fit grade needs at least 15 alternating pairs")
 
     X = synthetic_windows(args.windows)
     tb, tm = paired(lambda: IsolationForest(n_estimators=args.n_estimators, random_state=0).fit(X),
-                    lambda: ImageBaseline(n_estimators=args.n_estimators, random_state=0).fit(X), args.repeats)
-    # the minimum is the least disturbed run of each (timeit's advice on a busy machine);
-    # the median of the per-pair ratios is printed too
-    t_bare, t_model = min(tb), min(tm)
-    ratio = t_model / t_bare
-    pair_ratio = statistics.median(m / b for m, b in zip(tm, tb))
+                    lambda: ImageBaseline(n_estimators=args.n_estimators, random_state=0).fit(X), args.pairs)
+    ratios = sorted(m / b for m, b in zip(tm, tb))
+    pair_ratio = statistics.median(ratios)
     print(f"fit on {args.windows} windows x {X.shape[1]} features ({args.n_estimators} trees, "
-          f"{args.repeats} interleaved pairs, os.cpu_count()={os.cpu_count()}):")
-    print(f"  bare IsolationForest   min {t_bare * 1000:7.1f} ms  median {statistics.median(tb) * 1000:7.1f} ms")
-    print(f"  ImageBaseline          min {t_model * 1000:7.1f} ms  median {statistics.median(tm) * 1000:7.1f} ms")
-    print(f"  ratio {ratio:.2f}x (min/min), median pair ratio {pair_ratio:.2f}x (target <= 1.2x)")
+          f"{args.pairs} alternating pairs, os.cpu_count()={os.cpu_count()}):")
+    print(f"  bare IsolationForest   median {statistics.median(tb) * 1000:7.1f} ms  min {min(tb) * 1000:7.1f} ms")
+    print(f"  ImageBaseline          median {statistics.median(tm) * 1000:7.1f} ms  min {min(tm) * 1000:7.1f} ms")
+    print(f"  pair ratios: median {pair_ratio:.2f}x (graded, target <= 1.2x), "
+          f"range {ratios[0]:.2f} to {ratios[-1]:.2f}, min/min {min(tm) / min(tb):.2f}x (informational)")
 
     model = ImageBaseline(n_estimators=args.n_estimators, random_state=0).fit(X)
     bare = IsolationForest(n_estimators=args.n_estimators, random_state=0).fit(X)
@@ -99,15 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, S.shape[0], args.batch):
             fn(S[i:i + args.batch])
 
-    reps = max(3, args.repeats // 2)
+    reps = max(3, args.repeats)
     t_score = min(timed(lambda: score_all(model.anomaly_score), reps))
     t_one = min(timed(lambda: score_all(ImageBaseline.anomaly_score.__get__(single)), reps))
     t_bare_score = min(timed(lambda: score_all(bare.score_samples), reps))
     rate = S.shape[0] / t_score
+    c = time.process_time()
+    score_all(model.anomaly_score)
+    cpu_rate = S.shape[0] / max(time.process_time() - c, 1e-9)   # less load-dependent than wall
     print(f"scoring {args.score_windows} windows in batches of {args.batch} (best of {reps}):")
     print(f"  bare IsolationForest.score_samples  {S.shape[0] / t_bare_score:12,.0f} windows/s")
     print(f"  ImageBaseline, 1 thread             {S.shape[0] / t_one:12,.0f} windows/s")
-    print(f"  ImageBaseline, default threads      {rate:12,.0f} windows/s (target >= 200,000/s)")
+    print(f"  ImageBaseline, default threads      {rate:12,.0f} windows/s (target >= 200,000/s); "
+          f"{rate * t_bare_score / S.shape[0]:.2f}x the bare score_samples rate in this run")
+    print(f"  ImageBaseline, default threads      {cpu_rate:12,.0f} windows per CPU-second (one more pass)")
     # end to end, as the scheduler calls it: per-image routing + one ScoreResult per window
     from model.baseline import EnvironmentBaselines
     from model.features import FeatureWindows
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         window_start=np.zeros(len(X)), window_end=np.zeros(len(X)) + 300))
     t_env = min(timed(lambda: eb.score(fw), reps))
     print(f"  EnvironmentBaselines.score (5 images, ScoreResult objects) {n / t_env:,.0f} windows/s (informational)")
-    ok = ratio <= 1.2 and rate >= 200_000
+    ok = pair_ratio <= 1.2 and rate >= 200_000
     print("targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1
 
