@@ -384,6 +384,8 @@ class Pipeline(WindowingMixin):
             if detection is not None:
                 cand.evidence[0]["method"] = detection.method
                 cand.evidence[0]["category"] = detection.category
+                if rec.kind == "geo":   # the Zeek package's own record: say so, with its map image
+                    cand.evidence[0]["summary"] = geo_log_summary(rec, detection.method)
             self._add(cand)
 
     def feed_zeek(self, stream: str, rec: dict[str, Any], sensor_host: str | None = None,
@@ -727,6 +729,13 @@ def _load_geo_state(geo: Any, st: dict[str, Any]) -> None:
     geo._resolved_count = sum(len(b) for b in geo.resolved.values())
     geo._named_uids = OrderedDict((u, None) for u in st.get("named_uids", []))
     geo._dns_seen = OrderedDict((tuple(k), None) for k in st.get("dns_seen", []))
+
+
+def geo_log_summary(rec: NetRecord, method: str) -> str:
+    """Evidence text of a container_geo.log record: method, name, service and the image the
+    package's address map gave (absent when the map did not know the address)."""
+    text = f"container_geo {method} {rec.domain or rec.resp_h} ({rec.geo_service})"
+    return f"{text} image={rec.image}" if rec.image else text
 
 
 @dataclass(frozen=True)
