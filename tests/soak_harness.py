@@ -772,8 +772,8 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
                 gz_at = None
                 # Rotate + a truncated .gz, after the daemon has read the file: what was
                 # readable is all there was to read, and the reader must not choke on the rest.
-                wait_until(lambda: not daemon.alive() or caught_up(logs, state_db), 60,
-                           "daemon caught up before the truncated-gz rotation")
+                wait_until(lambda: not daemon.alive() or caught_up(logs, state_db),
+                           end_timeout_s, "daemon caught up before the truncated-gz rotation")
                 logs.rotate("conn", f"t{logs.rotations}", truncate_gz=True)
             while flap_plan and flap_plan[0][0] <= data_t:
                 _, mode = flap_plan.pop(0)
