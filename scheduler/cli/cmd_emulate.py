@@ -27,8 +27,10 @@ layers checked, printed as a table (pass / FAIL / not checked):
   extension  the osquery tables saw the processes (exec events, also of a --rm container living
              under a second) and the lifecycle events; in-process by default, or a running
              osqueryd with the extension via --osquery-socket
-  zeek       the lookups are in the Zeek logs; only with --zeek-logs (Zeek is run on the
-             scenario's pcap when installed), otherwise "not checked"
+  zeek       the lookups are in the Zeek logs: with --zeek from a live `zeek -i` on the run's
+             bridge (the package; container_geo rows name the container through the address
+             map re-read live), or with --zeek-logs (Zeek run on the scenario's pcap when
+             installed); otherwise "not checked"
   scheduler  the pipeline raised the expected alerts on the right container id and image, and
              none on the benign control
 
@@ -69,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--zeek-logs", metavar="DIR",
                    help="Zeek log directory to check (Zeek is run on each scenario pcap into DIR/<scenario> "
                         "when installed); without it the Zeek layer is 'not checked'")
+    p.add_argument("--zeek", action="store_true", dest="zeek_live",
+                   help="run `zeek -i <the run's bridge>` with the Stowaway package for the whole "
+                        "emulation, the address map rewritten live; the Zeek layer checks its logs")
     p.add_argument("--osquery-socket", metavar="PATH",
                    help="query a running osqueryd (extension loaded) instead of running the extension's "
                         "tables in-process")
@@ -95,7 +100,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         [*MISUSE_SCENARIOS, "benign"] if args.scenario == "misuse" else [args.scenario]
     return Options(scenarios=scen, runtime_socket=args.runtime_socket, image=args.image,
                    build_image_from=args.build_image_from, record=args.record, live=args.live,
-                   zeek_logs=args.zeek_logs, osquery_socket=args.osquery_socket,
+                   zeek_logs=args.zeek_logs, zeek_live=args.zeek_live,
+                   osquery_socket=args.osquery_socket,
                    churn_count=args.churn_count, churn_seconds=args.churn_seconds,
                    benign_seconds=args.benign_seconds, keep_workdir=args.keep_workdir,
                    report=args.report)
