@@ -7,8 +7,9 @@ compatible service), then checks each layer and prints a pass / fail / not check
 
 1. extension: the osquery tables (in-process, or a running osqueryd over Thrift) saw the processes
    and the lifecycle events, including the exec of a `--rm` container that lives under a second;
-2. zeek: the Zeek logs (when `--zeek-logs` is given; otherwise "not checked", never "pass") show the
-   lookups from the container's address;
+2. zeek: the Zeek logs show the lookups from the container's address: with `--zeek` from a live
+   `zeek -i` on the run's bridge (scheduler/emulate/zeeklive.py, the address map rewritten live),
+   or from `--zeek-logs`; otherwise "not checked", never "pass";
 3. scheduler: the pipeline, fed with what the extension saw, raised the expected alerts attributed to
    the right container id and image, and none on the benign control.
 
