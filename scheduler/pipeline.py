@@ -565,7 +565,13 @@ class Pipeline(WindowingMixin):
                                    **{kind: [_record_to_list(r) for r in cw[kind]]
                                       for kind in ("p", "n", "l")}}
                              for cid, cw in self._cw.items()}
-            st["proc_seen"] = [[c, pid, cmd, t] for (c, pid, cmd), t in self._proc_seen.items()]
+            # The process dedupe only matters for processes the rules could still act on (the
+            # suppression window) or a window could still take: older entries are not saved
+            # (the state is written every collect; a busy host's full memory is megabytes).
+            keep = self.data_time - self.config.detection.suppression_s - self.window_s \
+                - self.close_lag_s
+            st["proc_seen"] = [[c, pid, cmd, t] for (c, pid, cmd), t in self._proc_seen.items()
+                               if t >= keep]
             st["window_queue"] = [[ts, kind, _record_to_list(r)]
                                   for ts, _, kind, r in sorted(self._wqueue)]
             st["geo"] = _geo_state(self.geo, self.data_time) if self.geo is not None else None
