@@ -36,10 +36,14 @@ TCP_STATES = {
 UDP_STATES = {"01": "ESTABLISHED", "07": "UNCONN"}
 
 
-def _read(path: str, limit: int = 1 << 22) -> bytes | None:
+def _read(path: str, limit: int = 1 << 22, until_eof: bool = False) -> bytes | None:
     """Whole file as bytes (at most ``limit``); None when the file (i.e. the process) is gone,
     or cannot be read at all (``hidepid`` mounts, LSM denials): a scan skips such a pid rather
-    than failing as a whole."""
+    than failing as a whole.
+
+    ``until_eof``: keep reading until read() returns nothing. /proc/<pid>/net/* are seq_files
+    that hand out about a page per read(), so a short read is not the end there (on a busy host
+    the socket tables run to many pages); the small per-process files are read in one call."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except _GONE:
@@ -49,7 +53,7 @@ def _read(path: str, limit: int = 1 << 22) -> bytes | None:
         return None
     try:
         data = os.read(fd, 65536)
-        if len(data) == 65536:
+        if len(data) == 65536 or (until_eof and data):
             parts = [data]
             total = len(data)
             while total < limit:
@@ -316,7 +320,7 @@ def read_proc_net(pid: int | str, proc_root: str = PROC) -> list[SocketRow] | No
     """
     rows: list[SocketRow] = []
     for fname, proto, fam in NET_FILES:
-        data = _read(f"{proc_root}/{pid}/net/{fname}")
+        data = _read(f"{proc_root}/{pid}/net/{fname}", until_eof=True)
         if data is None:
             if fname == "tcp":
                 return None

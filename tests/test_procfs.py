@@ -334,3 +334,27 @@ def test_real_container_process_scan_and_classify() -> None:
         assert all(r.local_address in ("127.0.0.1", "::1", "0.0.0.0", "::") for r in rows)
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+
+
+def test_read_proc_net_reads_socket_tables_past_the_first_page():
+    """/proc/<pid>/net/tcp is a seq_file: about a page per read(). A busy host's table runs to
+    many pages, and a reader that stops at the first short read loses most sockets."""
+    import socket as _socket
+
+    from osquery_ext.procfs import read_proc_net
+
+    socks = []
+    try:
+        for _ in range(200):
+            s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            socks.append(s)
+        ports = {s.getsockname()[1] for s in socks}
+        rows = read_proc_net(os.getpid())
+        assert rows is not None
+        seen = {int(r.local_port) for r in rows if r.protocol == "tcp"}
+        assert ports <= seen, f"{len(ports - seen)} of 200 listening sockets missing"
+    finally:
+        for s in socks:
+            s.close()
