@@ -249,8 +249,15 @@ class Pipeline(WindowingMixin):
             self._add(cand)
 
     def _address_ever_held(self, addr: str) -> bool:
-        """Did any container, on any host, ever hold `addr` (spoofed-source rule)?"""
-        return any(self.inventory.holders(h, addr) for h in self.inventory.hosts())
+        """Did any container, on any host, ever hold `addr` (spoofed-source rule)?
+
+        With no host view at all (Zeek-only input, `osquery_mode = "none"`, or osquery not yet
+        reporting any container address) no address is "unknown": every container would look
+        spoofed, so the rule has nothing to compare with and stays silent (counted as known)."""
+        hosts = self.inventory.hosts()
+        if not any(c.ips for h in hosts for c in self.inventory.containers(h)):
+            return True
+        return any(self.inventory.holders(h, addr) for h in hosts)
 
     def _inventory_rules(self, host: str, row: OsqueryRow) -> None:
         if not self.config.detection.risky_config:
