@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.detect import inventory
 from scheduler.emulate import zeeklive
 from scheduler.emulate.runner import FAIL, NOT_CHECKED, PASS, Action, Check
 from test_emulate import _emulate, _leftovers, _podman_reason, _run_id
@@ -21,6 +22,7 @@ def test_render_map_is_the_scheduler_format(tmp_path: Path):
     text = zeeklive.render_map({"10.213.9.3": ("c" * 64, "web", "localhost/x:1"),
                                 "10.213.9.2": ("d" * 64, "", "")})
     lines = text.splitlines()
+    assert zeeklive.ADDRESS_MAP_FIELDS == inventory.ADDRESS_MAP_FIELDS
     assert lines[0] == "#fields\tip\tcontainer_id\tcontainer_name\timage"
     assert lines[1] == "10.213.9.2\t" + "d" * 64 + "\t-\t-"
     assert lines[2] == "10.213.9.3\t" + "c" * 64 + "\tweb\tlocalhost/x:1"

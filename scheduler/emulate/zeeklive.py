@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from scheduler.detect.inventory import ADDRESS_MAP_FIELDS
-
 log = logging.getLogger(__name__)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "zeek_scripts"
 ADDR_STREAM = "stowaway-container-addresses"   # zeek_scripts/input.zeek's stream name
 SEEN_FILE = "map_seen.txt"
+#: The address map's columns as zeek_scripts/input.zeek reads them; the same as the daemon's
+#: scheduler.detect.inventory.ADDRESS_MAP_FIELDS (the lab may not import detect/: a test compares).
+ADDRESS_MAP_FIELDS = ("ip", "container_id", "container_name", "image")
 
 
 def site_script(subnet: str, map_path: Path, seen_path: Path) -> str:
