@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 # The rule names and the candidate record are detect's output (re-exported: alerts carry them).
+from scheduler.detect.attack import techniques
 from scheduler.detect.k8s_rules import K8S_MITRE
 from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY, RULES,
                                         UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
@@ -38,12 +39,9 @@ SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 # risky configuration is the precondition of Escape to Host. An anomaly says "different from the
 # baseline", not which technique, so it carries no mapping rather than a guessed one.
 MITRE: dict[str, list[dict[str, str]]] = {
-    RULE_LOCATION: [{"technique": "T1614", "name": "System Location Discovery",
-                     "tactic": "Discovery", "tactic_id": "TA0007"}],
-    RULE_CHURN: [{"technique": "T1610", "name": "Deploy Container",
-                  "tactic": "Defense Evasion", "tactic_id": "TA0005"}],
-    RULE_RISKY: [{"technique": "T1611", "name": "Escape to Host",
-                  "tactic": "Privilege Escalation", "tactic_id": "TA0004"}],
+    RULE_LOCATION: techniques("T1614"),
+    RULE_CHURN: techniques("T1610"),
+    RULE_RISKY: techniques("T1611"),
     RULE_ANOMALY: [],
 }
 MITRE.update(K8S_MITRE)     # k8s_pod_churn, k8s_exec_new_requester, ... (detect/k8s_rules.py)

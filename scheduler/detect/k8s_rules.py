@@ -31,6 +31,7 @@ from typing import Any
 
 from scheduler.collect.k8s_audit import (ATTACH, EPHEMERAL, EXEC, POD_CREATE, POD_DELETE,
                                          WORKLOAD_CREATE, WORKLOAD_UPDATE, OrchestrationRecord)
+from scheduler.detect.attack import techniques
 from scheduler.detect.candidate import Candidate, ContainerRef
 from scheduler.detect.misuse_patterns import registry_of
 
@@ -46,16 +47,11 @@ K8S_RULES = (RULE_K8S_CHURN, RULE_K8S_EXEC, RULE_K8S_PRIVILEGED, RULE_K8S_EPHEME
 
 # ATT&CK mappings (scheduler.alerting.alerts.MITRE carries them into every alert).
 K8S_MITRE: dict[str, list[dict[str, str]]] = {
-    RULE_K8S_CHURN: [{"technique": "T1610", "name": "Deploy Container",
-                      "tactic": "Defense Evasion", "tactic_id": "TA0005"}],
-    RULE_K8S_EXEC: [{"technique": "T1609", "name": "Container Administration Command",
-                     "tactic": "Execution", "tactic_id": "TA0002"}],
-    RULE_K8S_PRIVILEGED: [{"technique": "T1611", "name": "Escape to Host",
-                           "tactic": "Privilege Escalation", "tactic_id": "TA0004"}],
-    RULE_K8S_EPHEMERAL: [{"technique": "T1609", "name": "Container Administration Command",
-                          "tactic": "Execution", "tactic_id": "TA0002"}],
-    RULE_K8S_IMAGE: [{"technique": "T1610", "name": "Deploy Container",
-                      "tactic": "Defense Evasion", "tactic_id": "TA0005"}],
+    RULE_K8S_CHURN: techniques("T1610"),
+    RULE_K8S_EXEC: techniques("T1609"),
+    RULE_K8S_PRIVILEGED: techniques("T1611"),
+    RULE_K8S_EPHEMERAL: techniques("T1609"),
+    RULE_K8S_IMAGE: techniques("T1610"),
 }
 
 # Added capabilities that break the container boundary (NET_RAW etc. are in the runtimes'

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
+from scheduler.detect.attack import techniques
 from scheduler.detect.candidate import Candidate, ContainerRef
 from scheduler.detect import misuse_patterns as pat
 from scheduler.detect.misuse_config import (
@@ -34,25 +35,17 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MisuseDetector", "MISUSE_MITRE", "MISUSE_RULES", "beacon_stats"]
 
-_T = lambda t, n, ta, tid: {"technique": t, "name": n, "tactic": ta, "tactic_id": tid}  # noqa: E731
 #: ATT&CK mapping of each named rule (merged into alerts.MITRE).
 MISUSE_MITRE: dict[str, list[dict[str, str]]] = {
-    RULE_REVERSE_SHELL: [_T("T1059.004", "Command and Scripting Interpreter: Unix Shell",
-                            "Execution", "TA0002")],
-    RULE_TUNNEL: [_T("T1572", "Protocol Tunneling", "Command and Control", "TA0011"),
-                  _T("T1090", "Proxy", "Command and Control", "TA0011")],
-    RULE_DNS_TUNNEL: [_T("T1572", "Protocol Tunneling", "Command and Control", "TA0011"),
-                      _T("T1071.004", "Application Layer Protocol: DNS", "Command and Control",
-                         "TA0011")],
-    RULE_BEACON: [_T("T1071", "Application Layer Protocol", "Command and Control", "TA0011")],
-    RULE_MINER: [_T("T1496", "Resource Hijacking", "Impact", "TA0040")],
-    RULE_ESCAPE: [_T("T1611", "Escape to Host", "Privilege Escalation", "TA0004"),
-                  _T("T1610", "Deploy Container", "Defense Evasion", "TA0005")],
-    RULE_NEW_IMAGE: [_T("T1610", "Deploy Container", "Defense Evasion", "TA0005")],
-    RULE_RAW_SOCKET: [_T("T1599", "Network Boundary Bridging", "Defense Evasion", "TA0005"),
-                      _T("T1040", "Network Sniffing", "Credential Access", "TA0006")],
-    RULE_SPOOFED_SOURCE: [_T("T1599", "Network Boundary Bridging", "Defense Evasion",
-                             "TA0005")],
+    RULE_REVERSE_SHELL: techniques("T1059.004"),
+    RULE_TUNNEL: techniques("T1572", "T1090"),
+    RULE_DNS_TUNNEL: techniques("T1572", "T1071.004"),
+    RULE_BEACON: techniques("T1071"),
+    RULE_MINER: techniques("T1496"),
+    RULE_ESCAPE: techniques("T1611", "T1610"),
+    RULE_NEW_IMAGE: techniques("T1610"),
+    RULE_RAW_SOCKET: techniques("T1599", "T1040"),
+    RULE_SPOOFED_SOURCE: techniques("T1599"),
 }
 
 _SEVERITY = {RULE_REVERSE_SHELL: "high", RULE_TUNNEL: "medium", RULE_DNS_TUNNEL: "high",
