@@ -11,7 +11,7 @@ why each is there) and gzip-compresses the bulky ones that every reader also acc
 Compression is deterministic (no name, mtime 0, level 9), so an unchanged fixture gives a
 byte-identical file and git shows no diff.
 
-    python tests/data/refresh.py [--src DIR] [--check]
+    python tools/refresh_test_data.py [--src DIR] [--check]
 
 --check rewrites nothing: it exits 1 and names every vendored file whose content differs from
 its source (compared after decompression) or that is missing.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger("refresh")
 
-DATA = Path(__file__).resolve().parent
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 DEFAULT_SRC = DATA.parents[1].parent / "shared" / "fixtures"
 
 SCENARIOS = ("benign", "benign_long", "churn", "drift", "geo_lookup")
