@@ -83,3 +83,54 @@ class ContainerInfo:
     created: float | None = None
     environment: str = "default"
     ip_addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NetColumns:
+    """Many NetRecords as columns (numpy arrays of equal length, rows in time order): what the
+    batch engine hands to the feature windows, so a window counts a batch's rows at once instead
+    of holding a NetRecord (~650 B) per row. Field meanings are NetRecord's; text columns are
+    numpy object arrays of str, int columns int64."""
+
+    ts: "object"            # np.ndarray float64
+    kind: "object"          # object array of str
+    container_id: "object"
+    image: "object"
+    orig_h: "object"
+    resp_h: "object"
+    resp_p: "object"        # int64
+    orig_p: "object"        # int64
+    proto: "object"
+    uid: "object"
+    host: "object"
+    domain: "object"
+    rcode: "object"
+    conn_state: "object"
+    bytes_out: "object"     # int64
+    bytes_in: "object"      # int64
+    uri: "object"
+    user_agent: "object"
+    geo_service: "object"
+    attribution: "object"
+    container_addr: "object"
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def record(self, i: int) -> NetRecord:
+        """Row i as a NetRecord (evidence samples, rules): built only for the rows kept."""
+        return NetRecord(**{f: _py(getattr(self, f)[i]) for f in NET_FIELDS})
+
+    def take(self, idx: "object") -> "NetColumns":
+        """The rows at `idx` (index array or boolean mask), in that order."""
+        return NetColumns(**{f: getattr(self, f)[idx] for f in NET_FIELDS})
+
+
+#: NetRecord's fields, in order (NetColumns has one column each).
+NET_FIELDS: tuple[str, ...] = tuple(NetRecord.__dataclass_fields__)
+
+
+def _py(v: "object") -> "object":
+    """numpy scalars back to Python ones (a NetRecord's fields are plain str/int/float)."""
+    item = getattr(v, "item", None)
+    return item() if item is not None else v

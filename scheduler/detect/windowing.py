@@ -125,6 +125,15 @@ class WindowingMixin:
             self._win_pos.setdefault((cid, k), self.cur_pos)
         cw[kind].append(rec)
 
+    def _window_add_nets(self, nets: Any) -> None:
+        """Rows of a model.records.NetColumns (time order) into their windows: the batch
+        engine's path. Same result as `_window_add("n", ts, record)` row by row."""
+        if not self.windows_enabled:
+            return
+        for i in range(len(nets)):
+            if nets.container_id[i]:
+                self._window_add("n", float(nets.ts[i]), nets.record(i))
+
     def _close(self, cid: str) -> None:
         cw = self._cw.pop(cid, None)
         if cw is None:
