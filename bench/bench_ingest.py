@@ -1,128 +1,390 @@
 #!/usr/bin/env python3
-"""Scheduler ingest of a 1,000,000-line http.log vs zat's LogToDataFrame, same file, same run.
+"""The engine's Zeek ingest against zat and a bare columnar parse: lines/s and peak RSS, one run.
 
-The file is built from the real Zeek 7.0.11 http.log of the benign_long recording (container
-health checks and API calls from 172.17.0.0/24), repeated to 1M data lines; each repetition is
-shifted by the recording's length so time keeps moving forward (windows close, as in production).
+Why: a Zeek sensor on a busy tap writes hundreds of thousands of lines a second; the question is
+how the scheduler's whole Zeek path compares with tools that only parse, measured in the same run
+on the same file, and whether its memory stays flat as the file grows (issue 13 item 4).
 
-Contenders (best of N rounds each, interleaved):
+The input is the real Zeek http.log of the bundled benign_long recording
+(scheduler/demo_data/benign_long: container health checks and API calls from 172.17.0.0/24),
+repeated to `--lines` data lines; each repetition is shifted by the recording's length so time
+keeps moving forward (windows open and close, as in production). The file has no `#close`
+trailer: it is a log still being written, as the daemon follows it.
 
-* ``zat``: ``LogToDataFrame().create_dataframe(path)``: parse all 30 columns into a pandas frame
-  (typed: ts index as datetime, counts as numbers), nothing else;
-* ``pipeline``: what the scheduler does per line: read (scheduler.collect.zeeklog, asking for the fields
-  the engine reads, ``pipeline.ingest_fields("http")``: 10 of the 30 columns, as the replay and
-  the daemon's tailers do), attribute the source address to a container at that time (inventory
-  of benign_long, through scheduler.detect.join.Joiner), run the T1614 rules and the stock-log geo
-  detector, and put the record into its container's feature window (windows are built as they
-  close). Only scoring is left out (it is per window, not per line).
+Contenders, each in a fresh child process (its own peak RSS: VmHWM of /proc/self/status, read by
+the child; ru_maxrss would carry the parent's peak across fork+exec), in interleaved rounds
+(A B C D A B C D ...); imports are done before the clock starts:
 
-Printed: lines/s of each and the ratio pipeline/zat. No pass/fail target: the pipeline does far
-more per line than a CSV-to-columns reader; the figure says what that costs.
+* ``zat_df``: zat ``LogToDataFrame().create_dataframe(path)``: all 30 columns into a typed pandas
+  frame, nothing else;
+* ``zat_reader``: zat ``ZeekLogReader(path).readrows()``, iterating every row (a dict per line);
+* ``arrow``: a bare columnar parse of the columns the engine reads
+  (``scheduler.pipeline.ingest_fields("http")`` present in the file): pyarrow's streaming CSV
+  reader in 1 MiB blocks, typed from the ``#types`` header, record batches counted, nothing else;
+* ``engine``: the scheduler's whole Zeek path as the replay drives it (`engine_entry` says which
+  API that is on this tree): read the engine's columns, attribute each line to a container at
+  that time (the recording's inventory, its containers kept alive for the whole file), the
+  T1614 network rules, the stock-log geo detector, the misuse rules, and feature windows built as
+  they close (handed to a window sink that counts them, as the daemon's window store would take
+  them). Alerts are flushed every replay chunk. Only scoring is left out (no baselines: it is per
+  window, not per line; bench_model.py measures it).
+
+Printed per size: median wall seconds, lines/s, CPU lines/s, peak RSS (and after imports) of
+each; the ratios engine / zat_df and engine / arrow in lines/s (median of the per-round ratios);
+with several `--sizes`, a table of µs per line and peak RSS per size (linear time, flat memory).
+
+Targets (exit 1 when one is missed, naming it): engine >= 2x zat_df's lines/s; engine >= 0.5x
+the bare parse's lines/s; engine peak RSS <= 200 MiB (the issue states it at 3M lines; with flat
+memory it holds at every size, so it is checked at every size).
+
+    .venv/bin/python bench/bench_ingest.py [--lines 1000000] [--rounds 3]
+    .venv/bin/python bench/bench_ingest.py --sizes 100000,1000000,3000000
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
+import logging
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+RECORDING = ROOT / "scheduler" / "demo_data" / "benign_long"
+SOURCE = RECORDING / "zeek" / "http.log.gz"
+STREAM = "http"
+CONTENDERS = ("zat_df", "zat_reader", "arrow", "engine")
+ARROW_BLOCK = 1 << 20
+# Containers of benign_long that were replaced mid-recording (web-5, web-6): they stay destroyed;
+# the others (and the replacements) are kept alive for the whole repeated file.
+REPLACED = ("81be6c98a3e8", "479517b64507")
+TARGET_VS_ZAT = 2.0
+TARGET_VS_ARROW = 0.5
+TARGET_RSS_MIB = 200.0
 
-sys.path.insert(0, str(ROOT / "tests"))
-from datafiles import exists, read_text, scenario_dir  # noqa: E402  (tests/datafiles.py)
+log = logging.getLogger("bench_ingest")
 
-SOURCE = scenario_dir("benign_long") / "zeek" / "http.log"   # .log or .log.gz
+
+# ---- building the input -----------------------------------------------------------------------
+
+def split_log(text: str) -> tuple[list[str], list[tuple[float, str]]]:
+    """Header lines (without `#close`) and the data lines as (ts, rest of the line)."""
+    header, data = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("#"):
+            if not line.startswith("#close"):
+                header.append(line)
+            continue
+        ts, rest = line.split("\t", 1)
+        data.append((float(ts), rest))
+    return header, data
+
+
+def repeated(data: list[tuple[float, str]], lines: int) -> Iterator[str]:
+    """Chunks of text: the data lines repeated to `lines`, each cycle shifted by the span."""
+    span = data[-1][0] - data[0][0] + 1.0
+    written, cycle = 0, 0
+    while written < lines:
+        part = data[: lines - written]
+        shift = cycle * span
+        yield "".join([f"{ts + shift:.6f}\t{rest}" for ts, rest in part])
+        written += len(part)
+        cycle += 1
 
 
 def build(path: Path, lines: int) -> None:
-    text = read_text(SOURCE).splitlines(keepends=True)
-    header = [x for x in text if x.startswith("#") and not x.startswith("#close")]
-    data = [x for x in text if not x.startswith("#")]
-    t0 = float(data[0].split("\t", 1)[0])
-    span = float(data[-1].split("\t", 1)[0]) - t0 + 1.0
+    """Write the repeated http.log (one write per cycle of the recording)."""
+    with gzip.open(SOURCE, "rt", encoding="utf-8") as fh:
+        header, data = split_log(fh.read())
     with open(path, "w", encoding="utf-8") as out:
         out.writelines(header)
-        written, cycle = 0, 0
-        while written < lines:
-            shift = cycle * span
-            for line in data[: lines - written]:
-                ts, rest = line.split("\t", 1)
-                out.write(f"{float(ts) + shift:.6f}\t{rest}")
-            written += min(len(data), lines - written)
-            cycle += 1
-        out.write("#close\t2026-11-27-20-00-00\n")
+        for chunk in repeated(data, lines):
+            out.write(chunk)
 
 
-def run_zat(path: Path) -> int:
+def zeek_header(path: Path) -> tuple[int, list[str], list[str]]:
+    """(number of leading '#' lines, #fields, #types) of a Zeek TSV log."""
+    n, fields, types = 0, [], []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            n += 1
+            parts = line.rstrip("\n").split("\t")
+            if parts[0] == "#fields":
+                fields = parts[1:]
+            elif parts[0] == "#types":
+                types = parts[1:]
+    return n, fields, types
+
+
+# ---- the contenders (each runs in a child process) --------------------------------------------
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's across fork+exec)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_zat_df(path: Path) -> dict[str, Any]:
     from zat.log_to_dataframe import LogToDataFrame
 
-    return len(LogToDataFrame().create_dataframe(str(path)))
+    return {"lines": len(LogToDataFrame().create_dataframe(str(path)))}
 
 
-def run_pipeline(path: Path) -> tuple[int, dict]:
+def run_zat_reader(path: Path) -> dict[str, Any]:
+    from zat.zeek_log_reader import ZeekLogReader
+
+    n = 0
+    for _ in ZeekLogReader(str(path)).readrows():
+        n += 1
+    return {"lines": n}
+
+
+def arrow_type(zeek_type: str) -> Any:
+    import pyarrow as pa
+
+    if zeek_type in ("time", "interval", "double"):
+        return pa.float64()
+    if zeek_type in ("port", "count", "int"):
+        return pa.int64()
+    return pa.string()
+
+
+def run_arrow(path: Path) -> dict[str, Any]:
+    """pyarrow's streaming CSV reader over the engine's columns; batches and rows counted."""
+    import pyarrow.csv as pcsv
+    from scheduler.pipeline import ingest_fields
+
+    skip, fields, types = zeek_header(path)
+    wanted = ingest_fields(STREAM) or frozenset(fields)
+    cols = [f for f in fields if f in wanted]
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(column_names=fields, skip_rows=skip, block_size=ARROW_BLOCK),
+        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+        convert_options=pcsv.ConvertOptions(
+            include_columns=cols, null_values=["-"], strings_can_be_null=True,
+            column_types={f: arrow_type(t) for f, t in zip(fields, types) if f in wanted}))
+    batches = rows = 0
+    for batch in reader:
+        batches += 1
+        rows += batch.num_rows
+    return {"lines": rows, "batches": batches, "columns": len(cols)}
+
+
+def engine_pipeline() -> tuple[Any, dict[str, int]]:
+    """A detection-mode Pipeline with benign_long's inventory known up front (as the replay
+    observes it), its containers kept alive for the whole repeated file, and a window sink that
+    counts the built windows (the daemon's window store takes them the same way)."""
+    from scheduler.collect.recording import Recording
     from scheduler.config import Config
     from scheduler.pipeline import Pipeline
-    from scheduler.collect.recording import Recording, demo_data_dir
-    from scheduler.pipeline import ingest_fields
-    from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
 
-    rec = Recording(demo_data_dir() / "benign_long")
+    rec = Recording(RECORDING)
     p = Pipeline(Config(), host=rec.host)
-    p.collect_windows = True          # build every window (no baselines: scoring left out)
     for row in rec.iter_osquery_rows():
         if row.table in ("container_inventory", "container_events"):
             p.inventory.observe(row)
-    # The file repeats the recording forward in time: keep its containers alive for the whole of
-    # it (the recording ends with their teardown), so every line is attributed as in production.
+    p.inventory.close_snapshots()
     for c in p.inventory.containers():
-        if c.container_id not in ("81be6c98a3e8", "479517b64507") and \
-                not c.container_id.startswith(("81be6c98a3e8", "479517b64507")):
+        if not c.container_id.startswith(REPLACED):
             c.destroyed = c.gone = None
-    stats = ParseStats()
-    n = 0
-    for r in iter_zeek_log(path, stats, fields=ingest_fields("http")):
-        p.feed_zeek("http", r)
-        n += 1
-        if n % 50_000 == 0:
-            p.flush(wall=None)
-    p.flush(force=True)
-    return n, {"windows": sum(len(w) for w in p.collected), "alerts": p.stats.alerts,
-               "attributed": p.stats.nets - p.stats.nets_unattributed, "bad": stats.bad_lines}
+    built = {"windows": 0}
+
+    def sink(fw: Any) -> None:
+        built["windows"] += len(fw)
+
+    p.window_sink = sink
+    return p, built
 
 
-def main() -> int:
+def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
+    """The entry the replay uses for Zeek logs on this tree, and a driver for it:
+    (name, drive(pipeline, path, chunk) -> lines fed). The one place that knows the API."""
+    from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
+    from scheduler.pipeline import ingest_fields
+
+    def per_line(p: Any, path: Path, chunk: int) -> int:
+        stats = ParseStats()
+        n = 0
+        for r in iter_zeek_log(path, stats, fields=ingest_fields(STREAM)):
+            p.feed_zeek(STREAM, r)
+            n += 1
+            if n % chunk == 0:
+                p.flush()
+        p.flush(force=True)
+        if stats.bad_lines:
+            raise RuntimeError(f"{stats.bad_lines} bad lines in {path}")
+        return n
+
+    return "per-line: zeeklog.iter_zeek_log + Pipeline.feed_zeek", per_line
+
+
+def run_engine(path: Path) -> dict[str, Any]:
+    import inspect
+    from scheduler.replay import replay
+
+    chunk = int(inspect.signature(replay).parameters["chunk"].default)
+    name, drive = engine_entry()
+    p, built = engine_pipeline()
+    n = drive(p, path, chunk)
+    return {"lines": n, "api": name, "chunk": chunk, "windows": built["windows"],
+            "alerts": p.stats.alerts, "nets": p.stats.nets,
+            "unattributed": p.stats.nets_unattributed, "late": p.stats.late_records}
+
+
+RUNNERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "zat_df": run_zat_df, "zat_reader": run_zat_reader, "arrow": run_arrow, "engine": run_engine}
+IMPORTS = {"zat_df": ("zat.log_to_dataframe",), "zat_reader": ("zat.zeek_log_reader",),
+           "arrow": ("pyarrow.csv", "scheduler.pipeline"),
+           "engine": ("scheduler.pipeline", "scheduler.replay", "model.features")}
+
+
+def child(mode: str, path: Path) -> int:
+    """Import what the mode needs, then time it; one JSON line on stdout."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    for mod in IMPORTS[mode]:
+        importlib.import_module(mod)
+    rss_import = peak_rss_mib()
+    t, cpu = time.perf_counter(), time.process_time()
+    info = RUNNERS[mode](path)
+    sec, cpu = time.perf_counter() - t, time.process_time() - cpu
+    print(json.dumps({"mode": mode, "seconds": sec, "cpu_seconds": cpu,
+                      "rss_import_mib": rss_import, "peak_rss_mib": peak_rss_mib(), **info}))
+    return 0
+
+
+def run_child(mode: str, path: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", str(path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {mode} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- measuring and grading (pure) -------------------------------------------------------------
+
+def summary(results: dict[str, list[dict[str, Any]]], lines: int) -> dict[str, dict[str, float]]:
+    """Per contender: median seconds and CPU seconds, lines/s, peak RSS (max over rounds)."""
+    out = {}
+    for mode, rs in results.items():
+        sec = statistics.median(r["seconds"] for r in rs)
+        cpu = statistics.median(r["cpu_seconds"] for r in rs)
+        out[mode] = {"seconds": sec, "cpu_seconds": cpu, "lines_s": lines / sec,
+                     "cpu_lines_s": lines / cpu, "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                     "rss_import_mib": max(r["rss_import_mib"] for r in rs)}
+    return out
+
+
+def speed_ratio(results: dict[str, list[dict[str, Any]]], a: str, b: str) -> float:
+    """Median over rounds of (a's lines/s) / (b's lines/s) in the same round."""
+    return statistics.median(rb["seconds"] / ra["seconds"]
+                             for ra, rb in zip(results[a], results[b]))
+
+
+def misses(lines: int, vs_zat: float, vs_arrow: float, engine_rss: float) -> list[str]:
+    """The targets missed at one size, each said in words."""
+    out = []
+    if vs_zat < TARGET_VS_ZAT:
+        out.append(f"{lines:,} lines: engine {vs_zat:.2f}x zat LogToDataFrame's lines/s "
+                   f"(target >= {TARGET_VS_ZAT}x)")
+    if vs_arrow < TARGET_VS_ARROW:
+        out.append(f"{lines:,} lines: engine {vs_arrow:.2f}x the bare pyarrow parse's lines/s "
+                   f"(target >= {TARGET_VS_ARROW}x)")
+    if engine_rss > TARGET_RSS_MIB:
+        out.append(f"{lines:,} lines: engine peak RSS {engine_rss:.1f} MiB "
+                   f"(target <= {TARGET_RSS_MIB:.0f} MiB)")
+    return out
+
+
+def measure(lines: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """Build the file of `lines` lines, run the interleaved rounds, print and return figures."""
+    path = tmp / f"http-{lines}.log"
+    t = time.perf_counter()
+    build(path, lines)
+    print(f"\n== {lines:,} lines: built {path.stat().st_size / 1e6:.0f} MB http.log from "
+          f"benign_long in {time.perf_counter() - t:.1f}s", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in CONTENDERS}
+    for rnd in range(rounds):
+        for mode in CONTENDERS:
+            r = run_child(mode, path)
+            if r["lines"] != lines:
+                raise RuntimeError(f"{mode} read {r['lines']:,} lines of {lines:,}")
+            results[mode].append(r)
+        print(f"round {rnd + 1}: " + ", ".join(f"{m} {results[m][-1]['seconds']:.2f}s"
+                                              for m in CONTENDERS), flush=True)
+    path.unlink()
+    s = summary(results, lines)
+    e, a = results["engine"][-1], results["arrow"][-1]
+    print(f"engine API: {e['api']} (flush every {e['chunk']:,} lines, the replay's chunk)")
+    print(f"engine: {e['windows']:,} windows built, {e['alerts']} alerts, {e['nets']:,} records, "
+          f"{e['unattributed']} unattributed, {e['late']} late; arrow: {a['batches']} batches of "
+          f"{a['columns']} columns")
+    for mode in CONTENDERS:
+        m = s[mode]
+        print(f"  {mode:10s} {m['seconds']:7.2f} s {m['lines_s']:>11,.0f} lines/s "
+              f"{m['cpu_lines_s']:>11,.0f} lines/CPU-s | peak RSS {m['peak_rss_mib']:6.1f} MiB "
+              f"(after imports {m['rss_import_mib']:6.1f})")
+    vs_zat = speed_ratio(results, "engine", "zat_df")
+    vs_arrow = speed_ratio(results, "engine", "arrow")
+    print(f"engine / zat LogToDataFrame lines/s: {vs_zat:.2f}x (target >= {TARGET_VS_ZAT}x); "
+          f"engine / bare arrow parse: {vs_arrow:.2f}x (target >= {TARGET_VS_ARROW}x); "
+          f"engine peak RSS {s['engine']['peak_rss_mib']:.1f} MiB (target <= {TARGET_RSS_MIB:.0f})")
+    return {"lines": lines, "summary": s, "vs_zat": vs_zat, "vs_arrow": vs_arrow,
+            "misses": misses(lines, vs_zat, vs_arrow, s["engine"]["peak_rss_mib"])}
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> list[str]:
+    """µs per line and peak RSS per size for each contender (linear time: µs/line constant)."""
+    out = [f"{'lines':>10s} " + " ".join(f"{m + ' us/line':>18s} {'MiB':>6s}" for m in CONTENDERS)]
+    for r in rows:
+        s = r["summary"]
+        out.append(f"{r['lines']:>10,d} " + " ".join(
+            f"{1e6 * s[m]['seconds'] / r['lines']:>18.2f} {s[m]['peak_rss_mib']:>6.1f}"
+            for m in CONTENDERS))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    if not exists(SOURCE):
-        print(f"bench_ingest: fixture {SOURCE} missing", file=sys.stderr)
+    ap.add_argument("--sizes", help="comma list of line counts, e.g. 100000,1000000,3000000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--path", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child, args.path)
+    if not SOURCE.exists():
+        print(f"bench_ingest: recording {SOURCE} missing", file=sys.stderr)
         return 2
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.lines]
+    print(f"{args.rounds} interleaved rounds per size ({' '.join(CONTENDERS)}), each contender "
+          f"in its own process; figures are medians, ratios the median of per-round ratios")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "http.log"
-        t = time.perf_counter()
-        build(path, args.lines)
-        print(f"built {path.stat().st_size / 1e6:.0f} MB http.log with {args.lines:,} lines "
-              f"from {SOURCE.name} in {time.perf_counter() - t:.1f}s")
-        best = {"zat": float("inf"), "pipeline": float("inf")}
-        info: dict = {}
-        for rnd in range(args.rounds):
-            t = time.perf_counter()
-            nz = run_zat(path)
-            best["zat"] = min(best["zat"], time.perf_counter() - t)
-            t = time.perf_counter()
-            np_, info = run_pipeline(path)
-            best["pipeline"] = min(best["pipeline"], time.perf_counter() - t)
-            print(f"round {rnd + 1}: zat {best['zat']:.2f}s ({nz:,} rows), pipeline "
-                  f"{best['pipeline']:.2f}s ({np_:,} records)")
-        ratio = best["pipeline"] / best["zat"]
-        print(f"zat LogToDataFrame : {best['zat']:7.2f} s  {args.lines / best['zat']:>10,.0f} lines/s")
-        print(f"stowaway pipeline  : {best['pipeline']:7.2f} s  {args.lines / best['pipeline']:>10,.0f} "
-              f"lines/s  (read + attribute + rules + windows; {info})")
-        print(f"ratio pipeline/zat : {ratio:.2f}x")
-    return 0
+        rows = [measure(n, args.rounds, Path(tmp)) for n in sizes]
+    if len(rows) > 1:
+        print("\nscaling (time linear in lines: us/line constant; memory flat: MiB constant):")
+        for line in scaling_table(rows):
+            print(line)
+    missed = [m for r in rows for m in r["misses"]]
+    for m in missed:
+        print(f"MISSED: {m}")
+    if not missed:
+        print("all targets met")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
