@@ -147,7 +147,13 @@ def _stringify(value: Any) -> str:
 def _columns(obj: Any, where: str = "columns") -> dict[str, str]:
     if not isinstance(obj, dict):
         raise MalformedLine(f"field {where} is {type(obj).__name__}, not an object")
-    return {str(k): _stringify(v) for k, v in obj.items()}
+    # osqueryd writes every column as a string, so the common row needs no conversion: one
+    # type check per column and a C-level copy (a fifth of the per-column _stringify calls'
+    # cost, which were most of the parse time). Any other value takes the converting path.
+    for k, v in obj.items():
+        if type(v) is not str or type(k) is not str:
+            return {str(k): _stringify(v) for k, v in obj.items()}
+    return dict(obj)
 
 
 def _unix_time(obj: dict[str, Any]) -> float:

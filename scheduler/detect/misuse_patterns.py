@@ -7,12 +7,19 @@ or "" when nothing matches; the reason goes verbatim into the alert's evidence.
 
 Command lines come as osquery gives them (argv joined with spaces), so tokens are split on
 whitespace; a `sh -c "..."` wrapper keeps its inner words as tokens, which is what we want.
+
+The command-line recognisers that run on every process row (`is_shell`, `tunnel_match`,
+`miner_match`, `escape_match`) are decided once per distinct input (`verdicts.per_distinct`, a
+bounded LRU): exec events on a busy host repeat a few command lines, and these token walks were
+most of the misuse detector's CPU per row. `.uncached` on each is the plain function.
 """
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+
+from scheduler.detect.verdicts import per_distinct
 
 # -- tokens ---------------------------------------------------------------------------------------
 
@@ -42,6 +49,7 @@ SHELLS = frozenset({"sh", "ash", "bash", "dash", "zsh", "ksh", "mksh", "csh", "t
                     "node", "pwsh", "irb"})
 
 
+@per_distinct()
 def is_shell(name: str, path: str, cmdline: str) -> bool:
     """Is the process a shell or script interpreter (by comm, argv0 or executable name)?"""
     cands = {name.lower(), base(path).lower()}
@@ -53,6 +61,8 @@ def is_shell(name: str, path: str, cmdline: str) -> bool:
 
 def parse_remote(text: str) -> tuple[str, str, int] | None:
     """`tcp 10.0.0.5:4444` / `udp [fd00::1]:53` -> (proto, address, port)."""
+    if not text:        # most processes' stdio is no socket: skip the regex
+        return None
     m = re.fullmatch(r"\s*(tcp|udp)\s+\[?([0-9A-Fa-f:.]+?)\]?:(\d+)\s*", text or "")
     return (m.group(1), m.group(2), int(m.group(3))) if m else None
 
@@ -80,6 +90,7 @@ _TUNNEL_TOOLS: dict[str, re.Pattern[str] | None] = {
 _NC = frozenset({"nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"})
 
 
+@per_distinct()
 def tunnel_match(cmdline: str) -> str:
     """Why a command line is a tunnel or redirector ("" if it is not)."""
     toks = tokens(cmdline)
@@ -126,6 +137,7 @@ _MINER_ARGS = re.compile(r"(stratum2?\+(tcp|ssl|tls)://|--donate-level|--cpu-max
                          re.I)
 
 
+@per_distinct()
 def miner_match(name: str, path: str, cmdline: str) -> str:
     """Why a process is a cryptominer ("" if it is not): its program name or miner arguments.
     `-a` alone is not enough (many tools use it): it counts only with an algorithm name."""
@@ -152,6 +164,7 @@ _HOST_DEV = re.compile(r"^/dev/(sd[a-z]|vd[a-z]|xvd[a-z]|hd[a-z]|nvme\d|mapper/|
                        r"mmcblk\d|root$|disk/)")
 
 
+@per_distinct()
 def escape_match(name: str, path: str, cmdline: str) -> str:
     """Why a process in a container is an escape or runtime-manipulation attempt ("" if not)."""
     toks = tokens(cmdline)

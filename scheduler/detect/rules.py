@@ -26,6 +26,7 @@ from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
 from scheduler.detect.candidate import (RULE_ANOMALY, RULE_CHURN, RULE_LOCATION, RULE_RISKY,
                                         UNKNOWN_CONTAINER_NAME, Candidate, ContainerRef)
+from scheduler.detect.verdicts import per_distinct
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,16 @@ except Exception:  # pragma: no cover - depends on what has landed
     _classifier = None
 
 
+@per_distinct()
 def classify_command(cmd: str) -> tuple[bool, str, str]:
     """(location_discovery, indicator, service) for a command line; (False, "", "") when the
-    classifier is not available."""
+    classifier is not available.
+
+    Decided once per distinct command line (bounded memo, detect/verdicts.py): exec events repeat
+    a few commands, and the pipeline asks twice per process (window feature, then the rule).
+    The memo holds the verdict of the indicator tables loaded at the time: whoever calls
+    `osquery_ext.classifier.reload_indicators()` in a running engine calls
+    `classify_command.cache_clear()` too (the scheduler itself never reloads them)."""
     if _classifier is None or not cmd:
         return False, "", ""
     try:
