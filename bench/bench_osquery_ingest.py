@@ -22,6 +22,13 @@ Contenders, each in a fresh child process (so each has its own peak RSS), in int
   tick's rows by time, observe inventory/events first, then ``Pipeline.feed_osquery_row`` for each
   row (process records, T1614 command rules, misuse rules, churn, feature windows), then
   ``flush``. Scoring and sinks are left out (no baselines; alerts are counted, not written).
+  The per-command-line verdict memos' hits and misses are printed (scheduler/detect/verdicts.py):
+  the input repeats one recording, so nearly every verdict after the first cycle is a hit; on a
+  real host the hit rate is what its distinct command lines allow (the parse contender counts
+  them).
+
+A before/after comparison runs this file from two checkouts (each child imports the tree the
+script lives in), alternating: ``python /tmp/before/bench/bench_osquery_ingest.py``, then this one.
 
 Printed per contender: median seconds, lines/s, peak RSS (ru_maxrss of the child) and the RSS after
 its imports, and the ratios against ``json`` from the same rounds (median of per-round ratios).
@@ -185,7 +192,20 @@ def run_pipeline(path: Path, tick_lines: int) -> dict[str, Any]:
     alerts += feed_tick(p, rows)
     alerts += len(p.flush(force=True))
     return {"lines": stats.lines, "rows": stats.rows, "malformed": stats.malformed,
-            "alerts": alerts, "processes": getattr(p.stats, "processes", None)}
+            "alerts": alerts, "processes": getattr(p.stats, "processes", None),
+            "memo": memo_stats()}
+
+
+def memo_stats() -> dict[str, list[int]] | None:
+    """Hits and misses of the per-distinct-command-line verdict memos (detect/verdicts.py), or
+    None on a tree that has none (a before/after comparison runs this file on both)."""
+    from scheduler.detect import misuse_patterns, rules
+
+    fns = {"classify_command": rules.classify_command, "tunnel_match": misuse_patterns.tunnel_match,
+           "miner_match": misuse_patterns.miner_match, "escape_match": misuse_patterns.escape_match}
+    if not all(hasattr(f, "cache_info") for f in fns.values()):
+        return None
+    return {n: [f.cache_info().hits, f.cache_info().misses] for n, f in fns.items()}
 
 
 def child(mode: str, path: Path, tick_lines: int) -> int:
@@ -271,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{last['alerts']} alerts, tick {args.tick_lines:,} lines; "
               f"{results['parse'][-1]['distinct_cmdlines']:,} distinct command lines among "
               f"{args.events:,} exec events")
+        if last.get("memo"):
+            print("verdict memos (hits/misses): " + ", ".join(
+                f"{n} {h:,}/{m:,}" for n, (h, m) in last["memo"].items()))
         print(f"{lines:,} lines, {args.rounds} interleaved rounds (ratio: median of per-round "
               f"ratios against json in the same round):")
         for line in summarise(results, lines):
