@@ -125,6 +125,11 @@ class Recording:
         d = self.path / "osquery"
         return _first_existing(d / RESULTS_NAME, d / (RESULTS_NAME + ".gz"))
 
+    def osquery_files(self) -> list[Path]:
+        """The results log and the rotated files before it, oldest first (see
+        `osquery_result_files`): a host's day is osqueryd.results.log.N ... .1 and the current."""
+        return osquery_result_files(self.path / "osquery")
+
     def zeek_logs(self) -> dict[str, Path]:
         """stream name -> its current log (`<stream>.log`, else `.log.gz`, else the newest rotated
         `<stream>.<stamp>.log[.gz]`) for every stream present."""
@@ -132,25 +137,7 @@ class Recording:
 
     def zeek_files(self) -> dict[str, list[Path]]:
         """stream name -> all its files, rotated ones first (oldest name first), current last."""
-        d = self.path / "zeek"
-        out: dict[str, list[Path]] = {}
-        if not d.is_dir():
-            return out
-        for p in d.iterdir():
-            name = p.name
-            if not p.is_file() or not (name.endswith(".log") or name.endswith(".log.gz")):
-                continue
-            out.setdefault(name.split(".", 1)[0], []).append(p)
-
-        def order(p: Path) -> tuple[int, str]:
-            name = p.name
-            stream = name.split(".", 1)[0]
-            if name == f"{stream}.log":
-                return (2, name)
-            if name == f"{stream}.log.gz":
-                return (1, name)
-            return (0, name)
-        return {k: sorted(v, key=order) for k, v in sorted(out.items())}
+        return zeek_files_in(self.path / "zeek")
 
     def zeek_log(self, stream: str) -> Path | None:
         return self.zeek_logs().get(stream)
@@ -160,11 +147,11 @@ class Recording:
         return json.loads(p.read_text()) if p.exists() else None
 
     def iter_osquery_rows(self, stats: ParseStats | None = None) -> Iterator[OsqueryRow]:
-        """Every result row in log order (which is unixTime order for a recording)."""
-        p = self.osquery_log()
-        if p is None:
-            return iter(())
-        return oqr.iter_results(p, stats)
+        """Every result row in log order (which is unixTime order for a recording), rotated
+        files first, oldest first."""
+        stats = stats if stats is not None else ParseStats()
+        for p in self.osquery_files():
+            yield from oqr.iter_results(p, stats)
 
     def iter_zeek(self, stream: str, stats: Any = None,
                   fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -179,6 +166,79 @@ class Recording:
         files = [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
         for p in files:
             yield from iter_zeek_records(p, stats, fields)
+
+
+def zeek_files_in(directory: str | Path) -> dict[str, list[Path]]:
+    """stream name -> all its files in a Zeek log directory, rotated ones first (by name: Zeek's
+    `conn.2026-12-01-00-00-00.log` and zeekctl's `conn.00:00:00-01:00:00.log.gz` stamps sort in
+    time order within a day), then `<stream>.log.gz`, then the current `<stream>.log`."""
+    d = Path(directory)
+    out: dict[str, list[Path]] = {}
+    if not d.is_dir():
+        return out
+    for p in d.iterdir():
+        name = p.name
+        if not p.is_file() or not (name.endswith(".log") or name.endswith(".log.gz")):
+            continue
+        out.setdefault(name.split(".", 1)[0], []).append(p)
+
+    def order(p: Path) -> tuple[int, str]:
+        name = p.name
+        stream = name.split(".", 1)[0]
+        if name == f"{stream}.log":
+            return (2, name)
+        if name == f"{stream}.log.gz":
+            return (1, name)
+        return (0, name)
+    return {k: sorted(v, key=order) for k, v in sorted(out.items())}
+
+
+# Compressions a rotation may use that this reader cannot open (osqueryd's own logger_rotate
+# zstd-compresses every rotated file but the newest): named, never read as garbage lines.
+UNREADABLE_COMPRESSION = (".zst", ".bz2", ".xz")
+
+
+def _osquery_rotation_key(name: str) -> tuple[int, int, str] | None:
+    """Sort key of a results-log file name, oldest first; None for a file that is no part of it.
+
+    `osqueryd.results.log-20261201[.gz]` (logrotate dateext) sort by their stamp;
+    `osqueryd.results.log.N[.gz]` (osqueryd's logger_rotate, logrotate's default) by N, the
+    highest being the oldest (numerically: .10 is older than .9); then the current file."""
+    if not name.startswith(RESULTS_NAME) or name.endswith(UNREADABLE_COMPRESSION):
+        return None
+    rest = name[len(RESULTS_NAME):]
+    if rest.endswith(".gz"):
+        rest = rest[:-3]
+    if rest == "":
+        return (2, 0, name)
+    if rest.startswith("-") and len(rest) > 1:
+        return (0, 0, rest)
+    if rest.startswith(".") and rest[1:].isdigit():
+        return (1, -int(rest[1:]), name)
+    return None
+
+
+def osquery_result_files(directory: str | Path) -> list[Path]:
+    """Readable results-log files in `directory`, oldest first; when a file exists both plain
+    and gzipped (a copy kept both ways) only the plain one. Files compressed with
+    `UNREADABLE_COMPRESSION` are left out: `unreadable_osquery_files` names them."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    keyed = [(k, p) for p in d.iterdir()
+             if p.is_file() and (k := _osquery_rotation_key(p.name)) is not None]
+    names = {p.name for _, p in keyed}
+    keyed = [(k, p) for k, p in keyed if not (p.name.endswith(".gz") and p.name[:-3] in names)]
+    return [p for _, p in sorted(keyed, key=lambda kp: (kp[0], kp[1].name))]
+
+
+def unreadable_osquery_files(directory: str | Path) -> list[Path]:
+    """Rotated results logs in a compression this reader cannot open (osqueryd's `.zst`)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.name.startswith(RESULTS_NAME)
+                  and p.name.endswith(UNREADABLE_COMPRESSION))
 
 
 def list_recordings(root: str | Path) -> list[Recording]:
