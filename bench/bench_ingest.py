@@ -210,9 +210,30 @@ def engine_pipeline() -> tuple[Any, dict[str, int]]:
 
 def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
     """The entry the replay uses for Zeek logs on this tree, and a driver for it:
-    (name, drive(pipeline, path, chunk) -> lines fed). The one place that knows the API."""
+    (name, drive(pipeline, path, chunk) -> lines fed). The one place that knows the API.
+
+    With the batch engine (`zeekbatch.iter_batches` and `Pipeline.dispatch`, which hands runs of
+    "zrow" items to `Pipeline.feed_zeek_rows`): the columnar reader's batches, fed `chunk` rows at
+    a time through the replay's dispatch, flushed after each (the replay's chunk). Before it: the
+    per-line reader and `Pipeline.feed_zeek`, flushed every `chunk` lines."""
+    from scheduler.collect import zeekbatch
     from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
-    from scheduler.pipeline import ingest_fields
+    from scheduler.pipeline import Pipeline, ingest_fields
+
+    def batched(p: Any, path: Path, chunk: int) -> int:
+        stats = ParseStats()
+        n = 0
+        for batch in zeekbatch.iter_batches(path, STREAM, fields=ingest_fields(STREAM),
+                                            stats=stats):
+            for lo in range(0, len(batch), chunk):
+                hi = min(len(batch), lo + chunk)
+                p.dispatch((("zrow", (batch, i)) for i in range(lo, hi)), n)
+                n += hi - lo
+                p.flush()
+        p.flush(force=True)
+        if stats.bad_lines:
+            raise RuntimeError(f"{stats.bad_lines} bad lines in {path}")
+        return n
 
     def per_line(p: Any, path: Path, chunk: int) -> int:
         stats = ParseStats()
@@ -227,6 +248,10 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
             raise RuntimeError(f"{stats.bad_lines} bad lines in {path}")
         return n
 
+    if hasattr(zeekbatch, "iter_batches") and hasattr(Pipeline, "dispatch") and \
+            hasattr(Pipeline, "feed_zeek_rows"):
+        return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (zrow runs -> "
+                "feed_zeek_rows)", batched)
     return "per-line: zeeklog.iter_zeek_log + Pipeline.feed_zeek", per_line
 
 
@@ -247,7 +272,8 @@ RUNNERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "zat_df": run_zat_df, "zat_reader": run_zat_reader, "arrow": run_arrow, "engine": run_engine}
 IMPORTS = {"zat_df": ("zat.log_to_dataframe",), "zat_reader": ("zat.zeek_log_reader",),
            "arrow": ("pyarrow.csv", "scheduler.pipeline"),
-           "engine": ("scheduler.pipeline", "scheduler.replay", "model.features")}
+           "engine": ("scheduler.pipeline", "scheduler.replay", "scheduler.collect.zeekbatch",
+                      "model.features")}
 
 
 def child(mode: str, path: Path) -> int:
