@@ -25,6 +25,7 @@ RANK: dict[str, int] = {
     "scheduler.alerting": 2,
     "scheduler.pipeline": 3,    # the engine, and the two ways to drive it in batch / as a daemon
     "scheduler.replay": 3,
+    "scheduler.backfill": 3,    # replay per host of a day's rotated logs, in one process or on Dask
     "scheduler.daemon": 3,
     "scheduler.cli": 4,
 }

@@ -3,7 +3,8 @@
 * run     the daemon (scheduler/daemon.py) with a TOML config.
 * demo    no config, no service: train baselines on the bundled benign recording, replay the bundled
           attack recordings, print the alert table, write alerts.jsonl and report.html.
-* replay  batch over recordings (or a Zeek log directory plus an osqueryd results log).
+* replay  batch over recordings, a day of rotated logs per host (scheduler/backfill.py; on Dask
+          too), or a Zeek log directory plus an osqueryd results log.
 * alerts  list and filter an alerts.jsonl.
 """
 from __future__ import annotations
@@ -66,17 +67,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = subparsers.add_parser(
-        "replay", formatter_class=fmt, help="batch detection over recordings or recorded logs",
+        "replay", formatter_class=fmt, help="batch detection over recordings or a day of logs",
         description="Run the pipeline over recordings (directories with meta.json, osquery/ and "
-                    "zeek/, see docs/recordings.md) or over a Zeek log directory plus an osqueryd "
-                    "results log. Progress is checkpointed in the state DB: a killed replay run "
-                    "again resumes and writes no alert twice.",
+                    "zeek/, see docs/recordings.md), over a day of a host's rotated logs, or over "
+                    "a Zeek log directory plus an osqueryd results log.\n\n"
+                    "Backfill: a DIR argument may hold one directory per host or sensor, each with "
+                    "zeek/ (rotated <stream>.<stamp>.log.gz as Zeek or zeekctl write them, or a "
+                    "zeek -r run's <stream>.log) and/or osquery/ (osqueryd.results.log.N[.gz] ... "
+                    ".1 and the current file); rotated files are read oldest first. Each host is "
+                    "replayed through its own pipeline, with a progress bar over the input's bytes "
+                    "(lines/s) and a summary line at the end. With --dask-scheduler or "
+                    "--dask-local the hosts run on a Dask cluster's workers (the files must be at "
+                    "the same paths there), with the same alerts as one process.\n\n"
+                    "Progress is checkpointed in the state DB: a killed replay run again resumes "
+                    "(in one process: at the last committed chunk; on Dask: hosts already done "
+                    "are not run again) and writes no alert twice.",
         epilog="examples:\n"
                "  stowaway replay scheduler/demo_data/geo_lookup --out alerts.jsonl\n"
+               "  stowaway replay /srv/backfill/2026-12-01 --out day.jsonl   # <host>/{zeek,osquery}/\n"
+               "  stowaway replay /srv/backfill/2026-12-01 --dask-scheduler tcp://10.0.0.5:8786\n"
+               "  stowaway replay /srv/backfill/2026-12-01 --dask-local 2\n"
                "  stowaway replay --zeek-dir /var/log/zeek/2026-11-27 \\\n"
                "      --osquery-log /var/log/osquery/osqueryd.results.log --out alerts.jsonl\n"
                "  stowaway replay rec/ --train scheduler/demo_data/benign_long --report r.html")
-    p.add_argument("recordings", nargs="*", help="recording directories")
+    p.add_argument("recordings", nargs="*", metavar="DIR",
+                   help="recording directories, host directories or day directories of hosts")
     p.add_argument("--zeek-dir", help="directory with conn/dns/http/ssl/container_geo logs")
     p.add_argument("--osquery-log", help="osqueryd results log (plain or .gz)")
     p.add_argument("--k8s-audit-log", help="Kubernetes API server audit log (JSON lines of "
@@ -93,6 +108,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", help="also write an HTML report here")
     p.add_argument("--json", action="store_true", help="print alerts as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dask-scheduler", metavar="ADDR",
+                   help="replay the hosts on this dask.distributed scheduler's workers")
+    p.add_argument("--dask-local", type=int, metavar="WORKERS",
+                   help="start a Dask LocalCluster with this many worker processes for the hosts")
     p.set_defaults(func=cmd_replay)
 
     p = subparsers.add_parser(
@@ -365,8 +384,21 @@ def replay_mode(baselines: Any, cfg: Config) -> str:
             f" (environment {getattr(baselines, 'environment', cfg.environment)!r})")
 
 
+def _bad_input_line(name: str, stats: dict[str, Any]) -> str | None:
+    """What of a replay's input was unreadable, naming files; None when nothing was."""
+    z, o = stats.get("zeek", {}), stats.get("osquery", {})
+    if not (z.get("bad_lines") or z.get("io_errors") or o.get("malformed") or o.get("io_errors")):
+        return None
+    return (f"{name}: bad input: zeek {z.get('bad_lines', 0)} lines"
+            f" {z.get('bad_by_file') or ''}"
+            f"{', %d zeek file(s) unreadable to the end' % z['io_errors'] if z.get('io_errors') else ''}"
+            f", osquery {o.get('malformed', 0)} lines"
+            f"{', %d osquery file(s) unreadable to the end' % o['io_errors'] if o.get('io_errors') else ''}")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from scheduler.replay import replay, train_from_recordings
+    from scheduler.backfill import LayoutError, discover, run_backfill
+    from scheduler.replay import train_from_recordings
     from scheduler.alerting.report import Section, write_report
     from scheduler.alerting.sinks import JsonlSink, SinkSet
 
@@ -384,13 +416,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from scheduler.collect.recording import recording_problem
 
     # Every argument is checked before anything is written: a wrong one leaves no empty output.
-    for d in [*dirs, *map(Path, args.train)]:
-        problem = recording_problem(d)
-        if problem:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            print(f"stowaway replay: {problem}", file=sys.stderr)
-            return 2
+    parts = []
+    try:
+        for d in dirs:
+            parts.extend(discover(d))
+        for d in map(Path, args.train):
+            problem = recording_problem(d)
+            if problem:
+                raise LayoutError(problem)
+    except LayoutError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"stowaway replay: {exc}", file=sys.stderr)
+        return 2
     baselines = None
     progress = not args.no_progress
     if args.train:
@@ -422,36 +460,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
     state_db = args.state_db or f"{args.out}.state.db"
     sinks = SinkSet([JsonlSink(args.out)])
     sections = []
+    client = cluster = None
     try:
-        for d in dirs:
-            res = replay(d, cfg, baselines, sinks=sinks, state_db=state_db, progress=progress,
-                         resume=not args.fresh)
-            alerts = [a.to_dict() for a in res.alerts]
-            sections.append(Section(title=f"{res.name}: {len(alerts)} alerts", alerts=alerts,
-                                    repeats=res.repeats))
+        if args.dask_scheduler or args.dask_local:
+            import distributed  # noqa: F401  (its import sets its loggers to INFO)
+
+            from scheduler.cli.cmd_model import _dask_client
+
+            if logging.getLogger().level >= logging.WARNING:     # no -v: the summary, not chatter
+                logging.getLogger("distributed").setLevel(logging.WARNING)
+            client, cluster = _dask_client(args)
+        res = run_backfill(parts, cfg, baselines, sinks=sinks, state_db=state_db,
+                           resume=not args.fresh, progress=progress, client=client)
+        for pr in res.partitions:
+            alerts = [a.to_dict() for a in pr.alerts]
+            sections.append(Section(title=f"{pr.label}: {len(alerts)} alerts", alerts=alerts,
+                                    repeats=pr.repeats))
+            bad = _bad_input_line(pr.label, pr.stats)
+            if bad:
+                print(bad, file=sys.stderr)
             rep_count: dict[str, int] = {}
-            for r in res.repeats:
+            for r in pr.repeats:
                 rep_count[r["alert_id"]] = rep_count.get(r["alert_id"], 0) + 1
-            z = res.stats.get("zeek", {})
-            o = res.stats.get("osquery", {})
-            print(f"{res.name}: {res.items} records, {len(alerts)} alerts"
-                  f"{' (resumed at ' + str(res.resumed_from) + ')' if res.resumed_from else ''}; "
-                  f"bad input: zeek {z.get('bad_lines', 0)} lines"
-                  f" {z.get('bad_by_file') or ''}"
-                  f"{', %d zeek file(s) unreadable to the end' % z['io_errors'] if z.get('io_errors') else ''}"
-                  f", osquery {o.get('malformed', 0)} lines",
-                  file=sys.stderr)
             if args.json:
                 for a in alerts:
                     print(json.dumps(a))
             else:
                 for a in alerts:
-                    a["_scenario"], a["_repeats"] = res.name, rep_count.get(a["id"], 0)
+                    a["_scenario"], a["_repeats"] = pr.label, rep_count.get(a["id"], 0)
                 print_table(group_rows(alerts, min_group=10**9))
                 for a in alerts:
                     a.pop("_scenario"), a.pop("_repeats")
     finally:
         sinks.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.report:
