@@ -29,6 +29,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,8 +304,56 @@ def summary_line(res: BackfillResult) -> str:
             f"{len(res.alerts)} alerts in {res.seconds:.1f} s: {rate:,.0f} lines/s")
 
 
+class ReadWatcher:
+    """How many bytes of a partition's files the replay has read, from the file positions in
+    /proc/self/fdinfo (Linux; elsewhere it counts nothing until the partition ends).
+
+    `replay()` reads its input inside itself, with no hook; watching the positions of the files
+    it has open gives byte progress while a large host loads, without one. Files are counted in
+    the partition's read order: every file before the furthest one seen open is done."""
+
+    def __init__(self, files: Iterable[tuple[str, int]]) -> None:
+        self.order = {str(Path(f).resolve()): i for i, (f, _) in enumerate(files)}
+        self.sizes = [size for _, size in files]
+        self.furthest = -1
+        self.best = 0
+
+    def _open_positions(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        try:
+            fds = Path("/proc/self/fd").iterdir()
+            for fd in fds:
+                try:
+                    i = self.order.get(str(fd.readlink()))
+                    if i is None:
+                        continue
+                    info = (Path("/proc/self/fdinfo") / fd.name).read_text()
+                except OSError:         # closed between the listing and the read
+                    continue
+                pos = next((int(ln.split()[1]) for ln in info.splitlines()
+                            if ln.startswith("pos:")), 0)
+                out[i] = max(out.get(i, 0), pos)
+        except OSError:
+            return {}
+        return out
+
+    def read_bytes(self) -> int:
+        """Bytes read so far (never less than a previous answer)."""
+        pos = self._open_positions()
+        if pos:
+            self.furthest = max(self.furthest, max(pos))
+        if self.furthest >= 0:
+            n = sum(self.sizes[:self.furthest]) + min(pos.get(self.furthest, 0),
+                                                      self.sizes[self.furthest])
+            self.best = max(self.best, n)
+        return self.best
+
+
 class _Progress:
-    """A tqdm bar over the input's bytes, advanced per finished partition, showing lines/s."""
+    """A tqdm bar over the input's bytes (tqdm's B/s), advanced while a partition is read (a
+    `ReadWatcher` polled by a thread) and to its end when it is done, with the lines/s so far."""
+
+    POLL_S = 0.5
 
     def __init__(self, parts: list[Partition], enabled: bool, stream: TextIO) -> None:
         self.t0 = time.monotonic()
@@ -315,15 +364,43 @@ class _Progress:
             self.bar = tqdm(total=sum(p.bytes for p in parts), unit="B", unit_scale=True,
                             desc=f"backfill {len(parts)} partition(s)", file=stream,
                             dynamic_ncols=True)
+        self._counted = 0               # bytes of the partition being read, already on the bar
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, part: Partition) -> None:
+        """Follow `part`'s reading until `done`."""
+        if self.bar is None:
+            return
+        watcher, self._counted = ReadWatcher(part.files), 0
+        self._stop = threading.Event()
+
+        def poll(stop: threading.Event = self._stop) -> None:
+            while not stop.wait(self.POLL_S):
+                n = watcher.read_bytes()
+                if n > self._counted:
+                    self.bar.update(n - self._counted)
+                    self._counted = n
+        self._thread = threading.Thread(target=poll, name="backfill-progress", daemon=True)
+        self._thread.start()
+
+    def _unwatch(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
     def done(self, r: PartitionResult) -> None:
+        self._unwatch()
         self.lines += r.lines
         if self.bar is not None:
             rate = self.lines / max(time.monotonic() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} lines/s", refresh=False)
-            self.bar.update(r.bytes)
+            self.bar.update(max(r.bytes - self._counted, 0))
+        self._counted = 0
 
     def close(self) -> None:
+        self._unwatch()
         if self.bar is not None:
             self.bar.close()
 
@@ -361,7 +438,10 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
         if store is not None and not resume:
             for p in parts:
                 store.reset(_done_key(p))
-        shared = client.scatter([config, baselines], broadcast=True) if todo else [None, None]
+        # Unique keys (hash=False): a content-hashed key of an earlier run may still be being
+        # released on the scheduler, and a task then finds its input lost.
+        shared = client.scatter([config, baselines], broadcast=True, hash=False) if todo \
+            else [None, None]
         futures = [client.submit(replay_partition, p, shared[0], shared[1], pure=False,
                                  key=f"stowaway-backfill-{p.name}-{time.time_ns()}")
                    for p in todo]
@@ -414,6 +494,7 @@ def run_backfill(parts: list[Partition], config: Config | None = None, baselines
         else:
             results = []
             for p in parts:
+                bar.watch(p)
                 r = replay_partition(p, config, baselines, sinks=sinks, state_db=state_db,
                                      resume=resume, progress=progress, chunk=chunk,
                                      after_chunk=after_chunk)

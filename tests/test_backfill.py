@@ -251,3 +251,21 @@ def test_cli_dask_local_workers_write_the_single_process_alerts(day, tmp_path, c
     assert "host-a: host lab-host-1" in err and "host-b: host lab-host-1" in err
     assert re.search(r"backfill: 2 partition\(s\), .* lines/s", err), err
     assert _key(json.loads(ln) for ln in one.open()) == _key(json.loads(ln) for ln in two.open())
+
+
+def test_read_watcher_counts_the_bytes_of_files_open_in_this_process(day):
+    """The bar's byte progress while a host loads: files before the one open count whole, the
+    open one up to its position; closed again, the answer never goes back."""
+    from scheduler.backfill import ReadWatcher
+
+    part = discover(day)[0]
+    w = ReadWatcher(part.files)
+    assert w.read_bytes() == 0
+    sizes = [size for _, size in part.files]
+    with open(part.files[2][0], "rb", buffering=0) as fh:     # the position is what was read
+        fh.read(100)
+        assert w.read_bytes() == sizes[0] + sizes[1] + 100
+    assert w.read_bytes() == sizes[0] + sizes[1] + 100
+    with open(part.files[4][0], "rb") as fh:
+        fh.seek(0, 2)
+        assert w.read_bytes() == sum(sizes[:5])
