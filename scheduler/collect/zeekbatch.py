@@ -7,24 +7,62 @@ attribution, the rules' name lookups and the window counts run once per batch ov
 few rows a rule may act on are handed to the per-record rule code as the exact dict the per-line
 parser gives (`ZeekBatch.record`), so every verdict comes from one implementation.
 
-Column conventions (a field the log does not have is absent from `columns`):
+Column conventions (a field the log does not have is absent from `columns`). Each value is the
+per-line parser's (scheduler.collect.zeeklog) value for that row and field, put through one rule,
+so a batch read from a file and one built from parser dicts (`batch_from_records`) agree:
 * "ts": float64 epoch seconds (NaN where unset or unparseable);
-* port and count fields ("id.orig_p", "id.resp_p", "orig_bytes", "resp_bytes", ...): int64,
+* port and count fields (`INT_FIELDS`: "id.orig_p", "id.resp_p", "orig_bytes", ...): int64,
   -1 where unset;
 * every other field: a numpy object array of str, "" where unset ("-") or empty ("(empty)"),
-  Zeek's \\xNN escapes decoded; set/vector fields keep their raw comma-joined text.
+  Zeek's \\xNN escapes decoded; set/vector fields are their elements joined with "," (for string
+  sets that is the raw text with escapes decoded); other typed values as `str()` of the parsed
+  value (a bool is "True"/"False", an interval "300.0");
+* JSON logs with nested objects ({"id": {"orig_h": ...}}) give dotted columns ("id.orig_h"),
+  the top-level dotted key winning where both are present; object values are never a column.
+
+Reading (`iter_batches`, `BlockParser`): a file is read in blocks of about `batch_bytes` that end at
+a line boundary. '#' header lines go through a stateful `ZeekLogParser` (separator, fields,
+types, unset/empty markers, a new header block after rotation or `#close`). Each run of TSV data
+lines between header lines is parsed by pyarrow's CSV reader into only the requested columns (as
+strings; '\\t', no quoting), then converted by Zeek type. JSON lines go through the per-line
+parser (`json.loads` per line: measured faster here than pyarrow.json once the per-line parser's
+type checks are kept; docs/scheduler.md). Whenever the columnar parse cannot vouch for a run (wrong
+field count, a value pyarrow or the type conversion rejects, invalid UTF-8, a stray CR, TSV mixed
+with JSON), THAT run is parsed line by line by the per-line parser, which counts, names
+(file:line, rate-limited) and skips the bad lines: a malformed line never costs the batch, and the
+rows are always exactly the per-line parser's. pyarrow's `invalid_row_handler` is not used: it
+aborted the interpreter at exit in 4 of 8 runs here (pyarrow 26.0.1).
 """
 from __future__ import annotations
 
+import copy
+import functools
+import gzip
+import logging
+import os
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from scheduler.collect import zeeklog
+from scheduler.collect.zeeklog import ParseStats, ZeekLogParser, unescape
+
+log = logging.getLogger(__name__)
 
 #: Fields held as int64 (-1 = unset) rather than text.
 INT_FIELDS = frozenset({"id.orig_p", "id.resp_p", "orig_p", "resp_p", "orig_bytes", "resp_bytes",
                         "orig_pkts", "resp_pkts", "missed_bytes", "trans_id", "qtype", "rcode",
                         "status_code", "request_body_len", "response_body_len", "trans_depth"})
+
+#: Bytes read per block: one batch per block between header lines. 1 MiB measured best here
+#: (64 KiB blocks cost about twice the CPU per line in pyarrow's per-call overhead).
+DEFAULT_BATCH_BYTES = 1 << 20
+
+_INT_TYPES = frozenset({"count", "int", "port"})
+_TEXT_TYPES = frozenset({"string", "addr", "subnet", "enum", "pattern"})
 
 
 @dataclass
@@ -37,7 +75,9 @@ class ZeekBatch:
     lineno: np.ndarray                      # 1-based line number of each row (error messages)
     #: the per-line parser's dict of row i (the fields asked for): the rare rows a rule acts on
     record_of: Callable[[int], dict[str, Any]] | None = None
-    end: Any = None                         # where the reader stands after this batch
+    #: where the reader stands after this batch: for a file, the byte offset just after its last
+    #: line (of the decompressed stream for .gz), a valid place to resume (`iter_batches(start=)`)
+    end: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -68,17 +108,62 @@ def batch_from_records(stream: str, path: str, records: Sequence[dict[str, Any]]
     """A batch from per-line parser dicts: tests, and inputs that arrive as records (the
     osquery-less emulation, JSON objects from elsewhere). The dicts themselves back `record`."""
     recs = list(records)
+    cols = columns_from_records(recs, record_names(recs))
+    n = len(recs)
+    ln = np.asarray(lineno if lineno is not None else range(1, n + 1), dtype=np.int64)
+    return ZeekBatch(stream=stream, path=path, columns=cols, lineno=ln,
+                     record_of=recs.__getitem__)
+
+
+# -- the column conventions, one value at a time (the reference the fast path must equal) --------
+
+def convention(name: str, value: Any) -> Any:
+    """The column value of one per-line parser value: what `columns[name][i]` holds."""
+    if name == "ts":
+        return _float(value)
+    if name in INT_FIELDS:
+        return _int(value)
+    return _text(value)
+
+
+def flat_get(rec: dict[str, Any], name: str) -> Any:
+    """`rec[name]`, or for a dotted name the nested JSON object's value ({"id": {"orig_h"}})."""
+    v = rec.get(name)
+    if v is not None or "." not in name:
+        return v
+    head, tail = name.split(".", 1)
+    sub = rec.get(head)
+    return flat_get(sub, tail) if isinstance(sub, dict) else None
+
+
+def record_names(records: Iterable[dict[str, Any]],
+                 wanted: frozenset[str] | None = None) -> list[str]:
+    """Column names of records in first-seen order: scalar keys, and the dotted paths of nested
+    objects' keys (those in `wanted`, when given)."""
     names: list[str] = []
     seen: set[str] = set()
-    for r in recs:
-        for k in r:
-            if k not in seen:
-                seen.add(k)
-                names.append(k)
+
+    def walk(obj: dict[str, Any], prefix: str) -> None:
+        for k, v in obj.items():
+            name = prefix + k
+            if isinstance(v, dict):
+                walk(v, name + ".")
+            elif name not in seen and (not prefix or wanted is None or name in wanted):
+                seen.add(name)
+                names.append(name)
+
+    for r in records:
+        walk(r, "")
+    return names
+
+
+def columns_from_records(recs: Sequence[dict[str, Any]], names: Iterable[str]
+                         ) -> dict[str, np.ndarray]:
+    """Columns of parser dicts after the conventions (the slow, always-right path)."""
     cols: dict[str, np.ndarray] = {}
     n = len(recs)
     for name in names:
-        values = [r.get(name) for r in recs]
+        values = [flat_get(r, name) for r in recs]
         if name == "ts":
             cols[name] = np.array([_float(v) for v in values], dtype=np.float64)
         elif name in INT_FIELDS:
@@ -87,26 +172,24 @@ def batch_from_records(stream: str, path: str, records: Sequence[dict[str, Any]]
             col = np.empty(n, dtype=object)
             col[:] = [_text(v) for v in values]
             cols[name] = col
-    ln = np.asarray(lineno if lineno is not None else range(1, n + 1), dtype=np.int64)
-    return ZeekBatch(stream=stream, path=path, columns=cols, lineno=ln,
-                     record_of=recs.__getitem__)
+    return cols
 
 
 def _float(v: Any) -> float:
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
     return f
 
 
 def _int(v: Any) -> int:
-    if type(v) is int:
-        return v
-    try:
-        return int(float(v))
-    except (TypeError, ValueError, OverflowError):
-        return -1
+    if type(v) is not int:
+        try:
+            v = int(float(v))
+        except (TypeError, ValueError, OverflowError):
+            return -1
+    return v if -(1 << 63) <= v < (1 << 63) else -1
 
 
 def _text(v: Any) -> str:
@@ -115,3 +198,495 @@ def _text(v: Any) -> str:
     if isinstance(v, (list, tuple, set, frozenset)):
         return ",".join(str(x) for x in v)
     return str(v)
+
+
+# -- pyarrow, imported on first use (the CLI and the osquery-only paths never pay for it) ---------
+
+@functools.lru_cache(maxsize=1)
+def _arrow() -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    class A:
+        pass
+    a = A()
+    a.pa, a.pc, a.csv = pa, pc, pcsv
+    a.errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
+                pa.ArrowKeyError, pa.ArrowIndexError, pa.ArrowException)
+    return a
+
+
+@functools.lru_cache(maxsize=64)
+def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
+                 block_size: int) -> tuple[Any, Any, Any]:
+    """pyarrow's option objects for one header (built once: they cost more than a small run)."""
+    a = _arrow()
+    return (a.csv.ReadOptions(column_names=list(names), block_size=block_size, use_threads=False),
+            a.csv.ParseOptions(delimiter=sep, quote_char=False, escape_char=False,
+                               double_quote=False, newlines_in_values=False,
+                               ignore_empty_lines=True),
+            a.csv.ConvertOptions(include_columns=list(include),
+                                 column_types={n: a.pa.string() for n in include},
+                                 null_values=[], strings_can_be_null=False,
+                                 quoted_strings_can_be_null=False, check_utf8=True))
+
+
+def _read_tsv(seg: bytes, names: Sequence[str], include: Sequence[str], sep: str) -> Any:
+    """One run of TSV data lines as a pyarrow Table of string columns (raises on bad input).
+    Single-threaded: on a 2-core box the threads bought no CPU, and a batch is small."""
+    a = _arrow()
+    block = 1 << max(20, (len(seg) + 1).bit_length())   # the whole run in one parse block
+    ro, po, co = _csv_options(tuple(names), tuple(include), sep, block)
+    return a.csv.read_csv(a.pa.py_buffer(seg), read_options=ro, parse_options=po,
+                          convert_options=co)
+
+
+class _Reject(Exception):
+    """The columnar path cannot vouch for this run: parse it line by line instead."""
+
+
+@dataclass(slots=True)
+class _Lines:
+    """Where the lines of a block are: byte starts/ends (newline and trailing CR excluded) and
+    each line's first byte (0 for a blank line)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    first: np.ndarray
+    stray_cr: bool        # a CR that is not part of a CRLF: pyarrow would split the line there
+
+
+def _plain_lines(data: bytes) -> int | None:
+    """The number of lines of a block with no '#', '{' or CR anywhere (so no header or JSON
+    line), else None. Single-byte searches only (memchr; a two-byte pattern such as "\\n#" is
+    ten times slower in a Zeek log, where every line has a newline)."""
+    if not data or b"#" in data or b"{" in data or b"\r" in data:
+        return None
+    n = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+    return n if data.endswith(b"\n") else n + 1
+
+
+def _index_lines(data: bytes) -> _Lines:
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), nl + 1))
+    ends = np.concatenate((nl, np.array([len(data)], dtype=np.int64)))
+    if data.endswith(b"\n") or not data:
+        starts, ends = starts[:-1], ends[:-1]
+    stray = False
+    if b"\r" in data:
+        stray = data.count(b"\r") != data.count(b"\r\n")
+        ends = ends - ((ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13))
+    lens = ends - starts
+    first = np.zeros(len(starts), dtype=np.uint8)
+    if len(arr):
+        nonblank = lens > 0
+        first[nonblank] = arr[starts[nonblank]]
+    return _Lines(starts, ends, first, stray)
+
+
+class BlockParser:
+    """Turns blocks of complete lines of ONE file into ZeekBatch objects.
+
+    Stateful like `ZeekLogParser` (which it holds, for the headers and for every line the columnar
+    parse cannot vouch for): feed blocks in file order. `stats` counts as the per-line parser
+    does (lines, records, headers, blank, bad_lines, bad_by_file)."""
+
+    def __init__(self, path: str | os.PathLike[str], stream: str | None = None,
+                 fields: Iterable[str] | None = None, stats: ParseStats | None = None,
+                 header: Iterable[str] = ()) -> None:
+        self.path = str(path)
+        self.stream = stream or Path(self.path).name.split(".")[0]
+        self.fields: frozenset[str] | None = frozenset(fields) if fields is not None else None
+        self.stats = stats if stats is not None else ParseStats()
+        self.parser = ZeekLogParser(self.path, fields=self.fields, stats=self.stats)
+        self.columnar_runs = 0   # runs parsed by pyarrow
+        self.line_runs = 0       # runs parsed line by line (JSON, or the columnar parse refused)
+        self.block_lines = 0     # lines in the last block given to parse_block
+        self.prime(header)
+
+    def prime(self, header: Iterable[str]) -> None:
+        """Header lines read earlier (a checkpoint's): the state, without counting them."""
+        s = self.stats
+        before = (s.lines, s.headers)
+        for h in header:
+            self.parser.parse_line(h, 0)
+        s.lines, s.headers = before
+
+    def rename(self, path: str) -> None:
+        """The same file under a new name (rotated by rename): warnings name the new one."""
+        self.path = self.parser.path = str(path)
+
+    def parse_block(self, data: bytes, first_lineno: int = 1, offset: int = 0
+                    ) -> list[ZeekBatch]:
+        """Batches of `data` (complete lines; the last may lack its newline), whose first line is
+        line `first_lineno` of the file and starts at byte `offset`: one per run of data lines
+        between header lines (runs without records give none). Sets `block_lines`."""
+        lines = _plain_lines(data) if self.parser.field_names else None
+        if lines is not None:
+            # the common block: TSV data lines only. With no blank line (then pyarrow's rows are
+            # fewer than the lines: refused) every line is a row, so no line index is needed
+            # unless a record is asked for
+            try:
+                batch = self._columnar(data, lines, None, first_lineno, offset + len(data))
+            except _Reject as why:
+                log.debug("%s:%d: block line by line (%s)", self.path, first_lineno, why)
+            else:
+                self._count_columnar(len(batch), len(batch))
+                self.block_lines = len(batch)
+                return [batch]
+        idx = _index_lines(data)
+        n = len(idx.starts)
+        self.block_lines = n
+        out: list[ZeekBatch] = []
+        heads = np.flatnonzero(idx.first == 35).tolist()     # '#'
+        prev = 0
+        for h in heads + [n]:
+            if h > prev:
+                batch = self._run(data, idx, prev, h, first_lineno, offset)
+                if batch is not None:
+                    out.append(batch)
+            if h < n:
+                text = data[idx.starts[h]:idx.ends[h]].decode("utf-8", errors="replace")
+                self.parser.parse_line(text, first_lineno + h)
+            prev = h + 1
+        return out
+
+    def _count_columnar(self, lines: int, records: int) -> None:
+        self.columnar_runs += 1
+        self.stats.lines += lines
+        self.stats.blank += lines - records
+        self.stats.records += records
+
+    # -- one run of data lines --------------------------------------------------------------------
+    def _run(self, data: bytes, idx: _Lines, a: int, b: int, first_lineno: int,
+             offset: int) -> ZeekBatch | None:
+        first = idx.first[a:b]
+        rows = np.flatnonzero(idx.ends[a:b] > idx.starts[a:b])   # non-blank lines of the run
+        stop = int(idx.starts[b]) if b < len(idx.starts) else len(data)
+        end = offset + stop
+        if not len(rows):
+            self.stats.lines += b - a
+            self.stats.blank += b - a
+            return None
+        n_json = int(np.count_nonzero(first == 123))               # '{'
+        if n_json == 0 and not idx.stray_cr and self.parser.field_names:
+            seg = data[int(idx.starts[a]):stop]
+            try:
+                batch = self._columnar(seg, len(rows), rows, first_lineno + a, end)
+            except _Reject as why:
+                log.debug("%s:%d-%d: line by line (%s)", self.path, first_lineno + a,
+                          first_lineno + b - 1, why)
+            else:
+                self._count_columnar(b - a, len(batch))
+                return batch
+        return self._by_line(data, idx, a, b, first_lineno, end,
+                             mode="json" if n_json == len(rows) else "lines")
+
+    def _by_line(self, data: bytes, idx: _Lines, a: int, b: int, first_lineno: int, end: int,
+                 mode: str) -> ZeekBatch | None:
+        """The per-line parser over the run: it counts and names the bad lines."""
+        self.line_runs += 1
+        parse = self.parser.parse_line
+        recs: list[dict[str, Any]] = []
+        linenos: list[int] = []
+        starts, ends = idx.starts, idx.ends
+        for i in range(a, b):
+            text = data[starts[i]:ends[i]].decode("utf-8", errors="replace")
+            rec = parse(text, first_lineno + i)
+            if rec is not None:
+                recs.append(rec)
+                linenos.append(first_lineno + i)
+        if not recs:
+            return None
+        names = record_names(recs, self.fields)
+        cols = columns_from_records(recs, names)
+        return ZeekBatch(stream=self.stream, path=self.path, columns=cols,
+                         lineno=np.asarray(linenos, dtype=np.int64), record_of=recs.__getitem__,
+                         end=end, meta={"mode": mode})
+
+    def _tsv_names(self) -> list[str]:
+        names = self.parser.field_names
+        keep: list[str] = []
+        for n in names:
+            if (self.fields is None or n in self.fields) and n not in keep:
+                keep.append(n)
+        return keep
+
+    def _columnar(self, seg: bytes, expected: int, row_lines: np.ndarray | None,
+                  first_line: int, end: int) -> ZeekBatch:
+        """`seg`: TSV data lines under the current header, the first being line `first_line`;
+        `expected` rows at `row_lines` (which of its lines are rows; None: all)."""
+        p = self.parser
+        names = p.field_names
+        sep = p.separator
+        if not names:
+            raise _Reject("data before any #fields")
+        if len(set(names)) != len(names):
+            raise _Reject("duplicate field names")
+        if len(sep) != 1 or ord(sep) > 127 or sep in "\r\n":
+            raise _Reject(f"separator {sep!r}")
+        types = p.field_types if len(p.field_types) == len(names) else ["string"] * len(names)
+        keep = self._tsv_names()
+        a_ = _arrow()
+        try:
+            table = _read_tsv(seg, names, keep or names[:1], sep)
+        except a_.errors as exc:
+            raise _Reject(str(exc)[:200]) from None
+        if table.num_rows != expected:
+            raise _Reject(f"{table.num_rows} rows for {expected} lines")
+        ztype = dict(zip(names, types))
+        escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
+        cols = {name: self._convert(name, ztype[name], table.column(name), escapes)
+                for name in keep}
+        snap = copy.copy(p)                  # the header state of this run, for record(i)
+        snap.stats = ParseStats()
+        rel = (row_lines if row_lines is not None
+               else np.arange(table.num_rows, dtype=np.int64)).astype(np.int64)
+        linenos = rel + first_line
+        where: list[_Lines] = []             # the run's line index, built on the first record()
+
+        def record_of(i: int) -> dict[str, Any]:
+            if not where:
+                where.append(_index_lines(seg))
+            j = int(rel[i])
+            text = seg[where[0].starts[j]:where[0].ends[j]].decode("utf-8", errors="replace")
+            rec = snap.parse_line(text, int(linenos[i]))
+            if rec is None:
+                raise RuntimeError(f"{self.path}:{int(linenos[i])}: the per-line parser "
+                                   "refused a line the columnar parse took")
+            return rec
+
+        return ZeekBatch(stream=self.stream, path=self.path, columns=cols, lineno=linenos,
+                         record_of=record_of, end=end, meta={"mode": "columnar"})
+
+    def _convert(self, name: str, ztype: str, col: Any, escapes: bool = True) -> np.ndarray:
+        """One string column to its convention, vectorised for the common types; anything the
+        fast casts cannot vouch for raises _Reject (the run is then parsed line by line)."""
+        a = _arrow()
+        pa, pc = a.pa, a.pc
+        p = self.parser
+        unset, empty = p.unset_field, p.empty_field
+        inner = zeeklog._container_inner(ztype)
+        try:
+            if inner is None and ztype == "time" and name == "ts":
+                isnull = pc.equal(col, unset)
+                if pc.any(isnull).as_py():
+                    col = pc.if_else(isnull, pa.scalar(None, pa.string()), col)
+                arr = pc.cast(col, pa.float64()).to_numpy()
+                finite = np.isfinite(arr)
+                if not finite.all() and not np.array_equal(~finite, isnull.to_numpy()):
+                    raise _Reject("time value not finite")
+                return arr
+            if inner is None and ztype in _INT_TYPES and name in INT_FIELDS:
+                isnull = pc.equal(col, unset)
+                if pc.any(isnull).as_py():
+                    col = pc.if_else(isnull, pa.scalar(None, pa.string()), col)
+                return pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy()
+            if name not in INT_FIELDS and name != "ts" and (
+                    (inner is None and zeeklog._scalar_converter(ztype) is None) or
+                    (inner is not None and zeeklog._scalar_converter(inner) is None
+                     and p.set_separator == ",")):
+                arr = col.to_numpy(zero_copy_only=False)
+                if escapes:
+                    esc = pc.match_substring(col, "\\x").to_numpy(zero_copy_only=False)
+                    for i in np.flatnonzero(esc).tolist():
+                        arr[i] = unescape(arr[i])
+                # after the escapes: a raw "\x2d" is the text "-", not unset
+                blank = pc.is_in(col, value_set=pa.array([unset, empty], pa.string()))
+                arr[blank.to_numpy(zero_copy_only=False)] = ""
+                return arr
+        except a.errors as exc:
+            raise _Reject(f"{name}: {str(exc)[:160]}") from None
+        return self._convert_slow(name, ztype, inner, col.to_pylist())
+
+    def _convert_slow(self, name: str, ztype: str, inner: str | None,
+                      raw: list[str]) -> np.ndarray:
+        """Other typed fields (bools, doubles, numeric sets...): the per-line parser's conversion
+        of each value, then the convention."""
+        p = self.parser
+        unset, empty, ssep = p.unset_field, p.empty_field, p.set_separator
+        conv = zeeklog._scalar_converter(inner if inner is not None else ztype)
+        values: list[Any] = []
+        try:
+            for v in raw:
+                if v == unset:
+                    values.append(None)
+                elif inner is not None:
+                    values.append([] if v == empty else
+                                  [conv(x) if conv is not None else unescape(x)
+                                   for x in v.split(ssep)])
+                elif conv is not None:
+                    values.append(conv(v))
+                else:
+                    values.append("" if v == empty else unescape(v))
+        except (ValueError, TypeError, OverflowError) as exc:  # MalformedLine is a ValueError
+            raise _Reject(f"{name}: {str(exc)[:160]}") from None
+        if name == "ts":
+            return np.array([_float(v) for v in values], dtype=np.float64)
+        if name in INT_FIELDS:
+            return np.array([_int(v) for v in values], dtype=np.int64)
+        out = np.empty(len(values), dtype=object)
+        out[:] = [_text(v) for v in values]
+        return out
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _open_binary(path: str) -> Any:
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def iter_blocks(handle: Any, batch_bytes: int, final: bool = True
+                ) -> Iterator[tuple[bytes, bool]]:
+    """(block, ok) of complete lines from a binary handle, each about `batch_bytes` (longer when
+    one line is). At the end, a last line without newline is a line when `final` (a finished
+    file), else it is left unread. A read error (truncated .gz) ends the blocks with ok=False:
+    the complete lines read before it come first."""
+    parts: list[bytes] = []
+    size = 0
+    read = getattr(handle, "read1", handle.read)
+    while True:
+        try:
+            chunk = read(batch_bytes)
+        except _READ_ERRORS as exc:
+            data = b"".join(parts)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut], True
+            yield repr(exc).encode(), False
+            return
+        if chunk:
+            parts.append(chunk)
+            size += len(chunk)
+            if size < batch_bytes:
+                continue
+        data = b"".join(parts)
+        if not chunk:
+            if data and final:
+                yield data, True
+            elif data:
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    yield data[:cut], True
+            return
+        cut = data.rfind(b"\n") + 1
+        if not cut:                      # one line longer than batch_bytes: read on
+            parts, size = [data], len(data)
+            continue
+        yield data[:cut], True
+        rest = data[cut:]
+        parts, size = ([rest], len(rest)) if rest else ([], 0)
+
+
+def _prefix(handle: Any, start: int) -> tuple[list[str], int]:
+    """The header lines and line count of the first `start` bytes (to resume mid-file)."""
+    header: list[str] = []
+    lines = 0
+    left = start
+    pending = b""
+    while left > 0:
+        chunk = handle.read(min(left, DEFAULT_BATCH_BYTES))
+        if not chunk:
+            break
+        left -= len(chunk)
+        data = pending + chunk
+        lines += data.count(b"\n", len(pending))
+        cut = data.rfind(b"\n") + 1
+        for raw in data[:cut].split(b"\n"):
+            if raw.startswith(b"#"):
+                header = update_header(header, raw.decode("utf-8", errors="replace").rstrip("\r"))
+        pending = data[cut:]
+    return header, lines
+
+
+def update_header(header: list[str], text: str) -> list[str]:
+    """The header block in force after '#' line `text`: a new block starts with #separator or
+    after #close (the tailer keeps this in its checkpoint to prime a parser mid-file)."""
+    if text.startswith("#separator") or (header and header[-1].startswith("#close")):
+        return [text]
+    return header + [text]
+
+
+def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
+                 fields: Iterable[str] | None = None, stats: ParseStats | None = None,
+                 batch_bytes: int = DEFAULT_BATCH_BYTES, start: int = 0) -> Iterator[ZeekBatch]:
+    """The records of one Zeek log (TSV or JSON lines, plain or .gz) as ZeekBatch objects.
+
+    `fields` limits the columns (None: all); `stats` counts lines, records and malformed lines
+    as `zeeklog.iter_zeek_log` does, and the two give the same records. `start` resumes at a byte
+    offset (a previous batch's `end`): the header in force there is read from the bytes before
+    it. A truncated .gz yields the complete lines before the damage, counted in
+    `stats.io_errors` with a warning; nothing raises on bad input."""
+    p = str(path)
+    stats = stats if stats is not None else ParseStats()
+    stats.files += 1
+    try:
+        handle = _open_binary(p)
+    except OSError as exc:
+        stats.io_errors += 1
+        log.warning("cannot read %s: %s", p, exc)
+        return
+    with handle:
+        header: list[str] = []
+        lineno = 0
+        if start:
+            try:
+                header, lineno = _prefix(handle, start)
+            except _READ_ERRORS as exc:
+                stats.io_errors += 1
+                log.warning("cannot resume %s at offset %d: %s", p, start, exc)
+                return
+        bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header)
+        offset = start
+        for block, ok in iter_blocks(handle, batch_bytes):
+            if not ok:
+                stats.io_errors += 1
+                log.warning("stopped reading %s after line %d: %s", p, lineno,
+                            block.decode(errors="replace"))
+                return
+            yield from bp.parse_block(block, lineno + 1, offset)
+            offset += len(block)
+            lineno += bp.block_lines
+
+
+def parse_only(path: str | os.PathLike[str], fields: Iterable[str] | None = None,
+               batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:
+    """The bare columnar parse (the bench's floor): blocks of a TSV log through pyarrow's CSV
+    reader into string columns of `fields`, nothing converted; returns the rows parsed. Header
+    lines set the field names; a run pyarrow refuses is skipped (not counted)."""
+    wanted = frozenset(fields) if fields is not None else None
+    names: list[str] = []
+    sep = "\t"
+    rows = 0
+    with _open_binary(str(path)) as handle:
+        for block, ok in iter_blocks(handle, batch_bytes):
+            if not ok:
+                break
+            idx = _index_lines(block)
+            heads = np.flatnonzero(idx.first == 35).tolist()
+            prev = 0
+            for h in heads + [len(idx.starts)]:
+                if h > prev and names:
+                    seg = block[idx.starts[prev]:(idx.starts[h] if h < len(idx.starts)
+                                                  else len(block))]
+                    keep = [n for n in names if wanted is None or n in wanted] or names[:1]
+                    try:
+                        rows += _read_tsv(seg, names, keep, sep).num_rows
+                    except _arrow().errors:
+                        pass
+                if h < len(idx.starts):
+                    text = block[idx.starts[h]:idx.ends[h]].decode("utf-8", errors="replace")
+                    if text.startswith("#fields"):
+                        names = text.split(sep)[1:]
+                prev = h + 1
+    return rows
