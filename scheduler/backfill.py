@@ -219,12 +219,21 @@ def discover(path: str | Path) -> list[Partition]:
     if not parts:
         raise LayoutError(f"{p}: not a recording (no meta.json) and no host directories in it; "
                           f"{LAYOUT_HELP}")
-    labels = [x.label for x in parts]
-    dup = {n for n in labels if labels.count(n) > 1}
-    if dup:
-        raise LayoutError(f"{p}: two partitions named {sorted(dup)[0]!r} (meta.json names and "
-                          f"host directory names must differ)")
+    check_unique(parts)
     return parts
+
+
+def check_unique(parts: list[Partition]) -> None:
+    """Two partitions of one name would share a replay checkpoint (and a Dask result slot): the
+    second would resume inside the first's data. Raises LayoutError naming the two."""
+    seen: dict[str, Partition] = {}
+    for x in parts:
+        if x.name in seen:
+            where = [seen[x.name].recording or seen[x.name].zeek_dir or seen[x.name].osquery_dir,
+                     x.recording or x.zeek_dir or x.osquery_dir]
+            raise LayoutError(f"{where[1]}: named {x.label!r} like {where[0]} (a replay's "
+                              f"checkpoint is per name: give recordings distinct meta.json names)")
+        seen[x.name] = x
 
 
 # ------------------------------------------------------------------------------ one partition

@@ -269,3 +269,18 @@ def test_read_watcher_counts_the_bytes_of_files_open_in_this_process(day):
     with open(part.files[4][0], "rb") as fh:
         fh.seek(0, 2)
         assert w.read_bytes() == sum(sizes[:5])
+
+
+def test_two_inputs_of_one_name_are_refused_before_anything_is_written(tmp_path, capsys):
+    """Two recordings named alike would share one replay checkpoint: the second would resume
+    inside the first's data."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(DEMO / "churn", a)
+    shutil.copytree(DEMO / "churn", b)
+    out = tmp_path / "alerts.jsonl"
+    rc = main(["replay", str(a), str(b), "--out", str(out), "--no-progress"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "'churn'" in err[0] and str(b) in err[0], err
+    assert not out.exists()

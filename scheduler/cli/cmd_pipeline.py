@@ -68,20 +68,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "replay", formatter_class=fmt, help="batch detection over recordings or a day of logs",
-        description="Run the pipeline over recordings (directories with meta.json, osquery/ and "
-                    "zeek/, see docs/recordings.md), over a day of a host's rotated logs, or over "
-                    "a Zeek log directory plus an osqueryd results log.\n\n"
-                    "Backfill: a DIR argument may hold one directory per host or sensor, each with "
-                    "zeek/ (rotated <stream>.<stamp>.log.gz as Zeek or zeekctl write them, or a "
-                    "zeek -r run's <stream>.log) and/or osquery/ (osqueryd.results.log.N[.gz] ... "
-                    ".1 and the current file); rotated files are read oldest first. Each host is "
-                    "replayed through its own pipeline, with a progress bar over the input's bytes "
-                    "(lines/s) and a summary line at the end. With --dask-scheduler or "
-                    "--dask-local the hosts run on a Dask cluster's workers (the files must be at "
-                    "the same paths there), with the same alerts as one process.\n\n"
-                    "Progress is checkpointed in the state DB: a killed replay run again resumes "
-                    "(in one process: at the last committed chunk; on Dask: hosts already done "
-                    "are not run again) and writes no alert twice.",
+        description=(
+            "Run the pipeline over recordings (directories with meta.json, osquery/ and zeek/,\n"
+            "see docs/recordings.md), over a day of rotated logs per host, or over a Zeek log\n"
+            "directory plus an osqueryd results log.\n\n"
+            "Backfill: a DIR may hold one directory per host or sensor, each with zeek/ (rotated\n"
+            "<stream>.<stamp>.log.gz as Zeek or zeekctl write them, or a zeek -r run's\n"
+            "<stream>.log) and/or osquery/ (osqueryd.results.log.N[.gz] ... .1 and the current\n"
+            "file); rotated files are read oldest first. Each host runs through a pipeline of its\n"
+            "own, with a progress bar over the input's bytes, a line per host and a summary line\n"
+            "(lines read, records, bad lines, alerts, seconds, lines/s). With --dask-scheduler or\n"
+            "--dask-local the hosts run on a Dask cluster's workers (the files at the same paths\n"
+            "there), with the same alerts as in one process. docs/scheduler.md, Backfill.\n\n"
+            "Progress is checkpointed in the state DB: a killed replay run again resumes (in one\n"
+            "process at the last committed chunk; on Dask the hosts already done are not run\n"
+            "again) and writes no alert twice."),
         epilog="examples:\n"
                "  stowaway replay scheduler/demo_data/geo_lookup --out alerts.jsonl\n"
                "  stowaway replay /srv/backfill/2026-12-01 --out day.jsonl   # <host>/{zeek,osquery}/\n"
@@ -397,7 +398,7 @@ def _bad_input_line(name: str, stats: dict[str, Any]) -> str | None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from scheduler.backfill import LayoutError, discover, run_backfill
+    from scheduler.backfill import LayoutError, check_unique, discover, run_backfill
     from scheduler.replay import train_from_recordings
     from scheduler.alerting.report import Section, write_report
     from scheduler.alerting.sinks import JsonlSink, SinkSet
@@ -420,6 +421,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         for d in dirs:
             parts.extend(discover(d))
+        check_unique(parts)
         for d in map(Path, args.train):
             problem = recording_problem(d)
             if problem:
