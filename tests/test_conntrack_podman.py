@@ -91,7 +91,8 @@ def test_masqueraded_flows_are_attributed_to_their_containers(lab, service):
     sockdir = Path(tempfile.mkdtemp(prefix="stw-"))
     manager = FakeOsqueryd(sockdir).start()
     ext = start_extension(manager.path, extra=["--verbose"], env={
-        "STOWAWAY_RUNTIME_SOCKETS": f"podman={service}", "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+        "STOWAWAY_RUNTIME_SOCKETS": f"podman={service}", "STOWAWAY_NO_PROC_CONNECTOR": "1",
+        "STOWAWAY_RUNTIME_TIMEOUT": "30"})     # a loaded CI machine makes podman's API slow
     err = _Stderr(ext.stderr)
     err.start()
     names = [f"stw-ctp-web-{tag}", f"stw-ctp-once-{tag}"]

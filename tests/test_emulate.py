@@ -660,8 +660,11 @@ def _churn_containers(run_id: str) -> list[str]:
 @podman
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_run_leaves_nothing_behind(sig):
+    # 20 containers spread over 300 s: the signal lands while the churn runs even when a loaded
+    # machine makes the first container (and `podman ps`) slow; with 30 s the whole churn once
+    # finished before the signal (CI under a busy loop on both cores), and the run exited 0.
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
-                             "--churn-count", "20", "--churn-seconds", "30"], cwd=REPO,
+                             "--churn-count", "20", "--churn-seconds", "300"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()
     run_id = _run_id(first)
@@ -727,7 +730,7 @@ def test_geo_lookup_through_the_deployed_extension_over_thrift(tmp_path):
 def test_cleanup_stale_after_sigkill():
     """SIGKILL cannot be caught: the run's state file lets `--cleanup-stale` remove what it left."""
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
-                             "--churn-count", "20", "--churn-seconds", "30"], cwd=REPO,
+                             "--churn-count", "20", "--churn-seconds", "300"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_id = _run_id(proc.stdout.readline())
     try:

@@ -56,7 +56,8 @@ def test_registers_and_serves_every_table(sockdir, tmp_path):
     manager = FakeOsqueryd(sockdir).start()
     ext = start_extension(manager.path, env={
         "STOWAWAY_PROC": str(proc), "STOWAWAY_RUNTIME_SOCKETS": f"podman=unix://{engine_sock}",
-        "STOWAWAY_NO_PROC_CONNECTOR": "1"})
+        "STOWAWAY_NO_PROC_CONNECTOR": "1",
+        "STOWAWAY_RUNTIME_TIMEOUT": "30"})     # the fake engine is a test thread: loaded CI can starve it
     client = None
     try:
         uuid, info, registry = manager.wait_registered()

@@ -35,8 +35,11 @@ def lab(tmp_path: Path):
     proc = make_proc(tmp_path)
     engine_sock = str(sockdir / "podman.sock")
     eng = FakeEngine(engine_sock, [podman_container(PODMAN_ID, "web-1", ip="10.88.0.9")]).start()
+    # The runtime timeout guards a hung engine in production (2 s); here the engine is the test's
+    # own thread, which a loaded machine (CI with busy loops on both cores) can starve past 2 s:
+    # the inspect then timed out and the row lost its address. Correctness is tested, not speed.
     env = {"STOWAWAY_PROC": str(proc), "STOWAWAY_RUNTIME_SOCKETS": f"podman=unix://{engine_sock}",
-           "STOWAWAY_NO_PROC_CONNECTOR": "1"}
+           "STOWAWAY_NO_PROC_CONNECTOR": "1", "STOWAWAY_RUNTIME_TIMEOUT": "30"}
     yield sockdir, eng, env
     eng.stop()
     shutil.rmtree(sockdir, ignore_errors=True)
