@@ -99,21 +99,26 @@ class BackfillResult:
     alerts: list[Alert]             # every partition's, deduplicated on id, by (time, id)
     seconds: float
 
+    # What this run read: partitions done in an earlier run (Dask mode) read nothing now.
+    @property
+    def ran(self) -> list[PartitionResult]:
+        return [p for p in self.partitions if not p.skipped]
+
     @property
     def lines(self) -> int:
-        return sum(p.lines for p in self.partitions)
+        return sum(p.lines for p in self.ran)
 
     @property
     def records(self) -> int:
-        return sum(p.items for p in self.partitions)
+        return sum(p.items for p in self.ran)
 
     @property
     def bad_lines(self) -> int:
-        return sum(p.bad_lines for p in self.partitions)
+        return sum(p.bad_lines for p in self.ran)
 
     @property
     def bytes(self) -> int:
-        return sum(p.bytes for p in self.partitions)
+        return sum(p.bytes for p in self.ran)
 
 
 # ------------------------------------------------------------------------------ discovery
@@ -308,7 +313,9 @@ def partition_line(r: PartitionResult) -> str:
 def summary_line(res: BackfillResult) -> str:
     """The one line a backfill ends with: what was read, what came of it, and how fast."""
     rate = res.lines / res.seconds if res.seconds > 0 else 0.0
-    return (f"backfill: {len(res.partitions)} partition(s), {res.lines:,} lines read "
+    skipped = len(res.partitions) - len(res.ran)
+    return (f"backfill: {len(res.partitions)} partition(s)"
+            f"{f' ({skipped} done in an earlier run)' if skipped else ''}, {res.lines:,} lines read "
             f"({res.bytes / 1e6:,.1f} MB), {res.records:,} records, {res.bad_lines:,} bad lines, "
             f"{len(res.alerts)} alerts in {res.seconds:.1f} s: {rate:,.0f} lines/s")
 
@@ -408,6 +415,12 @@ class _Progress:
             self.bar.update(max(r.bytes - self._counted, 0))
         self._counted = 0
 
+    def skip(self, r: PartitionResult) -> None:
+        """A partition done in an earlier run: off the bar's total, not counted as read now."""
+        if self.bar is not None:
+            self.bar.total -= r.bytes
+            self.bar.refresh()
+
     def close(self) -> None:
         self._unwatch()
         if self.bar is not None:
@@ -440,7 +453,7 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
                     alert_from_dict(d) for d in store.all_alerts(_done_key(p))],
                     "repeats": store.repeats(_done_key(p)), "skipped": True, "seconds": 0.0})
                 results[p.name] = r
-                bar.done(r)
+                bar.skip(r)
                 report(r)
             else:
                 todo.append(p)
