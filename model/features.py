@@ -12,18 +12,17 @@ per-name entropy computation.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import posixpath
-from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
+from model.window_agg import (DISTINCT_CAP, FAILED_CONN_STATES, NET_FEATURES,  # noqa: F401
+                              NetWindowAgg, columns_of, domain_of, label_entropy, leaves_rfc1918)
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +64,10 @@ NETWORK_TOOLS = frozenset({
 })
 #: Processes that belong to the container runtime entering the cgroup, not to the workload.
 RUNTIME_NAMES = frozenset({"runc", "runc:[0:parent]", "runc:[1:child]", "runc:[2:init]", "crun", "conmon"})
-#: Zeek conn_state values meaning the connection attempt did not get an answer or was refused.
-FAILED_CONN_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
 CREATE_ACTIONS = frozenset({"create"})
 DESTROY_ACTIONS = frozenset({"destroy", "remove"})
 RESTART_ACTIONS = frozenset({"restart"})
 EXEC_ACTIONS = frozenset({"exec", "exec_create", "exec_start"})
-
-_RFC1918 = (
-    ipaddress.ip_network("10.0.0.0/8"),
-    ipaddress.ip_network("172.16.0.0/12"),
-    ipaddress.ip_network("192.168.0.0/16"),
-)
-
 
 @dataclass
 class FeatureWindows:
@@ -164,52 +154,6 @@ def is_runtime_process(rec: ProcessRecord) -> bool:
     return exe in RUNTIME_NAMES or rec.cmdline.startswith(("/usr/bin/runc init", "runc init"))
 
 
-@lru_cache(maxsize=65536)
-def label_entropy(name: str) -> float:
-    """Shannon entropy (bits per character) of the leftmost DNS label.
-
-    The leftmost label is where DGA / tunnelling puts its random part; service names like `db` or
-    `api` stay low (≤ 2 bits), random 16+ character labels reach 3.5-4.5 bits.
-    """
-    label = name.strip(".").split(".", 1)[0].lower()
-    if not label:
-        return 0.0
-    n = len(label)
-    return -sum((c / n) * math.log2(c / n) for c in Counter(label).values())
-
-
-@lru_cache(maxsize=65536)
-def leaves_rfc1918(addr: str) -> bool:
-    """True when a destination lies outside private space (RFC 1918, loopback, link-local, ULA)."""
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return False
-    if ip.version == 4:
-        return not (any(ip in net for net in _RFC1918) or ip.is_loopback or ip.is_link_local
-                    or ip.is_unspecified or ip.is_multicast)
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                or ip.is_unspecified)
-
-
-@lru_cache(maxsize=65536)
-def domain_of(value: str) -> str:
-    """A domain name for distinct counting, or "" for IP literals / empty (Host: 10.0.0.3:8080)."""
-    v = value.strip().lower().rstrip(".")
-    if not v:
-        return ""
-    host = v
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    try:
-        ipaddress.ip_address(host)
-        return ""
-    except ValueError:
-        return host
-
-
 def window_index(ts: np.ndarray, window_s: float, origin: float) -> np.ndarray:
     return np.floor((np.asarray(ts, dtype=float) - origin) / window_s).astype(np.int64)
 
@@ -227,8 +171,9 @@ class _Span:
     ended: bool
 
 
-def _container_spans(processes, nets, lifecycle, containers) -> dict[str, _Span]:
-    """When each container existed: inventory creation, lifecycle events and first/last record."""
+def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> dict[str, _Span]:
+    """When each container existed: inventory creation, lifecycle events and first/last record
+    (of the records given, or of the network accumulators standing for them)."""
     spans: dict[str, _Span] = {}
 
     def touch(cid: str, ts: float, image: str = "", host: str = "", name: str = "") -> _Span:
@@ -271,6 +216,10 @@ def _container_spans(processes, nets, lifecycle, containers) -> dict[str, _Span]
     for r in nets:
         if r.container_id:
             touch(r.container_id, r.ts, r.image, r.host)
+    for (cid, _), agg in net_windows:
+        if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
+            touch(cid, agg.t_min, agg.image, agg.host)
+            touch(cid, agg.t_max, agg.image, agg.host)
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first
@@ -290,6 +239,7 @@ def build_windows(
     environment: str = "default",
     image_key=None,
     align: str = "container",
+    net_windows: dict[tuple[str, int], NetWindowAgg] | None = None,
 ) -> FeatureWindows:
     """Turn records into one feature row per container per window.
 
@@ -304,13 +254,19 @@ def build_windows(
     `start`/`end` restrict the rows to windows overlapping that range; pass the records of whole
     windows. `image_key` (a callable) maps an
     image name to the key churn is grouped by; default: the image string as given.
+
+    Network features come from a `model.window_agg.NetWindowAgg` per (container, window): the
+    records in `nets` are grouped into one each, or the caller hands its own accumulators in
+    `net_windows`, keyed (container id, window index from the container's origin) (the live
+    engine's windows, which never keep their records). One implementation either way.
     """
     if window_s <= 0:
         raise ValueError("window_s must be positive")
     processes, nets = list(processes), list(nets)
     lifecycle, containers = list(lifecycle), list(containers)
     keyfn = image_key or (lambda s: s)
-    spans = _container_spans(processes, nets, lifecycle, containers)
+    aggs = list((net_windows or {}).items())
+    spans = _container_spans(processes, nets, lifecycle, containers, aggs)
     if not spans:
         return FeatureWindows.empty(environment)
 
@@ -404,41 +360,36 @@ def build_windows(
         X[:, col["location_discovery_processes"]] = count(
             p_rows, np.array([bool(p.location_discovery) for p in procs], float))
 
-    # network -----------------------------------------------------------------------------------
+    # network ---------------------------------------------------------------------------------
     known = [r for r in nets if r.container_id in cid_index]
-    if known:
+    row_aggs: list[tuple[int, NetWindowAgg]] = []
+    if known:   # records: one feature-only accumulator per row, fed the row's records in order
+        cols = columns_of(known)
         n_rows_all = rows_for(np.fromiter((cid_index[r.container_id] for r in known), np.int64, len(known)),
                               np.fromiter((r.ts for r in known), float, len(known)))
-        kind = np.array([r.kind for r in known])
-        conn = kind == "conn"
-        dns = kind == "dns"
-        http = kind == "http"
-        c_rows = np.where(conn, n_rows_all, -1)
-        X[:, col["outbound_conns"]] = count(c_rows)
-        X[:, col["failed_conns"]] = count(c_rows, np.array([r.conn_state in FAILED_CONN_STATES for r in known], float))
-        X[:, col["distinct_remote_addrs"]] = distinct(c_rows, encode([r.resp_h for r in known]))
-        X[:, col["distinct_remote_ports"]] = distinct(
-            c_rows, np.array([r.resp_p if r.resp_p else -1 for r in known], dtype=np.int64))
-        X[:, col["bytes_out"]] = count(c_rows, np.array([float(r.bytes_out or 0) for r in known]))
-        X[:, col["bytes_in"]] = count(c_rows, np.array([float(r.bytes_in or 0) for r in known]))
-        n_conn = X[:, col["outbound_conns"]]
-        public = count(c_rows, np.array([leaves_rfc1918(r.resp_h) for r in known], float))
-        X[:, col["public_conn_share"]] = np.divide(public, n_conn, out=np.zeros(n_rows), where=n_conn > 0)
-
-        domains = [domain_of(r.domain) if r.kind in ("dns", "http", "ssl", "geo") else "" for r in known]
-        X[:, col["distinct_domains"]] = distinct(n_rows_all, encode(domains))
-        d_rows = np.where(dns, n_rows_all, -1)
-        n_dns = count(d_rows)
-        X[:, col["dns_queries"]] = n_dns
-        ent = np.array([label_entropy(r.domain) if r.kind == "dns" else 0.0 for r in known])
-        X[:, col["dns_label_entropy_mean"]] = np.divide(count(d_rows, ent), n_dns, out=np.zeros(n_rows),
-                                                        where=n_dns > 0)
-        answered = np.where(dns & np.array([bool(r.rcode) for r in known]), n_rows_all, -1)
-        n_answered = count(answered)
-        nx = count(answered, np.array([r.rcode.upper() == "NXDOMAIN" for r in known], float))
-        X[:, col["nxdomain_share"]] = np.divide(nx, n_answered, out=np.zeros(n_rows), where=n_answered > 0)
-        X[:, col["http_requests"]] = count(np.where(http, n_rows_all, -1))
-        X[:, col["geo_service_contacts"]] = count(n_rows_all, np.array([bool(r.geo_service) for r in known], float))
+        hit = np.flatnonzero(n_rows_all >= 0)
+        by_row = hit[np.argsort(n_rows_all[hit], kind="stable")]
+        rows_sorted = n_rows_all[by_row]
+        cuts = np.flatnonzero(np.diff(rows_sorted)) + 1
+        for part in np.split(by_row, cuts) if by_row.size else []:
+            agg = NetWindowAgg(sample=False)
+            agg.add_columns(cols, part)
+            row_aggs.append((int(n_rows_all[part[0]]), agg))
+    for (cid, k), agg in aggs:
+        ci = cid_index.get(cid)
+        if ci is None:
+            continue
+        w = int(k) - wmin
+        if not 0 <= w < span_w:
+            continue
+        key = ci * span_w + w
+        pos = int(np.searchsorted(sorted_keys, key))
+        if pos < sorted_keys.size and sorted_keys[pos] == key:
+            row_aggs.append((int(key_order[pos]), agg))
+    if row_aggs:
+        net_cols = [col[f] for f in NET_FEATURES]
+        rows_idx = np.array([r for r, _ in row_aggs], dtype=np.int64)
+        X[np.ix_(rows_idx, net_cols)] = np.array([agg.features() for _, agg in row_aggs], dtype=float)
 
     # lifecycle ---------------------------------------------------------------------------------
     ev = [e for e in lifecycle if e.container_id in cid_index]

@@ -28,7 +28,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
+import numpy as np
+
+from model.records import ContainerInfo, LifecycleRecord, NetColumns, NetRecord, ProcessRecord
+from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.config import Config
@@ -155,6 +158,8 @@ class Pipeline(WindowingMixin):
         self._proc_seen: dict[tuple[str, int, str], float] = {}
         self._wqueue: list[tuple[float, int, str, Any]] = []   # window input waiting (close lag)
         self._wseq = 0
+        self._wqueue_rows = 0           # network rows in the queue (records and chunk rows)
+        self.window_queue_overflows = 0
         self._risky_seen: set[tuple[str, str, str]] = set()
         # Attribution (address -> container at a time, process rows, the hold of records whose
         # container osquery has not reported yet) is the join's; the engine judges outbound
@@ -284,26 +289,90 @@ class Pipeline(WindowingMixin):
             return
         self._wseq += 1
         heapq.heappush(self._wqueue, (ts, self._wseq, kind, rec))
+        if kind == "n":
+            self._wqueue_rows += 1
+
+    def _window_add_nets(self, nets: NetColumns) -> None:
+        """The batch engine's window input: with a close lag, each container's rows wait in the
+        same queue as one item (a NetColumns chunk, not a NetRecord per row), released in time
+        order with the other window input (see `_release_window_input`)."""
+        if self.close_lag_s <= 0 or self.windows_only:
+            WindowingMixin._window_add_nets(self, nets)
+            return
+        if not self.windows_enabled or not len(nets):
+            return
+        cid_col = np.asarray(nets.container_id, dtype=object)
+        idx = np.flatnonzero(cid_col != "")
+        if not idx.size:
+            return
+        ts = np.asarray(nets.ts, dtype=float)
+        cids, inv = np.unique(cid_col[idx], return_inverse=True)
+        order = np.lexsort((np.arange(idx.size), ts[idx], inv.reshape(-1)))  # cid, time, row
+        cuts = np.flatnonzero(np.diff(inv.reshape(-1)[order])) + 1
+        for rows in np.split(idx[order], cuts):
+            self._wseq += 1
+            heapq.heappush(self._wqueue, (float(ts[rows[0]]), self._wseq, "N", nets.take(rows)))
+            self._wqueue_rows += int(rows.size)
+        if self._wqueue_rows > WINDOW_QUEUE_MAX_ROWS:
+            # Bounded: past the cap the queue is handed over now (the lag is not waited for),
+            # so a burst costs some late records rather than memory.
+            self.window_queue_overflows += 1
+            log.warning("window queue over %d rows: released without the close lag",
+                        WINDOW_QUEUE_MAX_ROWS)
+            self._release_window_input(self.data_time)
 
     def _release_window_input(self, until: float) -> None:
         """Hand queued window input up to data time `until` to the windows, in time order.
 
         A container's windows are anchored at its creation (inventory); a record of a container
         osquery has not reported yet waits (up to one more window length) so the anchor is the
-        creation time, as in a replay that knows the inventory up front, not the record's time."""
+        creation time, as in a replay that knows the inventory up front, not the record's time.
+
+        Network chunks (`_window_add_nets`) release their rows up to `until`; a container's rows
+        are then fed, a run at a time, between that container's other records in (time,
+        arrival) order: the order each container's windows would have seen record by record
+        (containers' windows do not depend on each other's order)."""
         q = self._wqueue
         waiting = []
+        released: set[str] = set()     # containers whose input went to the windows here
+        items: list[tuple[float, int, str, Any]] = []
+        chunks: dict[str, list[tuple[int, Any]]] = {}
         while q and q[0][0] <= until:
             item = heapq.heappop(q)
-            ts, _, kind, rec = item
-            cid = rec.container_id
-            if cid and cid not in self._origins and self.inventory.get(self.host, cid) is None \
+            ts, seq, kind, rec = item
+            cid = rec.container_id[0] if kind == "N" else rec.container_id
+            if cid and cid not in released and cid not in self._origins \
+                    and self.inventory.get(self.host, cid) is None \
                     and ts > until - self.window_s and until != float("inf"):
                 waiting.append(item)
                 continue
-            WindowingMixin._window_add(self, kind, ts, rec)
+            if cid and self.windows_enabled:
+                released.add(cid)
+            if kind != "N":
+                items.append(item)
+                continue
+            n = int(np.searchsorted(rec.ts, until, side="right"))
+            if n < len(rec):
+                heapq.heappush(q, (float(rec.ts[n]), seq, "N", rec.take(slice(n, None))))
+                rec = rec.take(slice(0, n))
+            self._wqueue_rows -= n
+            chunks.setdefault(cid, []).append((seq, rec))
         for item in waiting:
             heapq.heappush(q, item)
+        runs = {cid: _NetRun(parts) for cid, parts in chunks.items()}
+        for ts, seq, kind, rec in items:
+            run = runs.get(rec.container_id)
+            if run is not None:
+                self._feed_net_run(run.before(ts, seq))
+            if kind == "n":
+                self._wqueue_rows -= 1
+            WindowingMixin._window_add(self, kind, ts, rec)
+        for cid in sorted(runs):
+            self._feed_net_run(runs[cid].rest())
+
+    def _feed_net_run(self, cols: NetColumns | None) -> None:
+        if cols is not None and len(cols):
+            WindowingMixin._window_add_nets(self, cols)
 
     def _advance(self, ts: float) -> None:
         if ts <= self.data_time:
@@ -570,7 +639,8 @@ class Pipeline(WindowingMixin):
             st["osquery_until"] = self.joiner.osquery_until
             st["windows"] = {cid: {"origin": cw["origin"], "k": cw["k"],
                                    **{kind: [_record_to_list(r) for r in cw[kind]]
-                                      for kind in ("p", "n", "l")}}
+                                      for kind in ("p", "l")},
+                                   "n": cw["n"].to_json()}
                              for cid, cw in self._cw.items()}
             # The process dedupe only matters for processes the rules could still act on (the
             # suppression window) or a window could still take: older entries are not saved
@@ -579,8 +649,7 @@ class Pipeline(WindowingMixin):
                 - self.close_lag_s
             st["proc_seen"] = [[c, pid, cmd, t] for (c, pid, cmd), t in self._proc_seen.items()
                                if t >= keep]
-            st["window_queue"] = [[ts, kind, _record_to_list(r)]
-                                  for ts, _, kind, r in sorted(self._wqueue)]
+            st["window_queue"] = _queue_to_lists(self._wqueue)
             st["geo"] = _geo_state(self.geo, self.data_time) if self.geo is not None else None
         return st
 
@@ -610,24 +679,30 @@ class Pipeline(WindowingMixin):
             self._load_windows(st["windows"], st.get("open_windows", []))
             self._proc_seen = {(c, int(pid), cmd): float(t) for c, pid, cmd, t in
                                st.get("proc_seen", [])}
-            self._wqueue = []
+            self._wqueue, self._wqueue_rows = [], 0
             for ts, kind, values in st.get("window_queue", []):
                 self._wseq += 1
                 self._wqueue.append((float(ts), self._wseq, kind, _record_from_list(kind, values)))
+                self._wqueue_rows += kind == "n"
             heapq.heapify(self._wqueue)
             if self.geo is not None and st.get("geo"):
                 _load_geo_state(self.geo, st["geo"])
 
     def _load_windows(self, windows: dict[str, Any], positions: list[Any]) -> None:
-        """Re-open the windows that were open at the save, with their records, so they are
-        completed by the records still to come and scored once (not skipped, not twice)."""
+        """Re-open the windows that were open at the save, with their process and lifecycle
+        records and their network accumulator, so they are completed by the records still to
+        come and scored once (not skipped, not twice). A state saved before the accumulators
+        (a list of network records) is counted into one."""
         pos = {(c, int(k)): int(p) for c, k, p in positions}
         self._cw, self._heap, self._rebuild = {}, [], set()
         for cid, w in sorted(windows.items()):
             k = int(w["k"])
+            n = w.get("n", [])
             self._cw[cid] = {"origin": float(w["origin"]), "k": k,
                              **{kind: [_record_from_list(kind, x) for x in w.get(kind, [])]
-                                for kind in ("p", "n", "l")}}
+                                for kind in ("p", "l")},
+                             "n": NetWindowAgg.from_json(n) if isinstance(n, dict) else
+                             NetWindowAgg.of_records(_record_from_list("n", x) for x in n)}
             heapq.heappush(self._heap, (float(w["origin"]) + (k + 1) * self.window_s, cid, k))
             self._win_pos[(cid, k)] = pos.get((cid, k), 0)
 
@@ -719,6 +794,53 @@ def _record_to_list(rec: Any) -> list[Any]:
 
 def _record_from_list(kind: str, values: list[Any]) -> Any:
     return _RECORD_TYPES[kind](**dict(zip(_RECORD_FIELDS[kind], values)))
+
+
+#: Network rows the daemon's close-lag queue may hold before it releases them without the lag.
+WINDOW_QUEUE_MAX_ROWS = 500_000
+
+
+def _queue_to_lists(queue: list[tuple[float, int, str, Any]]) -> list[list[Any]]:
+    """The close-lag queue as [ts, kind, record fields] in release order; a network chunk is
+    written as its rows (kind "n"), so the saved form is the same as record by record."""
+    rows = []
+    for ts, seq, kind, rec in queue:
+        if kind == "N":
+            rows.extend((float(rec.ts[i]), seq, i, "n", rec.record(i)) for i in range(len(rec)))
+        else:
+            rows.append((ts, seq, 0, kind, rec))
+    rows.sort(key=lambda x: x[:3])
+    return [[ts, kind, _record_to_list(r)] for ts, _, _, kind, r in rows]
+
+
+class _NetRun:
+    """One container's released network chunks, in (time, arrival, row) order, handed out in
+    the runs that fall between the container's other queued records."""
+
+    def __init__(self, parts: list[tuple[int, NetColumns]]) -> None:
+        self.cols = concat_columns([c for _, c in parts])
+        self.seq = np.concatenate([np.full(len(c), s, dtype=np.int64) for s, c in parts])
+        order = np.lexsort((np.arange(len(self.seq)), self.seq, np.asarray(self.cols.ts)))
+        self.cols, self.seq = self.cols.take(order), self.seq[order]
+        self.ts = np.asarray(self.cols.ts, dtype=float)
+        self.pos = 0
+
+    def before(self, ts: float, seq: int) -> NetColumns | None:
+        """The rows not yet handed out that come before (ts, seq)."""
+        lo = int(np.searchsorted(self.ts, ts, side="left"))
+        hi = int(np.searchsorted(self.ts, ts, side="right"))
+        end = lo + int(np.searchsorted(self.seq[lo:hi], seq, side="left"))
+        return self._upto(end)
+
+    def rest(self) -> NetColumns | None:
+        return self._upto(len(self.seq))
+
+    def _upto(self, end: int) -> NetColumns | None:
+        if end <= self.pos:
+            return None
+        out = self.cols.take(slice(self.pos, end))
+        self.pos = end
+        return out
 
 
 def _geo_state(geo: Any, now: float, keep_ids: int = 20_000) -> dict[str, Any]:

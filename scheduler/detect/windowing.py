@@ -19,7 +19,10 @@ import math
 from collections import deque
 from typing import Any, Callable
 
+import numpy as np
+
 from model.records import ContainerInfo
+from model.window_agg import NetWindowAgg
 
 from scheduler.detect import rules
 
@@ -106,7 +109,10 @@ class WindowingMixin:
         if cw is not None and cw["k"] == k and not (self._skip and (cid, k) in self._skip):
             # The common case: the container's open window. (An open window's index is above
             # the last closed one, and it passed the skip test when it opened.)
-            cw[kind].append(rec)
+            if kind == "n":
+                cw["n"].add(rec)
+            else:
+                cw[kind].append(rec)
             return
         if k <= self._last_closed.get(cid, -1 << 62) or (cid, k) in self._skip:
             # Late record for a window already scored, or a window the daemon was holding when
@@ -118,21 +124,71 @@ class WindowingMixin:
             self._close(cid)
             cw = None
         if cw is None:
-            if self.windows_only and (cid, k) not in self._rebuild:
+            cw = self._open(cid, origin, k)
+            if cw is None:
                 return  # that window was scored before the checkpoint
-            cw = self._cw[cid] = {"origin": origin, "k": k, "p": [], "n": [], "l": []}
-            heapq.heappush(self._heap, (origin + (k + 1) * self.window_s, cid, k))
-            self._win_pos.setdefault((cid, k), self.cur_pos)
-        cw[kind].append(rec)
+        if kind == "n":
+            cw["n"].add(rec)
+        else:
+            cw[kind].append(rec)
+
+    def _open(self, cid: str, origin: float, k: int) -> dict[str, Any] | None:
+        """Open container `cid`'s window k (None: a resumed replay's window scored before)."""
+        if self.windows_only and (cid, k) not in self._rebuild:
+            return None
+        cw = self._cw[cid] = {"origin": origin, "k": k, "p": [], "n": NetWindowAgg(), "l": []}
+        heapq.heappush(self._heap, (origin + (k + 1) * self.window_s, cid, k))
+        self._win_pos.setdefault((cid, k), self.cur_pos)
+        return cw
 
     def _window_add_nets(self, nets: Any) -> None:
         """Rows of a model.records.NetColumns (time order) into their windows: the batch
-        engine's path. Same result as `_window_add("n", ts, record)` row by row."""
-        if not self.windows_enabled:
+        engine's path, with the result of `_window_add("n", ts, record)` row by row (late
+        records, stopped containers, skipped and rebuilt windows, a container's origin from its
+        first row), decided once per run of rows of one container in one window and counted by
+        the window's accumulator a run at a time."""
+        if not self.windows_enabled or not len(nets):
             return
-        for i in range(len(nets)):
-            if nets.container_id[i]:
-                self._window_add("n", float(nets.ts[i]), nets.record(i))
+        cid_col = np.asarray(nets.container_id, dtype=object)
+        idx = np.flatnonzero(cid_col != "")
+        if not idx.size:
+            return
+        cids, inv = np.unique(cid_col[idx], return_inverse=True)
+        inv = inv.reshape(-1)
+        by_cid = idx[np.argsort(inv, kind="stable")]           # row order kept per container
+        cuts = np.flatnonzero(np.diff(np.sort(inv))) + 1
+        ts_all = np.asarray(nets.ts, dtype=float)
+        for cid, rows in zip(cids.tolist(), np.split(by_cid, cuts)):
+            self._container_rows(cid, nets, rows, ts_all[rows])
+
+    def _container_rows(self, cid: str, nets: Any, rows: np.ndarray, ts: np.ndarray) -> None:
+        """One container's rows of a batch (row order), as `_window_add` would take them."""
+        origin = self._origins.get(cid)
+        if origin is None:
+            origin = self._origin(cid, float(ts[0]))
+        k = np.floor((ts - origin) / self.window_s).astype(np.int64)
+        stopped = self._stopped.get(cid) if self._stopped else None
+        if stopped is not None:
+            alive = origin + k * self.window_s <= stopped
+            rows, k = rows[alive], k[alive]
+            if not rows.size:
+                return
+        cuts = np.flatnonzero(np.diff(k)) + 1
+        for kk, run in zip(k[np.concatenate(([0], cuts))].tolist(), np.split(rows, cuts)):
+            cw = self._cw.get(cid)
+            if cw is None or cw["k"] != kk or (self._skip and (cid, kk) in self._skip):
+                if kk <= self._last_closed.get(cid, -1 << 62) or (cid, kk) in self._skip:
+                    if not self.windows_only:
+                        self.stats.late_records += int(run.size)
+                    continue
+                if cw is not None and cw["k"] < kk:
+                    self._close(cid)
+                    cw = None
+                if cw is None:
+                    cw = self._open(cid, origin, kk)
+                    if cw is None:
+                        continue
+            cw["n"].add_columns(nets, run)
 
     def _close(self, cid: str) -> None:
         cw = self._cw.pop(cid, None)
@@ -172,7 +228,7 @@ class WindowingMixin:
         # (container, window) rows that closed. Rows depend only on their own container's records
         # and the lifecycle events inside their window, so batching does not change a feature.
         procs: list = []
-        nets: list = []
+        nets: dict[tuple[str, int], NetWindowAgg] = {}
         infos: dict[str, ContainerInfo] = {}
         wanted: set[tuple[str, int]] = set()
         start, end = math.inf, -math.inf
@@ -180,7 +236,7 @@ class WindowingMixin:
             ws = cw["origin"] + cw["k"] * self.window_s
             start, end = min(start, ws), max(end, ws + self.window_s)
             procs.extend(cw["p"])
-            nets.extend(cw["n"])
+            nets[(cid, cw["k"])] = cw["n"]
             wanted.add((cid, cw["k"]))
             if cid not in infos:
                 st = self.inventory.get(self.host, cid)
@@ -189,8 +245,9 @@ class WindowingMixin:
                                            name=st.name if st else "", host=self.host,
                                            created=cw["origin"], environment=self.environment)
         life = [r for r in self._life_recent if start <= r.ts < end]
-        fw_all = build_windows(procs, nets, life, list(infos.values()), window_s=self.window_s,
-                               start=start, end=end, environment=self.environment)
+        fw_all = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
+                               start=start, end=end, environment=self.environment,
+                               net_windows=nets)
         by_key = {(cid, cw["k"]): cw for cid, cw in closed}
         keep = []
         for i, (cid, ws) in enumerate(zip(fw_all.container_id, fw_all.window_start)):
@@ -249,7 +306,8 @@ class WindowingMixin:
                     k = int(round((r.window_start - info.created) / self.window_s))
                     cw = by_key.get((r.container_id, k))
                     if cw is not None:
-                        cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
+                        cand.evidence.extend(rules.window_samples(cw["p"], cw["n"].sample_rows(),
+                                                                  devs))
                 # The alert's time is when the deviation began; the window stays its own field.
                 cand.ts = rules.first_evidence_time(cand.evidence, r.window_start)
                 cand.details["window"] = {"start": r.window_start, "end": r.window_end}
@@ -268,9 +326,14 @@ def _deviation_text(text: str, fallback: bool) -> str:
 
 
 def _img(cw: dict[str, Any]) -> str:
-    for kind in ("p", "n", "l"):
-        for r in cw[kind]:
-            if r.image:
-                return r.image
+    """The window's image from its records: processes, then network rows, then lifecycle."""
+    for r in cw["p"]:
+        if r.image:
+            return r.image
+    if cw["n"].image:
+        return cw["n"].image
+    for r in cw["l"]:
+        if r.image:
+            return r.image
     return ""
 

@@ -1,0 +1,474 @@
+"""A network feature window as running counts: what a window needs from its Zeek records, in
+bounded memory, so an open window never holds its records.
+
+Why: open windows used to keep every NetRecord (~650 B each) until they closed, and the features
+were computed from those lists at close. Memory then grew with the record rate (452 MiB at 10k
+lines/s) and the close was half of the Zeek path's CPU. `NetWindowAgg` keeps, per window:
+
+* counts and sums (conns, failed conns, DNS queries and answers, NXDOMAIN, HTTP requests, geo
+  contacts, public conns, bytes, the DNS label entropy sum);
+* the distinct remote addresses, remote ports and domains, each a set bounded at
+  `DISTINCT_CAP` values. Past the cap a set stops growing and its feature SATURATES at the cap:
+  every distinct_* feature is min(true distinct count, DISTINCT_CAP), here and in
+  `model.features.build_windows` alike (training and scoring see the same feature);
+* a bounded evidence sample (`NetSample`): the few rows each of the anomaly evidence
+  selections (`scheduler.detect.rules.window_samples`) could pick, so an alert shows the same
+  records as when the window held them all;
+* the first image and host seen and the first/last record time (the window's container span).
+
+Rows come one NetRecord at a time (`add`) or as many rows of a `model.records.NetColumns` at once
+(`add_columns`, numpy per batch: one pass per column, the string predicates evaluated once per
+distinct value). Both give the features `build_windows` computes from the same records, exactly:
+the entropy sum is accumulated in the order rows are added, as bincount summed a record list.
+
+The per-record predicates (`label_entropy`, `leaves_rfc1918`, `domain_of`,
+`FAILED_CONN_STATES`) live here, the leaf, and `model.features` re-exports them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import Counter
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from model.records import NET_FIELDS, NetColumns, NetRecord
+
+#: Values kept per distinct set of one window; the distinct_* features saturate here.
+DISTINCT_CAP = 4096
+#: Rows kept per evidence selection (scheduler.detect.rules.SAMPLES_PER_SIDE is the same 5).
+SAMPLE_K = 5
+
+#: The network features, in model.features.FEATURE_NAMES order.
+NET_FEATURES: tuple[str, ...] = (
+    "outbound_conns", "failed_conns", "distinct_remote_addrs", "distinct_remote_ports",
+    "distinct_domains", "dns_queries", "dns_label_entropy_mean", "nxdomain_share",
+    "http_requests", "geo_service_contacts", "bytes_out", "bytes_in", "public_conn_share",
+)
+
+#: Zeek conn_state values meaning the connection attempt did not get an answer or was refused.
+FAILED_CONN_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
+#: Record kinds whose `domain` counts for distinct_domains.
+DOMAIN_KINDS = frozenset({"dns", "http", "ssl", "geo"})
+
+_RFC1918 = (
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("172.16.0.0/12"),
+    ipaddress.ip_network("192.168.0.0/16"),
+)
+
+
+# --------------------------------------------------------------------------- per-value predicates
+
+@lru_cache(maxsize=65536)
+def label_entropy(name: str) -> float:
+    """Shannon entropy (bits per character) of the leftmost DNS label.
+
+    The leftmost label is where DGA / tunnelling puts its random part; service names like `db` or
+    `api` stay low (≤ 2 bits), random 16+ character labels reach 3.5-4.5 bits.
+    """
+    label = name.strip(".").split(".", 1)[0].lower()
+    if not label:
+        return 0.0
+    n = len(label)
+    return -sum((c / n) * math.log2(c / n) for c in Counter(label).values())
+
+
+@lru_cache(maxsize=65536)
+def leaves_rfc1918(addr: str) -> bool:
+    """True when a destination lies outside private space (RFC 1918, loopback, link-local, ULA)."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 4:
+        return not (any(ip in net for net in _RFC1918) or ip.is_loopback or ip.is_link_local
+                    or ip.is_unspecified or ip.is_multicast)
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+                or ip.is_unspecified)
+
+
+@lru_cache(maxsize=65536)
+def domain_of(value: str) -> str:
+    """A domain name for distinct counting, or "" for IP literals / empty (Host: 10.0.0.3:8080)."""
+    v = value.strip().lower().rstrip(".")
+    if not v:
+        return ""
+    host = v
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        return host
+
+
+def _per_value(values: np.ndarray, fn: Callable[[Any], Any], dtype: Any) -> np.ndarray:
+    """fn applied once per distinct value of an object column, spread back to the rows."""
+    if values.size == 0:
+        return np.zeros(0, dtype=dtype)
+    uniq, inv = np.unique(values, return_inverse=True)
+    return np.fromiter((fn(u) for u in uniq), dtype=dtype, count=uniq.size)[inv.reshape(-1)]
+
+
+def _is(values: np.ndarray, options: Iterable[str]) -> np.ndarray:
+    opts = frozenset(options)
+    return _per_value(values, lambda v: v in opts, bool)
+
+
+# --------------------------------------------------------------------------- evidence sample
+
+#: The evidence selections of rules.window_samples: name -> keyed (first row per key) or not.
+SELECTIONS: tuple[tuple[str, bool], ...] = (
+    ("failed", False),      # conns in a failed state
+    ("ports", True),        # first conn per (resp_p, proto)
+    ("addrs", True),        # first conn per resp_h
+    ("geo", False),         # rows with a geo_service
+    ("nxdomain", False),    # dns rows answered NXDOMAIN
+    ("dns_domains", True),  # first dns row per query
+    ("conns", False),       # conns
+)
+
+
+class NetSample:
+    """Per selection, the SAMPLE_K rows that come first in (time, arrival) order (for a keyed
+    selection: the first row of each of the SAMPLE_K keys that appeared first).
+
+    Why this is enough: every selection of rules.window_samples takes, from the window's rows,
+    the first SAMPLE_K by time of a filtered list (or of the first row per key). The union kept
+    here holds those rows for every selection, and any other row of the union comes later than
+    them, so running the same selection on the union picks the same rows, whatever order the
+    rows arrived in (a key dropped from the top K can only return with an earlier row)."""
+
+    __slots__ = ("sel", "records")
+
+    def __init__(self) -> None:
+        # name -> {key: (ts, seq)}; records: seq -> NetRecord (the rows some selection holds)
+        self.sel: dict[str, dict[Any, tuple[float, int]]] = {n: {} for n, _ in SELECTIONS}
+        self.records: dict[int, NetRecord] = {}
+
+    def _room(self, name: str, key: Any, ts: float, seq: int) -> bool:
+        """Would (key, ts, seq) enter selection `name`?"""
+        d = self.sel[name]
+        old = d.get(key)
+        if old is not None:
+            return (ts, seq) < old
+        return len(d) < SAMPLE_K or (ts, seq) < max(d.values())
+
+    def _put(self, name: str, key: Any, ts: float, seq: int, rec: NetRecord) -> None:
+        d = self.sel[name]
+        d[key] = (ts, seq)
+        self.records[seq] = rec
+        if len(d) > SAMPLE_K:
+            drop = max(d, key=d.__getitem__)
+            del d[drop]
+        self._gc()
+
+    def _gc(self) -> None:
+        if len(self.records) > SAMPLE_K * len(SELECTIONS):
+            live = {s for d in self.sel.values() for _, s in d.values()}
+            for s in [s for s in self.records if s not in live]:
+                del self.records[s]
+
+    def offer(self, name: str, key: Any, ts: float, seq: int, make: Callable[[], NetRecord]) -> None:
+        if self._room(name, key, ts, seq):
+            self._put(name, key, ts, seq, make())
+
+    def rows(self) -> list[NetRecord]:
+        """The kept rows in (time, arrival) order: what window_samples is handed."""
+        live = sorted({(ts, s) for d in self.sel.values() for ts, s in d.values()})
+        return [self.records[s] for _, s in live]
+
+    # ------------------------------------------------------------------ state (daemon restart)
+    def to_json(self) -> dict[str, Any]:
+        live = {s for d in self.sel.values() for _, s in d.values()}
+        return {"sel": {n: [[list(k) if isinstance(k, tuple) else k, ts, s]
+                             for k, (ts, s) in d.items()] for n, d in self.sel.items() if d},
+                "records": {str(s): [getattr(self.records[s], f) for f in NET_FIELDS]
+                            for s in sorted(live)}}
+
+    @classmethod
+    def from_json(cls, st: dict[str, Any]) -> "NetSample":
+        out = cls()
+        for n, items in st.get("sel", {}).items():
+            out.sel[n] = {(tuple(k) if isinstance(k, list) else k): (float(ts), int(s))
+                          for k, ts, s in items}
+        out.records = {int(s): NetRecord(**dict(zip(NET_FIELDS, v)))
+                       for s, v in st.get("records", {}).items()}
+        return out
+
+
+# --------------------------------------------------------------------------- the accumulator
+
+_COUNTS = ("conns", "failed", "public", "dns", "answered", "nx", "http", "geo",
+           "bytes_out", "bytes_in")
+
+
+class NetWindowAgg:
+    """One window's network rows as counts, bounded distinct sets and a bounded sample (see the
+    module docstring). `sample=False` for builders that need only the features."""
+
+    __slots__ = ("n", "conns", "failed", "public", "dns", "answered", "nx", "http", "geo",
+                 "bytes_out", "bytes_in", "ent_sum", "addrs", "ports", "domains", "t_min",
+                 "t_max", "image", "host", "sample")
+
+    def __init__(self, sample: bool = True) -> None:
+        self.n = 0                       # rows added (also the arrival number of the next row)
+        self.conns = self.failed = self.public = self.dns = self.answered = self.nx = 0
+        self.http = self.geo = self.bytes_out = self.bytes_in = 0
+        self.ent_sum = 0.0
+        self.addrs: set[str] = set()
+        self.ports: set[int] = set()
+        self.domains: set[str] = set()
+        self.t_min, self.t_max = math.inf, -math.inf
+        self.image = self.host = ""      # the first non-empty seen
+        self.sample: NetSample | None = NetSample() if sample else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    # ------------------------------------------------------------------ one record
+    def add(self, r: NetRecord) -> None:
+        """One record (the row-by-row path)."""
+        seq = self.n
+        self.n += 1
+        ts = r.ts
+        if ts < self.t_min:
+            self.t_min = ts
+        if ts > self.t_max:
+            self.t_max = ts
+        if not self.image and r.image:
+            self.image = r.image
+        if not self.host and r.host:
+            self.host = r.host
+        kind = r.kind
+        geo = bool(r.geo_service)
+        if geo:
+            self.geo += 1
+        if kind == "conn":
+            self.conns += 1
+            failed = r.conn_state in FAILED_CONN_STATES
+            self.failed += failed
+            self.public += leaves_rfc1918(r.resp_h)
+            self.bytes_out += int(r.bytes_out or 0)
+            self.bytes_in += int(r.bytes_in or 0)
+            if r.resp_h:
+                _add_capped(self.addrs, (r.resp_h,))
+            if r.resp_p:
+                _add_capped(self.ports, (r.resp_p,))
+        elif kind == "dns":
+            self.dns += 1
+            self.ent_sum += label_entropy(r.domain)
+            if r.rcode:
+                self.answered += 1
+                self.nx += r.rcode.upper() == "NXDOMAIN"
+        elif kind == "http":
+            self.http += 1
+        if kind in DOMAIN_KINDS:
+            d = domain_of(r.domain)
+            if d:
+                _add_capped(self.domains, (d,))
+        s = self.sample
+        if s is None:
+            return
+        make = lambda: r  # noqa: E731
+        if kind == "conn":
+            if failed:
+                s.offer("failed", seq, ts, seq, make)
+            s.offer("ports", (r.resp_p, r.proto), ts, seq, make)
+            s.offer("addrs", r.resp_h, ts, seq, make)
+            s.offer("conns", seq, ts, seq, make)
+        elif kind == "dns":
+            if r.rcode == "NXDOMAIN":
+                s.offer("nxdomain", seq, ts, seq, make)
+            s.offer("dns_domains", r.domain, ts, seq, make)
+        if geo:
+            s.offer("geo", seq, ts, seq, make)
+
+    # ------------------------------------------------------------------ many rows at once
+    def add_columns(self, cols: NetColumns, idx: np.ndarray | None = None) -> None:
+        """Rows `idx` (all when None) of a NetColumns, in that order: one numpy pass per column."""
+        if idx is None:
+            idx = np.arange(len(cols))
+        idx = np.asarray(idx, dtype=np.int64)
+        m = idx.size
+        if m == 0:
+            return
+        seq0 = self.n
+        self.n += m
+        ts = np.asarray(cols.ts, dtype=float)[idx]
+        self.t_min = min(self.t_min, float(ts.min()))
+        self.t_max = max(self.t_max, float(ts.max()))
+        if not self.image:
+            self.image = _first_nonempty(cols.image[idx])
+        if not self.host:
+            self.host = _first_nonempty(cols.host[idx])
+        kind = cols.kind[idx]
+        conn = kind == "conn"
+        dns = kind == "dns"
+        geo = _per_value(cols.geo_service[idx], bool, bool)
+        self.geo += int(geo.sum())
+        self.http += int(np.count_nonzero(kind == "http"))
+        c = np.flatnonzero(conn)
+        failed = np.zeros(m, dtype=bool)
+        if c.size:
+            ci = idx[c]
+            self.conns += int(c.size)
+            failed[c] = _is(cols.conn_state[ci], FAILED_CONN_STATES)
+            self.failed += int(failed.sum())
+            resp_h = cols.resp_h[ci]
+            self.public += int(_per_value(resp_h, leaves_rfc1918, bool).sum())
+            self.bytes_out += int(np.asarray(cols.bytes_out[ci], dtype=np.int64).sum())
+            self.bytes_in += int(np.asarray(cols.bytes_in[ci], dtype=np.int64).sum())
+            if len(self.addrs) < DISTINCT_CAP:
+                _add_capped(self.addrs, (a for a in np.unique(resp_h) if a))
+            if len(self.ports) < DISTINCT_CAP:
+                ports = np.asarray(cols.resp_p[ci], dtype=np.int64)
+                _add_capped(self.ports, (int(p) for p in np.unique(ports[ports != 0])))
+        d = np.flatnonzero(dns)
+        nx = np.zeros(m, dtype=bool)
+        if d.size:
+            di = idx[d]
+            self.dns += int(d.size)
+            ent = _per_value(cols.domain[di], label_entropy, float)
+            # in arrival order from the running sum (cumsum is sequential): the same float as
+            # adding the records one by one
+            self.ent_sum = float(np.cumsum(np.concatenate(([self.ent_sum], ent)))[-1])
+            rcode = cols.rcode[di]
+            answered = _per_value(rcode, bool, bool)
+            self.answered += int(answered.sum())
+            self.nx += int((answered & _per_value(rcode, lambda v: v.upper() == "NXDOMAIN",
+                                                  bool)).sum())
+            nx[d] = _per_value(rcode, lambda v: v == "NXDOMAIN", bool)
+        if len(self.domains) < DISTINCT_CAP:
+            dk = np.flatnonzero(_is(kind, DOMAIN_KINDS))
+            if dk.size:
+                names = np.unique(cols.domain[idx[dk]])
+                _add_capped(self.domains, (v for v in (domain_of(x) for x in names) if v))
+        if self.sample is not None:
+            self._sample_columns(cols, idx, ts, seq0, conn, dns, failed, nx, geo)
+
+    def _sample_columns(self, cols: NetColumns, idx: np.ndarray, ts: np.ndarray, seq0: int,
+                        conn: np.ndarray, dns: np.ndarray, failed: np.ndarray, nx: np.ndarray,
+                        geo: np.ndarray) -> None:
+        s = self.sample
+        assert s is not None
+        order = np.lexsort((np.arange(idx.size), ts))      # (time, arrival)
+        plain = {"failed": failed, "geo": geo, "nxdomain": nx, "conns": conn}
+        for name, mask in plain.items():
+            pos = order[mask[order]][:SAMPLE_K]
+            for p in pos.tolist():
+                seq = seq0 + p
+                s.offer(name, seq, float(ts[p]), seq, lambda p=p: cols.record(int(idx[p])))
+        keyed = {"ports": (conn, lambda p: (int(cols.resp_p[idx[p]]), str(cols.proto[idx[p]])),
+                           lambda sel: _pair_codes(cols.resp_p[sel], cols.proto[sel])),
+                 "addrs": (conn, lambda p: cols.resp_h[idx[p]], lambda sel: cols.resp_h[sel]),
+                 "dns_domains": (dns, lambda p: cols.domain[idx[p]],
+                                 lambda sel: cols.domain[sel])}
+        for name, (mask, key_of, keys_for) in keyed.items():
+            pos = order[mask[order]]
+            if not pos.size:
+                continue
+            keys = keys_for(idx[pos])
+            _, first = np.unique(keys, return_index=True)
+            for p in pos[np.sort(first)[:SAMPLE_K]].tolist():
+                seq = seq0 + p
+                s.offer(name, key_of(p), float(ts[p]), seq, lambda p=p: cols.record(int(idx[p])))
+
+    # ------------------------------------------------------------------ features
+    def features(self) -> list[float]:
+        """The NET_FEATURES values, as build_windows computes them."""
+        conns, dns, answered = self.conns, self.dns, self.answered
+        return [
+            float(conns), float(self.failed), float(len(self.addrs)), float(len(self.ports)),
+            float(len(self.domains)), float(dns), self.ent_sum / dns if dns else 0.0,
+            self.nx / answered if answered else 0.0, float(self.http), float(self.geo),
+            float(self.bytes_out), float(self.bytes_in),
+            self.public / conns if conns else 0.0,
+        ]
+
+    def sample_rows(self) -> list[NetRecord]:
+        """The evidence sample's rows, time order (empty without a sample)."""
+        return self.sample.rows() if self.sample is not None else []
+
+    # ------------------------------------------------------------------ state (compact JSON)
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "c": [getattr(self, k) for k in _COUNTS], "e": self.ent_sum,
+                "addrs": sorted(self.addrs), "ports": sorted(self.ports),
+                "domains": sorted(self.domains),
+                "t": [self.t_min, self.t_max] if self.n else [], "image": self.image,
+                "host": self.host,
+                "sample": self.sample.to_json() if self.sample is not None else None}
+
+    @classmethod
+    def from_json(cls, st: dict[str, Any]) -> "NetWindowAgg":
+        out = cls(sample=False)
+        out.n = int(st["n"])
+        for k, v in zip(_COUNTS, st["c"]):
+            setattr(out, k, int(v))
+        out.ent_sum = float(st["e"])
+        out.addrs, out.ports = set(st["addrs"]), {int(p) for p in st["ports"]}
+        out.domains = set(st["domains"])
+        if st.get("t"):
+            out.t_min, out.t_max = float(st["t"][0]), float(st["t"][1])
+        out.image, out.host = st.get("image", ""), st.get("host", "")
+        if st.get("sample") is not None:
+            out.sample = NetSample.from_json(st["sample"])
+        return out
+
+    @classmethod
+    def of_records(cls, records: Iterable[NetRecord], sample: bool = True) -> "NetWindowAgg":
+        out = cls(sample=sample)
+        for r in records:
+            out.add(r)
+        return out
+
+
+def _add_capped(s: set, values: Iterable[Any]) -> None:
+    """Add values until the set holds DISTINCT_CAP (then its count saturates)."""
+    for v in values:
+        if len(s) >= DISTINCT_CAP:
+            return
+        s.add(v)
+
+
+def _first_nonempty(values: np.ndarray) -> str:
+    nz = np.flatnonzero(values != "")
+    return str(values[nz[0]]) if nz.size else ""
+
+
+def _pair_codes(ports: np.ndarray, protos: np.ndarray) -> np.ndarray:
+    """One integer per (port, proto) pair, for np.unique within a batch."""
+    _, code = np.unique(protos, return_inverse=True)
+    return np.asarray(ports, dtype=np.int64) * (int(code.max()) + 1 if code.size else 1) \
+        + code.reshape(-1)
+
+
+def columns_of(records: Sequence[NetRecord]) -> NetColumns:
+    """NetRecords as a NetColumns (text as object arrays, ints int64)."""
+    ints = {"resp_p", "orig_p", "bytes_out", "bytes_in"}
+    cols: dict[str, np.ndarray] = {}
+    for f in NET_FIELDS:
+        vals = [getattr(r, f) for r in records]
+        if f == "ts":
+            cols[f] = np.array(vals, dtype=float)
+        elif f in ints:
+            cols[f] = np.array([int(v or 0) for v in vals], dtype=np.int64)
+        else:
+            a = np.empty(len(vals), dtype=object)
+            a[:] = [v if v is not None else "" for v in vals]
+            cols[f] = a
+    return NetColumns(**cols)
+
+
+def concat_columns(parts: Sequence[NetColumns]) -> NetColumns:
+    """Several NetColumns as one (rows in the given order)."""
+    if len(parts) == 1:
+        return parts[0]
+    return NetColumns(**{f: np.concatenate([np.asarray(getattr(p, f)) for p in parts])
+                         for f in NET_FIELDS})

@@ -1,0 +1,328 @@
+"""Network feature windows as counts (issue 13, windows part): model.window_agg.NetWindowAgg gives
+the features build_windows gives from the same records, keeps a bounded evidence sample that
+selects the same evidence, and the windows' batch entry (`_window_add_nets`) decides as the
+row-by-row `_window_add` does."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from model.features import FEATURE_INDEX, build_windows
+from model.records import ContainerInfo, NetRecord, ProcessRecord
+from model.window_agg import (DISTINCT_CAP, NET_FEATURES, SAMPLE_K, SELECTIONS, NetWindowAgg,
+                              columns_of)
+from scheduler.detect import rules
+from scheduler.detect.windowing import WindowingMixin
+
+W = 60.0
+DOMAINS = ["db", "api.example.com", "xk3j9q2mz8.evil.net", "10.0.0.5:8080", "[::1]:443",
+           "ipinfo.io", "API.Example.com.", "", "a.b", "q7w8e9r0t1y2u3.tunnel.org"]
+ADDRS = ["10.0.0.9", "172.17.0.4", "8.8.8.8", "1.1.1.1", "192.168.1.1", "fe80::1", "2001:db8::1",
+         "", "127.0.0.1", "93.184.216.34"]
+STATES = ["SF", "REJ", "S0", "RSTO", "OTH", "SH", "", "S1"]
+RCODES = ["NOERROR", "NXDOMAIN", "nxdomain", "", "SERVFAIL"]
+
+
+def random_nets(rng: random.Random, n: int, cids=("c1", "c2", "c3"), t0=1000.0,
+                span=4 * W) -> list[NetRecord]:
+    out = []
+    for _ in range(n):
+        kind = rng.choice(["conn", "conn", "dns", "http", "ssl", "geo"])
+        out.append(NetRecord(
+            ts=round(t0 + rng.random() * span, 3), kind=kind, container_id=rng.choice(cids),
+            image=rng.choice(["", "web:1"]), orig_h="172.17.0.3", resp_h=rng.choice(ADDRS),
+            resp_p=rng.choice([0, 53, 80, 443, 4444, 8080]), proto=rng.choice(["tcp", "udp"]),
+            uid=f"C{rng.random()}", domain=rng.choice(DOMAINS),
+            rcode=rng.choice(RCODES) if kind == "dns" else "",
+            conn_state=rng.choice(STATES) if kind == "conn" else "",
+            bytes_out=rng.randrange(0, 5000), bytes_in=rng.randrange(0, 90000),
+            geo_service=rng.choice(["", "", "", "ipinfo"]), host=rng.choice(["", "h1"])))
+    out.sort(key=lambda r: r.ts)
+    return out
+
+
+def reference_features(recs: list[NetRecord]) -> list[float]:
+    """The network features of one window, written out plainly (the pre-accumulator formulas)."""
+    from model.features import FAILED_CONN_STATES, domain_of, label_entropy, leaves_rfc1918
+
+    conns = [r for r in recs if r.kind == "conn"]
+    dns = [r for r in recs if r.kind == "dns"]
+    answered = [r for r in dns if r.rcode]
+    ent = 0.0
+    for r in dns:
+        ent += label_entropy(r.domain)
+    public = sum(leaves_rfc1918(r.resp_h) for r in conns)
+    doms = {domain_of(r.domain) for r in recs if r.kind in ("dns", "http", "ssl", "geo")} - {""}
+    return [
+        float(len(conns)), float(sum(r.conn_state in FAILED_CONN_STATES for r in conns)),
+        float(min(len({r.resp_h for r in conns} - {""}), DISTINCT_CAP)),
+        float(min(len({r.resp_p for r in conns} - {0}), DISTINCT_CAP)),
+        float(min(len(doms), DISTINCT_CAP)), float(len(dns)), ent / len(dns) if dns else 0.0,
+        sum(r.rcode.upper() == "NXDOMAIN" for r in answered) / len(answered) if answered else 0.0,
+        float(sum(r.kind == "http" for r in recs)), float(sum(bool(r.geo_service) for r in recs)),
+        float(sum(r.bytes_out for r in conns)), float(sum(r.bytes_in for r in conns)),
+        public / len(conns) if conns else 0.0,
+    ]
+
+
+def by_window(recs: list[NetRecord], origins: dict[str, float]) -> dict[tuple[str, int], list]:
+    out: dict[tuple[str, int], list] = {}
+    for r in recs:
+        out.setdefault((r.container_id, math.floor((r.ts - origins[r.container_id]) / W)),
+                       []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_accumulator_features_equal_build_windows_exactly(seed):
+    rng = random.Random(seed)
+    recs = random_nets(rng, 400 + 300 * seed)
+    origins = {"c1": 1000.0, "c2": 990.0, "c3": 1010.0}
+    infos = [ContainerInfo(container_id=c, image="web:1", created=o) for c, o in origins.items()]
+    fw = build_windows((), recs, (), infos, window_s=W, end=1000.0 + 4 * W)
+    groups = by_window(recs, origins)
+    cols = columns_of(recs)
+    checked = 0
+    for i, (cid, ws) in enumerate(zip(fw.container_id, fw.window_start)):
+        k = int(round((ws - origins[cid]) / W))
+        part = groups.get((cid, k), [])
+        want = reference_features(part)
+        built = [float(fw.X[i, FEATURE_INDEX[f]]) for f in NET_FEATURES]
+        one = NetWindowAgg.of_records(part)
+        many = NetWindowAgg()
+        idx = np.array([j for j, r in enumerate(recs) if r.container_id == cid
+                        and math.floor((r.ts - origins[cid]) / W) == k], dtype=np.int64)
+        for chunk in np.array_split(idx, rng.randint(1, 5)):    # random batch boundaries
+            many.add_columns(cols, chunk)
+        assert built == want, (cid, k)          # exact: no tolerance, entropy means included
+        assert one.features() == want and many.features() == want, (cid, k)
+        checked += bool(part)
+    assert checked >= 10
+
+
+def test_distinct_sets_saturate_at_the_cap_in_both_builders():
+    recs = [NetRecord(ts=1000.0 + i * 1e-3, kind="conn", container_id="c", image="i",
+                      orig_h="172.17.0.2", resp_h=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                      resp_p=1 + i, proto="tcp") for i in range(DISTINCT_CAP + 500)]
+    agg = NetWindowAgg()
+    agg.add_columns(columns_of(recs))
+    f = dict(zip(NET_FEATURES, agg.features()))
+    assert f["distinct_remote_ports"] == f["distinct_remote_addrs"] == DISTINCT_CAP
+    assert f["outbound_conns"] == DISTINCT_CAP + 500
+    assert len(agg.ports) == len(agg.addrs) == DISTINCT_CAP
+    fw = build_windows((), recs, (), [ContainerInfo("c", "i", created=1000.0)], window_s=W,
+                       end=1000.0 + W)
+    assert fw.column("distinct_remote_ports")[0] == DISTINCT_CAP
+
+
+DEVIATION_SETS = [["failed_conns"], ["distinct_remote_ports"], ["distinct_remote_addrs"],
+                  ["geo_service_contacts"], ["dns_queries"], ["nxdomain_share"],
+                  ["outbound_conns", "bytes_out"], ["http_requests"],
+                  ["failed_conns", "distinct_remote_ports"], ["distinct_domains"]]
+
+
+def test_a_window_of_100k_rows_keeps_a_bounded_sample_with_the_same_evidence():
+    rng = random.Random(7)
+    recs = random_nets(rng, 100_000, cids=("c",), span=W * 0.99)
+    # ties in time too: the order among equal times is arrival order, as a stable sort keeps it
+    for r in recs[::50]:
+        r.ts = round(r.ts, 0)
+    recs.sort(key=lambda r: r.ts)
+    cols = columns_of(recs)
+    batched = NetWindowAgg()
+    for chunk in np.array_split(np.arange(len(recs)), 37):
+        batched.add_columns(cols, chunk)
+    single = NetWindowAgg.of_records(recs)
+    for agg in (batched, single):
+        assert len(agg.sample.records) <= SAMPLE_K * len(SELECTIONS)
+        assert agg.features() == NetWindowAgg.of_records(recs, sample=False).features()
+    for feats in DEVIATION_SETS:
+        devs = [{"feature": f, "value": 1.0} for f in feats]
+        want = rules.window_samples([], recs, devs)
+        assert want or feats == ["http_requests"], feats     # no network evidence for http
+        assert rules.window_samples([], batched.sample_rows(), devs) == want, feats
+        assert rules.window_samples([], single.sample_rows(), devs) == want, feats
+
+
+def test_the_sample_holds_for_rows_that_arrive_out_of_time_order():
+    rng = random.Random(11)
+    recs = random_nets(rng, 5000, cids=("c",), span=W * 0.99)
+    shuffled = recs[:]
+    rng.shuffle(shuffled)
+    agg = NetWindowAgg.of_records(shuffled)
+    again = NetWindowAgg.from_json(json.loads(json.dumps(agg.to_json())))
+    for feats in DEVIATION_SETS:
+        devs = [{"feature": f} for f in feats]
+        want = rules.window_samples([], shuffled, devs)
+        assert rules.window_samples([], agg.sample_rows(), devs) == want, feats
+        assert rules.window_samples([], again.sample_rows(), devs) == want, feats
+    assert again.features() == agg.features()
+
+
+def test_json_state_round_trips_and_keeps_counting():
+    rng = random.Random(3)
+    recs = random_nets(rng, 3000, cids=("c",), span=W * 0.99)
+    agg = NetWindowAgg.of_records(recs[:1500])
+    back = NetWindowAgg.from_json(json.loads(json.dumps(agg.to_json())))
+    back.add_columns(columns_of(recs[1500:]))
+    assert back.features() == reference_features(recs)
+    devs = [{"feature": "distinct_remote_ports"}]
+    assert rules.window_samples([], back.sample_rows(), devs) == \
+        rules.window_samples([], recs, devs)
+
+
+# --------------------------------------------------------------------------- the batch entry
+
+class _Engine(WindowingMixin):
+    """The parts of the engine the windows rely on, no more."""
+
+    def __init__(self) -> None:
+        self.config = SimpleNamespace(detection=SimpleNamespace(anomaly=True))
+        self.baselines = None
+        self.host = "h"
+        self.environment = "default"
+        self.stats = SimpleNamespace(late_records=0, windows_scored=0)
+        created = {"c1": 995.0, "c2": None}
+        self.inventory = SimpleNamespace(get=lambda host, cid: SimpleNamespace(
+            begin=created.get(cid), image="web:1", name=cid) if cid in created else None)
+        self._init_windows(W)
+        self.collect_windows = True
+
+
+def _state(e: _Engine) -> dict:
+    def win(cw):
+        return (cw["origin"], cw["k"], cw["n"].features(), cw["n"].n,
+                [(r.ts, r.uid) for r in cw["n"].sample_rows()])
+    return {"open": {c: win(cw) for c, cw in e._cw.items()},
+            "closed": sorted((c, win(cw)) for c, cw in e._closed),
+            "late": e.stats.late_records, "last_closed": dict(e._last_closed),
+            "origins": dict(e._origins), "heap": sorted(e._heap), "pos": dict(e._win_pos)}
+
+
+def _scenario(e: _Engine) -> None:
+    e._stopped["c3"] = 1000.0 + 2.5 * W        # stopped: no window starting after this
+    e._last_closed["c2"] = 0                   # window 0 of c2 already scored: late
+    e._skip.add(("c4", 1))                     # a window held at a stop: skipped
+
+
+@pytest.mark.parametrize("windows_only", [False, True])
+def test_window_add_nets_decides_as_row_by_row(windows_only):
+    rng = random.Random(5)
+    recs = random_nets(rng, 3000, cids=("c1", "c2", "c3", "c4", ""), span=6 * W)
+    for r in recs[::97]:                       # a few late rows among the time-ordered ones
+        r.ts -= 2 * W
+    cols = columns_of(recs)
+    a, b = _Engine(), _Engine()
+    for e in (a, b):
+        _scenario(e)
+        e.windows_only = windows_only
+        e._rebuild = {("c1", 1), ("c2", 2), ("c4", 3)}
+    for chunk in np.array_split(np.arange(len(recs)), 7):
+        part = cols.take(chunk)
+        for i in range(len(part)):             # the reference: one record at a time
+            if part.container_id[i]:
+                a._window_add("n", float(part.ts[i]), part.record(i))
+        b._window_add_nets(part)
+    sa, sb = _state(a), _state(b)
+    assert sa == sb
+    assert sa["closed"] and (windows_only or sa["late"] > 0)
+
+
+def test_score_closed_builds_windows_from_the_accumulators():
+    rng = random.Random(9)
+    recs = random_nets(rng, 2000, cids=("c1",), t0=1000.0, span=3 * W)
+    e = _Engine()
+    e._window_add("p", 1001.0, ProcessRecord(ts=1001.0, container_id="c1", image="web:1", pid=5,
+                                             cmdline="sh -c id"))
+    e._window_add_nets(columns_of(recs))
+    e.close_windows()
+    e._score_closed()
+    fw = e.collected[0]
+    origin = e._origins["c1"]
+    groups = by_window(recs, {"c1": origin})
+    for i, ws in enumerate(fw.window_start):
+        k = int(round((ws - origin) / W))
+        got = [float(fw.X[i, FEATURE_INDEX[f]]) for f in NET_FEATURES]
+        assert got == reference_features(groups.get(("c1", k), []))
+    assert fw.column("processes_started").sum() == 1
+
+
+def test_a_key_seen_late_first_is_moved_to_its_earliest_row():
+    from test_anomaly_evidence import conn
+
+    recs = [conn(1000.0 + i, 80) for i in range(100)] + \
+        [conn(1050.0 + i * 0.5, 9999) for i in range(100)]
+    shuffled = recs[:]
+    random.Random(1).shuffle(shuffled)
+    agg = NetWindowAgg()
+    for chunk in np.array_split(np.arange(len(shuffled)), 9):
+        agg.add_columns(columns_of(shuffled), chunk)
+    devs = [{"feature": "distinct_remote_ports"}]
+    got = rules.window_samples([], agg.sample_rows(), devs)
+    assert [e["time"] for e in got] == [1000.0, 1050.0]
+    assert got == rules.window_samples([], recs, devs)
+
+
+def test_the_close_lag_queue_holds_chunks_and_feeds_windows_as_record_by_record():
+    """The daemon's queue (close lag): a batch's rows wait as one chunk per container and
+    reach the windows in the order the per-record queue gave, between the container's process
+    and lifecycle records (stops, unknown containers held for their origin, late rows)."""
+    from model.records import LifecycleRecord
+    from scheduler.pipeline import Pipeline
+
+    rng = random.Random(21)
+    recs = random_nets(rng, 4000, cids=("c1", "c2", "c3", ""), span=8 * W)
+    for r in recs:                          # arrival a little out of time order (lag 10 s)
+        r.ts = round(r.ts - rng.random() * 8.0, 3)
+    life = [LifecycleRecord(ts=1000.0 + 3.2 * W, container_id="c2", image="web:1", action="die"),
+            LifecycleRecord(ts=1000.0 + 5.1 * W, container_id="c2", image="web:1",
+                            action="start")]
+    procs = [ProcessRecord(ts=1000.0 + i * 7.3, container_id=rng.choice(["c1", "c3"]),
+                           image="web:1", pid=i, cmdline=rng.choice(["sh", "id", "nc x"]))
+             for i in range(60)]
+
+    def run(batched: bool) -> Pipeline:
+        p = Pipeline()
+        p.collect_windows = True
+        p.close_lag_s = 10.0
+        arrivals = sorted([(r.ts, 0, r) for r in procs] + [(r.ts, 1, r) for r in life],
+                          key=lambda x: x[0])
+        chunks = np.array_split(np.arange(len(recs)), 40)
+        cols = columns_of(recs)
+        j = 0
+        for chunk in chunks:
+            part = cols.take(chunk)
+            t = float(np.max(part.ts))
+            while j < len(arrivals) and arrivals[j][0] <= t:
+                ts, kind, rec = arrivals[j]
+                p._window_add("p" if kind == 0 else "l", ts, rec)
+                j += 1
+            if batched:
+                p._window_add_nets(part)
+            else:
+                for i in range(len(part)):
+                    if part.container_id[i]:
+                        p._window_add("n", float(part.ts[i]), part.record(i))
+            p._advance(t)
+        p.close_windows()
+        p._score_closed()
+        return p
+
+    a, b = run(False), run(True)
+    assert b._wqueue == [] and b._wqueue_rows == 0
+    fa, fb = (FeatureWindows_concat(p.collected) for p in (a, b))
+    assert fa[0] == fb[0] and np.array_equal(fa[1], fb[1])
+    assert a.stats.late_records == b.stats.late_records
+    assert len(fa[0]) > 10
+
+
+def FeatureWindows_concat(parts):
+    from model.features import FeatureWindows
+
+    fw = FeatureWindows.concat(parts)
+    return list(zip(fw.container_id, fw.window_start.tolist())), fw.X
