@@ -164,6 +164,24 @@ def test_per_distinct_evicts_least_recently_used() -> None:
         per_distinct(maxsize=0)
 
 
+def test_other_arities_take_the_generic_front() -> None:
+    """One and three parameters get a positional fast front; any other shape the generic one,
+    which bounds by the summed lengths and passes keyword calls to the plain function."""
+    calls: list[tuple] = []
+
+    @per_distinct(maxsize=8, max_chars=10)
+    def join(a: str, b: str = "-") -> str:
+        calls.append((a, b))
+        return a + b
+
+    assert [join("ab", "cd"), join("ab", "cd"), join("ab", b="cd"), join("x" * 9, "yz")] == \
+        ["abcd", "abcd", "abcd", "x" * 9 + "yz"]
+    assert calls == [("ab", "cd"), ("ab", "cd"), ("x" * 9, "yz")]   # 1 hit; keyword, long: plain
+    assert join.cache_info().currsize == 1
+    with pytest.raises(TypeError):
+        pat.tunnel_match(cmdline="ssh -D 1080 u@h")                 # the fast front: positional
+
+
 # ---- the results parser's column fast path --------------------------------------------------
 
 def _reference_columns(obj: dict) -> dict[str, str]:
