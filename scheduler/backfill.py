@@ -432,6 +432,27 @@ def _done_key(part: Partition) -> str:
     return f"backfill:{part.name}"
 
 
+def _mark_done(store: Any, part: Partition, r: PartitionResult,
+               alerts: list[Alert] = (), repeats: list[dict[str, Any]] = ()) -> None:
+    """Record a finished partition (and, on Dask, its alerts in the outbox) in one transaction."""
+    meta = {k: v for k, v in vars(r).items()
+            if k not in ("alerts", "repeats", "stats", "skipped", "seconds")}
+    store.commit(_done_key(part), {"result": meta}, list(alerts), list(repeats))
+
+
+def _done_result(store: Any, part: Partition, source: str) -> PartitionResult | None:
+    """The result of a partition an earlier run finished, its alerts from the outbox (`source`:
+    replay's `replay:<name>` in one process, `backfill:<name>` on Dask); None if not finished."""
+    from scheduler.alerting.alerts import alert_from_dict
+
+    st = store.load(_done_key(part))
+    if st is None:
+        return None
+    return PartitionResult(**{**st["result"], "alerts": [
+        alert_from_dict(d) for d in store.all_alerts(source)],
+        "repeats": store.repeats(source), "skipped": True, "seconds": 0.0})
+
+
 def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines: Any,
                  sinks: Any, state_db: str | Path | None, resume: bool, bar: _Progress,
                  report: Callable[[PartitionResult], None]) -> list[PartitionResult]:
@@ -439,7 +460,6 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
     as it arrives, the outbox delivered once when all are in."""
     from dask.distributed import as_completed
 
-    from scheduler.alerting.alerts import alert_from_dict
     from scheduler.replay import ReplayStore, deliver_outbox
 
     store = ReplayStore(state_db) if state_db else None
@@ -447,19 +467,13 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
     try:
         todo = []
         for p in parts:
-            st = store.load(_done_key(p)) if (store is not None and resume) else None
-            if st is not None:
-                r = PartitionResult(**{**st["result"], "alerts": [
-                    alert_from_dict(d) for d in store.all_alerts(_done_key(p))],
-                    "repeats": store.repeats(_done_key(p)), "skipped": True, "seconds": 0.0})
+            r = _done_result(store, p, _done_key(p)) if (store is not None and resume) else None
+            if r is not None:
                 results[p.name] = r
                 bar.skip(r)
                 report(r)
             else:
                 todo.append(p)
-        if store is not None and not resume:
-            for p in parts:
-                store.reset(_done_key(p))
         # Unique keys (hash=False): a content-hashed key of an earlier run may still be being
         # released on the scheduler, and a task then finds its input lost.
         shared = client.scatter([config, baselines], broadcast=True, hash=False) if todo \
@@ -470,10 +484,8 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
         for fut in as_completed(futures):
             r: PartitionResult = fut.result()
             if store is not None:
-                meta = {k: v for k, v in vars(r).items()
-                        if k not in ("alerts", "repeats", "stats", "skipped", "seconds")}
-                store.commit(_done_key(next(p for p in todo if p.name == r.name)),
-                             {"result": meta}, r.alerts, r.repeats)
+                _mark_done(store, next(p for p in todo if p.name == r.name), r, r.alerts,
+                           r.repeats)
             results[r.name] = r
             bar.done(r)
             report(r)
@@ -487,6 +499,42 @@ def _run_on_dask(parts: list[Partition], client: Any, config: Config, baselines:
     return [results[p.name] for p in parts]
 
 
+def _run_here(parts: list[Partition], config: Config, baselines: Any, sinks: Any,
+              state_db: str | Path | None, resume: bool, progress: bool, chunk: int,
+              after_chunk: Callable[[int], None] | None, bar: _Progress,
+              report: Callable[[PartitionResult], None]) -> list[PartitionResult]:
+    """Partitions one after the other in this process. A partition finished in an earlier run
+    is not read again (replay would load a whole host's day only to find its checkpoint at the
+    end); one a kill interrupted resumes at replay's last committed chunk."""
+    from scheduler.replay import ReplayStore
+
+    results = []
+    for p in parts:
+        marks = ReplayStore(state_db) if state_db else None
+        try:
+            r = _done_result(marks, p, f"replay:{p.name}") if (marks and resume) else None
+        finally:
+            if marks is not None:
+                marks.close()
+        if r is not None:
+            bar.skip(r)
+        else:
+            bar.watch(p)
+            r = replay_partition(p, config, baselines, sinks=sinks, state_db=state_db,
+                                 resume=resume, progress=progress, chunk=chunk,
+                                 after_chunk=after_chunk)
+            bar.done(r)
+            if state_db:
+                marks = ReplayStore(state_db)
+                try:
+                    _mark_done(marks, p, r)
+                finally:
+                    marks.close()
+        results.append(r)
+        report(r)
+    return results
+
+
 def run_backfill(parts: list[Partition], config: Config | None = None, baselines: Any = None,
                  *, sinks: Any = None, state_db: str | Path | None = None, resume: bool = True,
                  progress: bool = False, client: Any = None, chunk: int = 2000,
@@ -494,8 +542,9 @@ def run_backfill(parts: list[Partition], config: Config | None = None, baselines
                  after_chunk: Callable[[int], None] | None = None) -> BackfillResult:
     """Replay every partition, here one after the other or on the Dask `client`'s workers.
 
-    Here, each partition resumes from replay's own per-chunk checkpoints in `state_db`; on Dask a
-    partition is the unit of work: done ones are skipped on a re-run. Either way a line per
+    With `state_db`, a partition an earlier run finished is not run again (its alerts come from
+    the state DB); here, an unfinished one resumes at replay's own last committed chunk; on Dask a
+    partition is the unit of work. Either way a line per
     partition and the summary line go to `stream` (stderr)."""
     config = config or Config()
     stream = stream or sys.stderr
@@ -514,15 +563,8 @@ def run_backfill(parts: list[Partition], config: Config | None = None, baselines
             results = _run_on_dask(parts, client, config, baselines, sinks, state_db, resume,
                                    bar, report)
         else:
-            results = []
-            for p in parts:
-                bar.watch(p)
-                r = replay_partition(p, config, baselines, sinks=sinks, state_db=state_db,
-                                     resume=resume, progress=progress, chunk=chunk,
-                                     after_chunk=after_chunk)
-                results.append(r)
-                bar.done(r)
-                report(r)
+            results = _run_here(parts, config, baselines, sinks, state_db, resume, progress,
+                                chunk, after_chunk, bar, report)
     finally:
         bar.close()
     res = BackfillResult(partitions=results, alerts=merge_alerts(results),

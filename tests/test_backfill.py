@@ -210,6 +210,13 @@ def test_resume_after_a_kill_mid_way_gives_the_same_alerts(day, reference, tmp_p
     assert len({a["id"] for a in written}) == len(written)          # none twice
     assert _key(written) == _key(reference["host-a"] + reference["host-b"])
     assert _key(res.alerts) == _key(written)
+    # run once more: both hosts were finished, neither is read again; the same result
+    sinks = SinkSet([JsonlSink(out)])
+    again = run_backfill(parts, lab(), sinks=sinks, state_db=db, chunk=300)
+    sinks.close()
+    assert [p.skipped for p in again.partitions] == [True, True] and again.lines == 0
+    assert [a.to_dict() for a in again.alerts] == [a.to_dict() for a in res.alerts]
+    assert out.read_text().count("\n") == len(written)
 
 
 def test_dask_local_cluster_equals_the_single_process_run(day, tmp_path):
