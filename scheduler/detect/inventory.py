@@ -340,6 +340,67 @@ class Inventory:
             return inside
         return after if after is not None else before
 
+    def pick_many(self, host: str, addr: str, ts: Any) -> tuple[Any, list[ContainerState]]:
+        """`lookup(host, addr, t)` for every t of the float array `ts`, at once: (an int array,
+        the index of each row's holder in the list, -1 for none; the address's holders).
+
+        Why: the batch engine attributes a log's rows per unique source address. The holders of
+        one address are few (churn reuses some), so the rules of `lookup` run as one array
+        comparison per tenure instead of once per row; the result equals `lookup` row by row
+        (tests/test_lookup_many.py)."""
+        import numpy as np
+
+        ts = np.asarray(ts, dtype=np.float64)
+        ids = self._by_addr.get((host, addr))
+        if not ids:
+            return np.full(ts.shape, -1, dtype=np.int64), []
+        states = [self._containers[(host, i)] for i in ids]
+        tenures = sorted(((c.begin, c.end, c) for c in states), key=_first)
+        inside = np.full(ts.shape, -1, dtype=np.int64)
+        after = np.full(ts.shape, -1, dtype=np.int64)
+        before = np.full(ts.shape, -1, dtype=np.int64)
+        for j, (begin, end, _) in enumerate(tenures):
+            started = begin <= ts
+            if end is None:
+                inside[started] = j                     # the latest tenure holding it wins
+            else:
+                inside[started & (ts <= end)] = j
+                after[started & (ts <= end + self.grace_after)] = j
+            before[(before < 0) & (begin - self.grace_before <= ts) & (ts < begin)] = j
+        pick = np.where(inside >= 0, inside, np.where(after >= 0, after, before))
+        return pick, [c for _, _, c in tenures]
+
+    def lookup_many(self, host: str, addr: str, ts: Any) -> Any:
+        """`lookup` for every time of `ts`: an object array of ContainerState or None."""
+        import numpy as np
+
+        pick, holders = self.pick_many(host, addr, ts)
+        out = np.full(pick.shape, None, dtype=object)
+        if holders:
+            table = np.empty(len(holders), dtype=object)
+            table[:] = holders
+            out[pick >= 0] = table[pick[pick >= 0]]
+        return out
+
+    def pick_any_host_many(self, addr: str, ts: Any) -> tuple[Any, list[ContainerState]]:
+        """`lookup_any_host(addr, t)` for every t of `ts`, as `pick_many` gives it: the one
+        host with a holder at that time, else none."""
+        import numpy as np
+
+        ts = np.asarray(ts, dtype=np.float64)
+        pick = np.full(ts.shape, -1, dtype=np.int64)
+        holders: list[ContainerState] = []
+        count = np.zeros(ts.shape, dtype=np.int64)
+        for h in sorted(self._addr_hosts.get(addr) or ()):
+            p, hs = self.pick_many(h, addr, ts)
+            hit = p >= 0
+            count += hit
+            first = hit & (count == 1)
+            pick[first] = p[first] + len(holders)
+            holders.extend(hs)
+        pick[count != 1] = -1
+        return pick, holders
+
     def lookup_any_host(self, addr: str, ts: float) -> ContainerState | None:
         """Lookup when the sensor's host is unknown: the only host with a holder, if unambiguous."""
         hosts = self._addr_hosts.get(addr)

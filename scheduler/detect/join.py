@@ -194,6 +194,48 @@ def _subnet_test(addr: str, subnets: Sequence[Any]) -> bool:
         return any(ip.version == n.version and ip in n for n in subnets)
 
 
+def factorize(values: Any) -> tuple[Any, list[Any]]:
+    """(codes, uniques) of an array, hash-based (pandas): a batch's few distinct addresses and
+    names are judged once each, whatever the number of rows."""
+    import numpy as np
+
+    if len(values) < _SMALL:            # a dict is quicker than pandas' fixed cost here
+        seen: dict[Any, int] = {}
+        codes = np.fromiter((seen.setdefault(v, len(seen)) for v in list(values)),
+                            dtype=np.int64, count=len(values))
+        return codes, list(seen)
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+    return codes, list(uniques)
+
+
+_SMALL = 1000
+
+
+def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool) -> Any:
+    """`fn(v)` for every element of `values`, calling `fn` once per distinct value."""
+    import numpy as np
+
+    if len(values) == 0:
+        return np.zeros(0, dtype=dtype)
+    codes, uniques = factorize(values)
+    table = np.empty(len(uniques), dtype=dtype)
+    table[:] = [fn(u) for u in uniques]
+    return table[codes]
+
+
+def groups(codes: Any, n_groups: int) -> Iterable[tuple[int, Any]]:
+    """(group, row indices in row order) of each group of `codes` (factorize's)."""
+    import numpy as np
+
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    for k in range(n_groups):
+        if bounds[k] < bounds[k + 1]:
+            yield k, order[bounds[k]:bounds[k + 1]]
+
+
 @dataclass(slots=True)
 class JoinStats:
     processes: int = 0
@@ -257,6 +299,39 @@ class Joiner:
             return None
         inv = self.inventory
         return (inv.lookup(host, addr, ts) if host else None) or inv.lookup_any_host(addr, ts)
+
+    def attribute_many(self, host: str, orig: Any, ts: Any) -> tuple[Any, list[ContainerState], Any]:
+        """`_lookup(host, orig[i], ts[i])` and `in_container_subnet` for many rows at once:
+        (holder index per row, -1 for none; the holders; in-subnet-or-held per row). One
+        interval lookup per distinct address (Inventory.pick_many), the batch engine's join."""
+        import numpy as np
+
+        host = host or self.default_host
+        n = len(orig)
+        hid = np.full(n, -1, dtype=np.int64)
+        inside = np.zeros(n, dtype=bool)
+        holders: list[ContainerState] = []
+        codes, uniques = factorize(orig)
+        inv = self.inventory
+        for k, rows in groups(codes, len(uniques)):
+            addr = uniques[k]
+            if not addr:
+                continue
+            t = ts[rows]
+            if host:
+                pick, hs = inv.pick_many(host, addr, t)
+            else:
+                pick, hs = np.full(len(rows), -1, dtype=np.int64), []
+            miss = pick < 0
+            if miss.any():
+                p2, hs2 = inv.pick_any_host_many(addr, t[miss])
+                pick[miss] = np.where(p2 >= 0, p2 + len(hs), -1)
+                hs = hs + hs2
+            hit = pick >= 0
+            hid[rows[hit]] = pick[hit] + len(holders)
+            holders.extend(hs)
+            inside[rows] = hit | self.in_container_subnet(addr)
+        return hid, holders, inside
 
     def _container(self, host: str, container_id: str) -> ContainerState | None:
         """A container by id, on `host` or on any host."""

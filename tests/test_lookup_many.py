@@ -1,0 +1,122 @@
+"""The batch engine's attribution (Inventory.pick_many / Joiner.attribute_many) equals the
+per-record lookup (Inventory.lookup, Joiner._lookup) row by row: on every bundled recording's
+Zeek logs, and on churn-style reuse of one address by many containers."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scheduler.collect.osquery_results import OsqueryRow
+from scheduler.collect.recording import Recording, demo_data_dir
+from scheduler.collect.zeeklog import ParseStats
+from scheduler.detect.inventory import Inventory
+from scheduler.detect.join import Joiner
+from scheduler.pipeline import ZEEK_STREAMS, ingest_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recordings() -> list[Path]:
+    dirs = [d for d in sorted(demo_data_dir().iterdir()) if (d / "meta.json").exists()]
+    dirs += [d for d in sorted((ROOT / "tests" / "data" / "misuse").iterdir())
+             if (d / "meta.json").exists()]
+    return dirs
+
+
+def _expected(joiner: Joiner, host: str, orig: list[str], ts: list[float]) -> list[tuple]:
+    out = []
+    for a, t in zip(orig, ts):
+        c = joiner._lookup(host, a, t) if a and t == t else None
+        out.append((c.container_id if c else None,
+                    bool(a) and (c is not None or joiner.in_container_subnet(a))))
+    return out
+
+
+def _got(joiner: Joiner, host: str, orig: list[str], ts: list[float]) -> list[tuple]:
+    hid, holders, inside = joiner.attribute_many(host, np.array(orig, dtype=object),
+                                                 np.array(ts, dtype=np.float64))
+    return [(holders[h].container_id if h >= 0 else None, bool(i))
+            for h, i in zip(hid.tolist(), inside.tolist())]
+
+
+@pytest.mark.parametrize("rec_dir", _recordings(), ids=lambda d: d.name)
+def test_attribute_many_equals_lookup_on_recordings(rec_dir: Path) -> None:
+    rec = Recording(rec_dir)
+    joiner = Joiner(Inventory(), hold_s=0.0, default_host=rec.host, inbound=False)
+    for row in rec.iter_osquery_rows():
+        joiner.inventory.observe(row)
+    joiner.inventory.close_snapshots()
+    n = 0
+    for stream in ZEEK_STREAMS:
+        recs = list(rec.iter_zeek(stream, ParseStats(), fields=ingest_fields(stream)))
+        orig = [str(r.get("id.orig_h") or "") for r in recs]
+        ts = [float(r["ts"]) if isinstance(r.get("ts"), float) else float("nan") for r in recs]
+        for host in (rec.host, "", "another-sensor"):
+            assert _got(joiner, host, orig, ts) == _expected(joiner, host, orig, ts), \
+                (rec_dir.name, stream, host)
+        n += len(recs)
+    assert n > 0
+
+
+def _inv_row(host: str, t: float, action: str, **cols: str) -> OsqueryRow:
+    return OsqueryRow(table="container_inventory", action=action, columns=cols, host=host,
+                      unix_time=t)
+
+
+def _event(host: str, t: float, action: str, cid: str) -> OsqueryRow:
+    return OsqueryRow(table="container_events", action="added",
+                      columns={"time": str(int(t)), "time_nano": str(int(t * 1e9)),
+                               "action": action, "container_id": cid, "image": "img"},
+                      host=host, unix_time=t)
+
+
+def test_pick_many_equals_lookup_under_churn() -> None:
+    """Dozens of short-lived containers hand one address on (sometimes overlapping, some
+    never destroyed, some known only from inventory rows or a snapshot that lost them), on
+    two hosts; every time around each boundary and grace period is asked."""
+    rnd = random.Random(13)
+    inv = Inventory(grace_before=1.0, grace_after=5.0)
+    t = 1000.0
+    bounds = []
+    for k in range(40):
+        host = "h1" if k % 7 else "h2"
+        cid = f"{k:064x}"
+        start = t + rnd.choice([0.0, 0.3, 2.0, 6.0])
+        if k % 5 == 0:      # inventory rows only (whole seconds), no events
+            inv.observe(_inv_row(host, start, "added", id=cid, image="img", name=f"c{k}",
+                                 ip_addresses="172.17.0.9", created=str(int(start)),
+                                 state="running"))
+        else:
+            inv.observe(_event(host, start, "create", cid))
+            inv.observe(_event(host, start + 0.1, "start", cid))
+            inv.observe(_inv_row(host, start + 0.5, "added", id=cid, image="img",
+                                 name=f"c{k}", ip_addresses="172.17.0.9", state="running"))
+        end = start + rnd.uniform(0.5, 8.0)
+        if k % 9 != 4:      # some are never destroyed
+            inv.observe(_event(host, end, "die", cid))
+            inv.observe(_event(host, end + 0.2, "destroy", cid))
+        bounds += [start, start + 0.1, end, end + 0.2]
+        t = end + rnd.choice([-1.0, 0.0, 0.5, 3.0])       # overlaps too
+    inv.observe(_inv_row("h1", t + 50, "snapshot", id="f" * 64, image="other",
+                         ip_addresses="172.17.0.10", state="running"))
+    inv.close_snapshots()
+    times = sorted({round(b + d, 6) for b in bounds
+                    for d in (-6.0, -5.0, -1.0, -0.5, 0.0, 0.05, 1.0, 4.99, 5.0, 5.01)})
+    times += [float("nan"), 0.0, 1e12]
+    ts = np.array(times)
+    for host in ("h1", "h2", "h3"):
+        for addr in ("172.17.0.9", "172.17.0.10", "10.1.1.1"):
+            pick, holders = inv.pick_many(host, addr, ts)
+            got = [holders[p].container_id if p >= 0 else None for p in pick.tolist()]
+            want = [(c.container_id if (c := inv.lookup(host, addr, x)) else None)
+                    for x in times]
+            assert got == want, (host, addr)
+            pick, holders = inv.pick_any_host_many(addr, ts)
+            got = [holders[p].container_id if p >= 0 else None for p in pick.tolist()]
+            want = [(c.container_id if (c := inv.lookup_any_host(addr, x)) else None)
+                    for x in times]
+            assert got == want, ("any", addr)
+    assert len(inv.holders("h1", "172.17.0.9")) > 20     # the case under test: heavy reuse
