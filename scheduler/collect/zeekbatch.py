@@ -19,18 +19,22 @@ so a batch read from a file and one built from parser dicts (`batch_from_records
   value (a bool is "True"/"False", an interval "300.0");
 * JSON logs with nested objects ({"id": {"orig_h": ...}}) give dotted columns ("id.orig_h"),
   the top-level dotted key winning where both are present; object values are never a column.
+  The order of the columns is not part of the contract.
 
 Reading (`iter_batches`, `BlockParser`): a file is read in blocks of about `batch_bytes` that end at
 a line boundary. '#' header lines go through a stateful `ZeekLogParser` (separator, fields,
 types, unset/empty markers, a new header block after rotation or `#close`). Each run of TSV data
 lines between header lines is parsed by pyarrow's CSV reader into only the requested columns (as
-strings; '\\t', no quoting), then converted by Zeek type. JSON lines go through the per-line
-parser (`json.loads` per line: measured faster here than pyarrow.json once the per-line parser's
-type checks are kept; docs/scheduler.md). Whenever the columnar parse cannot vouch for a run (wrong
-field count, a value pyarrow or the type conversion rejects, invalid UTF-8, a stray CR, TSV mixed
-with JSON), THAT run is parsed line by line by the per-line parser, which counts, names
-(file:line, rate-limited) and skips the bad lines: a malformed line never costs the batch, and the
-rows are always exactly the per-line parser's. pyarrow's `invalid_row_handler` is not used: it
+strings; '\\t', no quoting), then converted by Zeek type. A run of JSON lines goes through
+pyarrow.json with an explicit schema that also types every field the per-line parser checks
+(zeeklog.JSON_FIELD_TYPES), so pyarrow refuses what that parser would refuse; nested objects,
+nulls, a "container" field, all-fields reads and fields whose text would differ (lists,
+non-integer numbers: dns answers/TTLs) go line by line (4x faster than json.loads per line with
+the checks, docs/scheduler.md). Whenever the columnar parse cannot vouch for a run (wrong field
+count, a value pyarrow or the type conversion rejects, invalid UTF-8, a stray CR, TSV mixed with
+JSON), THAT run is parsed line by line by the per-line parser, which counts, names (file:line,
+rate-limited) and skips the bad lines: a malformed line never costs the batch, and the rows are
+always exactly the per-line parser's. pyarrow's `invalid_row_handler` is not used: it
 aborted the interpreter at exit in 4 of 8 runs here (pyarrow 26.0.1).
 """
 from __future__ import annotations
@@ -211,7 +215,8 @@ def _arrow() -> Any:
     class A:
         pass
     a = A()
-    a.pa, a.pc, a.csv = pa, pc, pcsv
+    import pyarrow.json as pjson
+    a.pa, a.pc, a.csv, a.json = pa, pc, pcsv, pjson
     a.errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
                 pa.ArrowKeyError, pa.ArrowIndexError, pa.ArrowException)
     return a
@@ -230,6 +235,39 @@ def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
                                  column_types={n: a.pa.string() for n in include},
                                  null_values=[], strings_can_be_null=False,
                                  quoted_strings_can_be_null=False, check_utf8=True))
+
+
+#: zeeklog.JSON_FIELD_TYPES as pyarrow types (checked, not only read): a value of another JSON
+#: type makes pyarrow refuse the run, as the per-line parser would refuse the line.
+def _json_type(name: str) -> Any:
+    pa = _arrow().pa
+    types = zeeklog.JSON_FIELD_TYPES.get(name)
+    if name == "ts" or types == zeeklog._NUM:
+        return pa.float64()
+    if types == (int,) or (types is None and name in INT_FIELDS):
+        return pa.int64()
+    if types == (list,):
+        return pa.list_(pa.float64() if name == "TTLs" else pa.string())
+    return pa.string()
+
+
+@functools.lru_cache(maxsize=32)
+def _json_schema(wanted: frozenset[str]) -> tuple[Any, frozenset[str]] | None:
+    """(schema, wanted) for JSON runs asking for `wanted`, or None when a wanted field's text
+    would differ from str() of the per-line parser's value (lists, non-integer numbers)."""
+    pa = _arrow().pa
+    fields: dict[str, Any] = {}
+    for name in sorted(wanted):
+        t = _json_type(name)
+        if (pa.types.is_list(t) or (t == pa.float64() and name != "ts")) and \
+                name not in INT_FIELDS:
+            return None
+        fields[name] = t
+    for name in zeeklog.JSON_FIELD_TYPES:
+        if name not in fields and name != "container":
+            fields[name] = _json_type(name)
+    fields.setdefault("ts", pa.float64())
+    return pa.schema(list(fields.items())), frozenset(wanted)
 
 
 def _read_tsv(seg: bytes, names: Sequence[str], include: Sequence[str], sep: str) -> Any:
@@ -371,10 +409,15 @@ class BlockParser:
             self.stats.blank += b - a
             return None
         n_json = int(np.count_nonzero(first == 123))               # '{'
+        parse: Callable[..., ZeekBatch] | None = None
         if n_json == 0 and not idx.stray_cr and self.parser.field_names:
+            parse = self._columnar
+        elif n_json == len(rows) and not idx.stray_cr and self._json_schema() is not None:
+            parse = self._json_columnar
+        if parse is not None:
             seg = data[int(idx.starts[a]):stop]
             try:
-                batch = self._columnar(seg, len(rows), rows, first_lineno + a, end)
+                batch = parse(seg, len(rows), rows, first_lineno + a, end)
             except _Reject as why:
                 log.debug("%s:%d-%d: line by line (%s)", self.path, first_lineno + a,
                           first_lineno + b - 1, why)
@@ -440,12 +483,19 @@ class BlockParser:
         escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
         cols = {name: self._convert(name, ztype[name], table.column(name), escapes)
                 for name in keep}
-        snap = copy.copy(p)                  # the header state of this run, for record(i)
+        return self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
+
+    def _batch(self, seg: bytes, cols: dict[str, np.ndarray], nrows: int,
+               row_lines: np.ndarray | None, first_line: int, end: int, mode: str) -> ZeekBatch:
+        """A batch whose `record(i)` re-parses row i's line of `seg` with the per-line parser
+        in the header state of this run (a snapshot: later headers do not change it)."""
+        snap = copy.copy(self.parser)
         snap.stats = ParseStats()
         rel = (row_lines if row_lines is not None
-               else np.arange(table.num_rows, dtype=np.int64)).astype(np.int64)
+               else np.arange(nrows, dtype=np.int64)).astype(np.int64)
         linenos = rel + first_line
         where: list[_Lines] = []             # the run's line index, built on the first record()
+        path = self.path
 
         def record_of(i: int) -> dict[str, Any]:
             if not where:
@@ -454,12 +504,62 @@ class BlockParser:
             text = seg[where[0].starts[j]:where[0].ends[j]].decode("utf-8", errors="replace")
             rec = snap.parse_line(text, int(linenos[i]))
             if rec is None:
-                raise RuntimeError(f"{self.path}:{int(linenos[i])}: the per-line parser "
-                                   "refused a line the columnar parse took")
+                raise RuntimeError(f"{path}:{int(linenos[i])}: the per-line parser refused a "
+                                   "line the columnar parse took")
             return rec
 
         return ZeekBatch(stream=self.stream, path=self.path, columns=cols, lineno=linenos,
-                         record_of=record_of, end=end, meta={"mode": "columnar"})
+                         record_of=record_of, end=end, meta={"mode": mode})
+
+    # -- JSON lines ---------------------------------------------------------------------------------
+    def _json_schema(self) -> Any:
+        """pyarrow's explicit schema for this reader's JSON runs, or None when the fields asked
+        for need the per-line parser (all fields; a list or non-integer number as text)."""
+        if self.fields is None:
+            return None
+        return _json_schema(self.fields)
+
+    def _json_columnar(self, seg: bytes, expected: int, row_lines: np.ndarray,
+                       first_line: int, end: int) -> ZeekBatch:
+        """A run of JSON lines through pyarrow.json with a schema that makes it refuse whatever
+        the per-line parser's type checks (zeeklog.JSON_FIELD_TYPES) would, and anything where
+        the two could differ (nested objects, null, a "container" field): then line by line."""
+        if seg.count(b"{") != expected:
+            raise _Reject("nested object (or '{' in a value)")
+        if b"null" in seg or b'"container"' in seg:
+            raise _Reject("null or a container field")
+        a = _arrow()
+        schema, wanted = self._json_schema()
+        try:
+            table = a.json.read_json(
+                a.pa.py_buffer(seg),
+                read_options=a.json.ReadOptions(use_threads=False,
+                                                block_size=1 << max(20, (len(seg) + 1).bit_length())),
+                parse_options=a.json.ParseOptions(explicit_schema=schema,
+                                                  unexpected_field_behavior="ignore",
+                                                  newlines_in_values=False))
+        except a.errors as exc:
+            raise _Reject(str(exc)[:200]) from None
+        if table.num_rows != expected:
+            raise _Reject(f"{table.num_rows} rows for {expected} lines")
+        cols: dict[str, np.ndarray] = {}
+        for name in schema.names:
+            col = table.column(name)
+            present = col.null_count < len(col)
+            if schema.field(name).type == a.pa.float64() and present:
+                vals = col.to_numpy()
+                if not np.isfinite(vals[~np.isnan(vals)]).all() or (
+                        np.isnan(vals).sum() != col.null_count):
+                    raise _Reject(f"{name}: not a finite number")
+            if name not in wanted or not present:
+                continue
+            if name == "ts":
+                cols[name] = col.to_numpy()
+            elif name in INT_FIELDS:
+                cols[name] = a.pc.fill_null(col, -1).to_numpy()
+            else:
+                cols[name] = a.pc.fill_null(col, "").to_numpy(zero_copy_only=False)
+        return self._batch(seg, cols, expected, row_lines, first_line, end, "json-columnar")
 
     def _convert(self, name: str, ztype: str, col: Any, escapes: bool = True) -> np.ndarray:
         """One string column to its convention, vectorised for the common types; anything the
@@ -547,11 +647,11 @@ _READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def iter_blocks(handle: Any, batch_bytes: int, final: bool = True
-                ) -> Iterator[tuple[bytes, bool]]:
-    """(block, ok) of complete lines from a binary handle, each about `batch_bytes` (longer when
-    one line is). At the end, a last line without newline is a line when `final` (a finished
-    file), else it is left unread. A read error (truncated .gz) ends the blocks with ok=False:
-    the complete lines read before it come first."""
+                ) -> Iterator[tuple[bytes, BaseException | None]]:
+    """(block, None) of complete lines from a binary handle, each about `batch_bytes` (longer
+    when one line is). At the end, a last line without newline is a line when `final` (a finished
+    file), else it is left unread. A read error (truncated .gz) ends the blocks with
+    (b"", the error): the complete lines read before it come first."""
     parts: list[bytes] = []
     size = 0
     read = getattr(handle, "read1", handle.read)
@@ -562,8 +662,8 @@ def iter_blocks(handle: Any, batch_bytes: int, final: bool = True
             data = b"".join(parts)
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield data[:cut], True
-            yield repr(exc).encode(), False
+                yield data[:cut], None
+            yield b"", exc
             return
         if chunk:
             parts.append(chunk)
@@ -573,17 +673,17 @@ def iter_blocks(handle: Any, batch_bytes: int, final: bool = True
         data = b"".join(parts)
         if not chunk:
             if data and final:
-                yield data, True
+                yield data, None
             elif data:
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    yield data[:cut], True
+                    yield data[:cut], None
             return
         cut = data.rfind(b"\n") + 1
         if not cut:                      # one line longer than batch_bytes: read on
             parts, size = [data], len(data)
             continue
-        yield data[:cut], True
+        yield data[:cut], None
         rest = data[cut:]
         parts, size = ([rest], len(rest)) if rest else ([], 0)
 
@@ -607,6 +707,14 @@ def _prefix(handle: Any, start: int) -> tuple[list[str], int]:
                 header = update_header(header, raw.decode("utf-8", errors="replace").rstrip("\r"))
         pending = data[cut:]
     return header, lines
+
+
+def header_lines(data: bytes) -> list[str]:
+    """The '#' lines of a block of lines, in order (CR and newline stripped)."""
+    idx = _index_lines(data)
+    return [data[s:e].decode("utf-8", errors="replace").rstrip("\r")
+            for s, e in zip(idx.starts[idx.first == 35].tolist(),
+                            idx.ends[idx.first == 35].tolist())]
 
 
 def update_header(header: list[str], text: str) -> list[str]:
@@ -648,11 +756,11 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                 return
         bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header)
         offset = start
-        for block, ok in iter_blocks(handle, batch_bytes):
-            if not ok:
+        for block, exc in iter_blocks(handle, batch_bytes):
+            if exc is not None:
                 stats.io_errors += 1
-                log.warning("stopped reading %s after line %d: %s", p, lineno,
-                            block.decode(errors="replace"))
+                log.warning("stopped reading %s after line %d: %s: %s", p, lineno,
+                            type(exc).__name__, exc)
                 return
             yield from bp.parse_block(block, lineno + 1, offset)
             offset += len(block)
@@ -669,8 +777,8 @@ def parse_only(path: str | os.PathLike[str], fields: Iterable[str] | None = None
     sep = "\t"
     rows = 0
     with _open_binary(str(path)) as handle:
-        for block, ok in iter_blocks(handle, batch_bytes):
-            if not ok:
+        for block, exc in iter_blocks(handle, batch_bytes):
+            if exc is not None:
                 break
             idx = _index_lines(block)
             heads = np.flatnonzero(idx.first == 35).tolist()
