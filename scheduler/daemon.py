@@ -213,14 +213,10 @@ class Daemon:
                 b = t.poll()
                 batches.append((t, b))
                 backlog = backlog or len(b.lines) >= getattr(t, "max_lines", 1 << 30)
-                kind = "osq" if hasattr(t, "_parsers") else "zeek"
-                for it in b.items:
-                    if kind == "osq":
-                        items.append((_osq_time(it), 0, "osq", it))
-                    else:
-                        _, rec = it
-                        items.append((float(rec.get("ts") or 0.0), 1 + i, "zeek",
-                                      (t.stream, rec)))
+                if hasattr(t, "_parsers"):
+                    items.extend((_osq_time(it), 0, "osq", it) for it in b.items)
+                else:
+                    items.extend(_zeek_items(t, b.items, 1 + i))
             items.extend(self._thrift_items())
             k8s_ids: list[str] = []
             if self.k8s is not None:     # audit events: file lines -> spool, then the spool
@@ -236,14 +232,9 @@ class Daemon:
                 elif kind == "osq" and payload.table == "container_nat_flows":
                     p.joiner.observe_nat(payload)   # before the batch's uplink records
             p.inventory.close_snapshots()   # containers missing from a full snapshot are gone
-            for _, _, kind, payload in items:
-                if kind == "osq":
-                    # inventory rows were observed above; feed the rest of the row's logic
-                    p.feed_osquery_row(payload, observe=False)
-                elif kind == "k8s":
-                    p.feed_k8s(payload)
-                else:
-                    p.feed_zeek(*payload)
+            # Inventory rows were observed above; the one dispatch feeds the rest of each
+            # osquery row's logic, audit records, and Zeek rows a batch run at a time.
+            p.dispatch((kind, payload) for _, _, kind, payload in items)
             if p.data_time > before:
                 self._data_anchor = (p.data_time, time.time())
             alerts = p.flush(wall=time.time())
@@ -427,7 +418,7 @@ class Daemon:
         if not m.enabled:
             return
         for _, _, kind, _ in items:
-            m.records.labels(kind).inc()
+            m.records.labels("zeek" if kind == "zrow" else kind).inc()
         seen = self.__dict__.setdefault("_skipped", {})   # malformed lines, per source
         counts = [(t.source, getattr(t, "skipped", 0)) for t in self.tailers]
         if self.k8s is not None:        # bad audit lines / events, refused webhook posts
@@ -531,3 +522,17 @@ def _now_dt() -> Any:
     import datetime as _dt
 
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _zeek_items(tailer: Any, items: list[Any], source: int) -> list[tuple[float, int, str, Any]]:
+    """A Zeek tailer's poll as (time, source, "zrow", (batch, row)) items: one ZeekBatch per
+    poll, so the engine takes consecutive rows a batch at a time (Pipeline.dispatch).
+    TODO(issue 13): tailers yield ZeekBatch themselves once the columnar reader lands."""
+    from scheduler.collect.zeekbatch import batch_from_records
+
+    recs = [rec for _, rec in items]
+    if not recs:
+        return []
+    batch = batch_from_records(tailer.stream, str(getattr(tailer, "path", tailer.stream)), recs)
+    return [(float(rec.get("ts") or 0.0), source, "zrow", (batch, j))
+            for j, rec in enumerate(recs)]

@@ -65,9 +65,10 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
         items.append((item_time("osq", row), 0, seq, "osq", row))
         seq += 1
     for si, stream in enumerate(streams):
-        for d in rec.iter_zeek(stream, zstats, fields=ingest_fields(stream)):
-            items.append((item_time("zeek", (stream, d)), 1 + si, seq, "zeek", (stream, d)))
-            seq += 1
+        for batch in zeek_batches(rec, stream, zstats):
+            for i, t in enumerate(_row_times(batch)):
+                items.append((t, 1 + si, seq, "zrow", (batch, i)))
+                seq += 1
     kstats = AuditStats()
     for r in recording_records(rec_dir, kstats):      # k8s/audit.log (docs/kubernetes.md)
         items.append((r.ts, 1 + len(ZEEK_STREAMS), seq, "k8s", r))
@@ -82,6 +83,30 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
                          if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
             {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
     return rec, [(t, k, p) for t, _, _, k, p in items]
+
+
+def zeek_batches(rec: Any, stream: str, zstats: Any) -> Iterable[Any]:
+    """A recording's `stream` as ZeekBatch columns (the engine's unit of Zeek input): every file
+    of the stream as `Recording.iter_zeek` reads them (rotated first; a plain file wins over its
+    .gz copy), through the columnar reader (`zeekbatch.iter_batches`), the fields the engine
+    reads only; malformed lines are counted in `zstats` as the per-line reader counts them."""
+    from scheduler.collect.zeekbatch import iter_batches
+
+    files = rec.zeek_files().get(stream, [])
+    names = {p.name for p in files}
+    for p in files:
+        if not (p.name.endswith(".gz") and p.name[:-3] in names):
+            yield from iter_batches(p, stream, fields=ingest_fields(stream), stats=zstats)
+
+
+def _row_times(batch: Any) -> list[float]:
+    """Each row's sort time, as `item_time` gives it for the row's record."""
+    import numpy as np
+
+    ts = np.array(batch.column("ts"), dtype=np.float64)
+    for i in np.flatnonzero(np.isnan(ts)).tolist():
+        ts[i] = item_time("zrow", (batch, i))
+    return ts.tolist()
 
 
 class ReplayStore:
@@ -201,9 +226,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     n_chunk = 0
     while pos < len(items):
         end = min(len(items), pos + chunk)
-        for i in range(pos, end):
-            pipe.cur_pos = i
-            pipe._dispatch(items[i][1], items[i][2])
+        pipe.dispatch(((items[i][1], items[i][2]) for i in range(pos, end)), pos)
         done = end >= len(items)
         out = pipe.flush(force=done)
         alerts.extend(out)

@@ -536,6 +536,47 @@ class MisuseDetector:
         return [self._cand(RULE_NEW_IMAGE, rec.ts, rec.host, who, what, ev,
                            details={"registry": reg})]
 
+    # -- batch forms (the batch engine's fast rows: verdicts equal to `net`/`learn` per row) ----
+    def may_flag_source(self, addr: str) -> bool:
+        """Could an unattributed record from `addr` act on the spoofed-source rule (or its
+        memory)? False means `net` returns [] for it and keeps nothing."""
+        return bool(not self.learning and addr and self.internal(addr)
+                    and not self.known_address(addr) and self._on(RULE_SPOOFED_SOURCE, ""))
+
+    @staticmethod
+    def may_name_api_server(domain: str) -> bool:
+        """Could an http/ssl name be the Kubernetes API server (checked by `net` per record)?"""
+        return domain[:10].lower() == "kubernetes"
+
+    def remember_names(self, cids: Any, resp_hs: Any, domains: Any) -> None:
+        """What `net` keeps of attributed http/ssl records whose name is no API server: the
+        last name seen per (container, address), in row order."""
+        keep = domains != ""
+        if keep.any():
+            self._names.update(zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()),
+                                   domains[keep].tolist()))
+
+    def learn_many(self, kind: str, cids: Any, images: Any, resp_hs: Any, resp_ps: Any,
+                   domains: Any) -> None:
+        """`learn` for many records of one kind, in row order. Within one kind the names a
+        conn reads are fixed (only http/ssl learn them), so each distinct destination is
+        judged once."""
+        ok = (cids != "") & (images != "") & (resp_hs != "")
+        if not ok.any():
+            return
+        cids, images, resp_hs = cids[ok].tolist(), images[ok].tolist(), resp_hs[ok].tolist()
+        resp_ps, domains = resp_ps[ok].tolist(), domains[ok].tolist()
+        named = kind in ("http", "ssl")
+        if named:
+            self._names.update((k, d) for k, d in zip(zip(cids, resp_hs), domains) if d)
+        for cid, image, resp_h, resp_p, domain in set(zip(cids, images, resp_hs, resp_ps,
+                                                          domains)):
+            d = self._names.get((cid, resp_h), "").lower() if kind == "conn" else ""
+            learned = self.learned.setdefault(image, set())
+            learned.update(destination_keys(resp_h, resp_p, d, self.internal(resp_h)))
+            if named and domain:
+                learned.add(domain.lower())
+
     # -- training -------------------------------------------------------------------------------
     def learn(self, rec: NetRecord) -> None:
         """Remember a destination an image contacts in benign training data."""
