@@ -294,3 +294,57 @@ def test_two_inputs_of_one_name_are_refused_before_anything_is_written(tmp_path,
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and "'churn'" in err[0] and str(b) in err[0], err
     assert not out.exists()
+
+
+def test_kill_9_inside_a_host_then_run_again_gives_the_same_alerts(day, reference, tmp_path):
+    """A real kill -9 of `stowaway replay DAY` (a subprocess) while it is inside a host, after the
+    first hosts are done; run again, it skips the done hosts, resumes the one it was in, and the
+    JSONL holds every alert once. benign_long (41k records, 21 chunks) is the host killed in."""
+    import os
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from soak_harness import wait_until
+
+    big = tmp_path / "day"
+    shutil.copytree(day, big, symlinks=True)
+    write_rotated_host(DEMO / "benign_long", big / "host-c")
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text('environment = "lab"\n')
+    out = tmp_path / "alerts.jsonl"
+    db = Path(f"{out}.state.db")
+    argv = [sys.executable, "-m", "scheduler.cli", "replay", str(big), "-c", str(cfg),
+            "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def host_c_position() -> int:
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                row = conn.execute("SELECT data FROM pipeline_state WHERE name LIKE "
+                                   "'replay:host-c#%'").fetchone()
+        except sqlite3.Error:
+            return 0
+        return json.loads(row[0])["position"] if row else 0
+
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        killed_at = wait_until(host_c_position, 300, "host-c's first checkpoint")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and 0 < killed_at < 41_018
+    r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "host-a: host lab-host-1" in r.stderr and "(done in an earlier run)" in r.stderr
+    assert re.search(r"host-c: .*\(resumed at record \d+\)", r.stderr), r.stderr
+    written = [json.loads(ln) for ln in out.open()]
+    assert len({a["id"] for a in written}) == len(written)
+    assert _key(written) == \
+        _key(reference["host-a"] + reference["host-b"] +
+             [a.to_dict() for a in replay(DEMO / "benign_long", lab()).alerts])
