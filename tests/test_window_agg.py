@@ -146,6 +146,7 @@ def test_a_window_of_100k_rows_keeps_a_bounded_sample_with_the_same_evidence():
         want = rules.window_samples([], recs, devs)
         assert want or feats == ["http_requests"], feats     # no network evidence for http
         assert rules.window_samples([], batched.sample_rows(), devs) == want, feats
+        assert rules.window_samples([], batched, devs) == want, feats    # the window's own form
         assert rules.window_samples([], single.sample_rows(), devs) == want, feats
 
 
@@ -326,3 +327,10 @@ def FeatureWindows_concat(parts):
 
     fw = FeatureWindows.concat(parts)
     return list(zip(fw.container_id, fw.window_start.tolist())), fw.X
+
+
+def test_the_sample_keeps_as_many_rows_as_the_evidence_takes():
+    from model.window_agg import FAILED_CONN_STATES
+
+    assert SAMPLE_K == rules.SAMPLES_PER_SIDE
+    assert rules._FAILED_STATES == FAILED_CONN_STATES

@@ -304,7 +304,7 @@ _CONN_FEATURES = frozenset({"failed_conns", "outbound_conns", "distinct_remote_a
                             "distinct_remote_ports", "public_conn_share", "bytes_out", "bytes_in"})
 
 
-def window_samples(processes: list[ProcessRecord], nets: list[NetRecord],
+def window_samples(processes: list[ProcessRecord], nets: Any,
                    deviations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A few of the window's own records that show what the deviations say, so an anomaly alert
     also has host and network evidence side by side, picked in time order, at most
@@ -315,8 +315,16 @@ def window_samples(processes: list[ProcessRecord], nets: list[NetRecord],
     images every applet's path is /bin/busybox, so a path match selects every process); failed
     connections for failed_conns; one connection per new port or address for
     distinct_remote_ports / distinct_remote_addrs (a sweep shows its spread, not its first five
-    packets to one port); NXDOMAIN answers for a DNS burst."""
+    packets to one port); NXDOMAIN answers for a DNS burst.
+
+    `nets` is a list of the window's network records or, from the live windows, its
+    model.window_agg.NetWindowAgg: a window no longer keeps its records, only the few rows each
+    selection below can pick (the first SAMPLES_PER_SIDE of each, in time order), and the same
+    selections over those rows pick the same evidence (tests/test_window_agg.py)."""
     from model.features import executable_name   # the features' own naming (import: scoring only)
+
+    if hasattr(nets, "sample_rows"):
+        nets = nets.sample_rows()
 
     top = [d for d in deviations if isinstance(d, dict)][:3]     # what the alert's title says
     feats = {str(d.get("feature", "")) for d in top}

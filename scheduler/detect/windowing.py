@@ -306,8 +306,7 @@ class WindowingMixin:
                     k = int(round((r.window_start - info.created) / self.window_s))
                     cw = by_key.get((r.container_id, k))
                     if cw is not None:
-                        cand.evidence.extend(rules.window_samples(cw["p"], cw["n"].sample_rows(),
-                                                                  devs))
+                        cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
                 # The alert's time is when the deviation began; the window stays its own field.
                 cand.ts = rules.first_evidence_time(cand.evidence, r.window_start)
                 cand.details["window"] = {"start": r.window_start, "end": r.window_end}
