@@ -24,6 +24,12 @@ A partial last line of the live file is left for the next poll (a writer may be 
 TSV header state: Zeek writes `#separator`, `#fields`, `#types`... once at the top of each file.
 The tailer keeps those lines in the checkpoint, so after a restart in the middle of a file the parser
 is primed with the header before it sees data lines.
+
+Two ways to read: line by line (`FileTailer`, `ZeekTailer`, `OsqueryTailer`: a TailLine per line,
+parsed per line), or a block of bytes at a time (`ZeekBatchTailer`: complete lines as one
+`TailBlock` of about `batch_bytes`, parsed into `zeekbatch.ZeekBatch` columns). Both share the
+rotation, truncation and checkpoint machinery above; only how a file's bytes after the checkpoint
+are read and parsed differs, so a checkpoint is always a byte offset at a line boundary.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from scheduler.collect import zeekbatch
 from scheduler.collect.state import Checkpoint, StateStore
 from scheduler.collect.warnlimit import WarnLimiter
 
@@ -60,14 +67,34 @@ class TailLine:
 
 
 @dataclass(slots=True)
+class TailBlock:
+    """Complete lines of one file as bytes (ZeekBatchTailer): `data` starts at byte `offset` (of
+    the decompressed stream for .gz) with line `first_lineno`; `lines` lines in all."""
+
+    path: str
+    first_lineno: int
+    offset: int
+    data: bytes
+    lines: int
+    new_file: bool = False   # starts at the file's first line
+
+
+@dataclass(slots=True)
 class TailBatch:
     source: str
     lines: list[TailLine]
     position: Checkpoint | None   # where the batch ends; commit() stores it
     items: list[Any] = field(default_factory=list)   # parsed records (subclasses fill)
+    blocks: list[TailBlock] = field(default_factory=list)   # batch mode: the bytes read
 
     def __len__(self) -> int:
-        return len(self.lines)
+        """Lines consumed (in either mode)."""
+        return len(self.lines) + sum(b.lines for b in self.blocks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes read in batch mode (a poll that read `batch_bytes` or more: more is waiting)."""
+        return sum(len(b.data) for b in self.blocks)
 
 
 def _fingerprint(path: str, size: int) -> str:
@@ -103,13 +130,8 @@ def _fingerprint_matches(path: str, expected: str, default: bool = True) -> bool
     return hashlib.sha1(head).hexdigest() == digest
 
 
-def _update_header(header: list[str], text: str) -> list[str]:
-    """Keep the last block of '#' lines (a new block starts with #separator or after #close)."""
-    if text.startswith("#separator") or (header and header[-1].startswith("#close")):
-        return [text]
-    if text.startswith("#close"):
-        return header + [text]
-    return header + [text]
+#: Keep the last block of '#' lines (a new block starts with #separator or after #close).
+_update_header = zeekbatch.update_header
 
 
 class FileTailer:
@@ -283,10 +305,14 @@ class FileTailer:
                     "; the rest of it is lost" if final else "; will retry")
         return pos
 
+    def _used(self, out: list[Any]) -> int:
+        """How much of the poll's budget `out` used (lines here; bytes in batch mode)."""
+        return len(out)
+
     def poll(self, max_lines: int | None = None) -> TailBatch:
         """Read new complete lines (up to max_lines), following rotation and truncation."""
         budget = max_lines or self.max_lines
-        lines: list[TailLine] = []
+        lines: list[Any] = []
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -307,7 +333,7 @@ class FileTailer:
             old = self._find_inode(pos.device, pos.inode) or self._find_copy(pos)
             if old is not None:
                 pos = self._read_from(old, pos, final=st is not None, budget=budget, out=lines)
-                budget -= len(lines)
+                budget -= self._used(lines)
                 if budget <= 0 or st is None:
                     return self._batch(lines, pos)
             elif pos.offset or pos.lineno:
@@ -328,7 +354,7 @@ class FileTailer:
                 # copytruncate (or the inode was reused after delete + compress): the old content
                 # lives on in a copy; read its rest first
                 pos = self._read_from(copy, pos, final=True, budget=budget, out=lines)
-                budget -= len(lines)
+                budget -= self._used(lines)
                 if budget <= 0:
                     return self._batch(lines, pos)
             log.warning("%s: %s was truncated or replaced; reading it from the start%s",
@@ -451,6 +477,121 @@ class ZeekTailer(FileTailer):
                 batch.items.append((line.lineno, rec))
 
 
+class ZeekBatchTailer(ZeekTailer):
+    """ZeekTailer that reads bytes, not lines: each poll reads about `batch_bytes` of complete
+    lines after the checkpoint and parses them with `zeekbatch.BlockParser` (pyarrow columns; the
+    per-line parser for headers and for any run it cannot vouch for).
+
+    The daemon's API, as for the other tailers: `batch = t.poll()`; `batch.items` is a list of
+    `zeekbatch.ZeekBatch` (one per run of data lines between header lines; a poll that crosses a
+    rotation gives the old file's rest first); derive what you derive, then in ONE transaction
+    store it and `t.commit(batch, conn)`; on failure `t.rewind()`. `len(batch)` is the lines
+    consumed; `batch.position` the checkpoint: a byte offset at a line boundary, never inside a
+    batch. Rotation, truncation, copytruncate, rotated .gz files, a partial last line (left until
+    its newline arrives) and the restart from a checkpoint (parser primed with its header) are
+    FileTailer's, unchanged. Malformed lines are counted in `stats` and named as ZeekTailer's are.
+    """
+
+    def __init__(self, path: str | Path, store: StateStore, stream: str | None = None,
+                 source: str | None = None, stats: Any = None,
+                 fields: Iterable[str] | None = None,
+                 batch_bytes: int = zeekbatch.DEFAULT_BATCH_BYTES, **kwargs: Any) -> None:
+        self.batch_bytes = batch_bytes
+        self._bp: zeekbatch.BlockParser | None = None
+        kwargs.setdefault("max_lines", batch_bytes)   # the poll budget is in bytes here
+        super().__init__(path, store, stream=stream, source=source, stats=stats, fields=fields,
+                         **kwargs)
+
+    def _used(self, out: list[Any]) -> int:
+        return sum(len(b.data) for b in out)
+
+    def _on_rewind(self) -> None:
+        self._parser = None
+        self._bp = None
+        if self.pos is not None:
+            self._bp = self._block_parser(self.pos.path, self.pos.header)
+
+    def _block_parser(self, path: str, header: Iterable[str] = ()) -> zeekbatch.BlockParser:
+        return zeekbatch.BlockParser(path, stream=self.stream, fields=self.fields,
+                                     stats=self.stats, header=header)
+
+    def _read_from(self, path: str, pos: Checkpoint, final: bool, budget: int,
+                   out: list[Any]) -> Checkpoint:
+        """Append TailBlocks of the complete lines of `path` after pos.offset (about `budget`
+        bytes; at least one line) to `out`; return the new position."""
+        try:
+            handle = _open(path)
+        except OSError as exc:
+            log.warning("%s: cannot open %s: %s", self.source, path, exc)
+            return pos
+        new = replace(pos, header=list(pos.header))
+        with handle:
+            try:
+                handle.seek(new.offset)
+            except (OSError, EOFError, zlib.error) as exc:
+                return self._unreadable(path, new, exc, final)
+            taken = 0
+            for data, exc in zeekbatch.iter_blocks(handle, max(1, budget), final=final):
+                if exc is not None:
+                    return self._unreadable(path, new, exc, final)
+                new = self._take(path, new, data, out)
+                taken += len(data)
+                if taken >= budget:
+                    break      # a block ends at the last newline, so it may be short: read on
+                # until the budget is used (poll() takes an unused budget to mean "at the end")
+        return new
+
+    def _take(self, path: str, pos: Checkpoint, data: bytes, out: list[Any]) -> Checkpoint:
+        lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        out.append(TailBlock(path, pos.lineno + 1, pos.offset, data, lines,
+                             new_file=pos.lineno == 0))
+        if b"#" in data:
+            for text in zeekbatch.header_lines(data):
+                pos.header = _update_header(pos.header, text)
+        pos.offset += len(data)
+        pos.lineno += lines
+        return pos
+
+    def _skip_to_end(self, pos: Checkpoint, size: int) -> Checkpoint:
+        """start_at_end: count lines and collect the header up to the current end, a block at a
+        time (nothing kept)."""
+        while True:
+            new = self._read_from(self.path, pos, final=False, budget=self.batch_bytes, out=[])
+            if new.offset == pos.offset:
+                return new
+            pos = new
+
+    def _batch(self, lines: list[Any], pos: Checkpoint) -> TailBatch:
+        batch = TailBatch(self.source, [], pos, blocks=lines)
+        self._parse(batch)
+        self.pos = pos
+        return batch
+
+    def _parse(self, batch: TailBatch) -> None:
+        for block in batch.blocks:
+            if block.new_file or self._bp is None:
+                # a file read from its first line (new after rotation, or truncated): fresh state
+                self._bp = self._block_parser(block.path)
+            elif self._bp.path != block.path:
+                self._bp.rename(block.path)   # same inode, renamed by rotation
+            try:
+                batch.items.extend(self._bp.parse_block(block.data, block.first_lineno,
+                                                        block.offset))
+            except Exception as exc:  # noqa: BLE001 - a reader bug must not stop the source
+                self.bad_lines += block.lines
+                self._limiter.warn(block.path, "%s: %s:%d-%d: block skipped: %s: %.120s",
+                                   self.source, block.path, block.first_lineno,
+                                   block.first_lineno + block.lines - 1, type(exc).__name__, exc)
+
+    def batches(self) -> Iterator[zeekbatch.ZeekBatch]:
+        """Convenience for one-shot reading without checkpoints (tests)."""
+        while True:
+            batch = self.poll()
+            if not len(batch):
+                return
+            yield from batch.items
+
+
 class OsqueryTailer(FileTailer):
     """FileTailer for osqueryd.results.log; batch.items are OsqueryRow objects."""
 
@@ -473,11 +614,13 @@ class OsqueryTailer(FileTailer):
 def follow_zeek_dir(directory: str | Path, store: StateStore,
                     streams: Iterable[str] = ("conn", "dns", "http", "ssl", "container_geo"),
                     fields: Callable[[str], Iterable[str] | None] | None = None,
-                    **kwargs: Any) -> list[ZeekTailer]:
+                    batches: bool = False, **kwargs: Any) -> list[ZeekTailer]:
     """One ZeekTailer per stream at `<directory>/<stream>.log` (files may appear later);
-    `fields(stream)` names the keys to parse of each stream (None: all)."""
-    return [ZeekTailer(Path(directory) / f"{s}.log", store, stream=s,
-                       fields=fields(s) if fields is not None else None, **kwargs)
+    `fields(stream)` names the keys to parse of each stream (None: all). `batches`: a
+    ZeekBatchTailer per stream (ZeekBatch columns; `batch_bytes=` may be passed)."""
+    cls = ZeekBatchTailer if batches else ZeekTailer
+    return [cls(Path(directory) / f"{s}.log", store, stream=s,
+                fields=fields(s) if fields is not None else None, **kwargs)
             for s in streams]
 
 
@@ -485,7 +628,7 @@ def drain(tailer: FileTailer, handler: Callable[[TailBatch, sqlite3.Connection],
           max_batches: int | None = None) -> int:
     """Poll until no new lines; each batch is handled and checkpointed in one transaction.
 
-    Returns the number of lines consumed. On a handler exception the transaction is rolled back,
+    Returns the number of lines consumed (either mode). On a handler exception the transaction is rolled back,
     the tailer rewound, and the exception re-raised.
     """
     total = 0
@@ -494,14 +637,14 @@ def drain(tailer: FileTailer, handler: Callable[[TailBatch, sqlite3.Connection],
         batch = tailer.poll()
         try:
             with tailer.store.transaction() as conn:
-                if batch.lines:
+                if len(batch):
                     handler(batch, conn)
                 tailer.commit(batch, conn)
         except BaseException:
             tailer.rewind()
             raise
-        total += len(batch.lines)
+        total += len(batch)
         n += 1
-        if not batch.lines:
+        if not len(batch):
             break
     return total
