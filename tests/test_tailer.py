@@ -19,7 +19,8 @@ import pytest
 from datafiles import read_bytes, resolve, scenario_dir
 from fake_hosts import wait_until
 from scheduler.collect.state import StateStore
-from scheduler.collect.tailer import FileTailer, OsqueryTailer, ZeekBatchTailer, ZeekTailer, drain
+from scheduler.collect.tailer import (FileTailer, OsqueryTailer, ZeekBatchTailer, ZeekTailer, drain,
+                                       follow_zeek_dir)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -682,3 +683,16 @@ def test_batch_tailer_real_log_in_random_chunks_with_rotation(tmp_path: Path, re
             os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
     run()
     assert got == ref and len(ref) > 0
+
+
+def test_follow_zeek_dir_in_batch_mode(tmp_path: Path, store: StateStore) -> None:
+    from scheduler.pipeline import ingest_fields
+    append(tmp_path / "conn.log", TSV_HEADER + [conn_line(i) for i in range(4)])
+    tailers = follow_zeek_dir(tmp_path, store, streams=("conn", "dns"), fields=ingest_fields,
+                              batches=True, batch_bytes=4096)
+    assert [type(t) for t in tailers] == [ZeekBatchTailer, ZeekBatchTailer]
+    assert [t.batch_bytes for t in tailers] == [4096, 4096]
+    got: list[str] = []
+    assert batch_uids(tailers[0], got) == len(TSV_HEADER) + 4
+    assert got == [f"C{i:06d}" for i in range(4)]
+    assert batch_uids(tailers[1], []) == 0          # dns.log does not exist yet: nothing, quietly

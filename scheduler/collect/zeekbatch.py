@@ -71,7 +71,10 @@ _TEXT_TYPES = frozenset({"string", "addr", "subnet", "enum", "pattern"})
 
 @dataclass
 class ZeekBatch:
-    """Consecutive records of one Zeek log file (one stream), as columns."""
+    """Consecutive records of one Zeek log file (one stream), as columns.
+
+    A batch read from a file keeps its block's bytes (up to `batch_bytes`) for `record`: keep the
+    dicts a rule needs, not the batch, beyond the tick that handles it."""
 
     stream: str
     path: str
