@@ -696,3 +696,29 @@ def test_follow_zeek_dir_in_batch_mode(tmp_path: Path, store: StateStore) -> Non
     assert batch_uids(tailers[0], got) == len(TSV_HEADER) + 4
     assert got == [f"C{i:06d}" for i in range(4)]
     assert batch_uids(tailers[1], []) == 0          # dns.log does not exist yet: nothing, quietly
+
+
+@pytest.mark.parametrize("batch_bytes", [4096, 1 << 16])
+def test_batch_tailer_rotated_gz_truncated_reads_what_is_readable(
+        tmp_path: Path, store: StateStore, batch_bytes: int) -> None:
+    """The rotated file was compressed, but the .gz is cut short (disk full, a crashed
+    post-processor): its readable complete lines are consumed, the damage is counted once, and the
+    tailer goes on with the live file."""
+    import gzip as _gz
+    log = tmp_path / "conn.log"
+    append(log, TSV_HEADER + [conn_line(i) for i in range(10)])
+    t = ZeekBatchTailer(log, store, stream="conn", batch_bytes=batch_bytes)
+    got: list[str] = []
+    batch_uids(t, got)
+    append(log, [conn_line(i) for i in range(10, 3000)])
+    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
+    os.rename(log, rotated)
+    data = _gz.compress(rotated.read_bytes())
+    (tmp_path / (rotated.name + ".gz")).write_bytes(data[: len(data) * 2 // 3])
+    rotated.unlink()
+    append(log, TSV_HEADER + [conn_line(5000)])
+    batch_uids(t, got)
+    assert t.io_errors == 1 and t.stats.bad_lines == 0
+    assert got[-1] == "C005000"
+    old = got[:-1]
+    assert old == [f"C{i:06d}" for i in range(len(old))] and 100 < len(old) < 3000
