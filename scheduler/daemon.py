@@ -212,7 +212,7 @@ class Daemon:
             for i, t in enumerate(self.tailers):
                 b = t.poll()
                 batches.append((t, b))
-                backlog = backlog or len(b.lines) >= getattr(t, "max_lines", 1 << 30)
+                backlog = backlog or _more_waiting(t, b)
                 if hasattr(t, "_parsers"):
                     items.extend((_osq_time(it), 0, "osq", it) for it in b.items)
                 else:
@@ -524,15 +524,30 @@ def _now_dt() -> Any:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def _zeek_items(tailer: Any, items: list[Any], source: int) -> list[tuple[float, int, str, Any]]:
-    """A Zeek tailer's poll as (time, source, "zrow", (batch, row)) items: one ZeekBatch per
-    poll, so the engine takes consecutive rows a batch at a time (Pipeline.dispatch).
-    TODO(issue 13): tailers yield ZeekBatch themselves once the columnar reader lands."""
-    from scheduler.collect.zeekbatch import batch_from_records
+def _more_waiting(tailer: Any, batch: Any) -> bool:
+    """Did this poll stop at its budget (a backlog: more is waiting)? The budget is
+    `max_lines`: lines for a line tailer, bytes for a batch-mode one (ZeekBatchTailer)."""
+    budget = getattr(tailer, "max_lines", 1 << 30)
+    if hasattr(tailer, "batch_bytes"):
+        return batch.nbytes >= budget
+    return len(batch.lines) >= budget
 
-    recs = [rec for _, rec in items]
-    if not recs:
-        return []
-    batch = batch_from_records(tailer.stream, str(getattr(tailer, "path", tailer.stream)), recs)
-    return [(float(rec.get("ts") or 0.0), source, "zrow", (batch, j))
-            for j, rec in enumerate(recs)]
+
+def _zeek_items(tailer: Any, items: list[Any], source: int) -> list[tuple[float, int, str, Any]]:
+    """A Zeek tailer's poll as (time, source, "zrow", (batch, row)) items, so the engine takes
+    consecutive rows a batch at a time (Pipeline.dispatch). A batch-mode tailer gives ZeekBatch
+    items; a line tailer (stream, record) pairs, made into one batch per poll. The sort time is
+    the record's `ts` as the line path took it (unset: 0)."""
+    from scheduler.collect.zeekbatch import ZeekBatch, batch_from_records
+
+    out: list[tuple[float, int, str, Any]] = []
+    batches = [it for it in items if isinstance(it, ZeekBatch)]
+    recs = [it[1] for it in items if not isinstance(it, ZeekBatch)]
+    if recs:
+        batches.append(batch_from_records(tailer.stream, str(getattr(tailer, "path", "")), recs))
+    for batch in batches:
+        for j, t in enumerate(batch.column("ts").tolist()):
+            if t != t:          # unset or unparseable: the record says what the line path saw
+                t = float(batch.record(j).get("ts") or 0.0)
+            out.append((t, source, "zrow", (batch, j)))
+    return out
