@@ -63,7 +63,9 @@ def read_alerts(tmp: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
 
 
-def wait_for(cond, timeout: float = 20.0) -> bool:
+def wait_for(cond, timeout: float = 90.0) -> bool:
+    # Generous: these tests check what the daemon does, not how fast; a loaded CI machine (busy
+    # loops on both cores) once took over 20 s to start it or to stop it on SIGTERM.
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -98,7 +100,7 @@ def test_daemon_processes_appended_lines_and_stops_on_sigterm(tmp_path: Path) ->
         assert {x["container"]["address"] for x in read_alerts(tmp_path)} == \
             {"172.17.0.3", "172.17.0.9", "172.17.0.10"}
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 0, out
         assert "stopped" in out
     finally:
