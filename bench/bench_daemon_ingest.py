@@ -98,7 +98,8 @@ def inventory_line(snapshot: dict[str, Any], now: float) -> str:
 
 
 def http_lines(rests: list[str], first: int, count: int, t0: float, rate: float) -> str:
-    """Lines `first`..`first+count-1` of the stream: line i is template i mod len, at t0 + i/rate."""
+    """Lines `first`..`first+count-1` of the stream: line i is template i mod len, stamped
+    t0 + i/rate."""
     n = len(rests)
     return "".join([f"{t0 + i / rate:.6f}\t{rests[i % n]}" for i in range(first, first + count)])
 
@@ -256,8 +257,9 @@ def report(samples: list[Sample], args: argparse.Namespace) -> list[str]:
     print(f"RSS MiB: min {min(rss):.1f}, median {statistics.median(rss):.1f}, max {max(rss):.1f}; "
           f"second-half slope {slope:+.2f} MiB/min ({len(half)} samples)")
     print(f"written {last.written:,} lines in {secs:.0f}s ({last.written / secs:,.0f}/s, target "
-          f"rate {args.rate:,.0f}/s); daemon consumed {last.consumed:,} ({last.consumed / secs:,.0f}"
-          f" lines/s, {100 * kept:.1f}%), lag at the end {last.written - last.consumed:,} lines "
+          f"rate {args.rate:,.0f}/s); daemon consumed {last.consumed:,} "
+          f"({last.consumed / secs:,.0f} lines/s, {100 * kept:.1f}%), lag at the end "
+          f"{last.written - last.consumed:,} lines "
           f"({lag_s:.1f} s of writing); second half consumed {half_rate:,.0f} lines/s")
     per_m = last.cpu_s / (last.consumed / 1e6) if last.consumed else float("inf")
     print(f"daemon CPU {last.cpu_s:.1f} s over {secs:.0f} s ({last.cpu_s / secs:.2f} cores; "

@@ -31,7 +31,8 @@ done before the clock starts:
   window, not per line; bench_model.py measures it).
 
 Printed per size: median wall seconds, lines/s, CPU lines/s, peak RSS (and after imports and
-set-up) of each; the ratios engine / zat_df and engine / arrow in lines/s (median of the per-round ratios);
+set-up) of each; the ratios engine / zat_df and engine / arrow in lines/s (median of the
+per-round ratios);
 with several `--sizes`, a table of µs per line and peak RSS per size (linear time, flat memory).
 
 Targets (exit 1 when one is missed, naming it): engine >= 2x zat_df's lines/s; engine >= 0.5x
