@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from model.records import ContainerInfo
-from model.window_agg import NetWindowAgg
+from model.window_agg import NetWindowAgg, add_groups
 
 from scheduler.detect import rules
 
@@ -158,11 +158,17 @@ class WindowingMixin:
         by_cid = idx[np.argsort(inv, kind="stable")]           # row order kept per container
         cuts = np.flatnonzero(np.diff(np.sort(inv))) + 1
         ts_all = np.asarray(nets.ts, dtype=float)
+        groups: list[tuple[NetWindowAgg, np.ndarray]] = []
         for cid, rows in zip(cids.tolist(), np.split(by_cid, cuts)):
-            self._container_rows(cid, nets, rows, ts_all[rows])
+            self._container_rows(cid, rows, ts_all[rows], groups)
+        # Every (window, rows) group counted at once: the windows' decisions above only open
+        # and close windows; nothing reads an accumulator before the next flush scores it.
+        add_groups(nets, groups)
 
-    def _container_rows(self, cid: str, nets: Any, rows: np.ndarray, ts: np.ndarray) -> None:
-        """One container's rows of a batch (row order), as `_window_add` would take them."""
+    def _container_rows(self, cid: str, rows: np.ndarray, ts: np.ndarray,
+                        groups: list[tuple[NetWindowAgg, np.ndarray]]) -> None:
+        """One container's rows of a batch (row order), as `_window_add` would take them: the
+        (window accumulator, rows) pairs appended to `groups`."""
         origin = self._origins.get(cid)
         if origin is None:
             origin = self._origin(cid, float(ts[0]))
@@ -188,7 +194,7 @@ class WindowingMixin:
                     cw = self._open(cid, origin, kk)
                     if cw is None:
                         continue
-            cw["n"].add_columns(nets, run)
+            groups.append((cw["n"], run))
 
     def _close(self, cid: str) -> None:
         cw = self._cw.pop(cid, None)
