@@ -686,7 +686,10 @@ class Pipeline(WindowingMixin):
                 rows = kept[a:b]
                 rows = rows[run["attributed"][rows]]
                 if len(rows):
-                    self._window_add_nets(nets.take(rows))
+                    # consecutive rows (the common case): views of the run's columns, no copy
+                    lo_, hi_ = int(rows[0]), int(rows[-1]) + 1
+                    self._window_add_nets(nets.take(slice(lo_, hi_) if hi_ - lo_ == len(rows)
+                                                    else rows))
             self._advance(float(ts[b - 1]))
 
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:

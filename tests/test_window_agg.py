@@ -105,6 +105,41 @@ def test_accumulator_features_equal_build_windows_exactly(seed):
     assert checked >= 10
 
 
+
+@pytest.mark.parametrize("seed", range(4))
+def test_add_groups_equals_record_by_record_for_many_windows_at_once(seed):
+    """One add_groups call over interleaved groups (a window may come back in a later group,
+    some windows already hold rows) gives every window the counts, distinct sets, entropy sum,
+    span, image/host and evidence sample of adding its records one by one in the same order."""
+    from model.window_agg import add_groups
+
+    rng = random.Random(100 + seed)
+    recs = random_nets(rng, 600)
+    cols = columns_of(recs)
+    keys = ["a", "b", "c", "d"]
+    one = {k: NetWindowAgg() for k in keys}
+    many = {k: NetWindowAgg() for k in keys}
+    pre = [rng.randrange(len(recs)) for _ in range(5)]      # rows a window held before
+    for j in pre:
+        one["a"].add(recs[j])
+        many["a"].add_columns(cols, np.array([j]))
+    groups = []
+    for _ in range(12):
+        k = rng.choice(keys)
+        rows = np.array(sorted(rng.sample(range(len(recs)), rng.randint(1, 60))), dtype=np.int64)
+        groups.append((k, rows))
+    for k, rows in groups:
+        for j in rows.tolist():
+            one[k].add(recs[j])
+    add_groups(cols, [(many[k], rows) for k, rows in groups])
+    for k in keys:
+        a, b = one[k], many[k]
+        assert b.features() == a.features(), k             # exact, the entropy sum included
+        assert (b.n, b.t_min, b.t_max, b.image, b.host) == (a.n, a.t_min, a.t_max, a.image, a.host)
+        assert (b.addrs, b.ports, b.domains) == (a.addrs, a.ports, a.domains)
+        assert [r.uid for r in b.sample_rows()] == [r.uid for r in a.sample_rows()], k
+    assert any(many[k].n for k in keys) and sum(m.n for m in many.values()) > 100
+
 def test_distinct_sets_saturate_at_the_cap_in_both_builders():
     recs = [NetRecord(ts=1000.0 + i * 1e-3, kind="conn", container_id="c", image="i",
                       orig_h="172.17.0.2", resp_h=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",

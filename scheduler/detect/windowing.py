@@ -155,46 +155,54 @@ class WindowingMixin:
             return
         cids, inv = np.unique(cid_col[idx], return_inverse=True)
         inv = inv.reshape(-1)
-        by_cid = idx[np.argsort(inv, kind="stable")]           # row order kept per container
-        cuts = np.flatnonzero(np.diff(np.sort(inv))) + 1
-        ts_all = np.asarray(nets.ts, dtype=float)
+        order = np.argsort(inv, kind="stable")
+        by_cid, g = idx[order], inv[order]                     # row order kept per container
+        ts = np.asarray(nets.ts, dtype=float)[by_cid]
+        first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+        cid_l = cids.tolist()
+        origins = [self._origins.get(c) for c in cid_l]
+        origins = [o if o is not None else self._origin(c, float(ts[f]))
+                   for c, o, f in zip(cid_l, origins, first.tolist())]
+        origin = np.asarray(origins, dtype=float)[g]
+        k = np.floor((ts - origin) / self.window_s).astype(np.int64)
+        if self._stopped and any(c in self._stopped for c in cid_l):
+            # a window that would start after its container stopped never lived there
+            stop = np.asarray([self._stopped.get(c, math.inf) for c in cid_l], dtype=float)[g]
+            alive = origin + k * self.window_s <= stop
+            by_cid, g, k = by_cid[alive], g[alive], k[alive]
+            if not by_cid.size:
+                return
+        # runs of one container in one window, in container then row order
+        cuts = np.flatnonzero((g[1:] != g[:-1]) | (k[1:] != k[:-1])) + 1
+        bounds = [0] + cuts.tolist() + [int(by_cid.size)]
+        heads = [0] + cuts.tolist()
         groups: list[tuple[NetWindowAgg, np.ndarray]] = []
-        for cid, rows in zip(cids.tolist(), np.split(by_cid, cuts)):
-            self._container_rows(cid, rows, ts_all[rows], groups)
+        for gi, kk, lo, hi in zip(g[heads].tolist(), k[heads].tolist(), bounds, bounds[1:]):
+            agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo)
+            if agg is not None:
+                groups.append((agg, by_cid[lo:hi]))
         # Every (window, rows) group counted at once: the windows' decisions above only open
         # and close windows; nothing reads an accumulator before the next flush scores it.
         add_groups(nets, groups)
 
-    def _container_rows(self, cid: str, rows: np.ndarray, ts: np.ndarray,
-                        groups: list[tuple[NetWindowAgg, np.ndarray]]) -> None:
-        """One container's rows of a batch (row order), as `_window_add` would take them: the
-        (window accumulator, rows) pairs appended to `groups`."""
-        origin = self._origins.get(cid)
-        if origin is None:
-            origin = self._origin(cid, float(ts[0]))
-        k = np.floor((ts - origin) / self.window_s).astype(np.int64)
-        stopped = self._stopped.get(cid) if self._stopped else None
-        if stopped is not None:
-            alive = origin + k * self.window_s <= stopped
-            rows, k = rows[alive], k[alive]
-            if not rows.size:
-                return
-        cuts = np.flatnonzero(np.diff(k)) + 1
-        for kk, run in zip(k[np.concatenate(([0], cuts))].tolist(), np.split(rows, cuts)):
-            cw = self._cw.get(cid)
-            if cw is None or cw["k"] != kk or (self._skip and (cid, kk) in self._skip):
-                if kk <= self._last_closed.get(cid, -1 << 62) or (cid, kk) in self._skip:
-                    if not self.windows_only:
-                        self.stats.late_records += int(run.size)
-                    continue
-                if cw is not None and cw["k"] < kk:
-                    self._close(cid)
-                    cw = None
+    def _net_window(self, cid: str, origin: float, kk: int, rows: int) -> NetWindowAgg | None:
+        """The accumulator that `rows` network rows of container `cid` in its window `kk` go
+        to, as `_window_add` decides for each (late rows and windows scored before a resume:
+        None); opens and closes windows on the way."""
+        cw = self._cw.get(cid)
+        if cw is None or cw["k"] != kk or (self._skip and (cid, kk) in self._skip):
+            if kk <= self._last_closed.get(cid, -1 << 62) or (cid, kk) in self._skip:
+                if not self.windows_only:
+                    self.stats.late_records += rows
+                return None
+            if cw is not None and cw["k"] < kk:
+                self._close(cid)
+                cw = None
+            if cw is None:
+                cw = self._open(cid, origin, kk)
                 if cw is None:
-                    cw = self._open(cid, origin, kk)
-                    if cw is None:
-                        continue
-            groups.append((cw["n"], run))
+                    return None
+        return cw["n"]
 
     def _close(self, cid: str) -> None:
         cw = self._cw.pop(cid, None)
