@@ -73,6 +73,9 @@ def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
             assert sorted(b.columns) == sorted(mine), (path, "column names")
         else:
             assert list(b.columns) == mine, (path, "column names")
+        for name, (codes, uniques) in b.dicts.items():   # the dictionary-read text columns
+            assert len(set(uniques.tolist())) == len(uniques), (path, name, "repeated values")
+            assert uniques[codes].tolist() == b.columns[name].tolist(), (path, name)
         for name, col in b.columns.items():
             assert len(col) == len(b)
             if name == "ts":
@@ -163,6 +166,46 @@ def test_types_unset_empty_escapes(tmp_path: Path) -> None:
     assert b.record(1)["query"] == "a\tb-" and b.record(1)["id.orig_p"] is None
     assert b.lineno.tolist() == [9, 10, 11, 12]
     assert stats.records == 4 and stats.bad_lines == 0
+    # read dictionary-encoded: "-" and "(empty)" merge into one "", the escapes decoded once
+    codes, uniques = b.codes("query")
+    assert "query" in b.dicts and sorted(uniques.tolist()) == ["", "-", "a\tb-", "ipinfo.io"]
+    assert uniques[codes].tolist() == b.columns["query"].tolist()
+    codes, uniques = b.codes("id.orig_h")
+    assert len(uniques) == 3 and codes[1] == codes[2]
+
+
+def test_codes_merge_markers_and_escapes(tmp_path: Path) -> None:
+    """Raw values that become one value ("\\x41" and "A"; "-" and "(empty)") share one code."""
+    rows = ["A", "\\x41", "-", "(empty)", "B", "A", "\\x42"]
+    body = "".join(dns_line(i, query=q) for i, q in enumerate(rows, 1))
+    p = write(tmp_path, "dns.log", HEADER + body)
+    batches, _ = check_equal(p)
+    b = batches[0]
+    codes, uniques = b.codes("query")
+    assert uniques.tolist() == ["A", "", "B"]
+    assert codes.tolist() == [0, 0, 1, 1, 2, 0, 2]
+
+
+def test_unique_per_row_column_read_plain_after_first_run(tmp_path: Path) -> None:
+    """uid holds one value per row: after a run shows it, it is read as plain strings (no
+    dictionary), its values the same; codes() still gives a (codes, uniques) pair for it."""
+    body = "".join(dns_line(i % 90, query=f"q{i % 3}.example").replace(
+        f"\tC{i % 90}\t", f"\tCu{i}\t", 1) for i in range(3000))
+    p = write(tmp_path, "dns.log", HEADER + body)
+    batches, _ = check_equal(p, batch_bytes=1 << 16)
+    assert len(batches) >= 3 and all(b.meta["mode"] == "columnar" for b in batches)
+    assert "uid" in batches[0].dicts
+    assert all("uid" not in b.dicts and "query" in b.dicts for b in batches[1:])
+    codes, uniques = batches[-1].codes("uid")
+    assert len(uniques) == len(batches[-1]) and uniques[codes].tolist() == \
+        batches[-1].columns["uid"].tolist()
+
+
+def test_codes_of_a_batch_from_records() -> None:
+    recs = [{"ts": 1.0, "query": q} for q in ("a", "b", "a", None)]
+    b = batch_from_records("dns", "x", recs)
+    codes, uniques = b.codes("query")
+    assert uniques.tolist() == ["a", "b", ""] and codes.tolist() == [0, 1, 0, 2]
 
 
 def test_weird_numbers_same_as_per_line(tmp_path: Path) -> None:

@@ -24,9 +24,15 @@ so a batch read from a file and one built from parser dicts (`batch_from_records
 Reading (`iter_batches`, `BlockParser`): a file is read in blocks of about `batch_bytes` that end at
 a line boundary. '#' header lines go through a stateful `ZeekLogParser` (separator, fields,
 types, unset/empty markers, a new header block after rotation or `#close`). Each run of TSV data
-lines between header lines is parsed by pyarrow's CSV reader into only the requested columns (as
-strings; '\\t', no quoting), then converted by Zeek type. A run of JSON lines goes through
-pyarrow.json with an explicit schema that also types every field the per-line parser checks
+lines between header lines is parsed by pyarrow's CSV reader into only the requested columns
+('\\t', no quoting): `ts` and the integer fields parsed as numbers in C (null where unset),
+text columns dictionary-encoded (`BlockParser._read_kinds`), so a value repeated in the run is
+converted (escapes, markers) and made a Python str once, and each column is `uniques[codes]`
+(shared references; `ZeekBatch.codes` hands out the pair for per-value work). A text column
+seen to hold about one value per row (uid) is read as plain strings from then on. Other typed
+fields are read as strings and converted by Zeek type. Known: pyarrow reads an integer field
+"0x50" as 80 where int() refuses the line (so did the string cast before); Zeek never writes one.
+A run of JSON lines goes through pyarrow.json with an explicit schema that also types every field the per-line parser checks
 (zeeklog.JSON_FIELD_TYPES), so pyarrow refuses what that parser would refuse; nested objects,
 nulls, a "container" field, all-fields reads and fields whose text would differ (lists,
 non-integer numbers: dns answers/TTLs) go line by line (4x faster than json.loads per line with
@@ -86,6 +92,10 @@ class ZeekBatch:
     #: line (of the decompressed stream for .gz), a valid place to resume (`iter_batches(start=)`)
     end: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: text columns also held as (codes, uniques): `uniques` distinct, `uniques[codes]` equal to
+    #: the column. The columnar TSV path fills it for the columns it read dictionary-encoded;
+    #: `codes()` computes it for the others on first use
+    dicts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.lineno.shape[0])
@@ -102,6 +112,22 @@ class ZeekBatch:
         out = np.empty(len(self), dtype=object)
         out[:] = default
         return out
+
+    def codes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 codes, distinct values) of a text column, `uniques[codes]` being the column:
+        per-value work (a verdict, a lookup) runs once per distinct value, then `result[codes]`
+        spreads it over the rows. Free for the columns read dictionary-encoded; for others one
+        dict pass over the column, kept."""
+        got = self.dicts.get(name)
+        if got is None:
+            col = self.column(name)
+            index: dict[Any, int] = {}
+            codes = np.fromiter((index.setdefault(v, len(index)) for v in col.tolist()),
+                                dtype=np.int64, count=len(col))
+            uniques = np.empty(len(index), dtype=object)
+            uniques[:] = list(index)
+            got = self.dicts[name] = (codes, uniques)
+        return got
 
     def record(self, i: int) -> dict[str, Any]:
         """Row i as the per-line parser (scheduler.collect.zeeklog) would have returned it."""
@@ -227,16 +253,25 @@ def _arrow() -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
-                 block_size: int) -> tuple[Any, Any, Any]:
-    """pyarrow's option objects for one header (built once: they cost more than a small run)."""
+                 block_size: int, kinds: tuple[str, ...] | None = None,
+                 unset: str = "-") -> tuple[Any, Any, Any]:
+    """pyarrow's option objects for one header (built once: they cost more than a small run).
+    `kinds` (one per `include`, see `_read_kind`) says how pyarrow reads each column; None: all
+    as plain strings. Numbers are null where `unset`; text is never null."""
     a = _arrow()
+    pa = a.pa
+    types = {"str": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
+             "float": pa.float64(), "int": pa.int64()}
+    kinds = kinds if kinds is not None else ("str",) * len(include)
+    numeric = any(k in ("float", "int") for k in kinds)
     return (a.csv.ReadOptions(column_names=list(names), block_size=block_size, use_threads=False),
             a.csv.ParseOptions(delimiter=sep, quote_char=False, escape_char=False,
                                double_quote=False, newlines_in_values=False,
                                ignore_empty_lines=True),
             a.csv.ConvertOptions(include_columns=list(include),
-                                 column_types={n: a.pa.string() for n in include},
-                                 null_values=[], strings_can_be_null=False,
+                                 column_types={n: types[k] for n, k in zip(include, kinds)},
+                                 null_values=[unset] if numeric else [],
+                                 strings_can_be_null=False,
                                  quoted_strings_can_be_null=False, check_utf8=True))
 
 
@@ -273,14 +308,49 @@ def _json_schema(wanted: frozenset[str]) -> tuple[Any, frozenset[str]] | None:
     return pa.schema(list(fields.items())), frozenset(wanted)
 
 
-def _read_tsv(seg: bytes, names: Sequence[str], include: Sequence[str], sep: str) -> Any:
-    """One run of TSV data lines as a pyarrow Table of string columns (raises on bad input).
-    Single-threaded: on a 2-core box the threads bought no CPU, and a batch is small."""
+def _read_tsv(seg: bytes, names: Sequence[str], include: Sequence[str], sep: str,
+              kinds: tuple[str, ...] | None = None, unset: str = "-") -> Any:
+    """One run of TSV data lines as a pyarrow Table (raises on bad input): string columns, or
+    typed per `kinds`. Single-threaded: on a 2-core box the threads bought no CPU, and a batch
+    is small."""
     a = _arrow()
     block = 1 << max(20, (len(seg) + 1).bit_length())   # the whole run in one parse block
-    ro, po, co = _csv_options(tuple(names), tuple(include), sep, block)
+    ro, po, co = _csv_options(tuple(names), tuple(include), sep, block, kinds, unset)
     return a.csv.read_csv(a.pa.py_buffer(seg), read_options=ro, parse_options=po,
                           convert_options=co)
+
+
+#: A dictionary-read text column with more distinct values than half the rows of a run this
+#: long (Zeek's uid) is read as plain strings afterwards: hashing buys nothing there.
+_DENSE_MIN_ROWS = 256
+
+
+def _time_column(col: Any) -> np.ndarray:
+    """A float64 `ts` column pyarrow parsed (null where unset) as float64, NaN where unset. A
+    non-finite value that was not unset ("nan", "inf", an overflow) is a malformed line to the
+    per-line parser: the run is refused."""
+    pc = _arrow().pc
+    arr = pc.fill_null(col, float("nan")).to_numpy()
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad != col.null_count:
+        raise _Reject("time value not finite")
+    return arr
+
+
+def _int_column(col: Any) -> np.ndarray:
+    """An int64 column pyarrow parsed (null where unset) with -1 where unset."""
+    return _arrow().pc.fill_null(col, -1).to_numpy()
+
+
+def _merge_uniques(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, uniques) with equal `values` merged into one entry, first-seen order."""
+    index: dict[str, int] = {}
+    remap = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        remap[i] = index.setdefault(v, len(index))
+    uniques = np.empty(len(index), dtype=object)
+    uniques[:] = list(index)
+    return remap[codes], uniques
 
 
 class _Reject(Exception):
@@ -345,6 +415,7 @@ class BlockParser:
         self.columnar_runs = 0   # runs parsed by pyarrow
         self.line_runs = 0       # runs parsed line by line (JSON, or the columnar parse refused)
         self.block_lines = 0     # lines in the last block given to parse_block
+        self._dense: set[str] = set()   # text columns read plain: about one value per row
         self.prime(header)
 
     def prime(self, header: Iterable[str]) -> None:
@@ -476,17 +547,95 @@ class BlockParser:
         types = p.field_types if len(p.field_types) == len(names) else ["string"] * len(names)
         keep = self._tsv_names()
         a_ = _arrow()
+        ztype = dict(zip(names, types))
+        kinds = self._read_kinds(keep, ztype)
         try:
-            table = _read_tsv(seg, names, keep or names[:1], sep)
+            table = _read_tsv(seg, names, keep or names[:1], sep, kinds if keep else None,
+                              p.unset_field)
         except a_.errors as exc:
             raise _Reject(str(exc)[:200]) from None
         if table.num_rows != expected:
             raise _Reject(f"{table.num_rows} rows for {expected} lines")
-        ztype = dict(zip(names, types))
         escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
-        cols = {name: self._convert(name, ztype[name], table.column(name), escapes)
-                for name in keep}
-        return self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
+        cols: dict[str, np.ndarray] = {}
+        dicts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, kind in zip(keep, kinds):
+            col = table.column(name)
+            if kind == "dict":
+                codes, uniques = self._dict_column(name, col, escapes)
+                dicts[name] = (codes, uniques)
+                cols[name] = uniques[codes]
+                if len(uniques) * 2 > len(codes) >= _DENSE_MIN_ROWS:
+                    self._dense.add(name)   # nearly one value per row (uid): plain from now on
+            elif kind == "float":
+                cols[name] = _time_column(col)
+            elif kind == "int":
+                cols[name] = _int_column(col)
+            else:
+                cols[name] = self._convert(name, ztype[name], col, escapes)
+        batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
+        batch.dicts = dicts
+        return batch
+
+    def _read_kinds(self, keep: Sequence[str], ztype: dict[str, str]) -> tuple[str, ...]:
+        """How pyarrow reads each kept column: "float" (ts of type time) and "int" (the
+        `INT_FIELDS` of an integer type) parsed in C, null where unset; "dict" (text the fast
+        path keeps as text: string, addr, enum, string sets...) dictionary-encoded, so a value
+        repeated in the run becomes one Python str, not one per row; "str" for the rest (typed
+        fields `_convert` handles, and text columns seen to hold about one value per row)."""
+        p = self.parser
+        out: list[str] = []
+        for name in keep:
+            t = ztype[name]
+            inner = zeeklog._container_inner(t)
+            if name == "ts" and t == "time":
+                out.append("float")
+            elif name in INT_FIELDS and t in _INT_TYPES:
+                out.append("int")
+            elif name not in INT_FIELDS and name != "ts" and name not in self._dense and (
+                    (inner is None and zeeklog._scalar_converter(t) is None) or
+                    (inner is not None and zeeklog._scalar_converter(inner) is None
+                     and p.set_separator == ",")):
+                out.append("dict")
+            else:
+                out.append("str")
+        return tuple(out)
+
+    def _dict_column(self, name: str, col: Any, escapes: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, uniques) of a dictionary-read text column after the conventions: the escapes
+        decoded and the unset/empty markers made "" on the distinct values only, then merged
+        where two raw values became one ("-" and "(empty)", "\\x41" and "A"): `uniques` holds
+        distinct values and `uniques[codes]` is the column."""
+        p = self.parser
+        parts_codes: list[np.ndarray] = []
+        parts_uniq: list[np.ndarray] = []
+        base = 0
+        for chunk in col.chunks:
+            uniq = chunk.dictionary.to_numpy(zero_copy_only=False)
+            parts_codes.append(chunk.indices.to_numpy().astype(np.int64) + base)
+            parts_uniq.append(uniq)
+            base += len(uniq)
+        if len(parts_codes) == 1:
+            codes, uniques = parts_codes[0], parts_uniq[0]
+        else:
+            codes = (np.concatenate(parts_codes) if parts_codes
+                     else np.zeros(0, dtype=np.int64))
+            uniques = np.empty(base, dtype=object)
+            if base:
+                uniques[:] = np.concatenate(parts_uniq)
+        values = uniques.tolist()
+        changed = False
+        for i, v in enumerate(values):
+            if v == p.unset_field or v == p.empty_field:
+                values[i] = ""
+                changed = True
+            elif escapes and "\\x" in v:
+                values[i] = unescape(v)
+                changed = True
+        if not changed and len(parts_codes) == 1:
+            return codes, uniques
+        return _merge_uniques(codes, values)
 
     def _batch(self, seg: bytes, cols: dict[str, np.ndarray], nrows: int,
                row_lines: np.ndarray | None, first_line: int, end: int, mode: str) -> ZeekBatch:
