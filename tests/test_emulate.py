@@ -446,7 +446,8 @@ class LeakMonitor:
         if self.dev and shutil.which("tcpdump"):
             self.proc = subprocess.Popen(["tcpdump", "-i", self.dev, "-n", "-U", "-w", str(self.pcap),
                                           self.FILTER],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         preexec_fn=emulab.sigint_default)   # stopped with SIGINT
             self._wait_listening()
 
     def _wait_listening(self) -> None:
@@ -660,12 +661,14 @@ def _churn_containers(run_id: str) -> list[str]:
 @podman
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_run_leaves_nothing_behind(sig):
-    # 20 containers spread over 300 s: the signal lands while the churn runs even when a loaded
-    # machine makes the first container (and `podman ps`) slow; with 30 s the whole churn once
-    # finished before the signal (CI under a busy loop on both cores), and the run exited 0.
+    # The child starts with SIGINT at its default (sigint_default): a suite started from a
+    # script in the background (`make test &`) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: the Ctrl-C this test sends was ignored and the run exited 0.
+    # 20 containers spread over 300 s: the signal lands while the churn still runs.
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
                              "--churn-count", "20", "--churn-seconds", "300"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=emulab.sigint_default)
     first = proc.stdout.readline()
     run_id = _run_id(first)
     # wait until churn containers exist (the run is mid-way: network, netns, stand-in, tcpdump up)
@@ -731,7 +734,8 @@ def test_cleanup_stale_after_sigkill():
     """SIGKILL cannot be caught: the run's state file lets `--cleanup-stale` remove what it left."""
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "emulate", "--scenario", "churn",
                              "--churn-count", "20", "--churn-seconds", "300"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=emulab.sigint_default)
     run_id = _run_id(proc.stdout.readline())
     try:
         wait_until(lambda: _churn_containers(run_id), timeout=60, interval=0.2,

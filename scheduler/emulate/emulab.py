@@ -421,6 +421,13 @@ def _del_netns(ns: str, host_if: str) -> None:
 # Capture
 
 
+def sigint_default() -> None:
+    """preexec_fn: SIGINT back to its default in the child. A program started in the background
+    by a shell script (`cmd &`) inherits SIGINT *ignored*; tcpdump is stopped with SIGINT (so it
+    flushes the pcap) and would then ignore it until the SIGKILL, losing its last packets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_tcpdump(bridge: str, pcap: Path, cleanup: Cleanup) -> subprocess.Popen | None:
     """tcpdump on the lab bridge (the whole emulation's traffic) when tcpdump is installed."""
     exe = shutil.which("tcpdump")
@@ -429,7 +436,7 @@ def start_tcpdump(bridge: str, pcap: Path, cleanup: Cleanup) -> subprocess.Popen
         return None
     proc = subprocess.Popen([exe, "-i", bridge, "-n", "-s", "0", "-U", "-w", str(pcap)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_default)
     cleanup.push(f"tcpdump pid {proc.pid}", lambda: _stop_process(proc, signal.SIGINT))
     cleanup.track(proc, "tcpdump")
     deadline = time.time() + 5
