@@ -329,8 +329,7 @@ def _time_column(col: Any) -> np.ndarray:
     """A float64 `ts` column pyarrow parsed (null where unset) as float64, NaN where unset. A
     non-finite value that was not unset ("nan", "inf", an overflow) is a malformed line to the
     per-line parser: the run is refused."""
-    pc = _arrow().pc
-    arr = pc.fill_null(col, float("nan")).to_numpy()
+    arr = (_arrow().pc.fill_null(col, float("nan")) if col.null_count else col).to_numpy()
     bad = int(np.count_nonzero(~np.isfinite(arr)))
     if bad != col.null_count:
         raise _Reject("time value not finite")
@@ -339,7 +338,18 @@ def _time_column(col: Any) -> np.ndarray:
 
 def _int_column(col: Any) -> np.ndarray:
     """An int64 column pyarrow parsed (null where unset) with -1 where unset."""
-    return _arrow().pc.fill_null(col, -1).to_numpy()
+    return (_arrow().pc.fill_null(col, -1) if col.null_count else col).to_numpy()
+
+
+def _indexes(raw: list[str], marker: str, chunks: int) -> list[int]:
+    """Where `marker` is among a dictionary column's raw values: at most once when they are one
+    chunk's dictionary (one C search), else a scan."""
+    if chunks == 1:
+        try:
+            return [raw.index(marker)]
+        except ValueError:
+            return []
+    return [i for i, v in enumerate(raw) if v == marker]
 
 
 def _merge_uniques(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -624,15 +634,17 @@ class BlockParser:
             uniques = np.empty(base, dtype=object)
             if base:
                 uniques[:] = np.concatenate(parts_uniq)
-        values = uniques.tolist()
-        changed = False
-        for i, v in enumerate(values):
-            if v == p.unset_field or v == p.empty_field:
-                values[i] = ""
-                changed = True
-            elif escapes and "\\x" in v:
-                values[i] = unescape(v)
-                changed = True
+        raw = uniques.tolist()
+        # the markers are raw values (a raw "\\x2d" is the text "-", not unset); a chunk's
+        # dictionary holds each raw value once, so with one chunk list.index (C) finds them
+        marks = [i for m in (p.unset_field, p.empty_field) for i in _indexes(raw, m,
+                                                                              len(parts_codes))]
+        values = raw
+        if escapes:
+            values = [unescape(v) if "\\x" in v else v for v in raw]
+        for i in marks:
+            values[i] = ""
+        changed = bool(marks) or (escapes and values != raw)
         if not changed and len(parts_codes) == 1:
             return codes, uniques
         return _merge_uniques(codes, values)
