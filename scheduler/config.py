@@ -194,6 +194,10 @@ class DaemonConfig:
     lag_s: float = 10.0
     # 0: retrain daily at model.retrain_hour_utc; > 0: every this many seconds instead.
     retrain_interval_s: float = 0.0
+    # Bytes of Zeek log one poll of a stream reads (its tail checkpoint is committed with what
+    # was derived, once per poll; the collect job polls again while more is waiting, within
+    # its interval): 4 MiB is ~24k http lines, what a parse holds at once.
+    zeek_poll_bytes: int = 4 << 20
 
 
 @dataclass
@@ -397,6 +401,7 @@ RANGES: list[_Check] = [
     ("daemon.collect_interval_s", lambda v: v > 0, "seconds > 0"),
     ("daemon.prune_interval_s", lambda v: v > 0, "seconds > 0"),
     ("daemon.lag_s", *_NONNEG),
+    ("daemon.zeek_poll_bytes", lambda v: v > 0, "bytes > 0"),
     ("daemon.retrain_interval_s", lambda v: v >= 0,
      "0 (daily at model.retrain_hour_utc) or seconds > 0"),
     ("kubernetes.webhook_port", *_PORT0),

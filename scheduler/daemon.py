@@ -29,12 +29,14 @@ is committed and the sinks are closed; exit status 0.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,10 @@ class Daemon:
             (self.pipeline.data_time, time.time()) if self.pipeline.data_time else None
         with self.lock:
             deliver_outbox(self.outbox, self.sinks)
+        # What start-up made (modules, baselines, the restored engine) lives as long as the
+        # process: out of the collector's sight, so the full collections that a poll's
+        # short-lived rows trigger do not walk it again each time.
+        gc.freeze()
 
     # ------------------------------------------------------------------------------ set-up
     def _load_baselines(self) -> Any:
@@ -169,8 +175,10 @@ class Daemon:
         if src.osquery_mode == "results_log" and src.osquery_results_log:
             tailers.append(OsqueryTailer(src.osquery_results_log, self.store))
         if src.zeek_log_dir:
+            # Batch mode: a poll reads up to zeek_poll_bytes as ZeekBatch columns (1 MiB blocks).
             tailers.extend(follow_zeek_dir(src.zeek_log_dir, self.store, streams=src.zeek_streams,
-                                           fields=ingest_fields))
+                                           fields=ingest_fields, batches=True,
+                                           max_lines=self.cfg.daemon.zeek_poll_bytes))
         return tailers
 
     def _start_k8s(self) -> Any:
@@ -251,6 +259,7 @@ class Daemon:
             except BaseException:
                 for t, _ in batches:
                     t.rewind()
+                self.state.forget()     # the chunks this save wrote were rolled back too
                 raise
             n = deliver_outbox(self.outbox, self.sinks)
             self._write_address_map()
@@ -316,9 +325,13 @@ class Daemon:
             if not self.catching_up and clock is not None:
                 p._advance(clock)
             alerts = p.flush(wall=now)
-            with self.store.transaction() as conn:
-                self.outbox.add(conn, alerts, STATE_NAME)
-                self.state.save(self.store, conn)
+            try:
+                with self.store.transaction() as conn:
+                    self.outbox.add(conn, alerts, STATE_NAME)
+                    self.state.save(self.store, conn)
+            except BaseException:
+                self.state.forget()
+                raise
             n = deliver_outbox(self.outbox, self.sinks)
         if self.metrics.enabled:
             for a in alerts:
@@ -546,8 +559,9 @@ def _zeek_items(tailer: Any, items: list[Any], source: int) -> list[tuple[float,
     if recs:
         batches.append(batch_from_records(tailer.stream, str(getattr(tailer, "path", "")), recs))
     for batch in batches:
-        for j, t in enumerate(batch.column("ts").tolist()):
+        ts = batch.column("ts").tolist()
+        for j, t in enumerate(ts):
             if t != t:          # unset or unparseable: the record says what the line path saw
-                t = float(batch.record(j).get("ts") or 0.0)
-            out.append((t, source, "zrow", (batch, j)))
+                ts[j] = float(batch.record(j).get("ts") or 0.0)
+        out.extend(zip(ts, repeat(source), repeat("zrow"), zip(repeat(batch), range(len(ts)))))
     return out

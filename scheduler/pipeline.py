@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import json
 import logging
 import time
 from collections import deque
@@ -30,7 +31,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from model.records import ContainerInfo, LifecycleRecord, NetColumns, NetRecord, ProcessRecord
+from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
+                           ProcessRecord)
 from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
@@ -58,6 +60,12 @@ CREATE TABLE IF NOT EXISTS pipeline_state (
     name   TEXT PRIMARY KEY,      -- 'daemon' or 'replay:<recording>'
     data   TEXT NOT NULL,         -- JSON: aggregator, churn, windows, position
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_chunks (
+    name   TEXT NOT NULL,         -- as pipeline_state.name
+    seq    INTEGER NOT NULL,      -- the chunk's place in the close-lag queue
+    data   TEXT NOT NULL,         -- JSON columns of the chunk as queued (EngineState.save)
+    PRIMARY KEY (name, seq)
 );
 CREATE TABLE IF NOT EXISTS alert_outbox (
     id        TEXT PRIMARY KEY,   -- stable alert id: a replayed alert is the same row
@@ -308,6 +316,7 @@ class Pipeline(WindowingMixin):
         idx = np.flatnonzero(cid_col != "")
         if not idx.size:
             return
+        nets = _shared_strings(nets)
         ts = np.asarray(nets.ts, dtype=float)
         cids, inv = np.unique(cid_col[idx], return_inverse=True)
         order = np.lexsort((np.arange(idx.size), ts[idx], inv.reshape(-1)))  # cid, time, row
@@ -819,10 +828,13 @@ class Pipeline(WindowingMixin):
         self._prune_proc_seen(self.data_time)
 
     # ----------------------------------------------------------------------------- state
-    def dump_state(self, full: bool = False) -> dict[str, Any]:
+    def dump_state(self, full: bool = False, chunks_apart: bool = False) -> dict[str, Any]:
         """The engine's memory as plain JSON. `full` (the daemon) adds what a resumed replay
         rebuilds by re-reading its input and a daemon cannot: the records of the open windows,
-        the join's memory and the stock-log geo detector's DNS answers (see `EngineState`)."""
+        the join's memory and the stock-log geo detector's DNS answers (see `EngineState`).
+        `chunks_apart`: the close-lag queue's network chunks are named ([seq, rows left]), not
+        written; EngineState stores each chunk once, when it is new (at 20,000 lines/s the
+        queue holds ~200k rows: writing them all on every collect was most of its time)."""
         st = {
             "aggregator": self.aggregator.dump_state(),
             "churn": self.churn.dump_state(),
@@ -854,11 +866,20 @@ class Pipeline(WindowingMixin):
                 - self.close_lag_s
             st["proc_seen"] = [[c, pid, cmd, t] for (c, pid, cmd), t in self._proc_seen.items()
                                if t >= keep]
-            st["window_queue"] = _queue_to_lists(self._wqueue)
+            if chunks_apart:
+                st["window_queue"] = _queue_to_lists([it for it in self._wqueue if it[2] != "N"])
+                st["window_chunks"] = [[seq, len(rec)] for _, seq, kind, rec in
+                                       sorted(self._wqueue, key=lambda it: it[1]) if kind == "N"]
+                st["wseq"] = self._wseq
+            else:
+                st["window_queue"] = _queue_to_lists(self._wqueue)
             st["geo"] = _geo_state(self.geo, self.data_time) if self.geo is not None else None
         return st
 
-    def load_state(self, st: dict[str, Any]) -> None:
+    def load_state(self, st: dict[str, Any],
+                   chunks: dict[int, NetColumns] | None = None) -> None:
+        """Restore `dump_state`; `chunks` holds the queued network chunks a state written with
+        `chunks_apart` names (seq -> the chunk as first stored; its last rows are still due)."""
         self.aggregator.load_state(st.get("aggregator", {}))
         self.churn.load_state(st.get("churn", []))
         self.misuse.load_state(st.get("misuse", {}))
@@ -885,10 +906,18 @@ class Pipeline(WindowingMixin):
             self._proc_seen = {(c, int(pid), cmd): float(t) for c, pid, cmd, t in
                                st.get("proc_seen", [])}
             self._wqueue, self._wqueue_rows = [], 0
-            for ts, kind, values in st.get("window_queue", []):
-                self._wseq += 1
+            for entry in st.get("window_queue", []):
+                ts, kind, values = entry[:3]
+                self._wseq = int(entry[3]) if len(entry) > 3 else self._wseq + 1
                 self._wqueue.append((float(ts), self._wseq, kind, _record_from_list(kind, values)))
                 self._wqueue_rows += kind == "n"
+            for seq, left in st.get("window_chunks", []):
+                rec = (chunks or {})[int(seq)]
+                rec = rec.take(slice(len(rec) - int(left), None))
+                self._wqueue.append((float(rec.ts[0]), int(seq), "N", rec))
+                self._wqueue_rows += int(left)
+            self._wseq = max([self._wseq, int(st.get("wseq", 0))] +
+                             [seq for _, seq, _, _ in self._wqueue])
             heapq.heapify(self._wqueue)
             if self.geo is not None and st.get("geo"):
                 _load_geo_state(self.geo, st["geo"])
@@ -957,15 +986,37 @@ class EngineState:
     def __init__(self, pipeline: "Pipeline", name: str) -> None:
         self.pipeline = pipeline
         self.name = name
+        self._stored: set[int] | None = None   # seqs in window_chunks (None: read them first)
 
     def save(self, store: Any, conn: Any) -> None:
-        """Write the state inside the caller's transaction."""
-        import json
-
+        """Write the state inside the caller's transaction. The close-lag queue's network
+        chunks go to `window_chunks`, each once (a chunk never changes; its released rows are
+        its first ones, so the state names it by seq and rows left): a save costs the new rows,
+        not the whole queue."""
         p = self.pipeline
+        st = p.dump_state(full=True, chunks_apart=True)
+        live = {int(seq) for seq, _ in st["window_chunks"]}
+        stored = self._stored_seqs(conn)
+        for _, seq, kind, rec in p._wqueue:
+            if kind == "N" and seq not in stored:
+                conn.execute("INSERT OR REPLACE INTO window_chunks(name, seq, data) "
+                             "VALUES (?,?,?)", (self.name, seq, chunk_to_json(rec)))
+        conn.executemany("DELETE FROM window_chunks WHERE name=? AND seq=?",
+                         [(self.name, seq) for seq in stored - live])
         conn.execute("INSERT OR REPLACE INTO pipeline_state(name, data, updated) VALUES (?,?,?)",
-                     (self.name, json.dumps(p.dump_state(full=True), default=str), time.time()))
+                     (self.name, json.dumps(st, default=str), time.time()))
         p.inventory.save(store, conn=conn)
+        self._stored = live
+
+    def forget(self) -> None:
+        """After a rolled-back transaction: what `window_chunks` holds is read again."""
+        self._stored = None
+
+    def _stored_seqs(self, conn: Any) -> set[int]:
+        if self._stored is None:
+            self._stored = {int(r[0]) for r in conn.execute(
+                "SELECT seq FROM window_chunks WHERE name=?", (self.name,))}
+        return self._stored
 
     def load(self, store: Any) -> bool:
         """Restore a saved state into the pipeline; False when there is none."""
@@ -980,7 +1031,12 @@ class EngineState:
         if not row:
             return len(inv) > 0
         st = json.loads(row[0])
-        p.load_state(st)
+        wanted = {int(seq) for seq, _ in st.get("window_chunks", [])}
+        chunks = {int(seq): chunk_from_json(data) for seq, data in store.conn.execute(
+            "SELECT seq, data FROM window_chunks WHERE name=?", (self.name,))
+            if int(seq) in wanted}
+        p.load_state(st, chunks=chunks)
+        self._stored = None
         if "windows" not in st:
             # A state written before windows were saved whole: those windows lost their
             # records, so they are skipped rather than scored incomplete.
@@ -1006,16 +1062,75 @@ WINDOW_QUEUE_MAX_ROWS = 500_000
 
 
 def _queue_to_lists(queue: list[tuple[float, int, str, Any]]) -> list[list[Any]]:
-    """The close-lag queue as [ts, kind, record fields] in release order; a network chunk is
-    written as its rows (kind "n"), so the saved form is the same as record by record."""
+    """The close-lag queue as [ts, kind, record fields(, seq)] in release order; a network
+    chunk is written as its rows (kind "n"), so the saved form is the same as record by record.
+    A queue without chunks keeps each item's seq (its place among chunks saved apart)."""
+    if all(kind != "N" for _, _, kind, _ in queue):
+        return [[ts, kind, _record_to_list(rec), seq] for ts, seq, kind, rec in sorted(
+            queue, key=lambda it: it[:2])]
     rows = []
     for ts, seq, kind, rec in queue:
         if kind == "N":
-            rows.extend((float(rec.ts[i]), seq, i, "n", rec.record(i)) for i in range(len(rec)))
+            # Column by column (tolist: plain Python values), not a NetRecord per row: the
+            # queue holds lag_s of rows (200k at 20k lines/s) and is saved every collect.
+            values = list(zip(*(getattr(rec, f).tolist() for f in NET_FIELDS)))
+            rows.extend((values[i][0], seq, i, "n", values[i]) for i in range(len(values)))
         else:
-            rows.append((ts, seq, 0, kind, rec))
+            rows.append((ts, seq, 0, kind, _record_to_list(rec)))
     rows.sort(key=lambda x: x[:3])
-    return [[ts, kind, _record_to_list(r)] for ts, _, _, kind, r in rows]
+    return [[ts, kind, list(r)] for ts, _, _, kind, r in rows]
+
+
+_INT_FIELDS = frozenset(("resp_p", "orig_p", "bytes_out", "bytes_in"))
+#: Text columns whose values repeat (hosts, agents, addresses, containers), not per-row ids.
+_REPEATED_TEXT = tuple(f for f in NET_FIELDS if f not in _INT_FIELDS and f not in ("ts", "uid"))
+
+
+def _shared_strings(cols: NetColumns) -> NetColumns:
+    """The same rows with one str object per distinct value of each repeated text column.
+
+    Why: a parsed batch has a str per row and field (~60-100 B each); the close-lag queue holds
+    lag_s of rows (~200k at 20,000 lines/s), and those copies were most of the daemon's RSS."""
+    import pandas as pd
+
+    out = {f: getattr(cols, f) for f in NET_FIELDS}
+    for f in _REPEATED_TEXT:
+        col = out[f]
+        if col.dtype == object and len(col) > 1:
+            codes, uniques = pd.factorize(col, use_na_sentinel=False)
+            out[f] = np.asarray(uniques, dtype=object)[codes]
+    return NetColumns(**out)
+
+
+def chunk_to_json(cols: NetColumns) -> str:
+    """A queued network chunk as JSON columns; a column with one value throughout (container,
+    image, kind... in a chunk of one container) is written once."""
+    out: dict[str, Any] = {"rows": len(cols)}
+    for f in NET_FIELDS:
+        col = getattr(cols, f)
+        if len(col) and bool((col == col[0]).all()):
+            out[f] = {"all": col[0].item() if hasattr(col[0], "item") else col[0]}
+        else:
+            out[f] = col.tolist()
+    return json.dumps(out, separators=(",", ":"))
+
+
+def chunk_from_json(text: str) -> NetColumns:
+    """`chunk_to_json` read back, with NetColumns' dtypes (float ts, int64 ports and bytes)."""
+    d = json.loads(text)
+    n = int(d["rows"])
+    cols = {}
+    for f in NET_FIELDS:
+        v = d[f]
+        dtype = float if f == "ts" else np.int64 if f in _INT_FIELDS else object
+        if isinstance(v, dict):
+            arr = np.empty(n, dtype=dtype)
+            arr[:] = v["all"]
+        else:
+            arr = np.empty(n, dtype=dtype)
+            arr[:] = v
+        cols[f] = arr
+    return NetColumns(**cols)
 
 
 class _NetRun:

@@ -665,7 +665,8 @@ def engine_idle(state_db: Path) -> bool:
     if not row:
         return False
     st = json.loads(row[0])
-    return (not st.get("windows") and not st.get("window_queue") and not st.get("held")
+    return (not st.get("windows") and not st.get("window_queue")
+            and not st.get("window_chunks") and not st.get("held")
             and not (st.get("aggregator") or {}).get("open") and pending[0] == 0)
 
 
