@@ -120,3 +120,52 @@ def test_pick_many_equals_lookup_under_churn() -> None:
                     for x in times]
             assert got == want, ("any", addr)
     assert len(inv.holders("h1", "172.17.0.9")) > 20     # the case under test: heavy reuse
+
+
+def _reader_codes(batch, name: str, idx: np.ndarray):
+    """The column's (codes, uniques) at rows `idx`, as the engine would hand them on."""
+    codes, uniques = batch.codes(name)
+    return codes[idx], uniques
+
+
+@pytest.mark.parametrize("rec_dir", _recordings()[:3] + [ROOT / "tests/data/misuse/spoof"],
+                         ids=lambda d: d.name)
+def test_attribute_many_and_geo_prefilter_with_reader_codes(rec_dir: Path) -> None:
+    """Given the reader's (codes, uniques) of a subset of a batch's rows (uniques then include
+    values no chosen row has), attribution and the geo prefilter equal the factorizing path."""
+    from scheduler.collect.zeekbatch import iter_batches
+    from scheduler.detect.geo_stock import GeoStockDetector
+
+    rec = Recording(rec_dir)
+    joiner = Joiner(Inventory(), hold_s=0.0, default_host=rec.host, inbound=False)
+    for row in rec.iter_osquery_rows():
+        joiner.inventory.observe(row)
+    joiner.inventory.close_snapshots()
+    geo = GeoStockDetector()
+    rng = random.Random(7)
+    used = 0
+    for stream in ZEEK_STREAMS:
+        for path in sorted((rec_dir / "zeek").glob(f"{stream}.log*")):
+            for batch in iter_batches(path, stream, fields=ingest_fields(stream)):
+                idx = np.array(sorted(rng.sample(range(len(batch)), max(1, len(batch) // 2))))
+                orig = batch.column("id.orig_h")[idx]
+                ts = batch.column("ts")[idx]
+                used += bool(batch.dicts)
+                for host in (rec.host, ""):
+                    want = joiner.attribute_many(host, orig, ts)
+                    got = joiner.attribute_many(host, orig, ts,
+                                                codes=_reader_codes(batch, "id.orig_h", idx))
+                    assert [holders[h].container_id if h >= 0 else None
+                            for holders, h in ((got[1], h) for h in got[0].tolist())] == \
+                        [want[1][h].container_id if h >= 0 else None for h in want[0].tolist()]
+                    assert got[2].tolist() == want[2].tolist()
+
+                def col(name: str):
+                    return batch.column(name)[idx]
+
+                def codes(name: str):
+                    return _reader_codes(batch, name, idx)
+
+                assert geo.rows_of_interest(stream, col, len(idx), codes).tolist() == \
+                    geo.rows_of_interest(stream, col, len(idx)).tolist(), (path, stream)
+    assert used, "no batch was read with dictionary codes"

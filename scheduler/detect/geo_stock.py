@@ -215,28 +215,34 @@ class GeoStockDetector:
             return {"id.orig_h": self.is_container, "id.resp_h": self._resolved_known}
         return {}
 
-    def rows_of_interest(self, stream: str, col: Callable[[str], Any], n: int) -> Any:
+    def rows_of_interest(self, stream: str, col: Callable[[str], Any], n: int,
+                         codes: Callable[[str], Any] | None = None) -> Any:
         """The batch form of `prefilter`: a bool array, True for the rows of an `n`-row batch
         of `stream` that `feed` may report or keep state from (DNS answers, reported uids);
         False rows give [] and change nothing. `col(name)` is the batch's text column ("" when
-        unset). Every verdict is taken once per distinct value of the batch."""
+        unset). Every verdict is taken once per distinct value of the batch. `codes(name)`,
+        when given, returns that column's (codes, uniques) (`ZeekBatch.codes` at the rows) or
+        None, so the values are not hashed again."""
         import numpy as np
 
         from scheduler.detect.join import per_unique
 
-        def named(values: Any) -> Any:
-            return per_unique(values, lambda v: self.match_name(v) is not None)
+        def judge(name: str, fn: Callable[[Any], Any]) -> Any:
+            return per_unique(col(name), fn, codes=codes(name) if codes is not None else None)
+
+        def named(name: str) -> Any:
+            return judge(name, lambda v: self.match_name(v) is not None)
 
         if stream == "dns":
-            return named(col("query"))
+            return named("query")
         if stream not in ("http", "ssl", "conn"):
             return np.ones(n, dtype=bool)
-        source = per_unique(col("id.orig_h"), self.is_container)
+        source = judge("id.orig_h", self.is_container)
         if stream == "http":
-            return source & per_unique(col("host"), self._host_interesting)
-        resolved = per_unique(col("id.resp_h"), self._resolved_known)
+            return source & judge("host", self._host_interesting)
+        resolved = judge("id.resp_h", self._resolved_known)
         if stream == "ssl":
-            return source & (named(col("server_name")) | resolved)
+            return source & (named("server_name") | resolved)
         return source & resolved
 
     def _host_interesting(self, raw: str) -> bool:

@@ -213,13 +213,17 @@ def factorize(values: Any) -> tuple[Any, list[Any]]:
 _SMALL = 1000
 
 
-def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool) -> Any:
-    """`fn(v)` for every element of `values`, calling `fn` once per distinct value."""
+def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool,
+               codes: tuple[Any, Any] | None = None) -> Any:
+    """`fn(v)` for every element of `values`, calling `fn` once per distinct value. `codes`:
+    the column's (codes, uniques) when the caller has them (`ZeekBatch.codes`, taken at the
+    rows: `uniques[codes]` equal to `values`), so nothing is hashed again; `fn` then also runs
+    for uniques no row uses."""
     import numpy as np
 
     if len(values) == 0:
         return np.zeros(0, dtype=dtype)
-    codes, uniques = factorize(values)
+    codes, uniques = codes if codes is not None else factorize(values)
     table = np.empty(len(uniques), dtype=dtype)
     table[:] = [fn(u) for u in uniques]
     return table[codes]
@@ -300,10 +304,13 @@ class Joiner:
         inv = self.inventory
         return (inv.lookup(host, addr, ts) if host else None) or inv.lookup_any_host(addr, ts)
 
-    def attribute_many(self, host: str, orig: Any, ts: Any) -> tuple[Any, list[ContainerState], Any]:
+    def attribute_many(self, host: str, orig: Any, ts: Any, codes: tuple[Any, Any] | None = None
+                       ) -> tuple[Any, list[ContainerState], Any]:
         """`_lookup(host, orig[i], ts[i])` and `in_container_subnet` for many rows at once:
         (holder index per row, -1 for none; the holders; in-subnet-or-held per row). One
-        interval lookup per distinct address (Inventory.pick_many), the batch engine's join."""
+        interval lookup per distinct address (Inventory.pick_many), the batch engine's join.
+        `codes`: orig's (codes, uniques) when the caller has them (`ZeekBatch.codes` at the
+        rows), else orig is factorized here."""
         import numpy as np
 
         host = host or self.default_host
@@ -311,9 +318,9 @@ class Joiner:
         hid = np.full(n, -1, dtype=np.int64)
         inside = np.zeros(n, dtype=bool)
         holders: list[ContainerState] = []
-        codes, uniques = factorize(orig)
+        codes, uniques = codes if codes is not None else factorize(orig)
         inv = self.inventory
-        for k, rows in groups(codes, len(uniques)):
+        for k, rows in groups(np.asarray(codes), len(uniques)):
             addr = uniques[k]
             if not addr:
                 continue
