@@ -45,7 +45,7 @@ from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
 from scheduler.collect.k8s_audit import OrchestrationRecord
 from scheduler.detect.misuse import MisuseDetector
-from scheduler.detect.windowing import WindowingMixin
+from scheduler.detect.windowing import WindowingMixin, attributed_rows
 from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,7 @@ class Pipeline(WindowingMixin):
             return
         if not self.windows_enabled or not len(nets):
             return
-        cid_col = np.asarray(nets.container_id, dtype=object)
-        idx = np.flatnonzero(cid_col != "")
+        cid_col, idx = attributed_rows(nets)
         if not idx.size:
             return
         nets = _shared_strings(nets)

@@ -34,6 +34,13 @@ STOP_ACTIONS = frozenset({"die", "died", "stop", "exited"})
 START_ACTIONS = frozenset({"start", "restart", "unpause"})
 
 
+def attributed_rows(nets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(the container id column, the indexes of the rows that have a container) of a NetColumns:
+    only attributed rows have windows."""
+    cid_col = np.asarray(nets.container_id, dtype=object)
+    return cid_col, np.flatnonzero(cid_col != "")
+
+
 class WindowingMixin:
     """Open/closed feature windows per container and their scoring (see module docstring)."""
 
@@ -149,8 +156,7 @@ class WindowingMixin:
         the window's accumulator a run at a time."""
         if not self.windows_enabled or not len(nets):
             return
-        cid_col = np.asarray(nets.container_id, dtype=object)
-        idx = np.flatnonzero(cid_col != "")
+        cid_col, idx = attributed_rows(nets)
         if not idx.size:
             return
         cids, inv = np.unique(cid_col[idx], return_inverse=True)
