@@ -321,17 +321,28 @@ class LiveLogs:
             self._mirror(target, x)
 
     def write_until(self, t: float) -> int:
-        """Append every line available at data time `t`; returns how many."""
-        batch: dict[str, list[str]] = {}
+        """Append every line available at data time `t`, in time order across the files (a run
+        of consecutive lines for one file at a time); returns how many.
+
+        Why not each file's lines at once: that wrote a step's conn lines before its DNS lines, so
+        a daemon poll between the two appends read a connection before the DNS answer that names
+        its address (and missed its resolved_ip tag, which the replay, reading in time order, set).
+        Zeek never writes in that order: a connection is logged when it ends, after the DNS answer
+        that preceded it. docs/scheduler.md ("Reading order") says what the daemon assumes."""
         n = 0
         lines = self.feed.lines
+        run_target, run = "", []
         while self.pos < len(lines) and lines[self.pos][0] <= t:
             _, target, line = lines[self.pos]
-            batch.setdefault(target, []).append(line)
+            if target != run_target and run:
+                self._append(run_target, run)
+                run = []
+            run_target = target
+            run.append(line)
             self.pos += 1
             n += 1
-        for target, ls in batch.items():
-            self._append(target, ls)
+        if run:
+            self._append(run_target, run)
         return n
 
     @property
