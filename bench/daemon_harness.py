@@ -21,11 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(t: Path, host: str, *, address_map: str, collect_interval_s: float,
-                 merge_s: float | None = None, zeek_streams: tuple[str, ...] = ("dns",)) -> Path:
+                 merge_s: float | None = None, lag_s: float | None = None,
+                 zeek_streams: tuple[str, ...] = ("dns",)) -> Path:
     """`t/stowaway.toml` for a daemon whose inputs, state and outputs all live in `t`:
     `t/osqueryd.results.log`, `t/zeek/<stream>.log` for each of `zeek_streams`, `t/state.db`,
-    `t/alerts.jsonl`, `t/models`. `merge_s` None keeps the shipped merge window."""
+    `t/alerts.jsonl`, `t/models`. `merge_s` / `lag_s` None keep the shipped merge window and
+    daemon lag (an alert is written merge_s + lag_s after its first evidence)."""
     detection = f"[detection]\nmerge_s = {merge_s}\n" if merge_s is not None else ""
+    lag = f"lag_s = {lag_s}\n" if lag_s is not None else ""
     cfg = t / "stowaway.toml"
     cfg.write_text(f"""
 host = "{host}"
@@ -42,7 +45,7 @@ dir = "{t}/models"
 windows_db = "{t}/windows.sqlite"
 {detection}[daemon]
 collect_interval_s = {collect_interval_s}
-""")
+{lag}""")
     return cfg
 
 

@@ -107,6 +107,7 @@ class Daemon:
         self.pipeline = Pipeline(cfg, self.baselines)
         self.pipeline.hold_s = cfg.detection.attribution_hold_s
         self.pipeline.close_lag_s = cfg.daemon.lag_s
+        self.pipeline.aggregator.lag_s = cfg.daemon.lag_s   # late candidates still merge
         self.state = EngineState(self.pipeline, STATE_NAME)
         self.restored = self._restore()
         self.window_store = self._open_window_store()

@@ -138,3 +138,28 @@ def test_evidence_is_capped_and_counted() -> None:
     seq = [cand(100 + i * 0.01, "network", summary=f"dns n{i}") for i in range(100)]
     a = run(seq)[0]
     assert len(a.evidence) == 60 and a.evidence_dropped == 40
+
+
+def test_daemon_lag_lets_late_evidence_join_its_alert() -> None:
+    """The daemon reads its logs one after another while they grow: evidence can come after
+    data time has moved merge_s past the alert's first evidence. With lag_s it still joins the
+    alert (as in the replay); without, the alert is out and the late evidence is a repeat."""
+    from scheduler.alerting.alerts import AlertAggregator
+    from scheduler.detect.candidate import Candidate, ContainerRef
+
+    def cand(ts: float, kind: str) -> Candidate:
+        return Candidate(rule="location_discovery", ts=ts, host="h", container=ContainerRef(id="c1"),
+                         severity="high", title="t", evidence=[{"side": "network", "kind": kind,
+                                                                "time": ts}])
+
+    for lag_s, kinds in ((10.0, ["dns", "geo"]), (0.0, ["geo"])):
+        agg = AlertAggregator(merge_s=10.0, lag_s=lag_s)
+        agg.add(cand(100.0, "geo"))
+        early = agg.flush(watermark=115.0)           # data time 15 s on: another log was ahead
+        agg.add(cand(100.0, "dns"))                   # read one poll later
+        alerts = early + agg.flush(force=True)
+        assert len(alerts) == 1
+        assert sorted(e["kind"] for e in alerts[0].evidence) == kinds
+    agg = AlertAggregator(merge_s=10.0, lag_s=10.0)
+    agg.add(cand(100.0, "geo"))
+    assert agg.flush(watermark=121.0)                # merge_s + lag_s passed: out it goes

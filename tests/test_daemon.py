@@ -490,12 +490,12 @@ def test_zeek_before_osquery_is_held_then_attributed(tmp_path: Path) -> None:
     d = Daemon(cfg)
     try:
         d.collect_once()
-        d.score_once(now=time.time() + 5)
+        d.score_once(now=time.time() + 5 + cfg.daemon.lag_s)   # merge_s + lag_s on
         assert read_alerts(tmp_path) == []          # held, not "container unknown"
         with open(tmp_path / "osqueryd.results.log", "a") as fh:
             fh.write("\n".join(_osquery_lines()) + "\n")
         d.collect_once()
-        d.score_once(now=time.time() + 5)
+        d.score_once(now=time.time() + 5 + cfg.daemon.lag_s)   # merge_s + lag_s on
         alerts = read_alerts(tmp_path)
         assert len(alerts) == 1
         assert alerts[0]["container"]["name"] == "web-2"
@@ -517,7 +517,7 @@ def test_held_record_is_released_as_unknown_after_the_hold(tmp_path: Path) -> No
         assert read_alerts(tmp_path) == []
         time.sleep(0.4)
         d.collect_once()
-        d.score_once(now=time.time() + 5)
+        d.score_once(now=time.time() + 5 + cfg.daemon.lag_s)   # merge_s + lag_s on
         alerts = read_alerts(tmp_path)
         assert len(alerts) == 1 and alerts[0]["container"]["name"] == "container unknown"
     finally:

@@ -166,8 +166,14 @@ class AlertAggregator:
     `dump_state`/`load_state` (plain JSON), so a resumed replay yields the same alerts."""
 
     def __init__(self, merge_s: float = 10.0, suppression_s: float = 300.0,
-                 environment: str = "default") -> None:
+                 environment: str = "default", lag_s: float = 0.0) -> None:
         self.merge_s = merge_s
+        # How late (data time) a candidate may come and still join its alert: 0 for a replay,
+        # which hands candidates over in time order; the daemon's `daemon.lag_s`, because it
+        # reads its sources one after another while they grow, so one poll can take a log
+        # further in time than another's poll of the same cycle (the same tolerance its windows
+        # have). An alert is emitted once data time is merge_s + lag_s past its first evidence.
+        self.lag_s = lag_s
         self.suppression_s = suppression_s
         self.environment = environment
         self._open: dict[tuple, _Open] = {}
@@ -239,9 +245,10 @@ class AlertAggregator:
         daemon passes `wall`), or all of them with `force`."""
         if watermark is not None:
             self.watermark = max(self.watermark, watermark)
-        grace = self.merge_s if wall_grace_s is None else wall_grace_s
+        wait = self.merge_s + self.lag_s
+        grace = wait if wall_grace_s is None else wall_grace_s
         due = [k for k, op in self._open.items()
-               if force or self.watermark - op.first_ts > self.merge_s
+               if force or self.watermark - op.first_ts > wait
                or (wall is not None and op.opened_wall and wall - op.opened_wall >= grace)]
         due.sort(key=lambda k: (self._open[k].first_ts, k))
         out, self._ready = self._ready, []
