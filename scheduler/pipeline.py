@@ -158,7 +158,7 @@ class Pipeline(WindowingMixin):
         self.geo = None
         if GeoStockDetector is not None:
             try:
-                self.geo = GeoStockDetector()
+                self.geo = GeoStockDetector(conn_after_name=True)   # order-independent
             except Exception as exc:  # indicator data or classifier missing
                 log.info("stock-log geo detector unavailable (%s); using domain rules only", exc)
         self.baselines = baselines

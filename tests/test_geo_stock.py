@@ -270,3 +270,45 @@ def test_cli_prints_json_lines(capsys) -> None:
     rows = [json.loads(line) for line in out.out.splitlines()]
     assert len(rows) == 13 and {r["method"] for r in rows} == {"dns", "http", "tls"}
     assert "bad_lines=0" in out.err
+
+
+def test_conn_after_its_http_is_reported_when_asked() -> None:
+    """The standalone reader reports one detection per lookup; the pipeline asks for the conn
+    too (conn_after_name), because Zeek writes a connection after its http/ssl record."""
+    answer = {"ts": 100.0, "uid": "D1", "id.orig_h": "172.17.0.4", "query": "ipinfo.io",
+              "answers": ["34.117.59.81"], "TTLs": [300.0]}
+    http = {"ts": 100.2, "uid": "H1", "id.orig_h": "172.17.0.4", "id.orig_p": 5,
+            "id.resp_h": "34.117.59.81", "id.resp_p": 80, "host": "ipinfo.io", "uri": "/"}
+    conn = {**http, "ts": 100.1, "proto": "tcp", "service": "http"}
+    for asked, reported in ((False, False), (True, True)):
+        d = _det(conn_after_name=asked)
+        d.on_dns(answer)
+        assert d.on_http(http)
+        assert bool(d.on_conn(conn)) is reported
+
+
+def test_pipeline_verdicts_do_not_depend_on_reading_order() -> None:
+    """The replay takes conn (its start) before http; the daemon reads Zeek's conn.log line,
+    written when the connection ends, after the http one. Same alert either way."""
+    from scheduler.pipeline import Pipeline
+
+    answer = {"ts": 100.0, "uid": "D1", "id.orig_h": "172.17.0.4", "id.orig_p": 40000,
+              "id.resp_h": "10.0.0.2", "id.resp_p": 53, "proto": "udp", "query": "ipinfo.io",
+              "qtype_name": "A", "rcode_name": "NOERROR", "answers": ["34.117.59.81"],
+              "TTLs": [300.0]}
+    http = {"ts": 100.2, "uid": "H1", "id.orig_h": "172.17.0.4", "id.orig_p": 5,
+            "id.resp_h": "34.117.59.81", "id.resp_p": 80, "method": "GET", "host": "ipinfo.io",
+            "uri": "/"}
+    conn = {**http, "ts": 100.1, "proto": "tcp", "service": "http", "conn_state": "SF"}
+
+    def evidence(order: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+        p = Pipeline()
+        for stream, rec in order:
+            p.feed_zeek(stream, dict(rec))
+        [alert] = p.flush(force=True)
+        return sorted((e["kind"], e.get("uid", "")) for e in alert.evidence)
+
+    in_time_order = evidence([("dns", answer), ("conn", conn), ("http", http)])
+    as_zeek_writes = evidence([("dns", answer), ("http", http), ("conn", conn)])
+    assert ("conn", "H1") in in_time_order
+    assert as_zeek_writes == in_time_order

@@ -13,7 +13,8 @@ list and container subnets (``osquery_ext.indicators`` / ``osquery_ext.classifie
 * ``ssl.log``: the SNI names a service -> ``tls``; no (or another) SNI to an address that a DNS
   answer for a listed name returned -> ``resolved_ip`` (HTTPS without SNI, domain fronting);
 * ``conn.log``: any other connection to such an address -> ``resolved_ip``, unless the same uid was
-  already reported from http/ssl.
+  already reported from http/ssl (``conn_after_name=False``, the standalone reader's default; the
+  pipeline reports it either way, so that reading order cannot change a verdict).
 
 Only sources inside a container subnet count. Per-line work is kept small because logs are large:
 only the needed columns are converted, and address and name verdicts are cached.
@@ -122,7 +123,8 @@ class GeoStockDetector:
                  match_metadata: Callable[[str, str], Any] | None = None,
                  metadata_hosts: Iterable[str] | None = None,
                  ttl_grace: float = 60.0, max_ttl: float = 3600.0,
-                 resolved_max: int = 100_000, memo_max: int = 200_000) -> None:
+                 resolved_max: int = 100_000, memo_max: int = 200_000,
+                 conn_after_name: bool = False) -> None:
         if subnets is None or match_domain is None or match_metadata is None:
             default_subnets, default_domain, default_metadata, default_hosts = \
                 _default_indicators()
@@ -154,6 +156,14 @@ class GeoStockDetector:
         # Sources that stand for containers outside any container subnet: a host's uplink
         # address its containers are masqueraded to (the pipeline sets the NAT join's test).
         self.also_source: Callable[[str], bool] | None = None
+        # True: a conn.log record to a resolved address is reported even when its uid was
+        # already reported by name (http/ssl). The pipeline sets it: its verdicts must not
+        # depend on which log it read first. Zeek writes the connection when it ends, after
+        # the http/ssl record, while a replay sorted by time takes the connection (its start)
+        # first; with the suppression the daemon lost the conn evidence the replay kept.
+        # False (the standalone `detect_directory`, which reads dns, http, ssl, conn in that
+        # order): one detection per lookup.
+        self.conn_after_name = conn_after_name
 
     # -- verdict caches --------------------------------------------------------------------
     def is_container(self, addr: str | None) -> bool:
@@ -387,7 +397,7 @@ class GeoStockDetector:
         return self._resolved(rec, source)
 
     def on_conn(self, rec: dict[str, Any], source: str = "") -> list[GeoDetection]:
-        if rec.get("uid") in self._named_uids:
+        if not self.conn_after_name and rec.get("uid") in self._named_uids:
             return []
         if not self.is_container(rec.get("id.orig_h")):
             return []
