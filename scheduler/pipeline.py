@@ -593,9 +593,16 @@ class Pipeline(WindowingMixin):
                 text[name] = _text_col(batch, name, idx)
             return text[name]
 
+        coded: dict[str, Any] = {}
+
+        def codes(name: str) -> Any:
+            if name not in coded:
+                coded[name] = _run_codes(batch, name, idx)
+            return coded[name]
+
         ts = np.asarray(batch.column("ts")[idx], dtype=np.float64)
         orig, resp = col("id.orig_h"), col("id.resp_h")
-        hid, holders, inside = joiner.attribute_many(host, orig, ts)
+        hid, holders, inside = joiner.attribute_many(host, orig, ts, codes=codes("id.orig_h"))
         attributed = hid >= 0
         slow = np.isnan(ts) | (orig == "")
         if "container_id" in batch.columns:
@@ -608,25 +615,36 @@ class Pipeline(WindowingMixin):
             # container-subnet sources, uplink addresses, addresses several containers held.
             slow |= inside & ~attributed
             slow |= per_unique(orig, lambda a: nat.is_nat_address(a)
-                               or len(inv.holders(jhost, a)) > 1)
+                               or len(inv.holders(jhost, a)) > 1, codes=codes("id.orig_h"))
         if self.geo is not None:
-            slow |= self.geo.rows_of_interest(stream, col, n)
+            slow |= self.geo.rows_of_interest(stream, col, n, codes=codes)
+        dcodes = None                                   # the domain column's (codes, uniques)
         if stream == "dns":
-            domain = col("query")
+            domain, dcodes = col("query"), codes("query")
         elif stream == "http":
-            domain = per_unique(col("host"), strip_port, dtype=object)
+            dcodes = codes("host")
+            if dcodes is not None:                      # strip_port once per distinct Host
+                hc, hu = dcodes
+                du = np.empty(len(hu), dtype=object)
+                du[:] = [strip_port(h) for h in hu]
+                dcodes = (hc, du)
+                domain = du[hc]
+            else:
+                domain = per_unique(col("host"), strip_port, dtype=object)
         elif stream == "ssl":
-            domain = col("server_name")
+            domain, dcodes = col("server_name"), codes("server_name")
         else:
             domain = np.full(n, "", dtype=object)
         misuse = self.misuse
         learning = self.collect_windows or misuse.learning
         if not learning:
-            slow |= inside & ~attributed & per_unique(orig, misuse.may_flag_source)
+            slow |= inside & ~attributed & per_unique(orig, misuse.may_flag_source,
+                                                      codes=codes("id.orig_h"))
             if stream in ("conn", "dns"):
                 slow |= attributed                      # per-connection / per-query state
             else:
-                slow |= attributed & per_unique(domain, misuse.may_name_api_server)
+                slow |= attributed & per_unique(domain, misuse.may_name_api_server,
+                                                codes=dcodes)
         cid = _table([h.container_id for h in holders], "")[hid]
         image = _table([h.image for h in holders], "")[hid]
         hosts = _table([h.host or jhost for h in holders], jhost)[hid]
@@ -1212,13 +1230,34 @@ _ALT_COLUMNS = ("id", "orig_h", "orig_p", "resp_h", "resp_p", "src")
 
 
 def _text_col(batch: Any, name: str, idx: Any) -> Any:
-    """A text column of the rows `idx`, Zeek's unset markers as "" (what the join reads)."""
+    """A text column of the rows `idx`, Zeek's unset markers as "" (what the join reads). From
+    the reader's dictionary when it has one no larger than the run: the markers are replaced
+    once per distinct value, not looked for in every row."""
+    coded = _run_codes(batch, name, idx)
+    if coded is not None:
+        return coded[1][coded[0]]
     col = batch.column(name)[idx]
     unset = (col == "-") | (col == "(empty)")
     if unset.any():
         col = col.copy()
         col[unset] = ""
     return col
+
+
+def _run_codes(batch: Any, name: str, idx: Any) -> tuple[Any, Any] | None:
+    """(codes, uniques) of a text column at the rows `idx`, as `_text_col` reads it (Zeek's
+    unset markers as ""), when the reader has them for free (read dictionary-encoded) and the
+    batch's distinct values are no more than the run's rows (a verdict per distinct value of
+    the whole batch must not cost more than hashing the run); else None (the caller hashes)."""
+    got = batch.dicts.get(name)
+    if got is None or len(got[1]) > len(idx):
+        return None
+    c, u = got
+    unset = (u == "-") | (u == "(empty)")
+    if unset.any():
+        u = u.copy()
+        u[unset] = ""
+    return c[idx], u
 
 
 def _count_col(batch: Any, name: str, idx: Any) -> Any:
