@@ -38,7 +38,6 @@ import bisect
 import gzip
 import json
 import logging
-import os
 import sqlite3
 import statistics
 import sys
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_osquery_ingest import shift_object  # noqa: E402  (bench/)
 from daemon_harness import running_daemon, write_config  # noqa: E402  (bench/)
+from procstat import proc_usage, verdict  # noqa: E402  (bench/)
 from soak_harness import wait_until  # noqa: E402  (tests/)
 
 RECORDING = ROOT / "scheduler" / "demo_data" / "benign_long"
@@ -117,17 +117,6 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
 
 
 # ---- the daemon, seen from outside ------------------------------------------------------------
-
-def proc_usage(pid: int) -> tuple[float, float]:
-    """(VmRSS in MiB, CPU seconds user + system) of a live process."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024.0
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return rss, cpu
-
 
 def committed_offset(state_db: Path, path: Path) -> int:
     """The byte offset of `path` the daemon has committed (0 before its first commit)."""
@@ -305,12 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             samples = run(args, Path(tmp))
-    missed = report(samples, args)
-    for m in missed:
-        print(f"MISSED: {m}")
-    if not missed:
-        print("all targets met")
-    return 1 if missed else 0
+    return verdict(report(samples, args))
 
 
 if __name__ == "__main__":

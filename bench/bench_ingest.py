@@ -46,16 +46,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import logging
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from procstat import (child_result, interleaved_rounds, median_ratio, round_figures,  # bench/
+                      run_child, verdict)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = ROOT / "scheduler" / "demo_data" / "benign_long"
@@ -127,15 +126,6 @@ def zeek_header(path: Path) -> tuple[int, list[str], list[str]]:
 
 
 # ---- the contenders (each runs in a child process) --------------------------------------------
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's across fork+exec)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
 
 def run_zat_df(path: Path) -> dict[str, Any]:
     from zat.log_to_dataframe import LogToDataFrame
@@ -283,28 +273,15 @@ IMPORTS = {"zat_df": ("zat.log_to_dataframe",), "zat_reader": ("zat.zeek_log_rea
 
 
 def child(mode: str, path: Path) -> int:
-    """Import what the mode needs, then time it; one JSON line on stdout."""
+    """Import what the mode needs and do its untimed set-up, then time it; one JSON line on
+    stdout (procstat.child_result)."""
     import importlib
 
     sys.path.insert(0, str(ROOT))
     for mod in IMPORTS[mode]:
         importlib.import_module(mod)
     args: tuple[Any, ...] = (PREPARE[mode](),) if mode in PREPARE else ()
-    rss_import = peak_rss_mib()
-    t, cpu = time.perf_counter(), time.process_time()
-    info = RUNNERS[mode](path, *args)
-    sec, cpu = time.perf_counter() - t, time.process_time() - cpu
-    print(json.dumps({"mode": mode, "seconds": sec, "cpu_seconds": cpu,
-                      "rss_import_mib": rss_import, "peak_rss_mib": peak_rss_mib(), **info}))
-    return 0
-
-
-def run_child(mode: str, path: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", str(path)],
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {mode} failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_result(mode, lambda: RUNNERS[mode](path, *args))
 
 
 # ---- measuring and grading (pure) -------------------------------------------------------------
@@ -313,18 +290,15 @@ def summary(results: dict[str, list[dict[str, Any]]], lines: int) -> dict[str, d
     """Per contender: median seconds and CPU seconds, lines/s, peak RSS (max over rounds)."""
     out = {}
     for mode, rs in results.items():
-        sec = statistics.median(r["seconds"] for r in rs)
-        cpu = statistics.median(r["cpu_seconds"] for r in rs)
-        out[mode] = {"seconds": sec, "cpu_seconds": cpu, "lines_s": lines / sec,
-                     "cpu_lines_s": lines / cpu, "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
-                     "rss_import_mib": max(r["rss_import_mib"] for r in rs)}
+        f = round_figures(rs)
+        out[mode] = {**f, "lines_s": lines / f["seconds"], "cpu_lines_s": lines / f["cpu_seconds"]}
     return out
 
 
 def speed_ratio(results: dict[str, list[dict[str, Any]]], a: str, b: str) -> float:
-    """Median over rounds of (a's lines/s) / (b's lines/s) in the same round."""
-    return statistics.median(rb["seconds"] / ra["seconds"]
-                             for ra, rb in zip(results[a], results[b]))
+    """Median over rounds of (a's lines/s) / (b's lines/s) in the same round: b's seconds over
+    a's, the same file read by both."""
+    return median_ratio(results[b], results[a])
 
 
 def misses(lines: int, vs_zat: float, vs_arrow: float, engine_rss: float) -> list[str]:
@@ -349,15 +323,9 @@ def measure(lines: int, rounds: int, tmp: Path) -> dict[str, Any]:
     build(path, lines)
     print(f"\n== {lines:,} lines: built {path.stat().st_size / 1e6:.0f} MB http.log from "
           f"benign_long in {time.perf_counter() - t:.1f}s", flush=True)
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in CONTENDERS}
-    for rnd in range(rounds):
-        for mode in CONTENDERS:
-            r = run_child(mode, path)
-            if r["lines"] != lines:
-                raise RuntimeError(f"{mode} read {r['lines']:,} lines of {lines:,}")
-            results[mode].append(r)
-        print(f"round {rnd + 1}: " + ", ".join(f"{m} {results[m][-1]['seconds']:.2f}s"
-                                              for m in CONTENDERS), flush=True)
+    results = interleaved_rounds(
+        CONTENDERS, rounds, lines,
+        lambda mode: run_child(__file__, mode, "--path", str(path), cwd=ROOT))
     path.unlink()
     s = summary(results, lines)
     e, a = results["engine"][-1], results["arrow"][-1]
@@ -412,12 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nscaling (time linear in lines: us/line constant; memory flat: MiB constant):")
         for line in scaling_table(rows):
             print(line)
-    missed = [m for r in rows for m in r["misses"]]
-    for m in missed:
-        print(f"MISSED: {m}")
-    if not missed:
-        print("all targets met")
-    return 1 if missed else 0
+    return verdict([m for r in rows for m in r["misses"]])
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ Contenders, each in a fresh child process (so each has its own peak RSS), in int
 A before/after comparison runs this file from two checkouts (each child imports the tree the
 script lives in), alternating: ``python /tmp/before/bench/bench_osquery_ingest.py``, then this one.
 
-Printed per contender: median seconds, lines/s, peak RSS (ru_maxrss of the child) and the RSS after
+Printed per contender: median seconds, lines/s, peak RSS (VmHWM of the child) and the RSS after
 its imports, and the ratios against ``json`` from the same rounds (median of per-round ratios).
 
     .venv/bin/python bench/bench_osquery_ingest.py [--events 200000] [--rounds 3] [--tick-lines 5000]
@@ -41,14 +41,13 @@ import argparse
 import gzip
 import json
 import logging
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from procstat import child_result, interleaved_rounds, median_ratio, round_figures, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "scheduler" / "demo_data" / "benign_long" / "osquery" / "osqueryd.results.log.gz"
@@ -125,16 +124,6 @@ def build(path: Path, events: int) -> int:
 
 # ---- the contenders (run in a child process each) ---------------------------------------------
 
-def peak_rss_mib() -> float:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec,
-    so a child would report the parent's peak (the parent holds the recording while building)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def run_json(path: Path) -> dict[str, Any]:
     n = 0
     with open(path, encoding="utf-8") as fh:
@@ -209,48 +198,29 @@ def memo_stats() -> dict[str, list[int]] | None:
 
 
 def child(mode: str, path: Path, tick_lines: int) -> int:
-    """Import what the mode needs, then time it; one JSON line on stdout."""
+    """Import what the mode needs, then time it; one JSON line on stdout
+    (procstat.child_result)."""
     if mode != "json":
         sys.path.insert(0, str(ROOT))
         import scheduler.pipeline  # noqa: F401  (imports are not part of the timed work)
-    rss_import = peak_rss_mib()
-    t, cpu = time.perf_counter(), time.process_time()
-    if mode == "json":
-        info = run_json(path)
-    elif mode == "parse":
-        info = run_parse(path)
-    else:
-        info = run_pipeline(path, tick_lines)
-    sec, cpu = time.perf_counter() - t, time.process_time() - cpu
-    print(json.dumps({"mode": mode, "seconds": sec, "cpu_seconds": cpu, "rss_import_mib": rss_import,
-                      "peak_rss_mib": peak_rss_mib(), **info}))
-    return 0
-
-
-def run_child(mode: str, path: Path, tick_lines: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", str(path),
-                          "--tick-lines", str(tick_lines)], capture_output=True, text=True,
-                         cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {mode} failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "json": lambda: run_json(path), "parse": lambda: run_parse(path),
+        "pipeline": lambda: run_pipeline(path, tick_lines)}
+    return child_result(mode, runners[mode])
 
 
 # ---- report -----------------------------------------------------------------------------------
 
 def summarise(results: dict[str, list[dict[str, Any]]], lines: int) -> list[str]:
     """Text lines: per contender median time, lines/s, RSS; ratios against json per round."""
-    base = [r["seconds"] for r in results["json"]]
-    base_cpu = [r["cpu_seconds"] for r in results["json"]]
+    base = results["json"]
     out = []
     for mode in CONTENDERS:
         rs = results[mode]
-        sec = statistics.median(r["seconds"] for r in rs)
-        cpu = statistics.median(r["cpu_seconds"] for r in rs)
-        ratio = statistics.median(r["seconds"] / b for r, b in zip(rs, base))
-        ratio_cpu = statistics.median(r["cpu_seconds"] / b for r, b in zip(rs, base_cpu))
-        peak = max(r["peak_rss_mib"] for r in rs)
-        imp = max(r["rss_import_mib"] for r in rs)
+        f = round_figures(rs)
+        sec, cpu, peak, imp = f["seconds"], f["cpu_seconds"], f["peak_rss_mib"], f["rss_import_mib"]
+        ratio = median_ratio(rs, base)
+        ratio_cpu = median_ratio(rs, base, "cpu_seconds")
         out.append(f"  {mode:9s} wall {sec:6.2f} s {lines / sec:>9,.0f} lines/s x{ratio:5.2f} json | "
                    f"CPU {cpu:6.2f} s {lines / cpu:>9,.0f} lines/CPU-s x{ratio_cpu:5.2f} json | "
                    f"peak RSS {peak:6.1f} MiB (after imports {imp:6.1f}, growth {peak - imp:5.1f})")
@@ -277,15 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {path.stat().st_size / 1e6:.0f} MB results log: {lines:,} lines "
               f"({args.events:,} container_process_events) from {SOURCE.parent.parent.name} "
               f"in {time.perf_counter() - t:.1f}s")
-        results: dict[str, list[dict[str, Any]]] = {m: [] for m in CONTENDERS}
-        for rnd in range(args.rounds):
-            for mode in CONTENDERS:
-                r = run_child(mode, path, args.tick_lines)
-                if r["lines"] != lines:
-                    raise RuntimeError(f"{mode} read {r['lines']} lines of {lines}")
-                results[mode].append(r)
-            print(f"round {rnd + 1}: " + ", ".join(f"{m} {results[m][-1]['seconds']:.2f}s"
-                                                  for m in CONTENDERS))
+        results = interleaved_rounds(
+            CONTENDERS, args.rounds, lines,
+            lambda mode: run_child(__file__, mode, "--path", str(path),
+                                   "--tick-lines", str(args.tick_lines), cwd=ROOT))
         last = results["pipeline"][-1]
         print(f"pipeline: {last['rows']:,} rows, {last['malformed']} malformed, "
               f"{last['alerts']} alerts, tick {args.tick_lines:,} lines; "
