@@ -28,8 +28,10 @@ is primed with the header before it sees data lines.
 Two ways to read: line by line (`FileTailer`, `ZeekTailer`, `OsqueryTailer`: a TailLine per line,
 parsed per line), or a block of bytes at a time (`ZeekBatchTailer`: complete lines as one
 `TailBlock` of about `batch_bytes`, parsed into `zeekbatch.ZeekBatch` columns). Both share the
-rotation, truncation and checkpoint machinery above; only how a file's bytes after the checkpoint
-are read and parsed differs, so a checkpoint is always a byte offset at a line boundary.
+rotation, truncation and checkpoint machinery above and read a file's bytes after the checkpoint
+the same way (`zeekbatch.iter_blocks`: blocks of complete lines); only how a block is taken (split
+into lines, or kept whole) and parsed differs, so a checkpoint is always a byte offset at a line
+boundary.
 """
 from __future__ import annotations
 
@@ -231,8 +233,14 @@ class FileTailer:
         return None
 
     def _read_from(self, path: str, pos: Checkpoint, final: bool, budget: int,
-                   out: list[TailLine]) -> Checkpoint:
-        """Append complete lines of `path` after pos.offset to `out`; return the new position."""
+                   out: list[Any]) -> Checkpoint:
+        """Append what `path` holds after pos.offset to `out` until `budget` is used (`_take`
+        gives the form: TailLines here, TailBlocks in batch mode); return the new position.
+
+        One open / seek / read-error path for both modes, so they cannot drift apart: a file that
+        cannot be opened is named and left at `pos`; one that stops being readable (a truncated
+        .gz, EIO) keeps the complete lines read before the damage (`_unreadable`). `final`: the
+        file will not grow, so a last line without newline is a line."""
         try:
             handle = _open(path)
         except OSError as exc:
@@ -240,60 +248,61 @@ class FileTailer:
             return pos
         new = replace(pos, header=list(pos.header))
         with handle:
-            pending = b""
             try:
                 handle.seek(new.offset)
             except (OSError, EOFError, zlib.error) as exc:
                 return self._unreadable(path, new, exc, final)
-            while budget > 0:
-                try:
-                    # read1: a gzip reader's read(n) drops what it decompressed in the call that
-                    # hits a truncated end; read1 hands out each piece as it comes
-                    chunk = handle.read1(READ_CHUNK)
-                except (OSError, EOFError, zlib.error) as exc:
-                    # A truncated or damaged .gz (or an I/O error): the complete lines read so far
-                    # are kept; the rest of this file cannot be had.
-                    _, new = self._split_lines(pending, path, new, budget, out)
+            block_bytes = self._block_bytes(budget)
+            if block_bytes <= 0:
+                return new
+            # iter_blocks reads with read1: a gzip reader's read(n) drops what it decompressed in
+            # the call that hits a truncated end; read1 hands out each piece as it comes
+            for data, exc in zeekbatch.iter_blocks(handle, block_bytes, final=final):
+                if exc is not None:
                     return self._unreadable(path, new, exc, final)
-                if not chunk:
-                    break
-                data = pending + chunk
-                parts = data.split(b"\n")
-                pending = parts.pop()
-                for raw in parts:
-                    new.offset += len(raw) + 1
-                    new.lineno += 1
-                    text = raw.decode("utf-8", errors="replace").rstrip("\r")
-                    if text.startswith("#"):
-                        new.header = _update_header(new.header, text)
-                    out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
-                    budget -= 1
-                    if budget <= 0:
-                        break
+                budget = self._take(path, new, data, budget, out)
                 if budget <= 0:
-                    break
-            if final and pending and budget > 0:
-                # the rotated file will not grow any more: its last line is complete
-                new.offset += len(pending)
-                new.lineno += 1
-                text = pending.decode("utf-8", errors="replace").rstrip("\r")
-                out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
+                    break   # else read on: a block ends at its last newline, so it may be short,
+                    # and poll() takes an unused budget to mean "at the end of the file"
         return new
 
-    def _split_lines(self, data: bytes, path: str, new: Checkpoint, budget: int,
-                     out: list[TailLine]) -> tuple[int, Checkpoint]:
-        """The complete lines of `data` (a partial last one is dropped) into `out`."""
+    def _block_bytes(self, budget: int) -> int:
+        """Bytes per block read for a poll with `budget` left (0: read nothing). Line mode: blocks
+        of READ_CHUNK, none once the line budget is used up."""
+        return READ_CHUNK if budget > 0 else 0
+
+    def _take(self, path: str, pos: Checkpoint, data: bytes, budget: int,
+              out: list[Any]) -> int:
+        """Line mode: up to `budget` lines of the block `data` into `out` as TailLines, `pos` moved
+        past each (offset, line number, '#' header lines); returns the budget left. The block's
+        complete lines come first; what follows its last newline is a finished file's last line
+        (iter_blocks hands one out only when reading `final`)."""
         parts = data.split(b"\n")
-        parts.pop()
-        for raw in parts[:max(0, budget)]:
-            new.offset += len(raw) + 1
-            new.lineno += 1
-            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        tail = parts.pop()            # b"" when the block ends with a newline
+        for raw in parts:
+            if budget <= 0:
+                return budget
+            text = self._add_line(path, pos, raw, len(raw) + 1, out)
             if text.startswith("#"):
-                new.header = _update_header(new.header, text)
-            out.append(TailLine(path, new.lineno, text, new_file=new.lineno == 1))
+                pos.header = _update_header(pos.header, text)
             budget -= 1
-        return budget, new
+        if tail and budget > 0:
+            # not taken into the header: the file is finished, and the header kept in the
+            # checkpoint only serves to resume a file part-way
+            self._add_line(path, pos, tail, len(tail), out)
+            budget -= 1
+        return budget
+
+    @staticmethod
+    def _add_line(path: str, pos: Checkpoint, raw: bytes, nbytes: int,
+                  out: list[Any]) -> str:
+        """Count one line of `nbytes` bytes (with its newline, if it has one) in `pos`, append it
+        to `out` as a TailLine (a CRLF's CR dropped); return its text for the header check."""
+        pos.offset += nbytes
+        pos.lineno += 1
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        out.append(TailLine(path, pos.lineno, text, new_file=pos.lineno == 1))
+        return text
 
     def _unreadable(self, path: str, pos: Checkpoint, exc: BaseException,
                     final: bool) -> Checkpoint:
@@ -515,33 +524,15 @@ class ZeekBatchTailer(ZeekTailer):
         return zeekbatch.BlockParser(path, stream=self.stream, fields=self.fields,
                                      stats=self.stats, header=header)
 
-    def _read_from(self, path: str, pos: Checkpoint, final: bool, budget: int,
-                   out: list[Any]) -> Checkpoint:
-        """Append TailBlocks of the complete lines of `path` after pos.offset (about `budget`
-        bytes; at least one line) to `out`; return the new position."""
-        try:
-            handle = _open(path)
-        except OSError as exc:
-            log.warning("%s: cannot open %s: %s", self.source, path, exc)
-            return pos
-        new = replace(pos, header=list(pos.header))
-        with handle:
-            try:
-                handle.seek(new.offset)
-            except (OSError, EOFError, zlib.error) as exc:
-                return self._unreadable(path, new, exc, final)
-            taken = 0
-            for data, exc in zeekbatch.iter_blocks(handle, max(1, budget), final=final):
-                if exc is not None:
-                    return self._unreadable(path, new, exc, final)
-                new = self._take(path, new, data, out)
-                taken += len(data)
-                if taken >= budget:
-                    break      # a block ends at the last newline, so it may be short: read on
-                # until the budget is used (poll() takes an unused budget to mean "at the end")
-        return new
+    def _block_bytes(self, budget: int) -> int:
+        """Blocks of about the byte budget; at least one line, even when it is used up."""
+        return max(1, budget)
 
-    def _take(self, path: str, pos: Checkpoint, data: bytes, out: list[Any]) -> Checkpoint:
+    def _take(self, path: str, pos: Checkpoint, data: bytes, budget: int,
+              out: list[Any]) -> int:
+        """Batch mode: the block `data` (complete lines; a finished file's last may lack its
+        newline) into `out` as one TailBlock, `pos` moved past it (offset, line number, '#' header
+        lines); returns the byte budget left."""
         lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         out.append(TailBlock(path, pos.lineno + 1, pos.offset, data, lines,
                              new_file=pos.lineno == 0))
@@ -550,7 +541,7 @@ class ZeekBatchTailer(ZeekTailer):
                 pos.header = _update_header(pos.header, text)
         pos.offset += len(data)
         pos.lineno += lines
-        return pos
+        return budget - len(data)
 
     def _skip_to_end(self, pos: Checkpoint, size: int) -> Checkpoint:
         """start_at_end: count lines and collect the header up to the current end, a block at a
