@@ -4,8 +4,11 @@ Every test checks the exact sequence of lines consumed, so a lost or repeated li
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -53,6 +57,104 @@ def consume(tailer: FileTailer, sink: list[str]) -> int:
     return drain(tailer, handler)
 
 
+def follow(log: Path, store: StateStore, lines: list[str]) -> tuple[FileTailer, list[str]]:
+    """Write `lines` to `log` and consume them with a new FileTailer: where the line-mode tests
+    start before they rotate, truncate or replace the file under that tailer. Returns the tailer
+    and the lines seen (the list the test goes on consuming into)."""
+    append(log, lines)
+    t = FileTailer(log, store)
+    seen: list[str] = []
+    consume(t, seen)
+    return t, seen
+
+
+def rewrite(log: Path, lines: list[str]) -> None:
+    """Truncate `log` in place (same inode) and write `lines`: a file started again."""
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def copytruncate(log: Path, lines: list[str]) -> None:
+    """logrotate's copytruncate: `log` is copied to `<log>.1` (a new inode that holds the unread
+    rest), then truncated in place; `lines` are what the writer puts in it next."""
+    shutil.copyfile(log, log.with_name(log.name + ".1"))
+    rewrite(log, lines)
+
+
+def rotate(log: Path) -> Path:
+    """Rotate `log` as Zeek does: renamed (same inode) to `<stem>.2026-11-27-19-00-00.log`, where
+    the tailer looks for it; the writer's next line creates a new file at the path. Returns the
+    rotated path."""
+    rotated = log.with_name(f"{log.stem}.2026-11-27-19-00-00.log")
+    os.rename(log, rotated)
+    return rotated
+
+
+def rotate_compressed(log: Path, truncated: bool = False) -> Path:
+    """Rotate `log` as a post-processor leaves it: renamed, gzip-compressed (cut to two thirds
+    when `truncated`: a full disk, a crashed compressor), the plain rotated file removed. Returns
+    the .gz path."""
+    rotated = rotate(log)
+    data = gzip.compress(rotated.read_bytes())
+    packed = rotated.with_name(rotated.name + ".gz")
+    packed.write_bytes(data[: len(data) * 2 // 3] if truncated else data)
+    rotated.unlink()
+    return packed
+
+
+#: The header of a rotated-to conn.log whose columns come in another order (uid first)
+NEW_ORDER_HEADER = [h for h in TSV_HEADER if not h.startswith(("#fields", "#types"))] + [
+    "#fields\tuid\tts\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto",
+    "#types\tstring\ttime\taddr\tport\taddr\tport\tenum"]
+
+
+def rotate_to_new_column_order(log: Path) -> Path:
+    """After a conn.log's lines 0 and 1 were read: line 2, a malformed line (the file's line 12)
+    and #close end it, it is rotated, and a new file with another column order takes its path;
+    its one record (uid Cnew, ts 1795806000.25) only parses with the new header. Returns the
+    rotated file."""
+    append(log, [conn_line(2), "garbage\tline", "#close\t2026-11-27-20-00-00"])
+    rotated = rotate(log)
+    append(log, NEW_ORDER_HEADER + ["Cnew\t1795806000.25\t172.17.0.9\t5555\t10.0.0.2\t53\tudp"])
+    return rotated
+
+
+def write_in_random_chunks(tmp_path: Path, rel: str, seed: int,
+                           run: Callable[[Path, str, random.Random], None]) -> list[str]:
+    """Append the real fixture log `rel` to `<tmp_path>/<stream>.log` in odd-sized byte chunks
+    (lines cut in half), rotated in the middle (the new file repeats the TSV header, as Zeek writes
+    it). `run(log, stream, rng)` stands for a fresh process reading from the checkpoint: called after
+    each file's first write (a tailer that never saw a file before it was rotated away starts at
+    the new file), at random after later writes, and once at the end. Returns the reference uids."""
+    from scheduler.collect.zeeklog import iter_zeek_log
+
+    src = resolve(GEO / rel)
+    ref = [r["uid"] for r in iter_zeek_log(src)]
+    lines = read_bytes(src).splitlines(keepends=True)
+    header = b"".join(l for l in lines if l.startswith(b"#") and not l.startswith(b"#close"))
+    body = [l for l in lines if not l.startswith(b"#")]
+    half = len(body) // 2
+    stream = Path(rel).name.split(".")[0]
+    log = tmp_path / f"{stream}.log"
+    rng = random.Random(seed)
+    for blob, rotate_after in ((header + b"".join(body[:half]), True),
+                               (header + b"".join(body[half:]), False)):
+        pos = 0
+        while pos < len(blob):
+            step = rng.randint(1, 4000)
+            with open(log, "ab") as fh:
+                fh.write(blob[pos:pos + step])
+            first_write = pos == 0
+            pos += step
+            if first_write or rng.random() < 0.3:
+                run(log, stream, rng)
+        if rotate_after:
+            # no read before the rename: the rest of the old file is read after the rotation
+            os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
+    run(log, stream, rng)
+    return ref
+
+
 @pytest.fixture()
 def store(tmp_path: Path) -> StateStore:
     s = StateStore(tmp_path / "state.db")
@@ -74,12 +176,9 @@ def test_partial_line_waits_for_newline(tmp_path: Path, store: StateStore) -> No
 
 def test_rotation_by_rename_reads_rest_of_old_file_first(tmp_path: Path, store: StateStore) -> None:
     log = tmp_path / "conn.log"
-    append(log, [f"a{i}" for i in range(5)])
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, [f"a{i}" for i in range(5)])
     append(log, ["a5", "a6"])                      # written before the rotation, not yet read
-    os.rename(log, tmp_path / "conn.2026-11-27-19-00-00.log")
+    rotate(log)
     append(log, ["b0", "b1"])                      # the new file at the same path
     consume(t, seen)
     assert seen == [f"a{i}" for i in range(7)] + ["b0", "b1"]
@@ -90,12 +189,9 @@ def test_rotation_by_rename_reads_rest_of_old_file_first(tmp_path: Path, store: 
 
 def test_rotation_old_file_without_final_newline(tmp_path: Path, store: StateStore) -> None:
     log = tmp_path / "dns.log"
-    append(log, ["x0"])
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, ["x0"])
     append(log, ["x1", "x2"], newline_last=False)
-    os.rename(log, tmp_path / "dns.2026-11-27-19-00-00.log")
+    rotate(log)
     append(log, ["y0"])
     consume(t, seen)
     assert seen == ["x0", "x1", "x2", "y0"]
@@ -134,12 +230,8 @@ def test_restart_after_rotation_before_commit(tmp_path: Path) -> None:
 
 def test_copytruncate_starts_again_at_zero(tmp_path: Path, store: StateStore) -> None:
     log = tmp_path / "ssl.log"
-    append(log, ["old0", "old1", "old2"])
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
-    with open(log, "w") as fh:   # truncate in place (same inode), then new content
-        fh.write("new0\n")
+    t, seen = follow(log, store, ["old0", "old1", "old2"])
+    rewrite(log, ["new0"])
     consume(t, seen)
     assert seen == ["old0", "old1", "old2", "new0"]
     assert t.truncations == 1
@@ -148,10 +240,7 @@ def test_copytruncate_starts_again_at_zero(tmp_path: Path, store: StateStore) ->
 def test_replaced_in_place_with_longer_content_is_detected(tmp_path: Path, store: StateStore) -> None:
     """Same inode, not shorter, different first bytes: the fingerprint catches it."""
     log = tmp_path / "conn.log"
-    append(log, ["first-file-0", "first-file-1"])
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, ["first-file-0", "first-file-1"])
     with open(log, "r+") as fh:
         fh.seek(0)
         fh.write("other-file-0\nother-file-1\nother-file-2\n")
@@ -186,14 +275,7 @@ def test_zeek_rotation_new_header_and_malformed_line(tmp_path: Path, store: Stat
     t = ZeekTailer(log, store, stream="conn")
     got: list[tuple[int, dict]] = []
     drain(t, lambda b, c: got.extend(b.items))
-    append(log, [conn_line(2), "garbage\tline", "#close\t2026-11-27-20-00-00"])
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    # the new file has a different column order: the parser must use the new header
-    header2 = [h for h in TSV_HEADER if not h.startswith(("#fields", "#types"))] + [
-        "#fields\tuid\tts\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto",
-        "#types\tstring\ttime\taddr\tport\taddr\tport\tenum"]
-    append(log, header2 + ["Cnew\t1795806000.25\t172.17.0.9\t5555\t10.0.0.2\t53\tudp"])
+    rotated = rotate_to_new_column_order(log)   # the parser must use the new file's header
     with caplog.at_level(logging.WARNING):
         drain(t, lambda b, c: got.extend(b.items))
     assert [r["uid"] for _, r in got] == ["C000000", "C000001", "C000002", "Cnew"]
@@ -281,7 +363,7 @@ def test_kill_minus_9_mid_run_no_loss_no_duplicate(tmp_path: Path) -> None:
     wait_until(lambda: consumed() > 0, timeout=60, interval=0.01,
                what="the child's first committed batch")
     write(200, "b")
-    os.rename(log, tmp_path / "conn.2026-11-27-19-00-00.log")
+    rotate(log)
     write(300, "c")
     wait_until(lambda: consumed() >= 50, timeout=60, interval=0.01,
                what="50 lines consumed (started and busy, far from done)")
@@ -309,65 +391,27 @@ def test_real_zeek_log_written_in_random_chunks_with_rotation(tmp_path: Path, re
     """A real fixture log appended in odd-sized byte chunks (lines cut in half), rotated in the
     middle (the new file repeats the TSV header, as Zeek writes it), restarted from the checkpoint
     twice: exactly the reference records, in order."""
-    import random
-    from scheduler.collect.zeeklog import iter_zeek_log
-
-    src = resolve(GEO / rel)
-    ref = [r["uid"] for r in iter_zeek_log(src)]
-    data = read_bytes(src)
-    lines = data.splitlines(keepends=True)
-    header = b"".join(l for l in lines if l.startswith(b"#") and not l.startswith(b"#close"))
-    body = [l for l in lines if not l.startswith(b"#")]
-    half = len(body) // 2
-    first = header + b"".join(body[:half])
-    second = header + b"".join(body[half:])
-    stream = Path(rel).name.split(".")[0]
-    log = tmp_path / f"{stream}.log"
     db = tmp_path / "s.db"
-    rng = random.Random(7)
     got: list[str] = []
 
-    def run() -> None:
-        store = StateStore(db)
+    def run(log: Path, stream: str, rng: random.Random) -> None:
+        store = StateStore(db)   # a fresh process each time: checkpoint + header from SQLite
         t = ZeekTailer(log, store, stream=stream)
         drain(t, lambda b, c: got.extend(r["uid"] for _, r in b.items))
         assert t.stats.bad_lines == 0
         store.close()
 
-    for blob, rotate_after in ((first, True), (second, False)):
-        pos = 0
-        while pos < len(blob):
-            step = rng.randint(1, 4000)
-            with open(log, "ab") as fh:
-                fh.write(blob[pos:pos + step])
-            first_write = pos == 0
-            pos += step
-            # a fresh process each time: checkpoint + header from SQLite. The first run is forced:
-            # a tailer that never saw a file before it was rotated away starts at the new file.
-            if first_write or rng.random() < 0.3:
-                run()
-        if rotate_after:
-            # no read before the rename: the rest of the old file is read after the rotation
-            os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
-    run()
+    ref = write_in_random_chunks(tmp_path, rel, 7, run)
     assert got == ref and len(ref) > 0
 
 
 def test_rotated_file_already_gzipped_is_read_from_the_offset(tmp_path: Path, store: StateStore) -> None:
     """A rotation post-processor compressed the rotated file before we drained it."""
-    import gzip as _gz
     log = tmp_path / "conn.log"
     first = [f"line-{i:04d}-" + "x" * 40 for i in range(60)]   # > 1 KB: a full fingerprint
-    append(log, first)
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, first)
     append(log, ["late-0", "late-1"])
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    with open(rotated, "rb") as fin, _gz.open(str(rotated) + ".gz", "wb") as fout:
-        fout.write(fin.read())
-    rotated.unlink()
+    rotate_compressed(log)
     append(log, ["new-0"])
     consume(t, seen)
     assert seen == first + ["late-0", "late-1", "new-0"]
@@ -376,17 +420,11 @@ def test_rotated_file_already_gzipped_is_read_from_the_offset(tmp_path: Path, st
 
 def test_copytruncate_reads_the_rest_from_the_copy(tmp_path: Path, store: StateStore) -> None:
     """logrotate copytruncate: conn.log copied to conn.log.1 (new inode), then truncated."""
-    import shutil as _sh
     log = tmp_path / "conn.log"
     first = [f"c-{i:04d}-" + "y" * 40 for i in range(40)]
-    append(log, first)
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, first)
     append(log, ["unread-0", "unread-1"])
-    _sh.copyfile(log, tmp_path / "conn.log.1")
-    with open(log, "w") as fh:
-        fh.write("after-0\n")
+    copytruncate(log, ["after-0"])
     consume(t, seen)
     assert seen == first + ["unread-0", "unread-1", "after-0"]
 
@@ -449,20 +487,12 @@ def test_truncated_rotated_gzip_is_read_as_far_as_it_goes(tmp_path: Path, store:
                                                           caplog: pytest.LogCaptureFixture) -> None:
     """The rotated file was compressed and the .gz is cut short: its readable lines are read, the
     damage is named, and the tailer moves on to the live file."""
-    import gzip as _gz
     log = tmp_path / "conn.log"
     first = [f"line-{i:05d}-" + "x" * 40 for i in range(30)]
-    append(log, first)
-    t = FileTailer(log, store)
-    seen: list[str] = []
-    consume(t, seen)
+    t, seen = follow(log, store, first)
     rest = [f"rest-{i:05d}-" + "z" * 40 for i in range(20000)]
     append(log, rest)
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    data = _gz.compress(rotated.read_bytes())
-    (tmp_path / (rotated.name + ".gz")).write_bytes(data[: len(data) * 2 // 3])
-    rotated.unlink()
+    packed = rotate_compressed(log, truncated=True)
     append(log, ["new-0", "new-1"])
     with caplog.at_level(logging.WARNING):
         consume(t, seen)                                # no EOFError
@@ -470,8 +500,7 @@ def test_truncated_rotated_gzip_is_read_as_far_as_it_goes(tmp_path: Path, store:
     assert seen[:len(first)] == first and seen[-2:] == ["new-0", "new-1"]
     assert 0 < len(got_rest) < len(rest) and got_rest == rest[:len(got_rest)]
     assert t.io_errors == 1
-    assert any("conn.2026-11-27-19-00-00.log.gz" in m and "EOFError" in m
-               for m in caplog.messages), caplog.messages
+    assert any(packed.name in m and "EOFError" in m for m in caplog.messages), caplog.messages
 
 
 def test_daemon_batch_with_a_hostile_line_is_processed_and_counted_in_metrics(tmp_path: Path) -> None:
@@ -519,6 +548,18 @@ def batch_uids(t: ZeekBatchTailer, got: list[str], polls: list[int] | None = Non
             assert [zb.record(i)["uid"] for i in range(len(zb))] == uids
             got.extend(uids)
     return drain(t, handler)
+
+
+def follow_batches(log: Path, store: StateStore, n: int,
+                   **kwargs: Any) -> tuple[ZeekBatchTailer, list[str]]:
+    """Write a conn.log of TSV_HEADER and `n` lines and consume it with a new ZeekBatchTailer:
+    where the batch tests start before they rotate or truncate the file under that tailer.
+    Returns the tailer and the uids seen (the list the test goes on consuming into)."""
+    append(log, TSV_HEADER + [conn_line(i) for i in range(n)])
+    t = ZeekBatchTailer(log, store, stream="conn", **kwargs)
+    got: list[str] = []
+    batch_uids(t, got)
+    return t, got
 
 
 def test_batch_tailer_partial_line_waits_and_checkpoint_is_a_line_boundary(
@@ -581,17 +622,8 @@ def test_batch_tailer_restart_primes_header_and_rewinds_on_failure(tmp_path: Pat
 def test_batch_tailer_rotation_new_header_and_malformed_line(
         tmp_path: Path, store: StateStore, caplog: pytest.LogCaptureFixture) -> None:
     log = tmp_path / "conn.log"
-    append(log, TSV_HEADER + [conn_line(0), conn_line(1)])
-    t = ZeekBatchTailer(log, store, stream="conn")
-    got: list[str] = []
-    batch_uids(t, got)
-    append(log, [conn_line(2), "garbage\tline", "#close\t2026-11-27-20-00-00"])
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    header2 = [h for h in TSV_HEADER if not h.startswith(("#fields", "#types"))] + [
-        "#fields\tuid\tts\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto",
-        "#types\tstring\ttime\taddr\tport\taddr\tport\tenum"]
-    append(log, header2 + ["Cnew\t1795806000.25\t172.17.0.9\t5555\t10.0.0.2\t53\tudp"])
+    t, got = follow_batches(log, store, 2)
+    rotated = rotate_to_new_column_order(log)
     batches: list = []
     with caplog.at_level(logging.WARNING):
         drain(t, lambda b, c: batches.extend(b.items))
@@ -604,38 +636,23 @@ def test_batch_tailer_rotation_new_header_and_malformed_line(
 
 
 def test_batch_tailer_truncation_and_copytruncate(tmp_path: Path, store: StateStore) -> None:
-    import shutil as _sh
     log = tmp_path / "conn.log"
-    append(log, TSV_HEADER + [conn_line(i) for i in range(30)])
-    t = ZeekBatchTailer(log, store, stream="conn")
-    got: list[str] = []
-    batch_uids(t, got)
+    t, got = follow_batches(log, store, 30)
     append(log, [conn_line(30), conn_line(31)])
-    _sh.copyfile(log, tmp_path / "conn.log.1")        # copytruncate: the unread rest is in the copy
-    with open(log, "w") as fh:
-        fh.write("\n".join(TSV_HEADER + [conn_line(100)]) + "\n")
+    copytruncate(log, TSV_HEADER + [conn_line(100)])   # the unread rest is in the copy
     batch_uids(t, got)
     assert got == [f"C{i:06d}" for i in range(32)] + ["C000100"]
     assert t.truncations == 1
-    with open(log, "w") as fh:                         # truncated in place, no copy this time
-        fh.write("\n".join(TSV_HEADER + [conn_line(200)]) + "\n")
+    rewrite(log, TSV_HEADER + [conn_line(200)])       # truncated in place, no copy this time
     batch_uids(t, got)
     assert got[-1] == "C000200" and t.truncations == 2 and t.stats.bad_lines == 0
 
 
 def test_batch_tailer_rotated_file_already_gzipped(tmp_path: Path, store: StateStore) -> None:
-    import gzip as _gz
     log = tmp_path / "conn.log"
-    append(log, TSV_HEADER + [conn_line(i) for i in range(20)])
-    t = ZeekBatchTailer(log, store, stream="conn", batch_bytes=512)
-    got: list[str] = []
-    batch_uids(t, got)
+    t, got = follow_batches(log, store, 20, batch_bytes=512)
     append(log, [conn_line(i) for i in range(20, 60)])   # unread when the file is rotated
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    with open(rotated, "rb") as fin, _gz.open(str(rotated) + ".gz", "wb") as fout:
-        fout.write(fin.read())
-    rotated.unlink()
+    rotate_compressed(log)
     append(log, TSV_HEADER + [conn_line(500)])
     batch_uids(t, got)
     assert got == [f"C{i:06d}" for i in range(60)] + ["C000500"]
@@ -646,42 +663,17 @@ def test_batch_tailer_rotated_file_already_gzipped(tmp_path: Path, store: StateS
 def test_batch_tailer_real_log_in_random_chunks_with_rotation(tmp_path: Path, rel: str) -> None:
     """As the line-mode test above: a real log appended in odd-sized chunks, rotated mid-way,
     read by fresh processes from the checkpoint in small batches: exactly the reference rows."""
-    import random
-    from scheduler.collect.zeeklog import iter_zeek_log
-
-    src = resolve(GEO / rel)
-    ref = [r["uid"] for r in iter_zeek_log(src)]
-    lines = read_bytes(src).splitlines(keepends=True)
-    header = b"".join(l for l in lines if l.startswith(b"#") and not l.startswith(b"#close"))
-    body = [l for l in lines if not l.startswith(b"#")]
-    half = len(body) // 2
-    stream = Path(rel).name.split(".")[0]
-    log = tmp_path / f"{stream}.log"
     db = tmp_path / "s.db"
-    rng = random.Random(11)
     got: list[str] = []
 
-    def run() -> None:
+    def run(log: Path, stream: str, rng: random.Random) -> None:
         store = StateStore(db)
         t = ZeekBatchTailer(log, store, stream=stream, batch_bytes=rng.choice([200, 1500, 1 << 20]))
         batch_uids(t, got)
         assert t.stats.bad_lines == 0
         store.close()
 
-    for blob, rotate_after in ((header + b"".join(body[:half]), True),
-                               (header + b"".join(body[half:]), False)):
-        pos = 0
-        while pos < len(blob):
-            step = rng.randint(1, 4000)
-            with open(log, "ab") as fh:
-                fh.write(blob[pos:pos + step])
-            first_write = pos == 0
-            pos += step
-            if first_write or rng.random() < 0.3:
-                run()
-        if rotate_after:
-            os.rename(log, tmp_path / f"{stream}.2026-11-27-18-45-00.log")
-    run()
+    ref = write_in_random_chunks(tmp_path, rel, 11, run)
     assert got == ref and len(ref) > 0
 
 
@@ -704,18 +696,10 @@ def test_batch_tailer_rotated_gz_truncated_reads_what_is_readable(
     """The rotated file was compressed, but the .gz is cut short (disk full, a crashed
     post-processor): its readable complete lines are consumed, the damage is counted once, and the
     tailer goes on with the live file."""
-    import gzip as _gz
     log = tmp_path / "conn.log"
-    append(log, TSV_HEADER + [conn_line(i) for i in range(10)])
-    t = ZeekBatchTailer(log, store, stream="conn", batch_bytes=batch_bytes)
-    got: list[str] = []
-    batch_uids(t, got)
+    t, got = follow_batches(log, store, 10, batch_bytes=batch_bytes)
     append(log, [conn_line(i) for i in range(10, 3000)])
-    rotated = tmp_path / "conn.2026-11-27-19-00-00.log"
-    os.rename(log, rotated)
-    data = _gz.compress(rotated.read_bytes())
-    (tmp_path / (rotated.name + ".gz")).write_bytes(data[: len(data) * 2 // 3])
-    rotated.unlink()
+    rotate_compressed(log, truncated=True)
     append(log, TSV_HEADER + [conn_line(5000)])
     batch_uids(t, got)
     assert t.io_errors == 1 and t.stats.bad_lines == 0
