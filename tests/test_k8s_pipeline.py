@@ -171,7 +171,7 @@ def test_daemon_reads_file_and_webhook_once_across_a_restart(tmp_path: Path) -> 
     try:
         assert _post(d.k8s.server.server_port, body)["accepted"] == 1     # the exec, via webhook
         d.collect_once()
-        d.score_once(now=time.time() + 5)
+        d.score_once(now=time.time() + 5 + cfg.daemon.lag_s)   # merge_s + lag_s on
     finally:
         d.close()
     alerts = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
@@ -185,7 +185,7 @@ def test_daemon_reads_file_and_webhook_once_across_a_restart(tmp_path: Path) -> 
     try:
         assert _post(d2.k8s.server.server_port, body)["duplicates"] == 1
         d2.collect_once()
-        d2.score_once(now=time.time() + 5)
+        d2.score_once(now=time.time() + 5 + cfg.daemon.lag_s)
         assert d2.pipeline.stats.k8s_records == 2          # pod create + exec, from the state
     finally:
         d2.close()
