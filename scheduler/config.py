@@ -198,6 +198,9 @@ class DaemonConfig:
     # was derived, once per poll; the collect job polls again while more is waiting, within
     # its interval): 4 MiB is ~24k http lines, what a parse holds at once.
     zeek_poll_bytes: int = 4 << 20
+    # Every this many seconds, freed heap goes back to the OS (glibc malloc_trim, pyarrow's
+    # pool): parse buffers are freed every collect, and without it RSS creeps up (0: off).
+    trim_interval_s: float = 30.0
 
 
 @dataclass
@@ -401,6 +404,7 @@ RANGES: list[_Check] = [
     ("daemon.collect_interval_s", lambda v: v > 0, "seconds > 0"),
     ("daemon.prune_interval_s", lambda v: v > 0, "seconds > 0"),
     ("daemon.lag_s", *_NONNEG),
+    ("daemon.trim_interval_s", *_NONNEG),
     ("daemon.zeek_poll_bytes", lambda v: v > 0, "bytes > 0"),
     ("daemon.retrain_interval_s", lambda v: v >= 0,
      "0 (daily at model.retrain_hour_utc) or seconds > 0"),

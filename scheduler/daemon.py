@@ -510,6 +510,11 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
         sched.add_job(d.retrain_once, "cron", hour=cfg.model.retrain_hour_utc, minute=0,
                       id="retrain")
     sched.add_job(d.prune_once, "interval", seconds=cfg.daemon.prune_interval_s, id="prune")
+    if cfg.daemon.trim_interval_s > 0:   # freed heap back to the OS (scheduler/memtrim.py)
+        from scheduler.memtrim import release_free_memory
+
+        sched.add_job(release_free_memory, "interval", seconds=cfg.daemon.trim_interval_s,
+                      id="trim")
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: shutting down", signum)
