@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
 
+from osquery_ext.capture_child import CaptureChild  # stdlib only: the supervising thread
+
 log = logging.getLogger(__name__)
 
 # -- kernel constants (include/uapi/linux/netlink.h, netfilter/nfnetlink*.h) -----------------------
@@ -985,71 +987,54 @@ def capture_main(out: Any = None) -> int:
     return 0 if cap.mode != "unavailable" else 2
 
 
-class ConntrackReader(threading.Thread):
+class ConntrackReader(CaptureChild):
     """Runs the capture process and buffers its rows, naming containers from the runtime cache
     (and, for a row the process could not attribute, from the runtime inventory's addresses).
 
-    Same interface as ConntrackCapture for the extension: `mode`, `reason`, `ready`, `stop()`."""
+    Same interface as ConntrackCapture for the extension: `mode`, `reason`, `ready`, `stop()`.
+    Starting, restarting and stopping the process is capture_child.CaptureChild's; this class
+    only reads what a row or a status line means."""
+
+    label = "conntrack capture"
+    log = log
 
     def __init__(self, buffer: Any, lookup: Callable[[str], "tuple[str, str] | None"] | None = None,
                  by_address: Callable[[str], str] | None = None,
                  command: list[str] | None = None, max_restarts: int = 5) -> None:
-        super().__init__(name="conntrack-reader", daemon=True)
-        import sys
+        super().__init__("conntrack-reader", "osquery_ext.conntrack", command, max_restarts)
         self.buffer = buffer
         self.lookup = lookup
         self.by_address = by_address
-        self.command = command or [sys.executable, "-m", "osquery_ext.conntrack"]
-        self.max_restarts = max_restarts
         self.mode = "starting"
-        self.reason = ""
-        self.ready = threading.Event()
         self.rows = 0
-        self._child: Any = None
-        self._stop_evt = threading.Event()
-
-    def run(self) -> None:
-        import subprocess
-        restarts = 0
-        while not self._stop_evt.is_set():
-            try:
-                self._child = subprocess.Popen(self.command, stdout=subprocess.PIPE,
-                                               stdin=subprocess.DEVNULL, text=True, bufsize=1)
-            except OSError as exc:
-                self._mode("unavailable", f"cannot start the capture process: {exc}")
-                return
-            self._consume(self._child)
-            rc = self._child.wait()
-            if self._stop_evt.is_set() or self.mode == "unavailable":
-                break
-            restarts += 1
-            if restarts > self.max_restarts:
-                self._mode("unavailable", f"capture process keeps exiting (status {rc})")
-                break
-            log.warning("conntrack capture exited (status %s); restarting", rc)
-            self._stop_evt.wait(min(5.0, 0.5 * restarts))
-        if self.mode != "unavailable":
-            self.mode = "stopped"
 
     def _mode(self, mode: str, reason: str) -> None:
+        """Take the capture's mode (logged once per change, as ConntrackCapture does)."""
         if mode != self.mode:
             log_mode(mode, reason)
         self.mode, self.reason = mode, reason
         self.ready.set()
 
-    def _consume(self, child: Any) -> None:
-        import json
-        for line in child.stdout:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            row = obj.get("row")
-            if isinstance(row, dict):
-                self.buffer.append(self.complete(row))
-                self.rows += 1
-            elif "status" in obj:
-                self._mode(str(obj["status"]), str(obj.get("reason", "")))
+    # -- CaptureChild hooks -------------------------------------------------------------------
+    def state(self) -> str:
+        return self.mode
+
+    def set_stopped(self) -> None:
+        self.mode = "stopped"
+
+    def give_up(self, reason: str) -> None:
+        self._mode("unavailable", reason)
+
+    def is_record(self, obj: dict[str, Any]) -> bool:
+        """A flow line carries its row as a dict under "row"."""
+        return isinstance(obj.get("row"), dict)
+
+    def on_record(self, obj: dict[str, Any]) -> None:
+        self.buffer.append(self.complete(obj["row"]))
+        self.rows += 1
+
+    def on_status(self, obj: dict[str, Any]) -> None:
+        self._mode(str(obj["status"]), str(obj.get("reason", "")))
 
     def complete(self, row: dict[str, str]) -> dict[str, str]:
         """Fill what the capture process cannot know: names, and a container id from the
@@ -1065,17 +1050,6 @@ class ConntrackReader(threading.Thread):
             if named:
                 row["container_name"], row["image"] = named
         return row
-
-    def stop(self) -> None:
-        import subprocess
-        self._stop_evt.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(2)
-            except subprocess.TimeoutExpired:
-                child.kill()
 
 
 def start_capture(src: Any, **kwargs: Any) -> ConntrackReader:

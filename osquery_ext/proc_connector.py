@@ -34,10 +34,10 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from typing import IO, Any, Callable
 
+from osquery_ext.capture_child import CaptureChild  # stdlib only: the supervising thread
 from osquery_ext import stdio_sockets  # stdlib-only like cgroup: fine in the capture process
 from osquery_ext.cmdline import format_cmdline  # stdlib only, like everything the capture runs
 
@@ -350,28 +350,27 @@ def capture_main(out: IO[str] | None = None, proc: str = "/proc", probe: bool = 
 
 
 # -- the extension side ------------------------------------------------------------------------
-class ProcConnector(threading.Thread):
+class ProcConnector(CaptureChild):
     """Runs the capture process and turns its records into buffered rows.
 
     `status`: starting / running / unavailable / stopped; `ready` is set once it is known:
-    "running" only after the capture process saw the exec event of its own probe.
+    "running" only after the capture process saw the exec event of its own probe. Starting,
+    restarting and stopping the process is capture_child.CaptureChild's; this class only reads
+    what an exec record or a status line means.
     """
+
+    label = "process-event capture"
+    log = log
 
     def __init__(self, buffer: Any, classify: Classify, lookup: Lookup | None = None,
                  command: list[str] | None = None, max_restarts: int = 5) -> None:
-        super().__init__(name="proc-connector", daemon=True)
+        super().__init__("proc-connector", "osquery_ext.proc_connector", command, max_restarts)
         self.buffer = buffer
         self.classify = classify
         self.lookup = lookup
-        self.command = command or [sys.executable, "-m", "osquery_ext.proc_connector"]
-        self.max_restarts = max_restarts
         self.status = "starting"
-        self.reason = ""
-        self.ready = threading.Event()
         self.execs = 0
         self.overruns = 0
-        self._child: subprocess.Popen | None = None
-        self._stop_evt = threading.Event()
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until the capture proved it receives execs or gave up (True), or `timeout`
@@ -379,6 +378,7 @@ class ProcConnector(threading.Thread):
         return self.ready.wait(max(timeout, 0.0))
 
     def unavailable(self, why: str) -> None:
+        """Record that no exec events can be had, warning once: the other tables go on."""
         if self.status != "unavailable":
             log.warning("process-event connector unavailable (%s): container_process_events "
                         "stays empty; the other tables keep working", why)
@@ -386,65 +386,42 @@ class ProcConnector(threading.Thread):
         self.reason = why
         self.ready.set()
 
-    def run(self) -> None:
-        restarts = 0
-        while not self._stop_evt.is_set():
-            try:
-                self._child = subprocess.Popen(self.command, stdout=subprocess.PIPE,
-                                               stdin=subprocess.DEVNULL, text=True, bufsize=1)
-            except OSError as exc:
-                self.unavailable(f"cannot start the capture process: {exc}")
-                return
-            self._consume(self._child)
-            rc = self._child.wait()
-            if self._stop_evt.is_set() or self.status == "unavailable":
-                break
-            restarts += 1
-            if restarts > self.max_restarts:
-                self.unavailable(f"capture process keeps exiting (status {rc})")
-                break
-            log.warning("process-event capture exited (status %s); restarting", rc)
-            self._stop_evt.wait(min(5.0, 0.5 * restarts))
-        if self.status != "unavailable":
-            self.status = "stopped"
+    # -- CaptureChild hooks -------------------------------------------------------------------
+    def state(self) -> str:
+        return self.status
 
-    def _consume(self, child: subprocess.Popen) -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            status = rec.get("status")
-            if status is None:
-                self.execs += 1
-                try:
-                    self.buffer.append(build_row(rec, self.classify, self.lookup))
-                except Exception:  # a classifier bug must not stop the stream
-                    log.exception("process event could not be built")
-            elif status == "running":
-                if self.status != "running":
-                    log.info("process-event connector running")
-                self.status = "running"
-                self.ready.set()
-            elif status == "unavailable":
-                self.unavailable(rec.get("reason", "unknown"))
-            elif status == "overrun":
-                self.overruns += 1
-                if self.overruns == 1:
-                    log.warning("process-event connector overrun: the kernel dropped some execs")
-            elif status == "error":
-                log.debug("process-event capture: %s", rec.get("reason"))
+    def set_stopped(self) -> None:
+        self.status = "stopped"
 
-    def stop(self) -> None:
-        self._stop_evt.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(2)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    def give_up(self, reason: str) -> None:
+        self.unavailable(reason)
+
+    def is_record(self, obj: dict[str, Any]) -> bool:
+        """An exec record is any line without a status."""
+        return obj.get("status") is None
+
+    def on_record(self, obj: dict[str, Any]) -> None:
+        self.execs += 1
+        try:
+            self.buffer.append(build_row(obj, self.classify, self.lookup))
+        except Exception:  # a classifier bug must not stop the stream
+            log.exception("process event could not be built")
+
+    def on_status(self, obj: dict[str, Any]) -> None:
+        status = obj.get("status")
+        if status == "running":
+            if self.status != "running":
+                log.info("process-event connector running")
+            self.status = "running"
+            self.ready.set()
+        elif status == "unavailable":
+            self.unavailable(obj.get("reason", "unknown"))
+        elif status == "overrun":
+            self.overruns += 1
+            if self.overruns == 1:
+                log.warning("process-event connector overrun: the kernel dropped some execs")
+        elif status == "error":
+            log.debug("process-event capture: %s", obj.get("reason"))
 
 
 if __name__ == "__main__":
