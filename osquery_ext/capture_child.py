@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 
 class CaptureChild(threading.Thread):
     """A daemon thread that runs one capture child and hands each JSON line to a hook.
 
-    Subclasses implement `is_record` / `on_record` / `on_status` (what a line means),
-    `give_up` (how "unavailable" is recorded and logged), `state` / `set_stopped` (their public
-    state attribute: `status` or `mode`), and set `label` (the restart log's wording) and `log`
-    (their module's logger, so log records keep the name they always had).
+    Subclasses implement `is_record` / `on_record` / `on_status` (what a line means) and
+    `give_up` (how "unavailable" is recorded and logged), and set `state_attr` (the name of their
+    public state attribute, `status` or `mode`, kept for the extension and tables), `label` (the
+    restart log's wording) and `log` (their module's logger, so records keep their old name).
     """
 
+    #: Name of the public attribute holding starting / running / unavailable / stopped / ...
+    state_attr = "status"
     #: The restart warning's subject, e.g. "conntrack capture".
     label = "capture"
     #: The subclass module's logger; restart warnings go through it.
@@ -45,14 +48,6 @@ class CaptureChild(threading.Thread):
         self._stop_evt = threading.Event()
 
     # -- hooks --------------------------------------------------------------------------------
-    def state(self) -> str:
-        """The current public state (starting / running / unavailable / stopped / ...)."""
-        raise NotImplementedError
-
-    def set_stopped(self) -> None:
-        """Record that the supervision ended without the capture being unavailable."""
-        raise NotImplementedError
-
     def give_up(self, reason: str) -> None:
         """Record (and log once) that the capture is unavailable; must set `ready`."""
         raise NotImplementedError
@@ -70,6 +65,10 @@ class CaptureChild(threading.Thread):
         raise NotImplementedError
 
     # -- supervision --------------------------------------------------------------------------
+    def state(self) -> str:
+        """The current public state, read through `state_attr`."""
+        return str(getattr(self, self.state_attr))
+
     def run(self) -> None:
         """Start the child, consume it, and restart it when it exits, until stopped, given up
         (the child said "unavailable") or it died more than `max_restarts` times."""
@@ -92,7 +91,7 @@ class CaptureChild(threading.Thread):
             self.log.warning("%s exited (status %s); restarting", self.label, rc)
             self._stop_evt.wait(min(5.0, 0.5 * restarts))
         if self.state() != "unavailable":
-            self.set_stopped()
+            setattr(self, self.state_attr, "stopped")
 
     def _consume(self, child: subprocess.Popen) -> None:
         """Dispatch each JSON line of the child's stdout until it closes; other lines are
@@ -120,3 +119,14 @@ class CaptureChild(threading.Thread):
                 child.wait(2)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def child_main(capture: Callable[[], int]) -> NoReturn:
+    """The `python -m osquery_ext.<module>` entry of a capture child: exit with the capture's
+    status, but quietly (status 0) on SIGTERM (the supervisor's `stop()`), Ctrl-C, or a closed
+    stdout (the extension went away), since none of those is the capture failing."""
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    try:
+        sys.exit(capture())
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(0)

@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
 
-from osquery_ext.capture_child import CaptureChild  # stdlib only: the supervising thread
+from osquery_ext.capture_child import CaptureChild, child_main  # stdlib only: supervision
 
 log = logging.getLogger(__name__)
 
@@ -996,6 +996,7 @@ class ConntrackReader(CaptureChild):
     only reads what a row or a status line means."""
 
     label = "conntrack capture"
+    state_attr = "mode"
     log = log
 
     def __init__(self, buffer: Any, lookup: Callable[[str], "tuple[str, str] | None"] | None = None,
@@ -1016,12 +1017,6 @@ class ConntrackReader(CaptureChild):
         self.ready.set()
 
     # -- CaptureChild hooks -------------------------------------------------------------------
-    def state(self) -> str:
-        return self.mode
-
-    def set_stopped(self) -> None:
-        self.mode = "stopped"
-
     def give_up(self, reason: str) -> None:
         self._mode("unavailable", reason)
 
@@ -1076,10 +1071,4 @@ def start_capture(src: Any, **kwargs: Any) -> ConntrackReader:
 
 
 if __name__ == "__main__":
-    import signal
-    import sys
-    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
-    try:
-        sys.exit(capture_main())
-    except (KeyboardInterrupt, BrokenPipeError):
-        sys.exit(0)
+    child_main(capture_main)

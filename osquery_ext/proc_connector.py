@@ -37,7 +37,7 @@ import sys
 import time
 from typing import IO, Any, Callable
 
-from osquery_ext.capture_child import CaptureChild  # stdlib only: the supervising thread
+from osquery_ext.capture_child import CaptureChild, child_main  # stdlib only: supervision
 from osquery_ext import stdio_sockets  # stdlib-only like cgroup: fine in the capture process
 from osquery_ext.cmdline import format_cmdline  # stdlib only, like everything the capture runs
 
@@ -360,6 +360,7 @@ class ProcConnector(CaptureChild):
     """
 
     label = "process-event capture"
+    state_attr = "status"
     log = log
 
     def __init__(self, buffer: Any, classify: Classify, lookup: Lookup | None = None,
@@ -387,12 +388,6 @@ class ProcConnector(CaptureChild):
         self.ready.set()
 
     # -- CaptureChild hooks -------------------------------------------------------------------
-    def state(self) -> str:
-        return self.status
-
-    def set_stopped(self) -> None:
-        self.status = "stopped"
-
     def give_up(self, reason: str) -> None:
         self.unavailable(reason)
 
@@ -425,8 +420,4 @@ class ProcConnector(CaptureChild):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
-    try:
-        sys.exit(capture_main())
-    except (KeyboardInterrupt, BrokenPipeError):
-        sys.exit(0)
+    child_main(capture_main)
