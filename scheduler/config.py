@@ -199,8 +199,9 @@ class DaemonConfig:
     # its interval): 4 MiB is ~24k http lines, what a parse holds at once.
     zeek_poll_bytes: int = 4 << 20
     # Every this many seconds, freed heap goes back to the OS (glibc malloc_trim, pyarrow's
-    # pool): parse buffers are freed every collect, and without it RSS creeps up (0: off).
-    trim_interval_s: float = 30.0
+    # pool): parse buffers are freed every collect, and without it RSS creeps up. Non-zero also
+    # caps glibc's arenas and fixes its mmap threshold at start (scheduler/memtrim.py). 0: off.
+    trim_interval_s: float = 5.0
 
 
 @dataclass

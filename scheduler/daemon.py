@@ -485,6 +485,10 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
         print("stowaway run: invalid config:\n  " + "\n  ".join(problems))
         return 2
     os.umask(DAEMON_UMASK)      # whatever else the daemon or its libraries create: 0600 / 0700
+    if cfg.daemon.trim_interval_s > 0:
+        from scheduler.memtrim import configure_allocator
+
+        configure_allocator()   # before any thread allocates (scheduler/memtrim.py says why)
     d = Daemon(cfg)
     if once:
         d.collect_once()

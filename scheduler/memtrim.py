@@ -6,7 +6,17 @@ under tracemalloc), but glibc keeps the freed chunks in its arenas and pyarrow's
 its own pages, so the process's RSS creeps up over hours although nothing is live
 (bench/bench_daemon_ingest.py measures it). Asking both to release what they hold bounds RSS by
 what the daemon really uses. It costs a walk of the free lists, milliseconds, so the daemon does it
-on its own timer (`daemon.trim_interval_s`), not every collect.
+on its own timer (`daemon.trim_interval_s`, 5 s), not inside the collect.
+
+Two allocator settings at start (`configure_allocator`) keep the freed memory from piling up
+between trims. glibc gives each thread that allocates an arena of its own, up to 8 per core, and
+the daemon's jobs run on APScheduler's pool threads, so the same column arrays end up spread over
+several arenas that each keep their free chunks. And glibc raises its mmap threshold each time a
+large mmapped block is freed (up to 32 MiB), after which the collect's MiB-sized column arrays
+come from the heap, where freeing them leaves holes, instead of mmap, where freeing them gives the
+pages back at once. Two arenas and a fixed 128 KiB threshold: bench_daemon_ingest at 20,000
+lines/s went from a median of 427 MiB (max 508, a 100 MiB saw-tooth between 30 s trims) to 315 MiB
+(max 327) with the 5 s trim, and the daemon's CPU per line did not rise.
 """
 from __future__ import annotations
 
@@ -29,6 +39,34 @@ def _malloc_trim() -> Any:
         except OSError:
             _libc = False
     return getattr(_libc, "malloc_trim", None) if _libc else None
+
+
+#: mallopt parameters (glibc's malloc.h)
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 128 * 1024
+ARENA_MAX = 2
+
+
+def configure_allocator(arenas: int = ARENA_MAX,
+                        mmap_threshold: int = MMAP_THRESHOLD_BYTES) -> dict[str, bool]:
+    """Cap glibc's arenas and fix its mmap threshold (see the module docstring). Call it before
+    the daemon starts threads: an arena is made when a thread first allocates. Says which
+    setting glibc took; elsewhere (musl, macOS) nothing is set. An operator's MALLOC_ARENA_MAX /
+    MALLOC_MMAP_THRESHOLD_ environment variables win: glibc read them at start-up."""
+    import os
+
+    out = {"arena_max": False, "mmap_threshold": False}
+    if not _malloc_trim():                  # not glibc
+        return out
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:                     # pragma: no cover - every glibc has it
+        return out
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        out["arena_max"] = bool(mallopt(M_ARENA_MAX, arenas))
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        out["mmap_threshold"] = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    return out
 
 
 def release_free_memory() -> dict[str, bool]:

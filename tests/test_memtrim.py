@@ -46,3 +46,69 @@ def test_freed_heap_goes_back_to_the_os() -> None:
 def test_pyarrow_pool_is_asked() -> None:
     pytest.importorskip("pyarrow")
     assert release_free_memory()["pyarrow"] is True
+
+
+_CHILD = r"""
+import ctypes, json, sys
+sys.path.insert(0, sys.argv[2])
+from scheduler.memtrim import configure_allocator
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+took = configure_allocator() if sys.argv[1] == "configured" else {}
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+MiB = 1 << 20
+b = libc.malloc(8 * MiB)        # a large block mmapped and freed: glibc raises its threshold
+ctypes.memset(b, 1, 8 * MiB)
+libc.free(b)
+big, pins = [], []
+for _ in range(150):            # 1 MiB column-sized blocks, each followed by a small live one
+    p = libc.malloc(MiB)
+    ctypes.memset(p, 1, MiB)
+    big.append(p)
+    pins.append(libc.malloc(2048))
+before = rss()
+for p in big:
+    libc.free(p)
+print(json.dumps({"took": took, "freed_kib": before - rss()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_configured_allocator_gives_freed_column_blocks_back_at_once() -> None:
+    """With the daemon's allocator settings, MiB-sized blocks freed between live small ones go
+    back to the OS on free; with glibc's defaults (its threshold raised by an earlier large
+    free) they stay resident until a trim."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def child(mode: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", _CHILD, mode, root], env=env, check=True,
+                             capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout)
+
+    plain, configured = child("plain"), child("configured")
+    assert configured["took"] == {"arena_max": True, "mmap_threshold": True}
+    assert configured["freed_kib"] > 120 * 1024, configured
+    assert plain["freed_kib"] < 30 * 1024, plain
+
+
+def test_operator_environment_wins(monkeypatch) -> None:
+    """MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ set by the operator are left alone."""
+    from scheduler.memtrim import configure_allocator
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert configure_allocator() == {"arena_max": False, "mmap_threshold": False}
