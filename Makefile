@@ -39,7 +39,8 @@ zeek-data: $(STAMP)
 	$(PY) -m osquery_ext.indicators --export-zeek zeek_scripts/data
 
 bench: $(STAMP)
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@fail=""; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || fail="$$fail $$b"; done; \
+	if [ -n "$$fail" ]; then echo "targets missed in:$$fail"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
