@@ -23,6 +23,8 @@ APScheduler (3.x, BackgroundScheduler) runs five jobs; the main thread only wait
   next windows (the window store records which version scored each window).
 * prune (every `daemon.prune_interval_s`): retention for windows, delivered alerts, inventory
   history and webhook markers.
+* trim (every `daemon.trim_interval_s`): freed heap back to the OS (scheduler/memtrim.py), which
+  also sets glibc's arenas and mmap threshold before the first thread starts.
 
 SIGTERM/SIGINT: the jobs are stopped (waiting for a running one), a last collect + flush runs, state
 is committed and the sinks are closed; exit status 0.
