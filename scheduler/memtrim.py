@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,15 @@ log = logging.getLogger(__name__)
 _libc: Any = None
 
 
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+def _glibc() -> Any:
+    """The C library when it is glibc (it has malloc_trim and mallopt), else None (musl, macOS)."""
     global _libc
     if _libc is None:
         try:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         except OSError:
             _libc = False
-    return getattr(_libc, "malloc_trim", None) if _libc else None
+    return _libc if _libc and hasattr(_libc, "malloc_trim") else None
 
 
 #: mallopt parameters (glibc's malloc.h)
@@ -54,18 +55,14 @@ def configure_allocator(arenas: int = ARENA_MAX,
     the daemon starts threads: an arena is made when a thread first allocates. Says which
     setting glibc took; elsewhere (musl, macOS) nothing is set. An operator's MALLOC_ARENA_MAX /
     MALLOC_MMAP_THRESHOLD_ environment variables win: glibc read them at start-up."""
-    import os
-
     out = {"arena_max": False, "mmap_threshold": False}
-    if not _malloc_trim():                  # not glibc
-        return out
-    mallopt = getattr(_libc, "mallopt", None)
-    if mallopt is None:                     # pragma: no cover - every glibc has it
+    libc = _glibc()
+    if libc is None:
         return out
     if "MALLOC_ARENA_MAX" not in os.environ:
-        out["arena_max"] = bool(mallopt(M_ARENA_MAX, arenas))
+        out["arena_max"] = bool(libc.mallopt(M_ARENA_MAX, arenas))
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        out["mmap_threshold"] = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+        out["mmap_threshold"] = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
     return out
 
 
@@ -73,10 +70,10 @@ def release_free_memory() -> dict[str, bool]:
     """Return freed heap pages to the OS: glibc (malloc_trim(0)) and pyarrow's memory pool, where
     each is present. Says which released something (glibc) or was asked (pyarrow)."""
     out = {"glibc": False, "pyarrow": False}
-    trim = _malloc_trim()
-    if trim is not None:
+    libc = _glibc()
+    if libc is not None:
         try:
-            out["glibc"] = bool(trim(0))
+            out["glibc"] = bool(libc.malloc_trim(0))
         except OSError as exc:      # pragma: no cover - a broken libc binding
             log.debug("malloc_trim failed: %s", exc)
     try:

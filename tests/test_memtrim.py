@@ -1,11 +1,28 @@
 """scheduler/memtrim.py: the daemon's timer hands freed heap back to the OS."""
 from __future__ import annotations
 
+import ctypes
+import json
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from scheduler.memtrim import release_free_memory
+from scheduler.memtrim import configure_allocator, release_free_memory
+
+MiB = 1 << 20
+
+
+def _libc() -> ctypes.CDLL:
+    """glibc's malloc and free, typed for pointers."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
 
 
 def _rss_kib() -> int:
@@ -20,11 +37,7 @@ def _rss_kib() -> int:
 def test_freed_heap_goes_back_to_the_os() -> None:
     """Many small blocks allocated then freed stay in glibc's arenas (RSS unchanged by the free)
     until trimmed; the trim returns most of them."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
+    libc = _libc()
     # fragments of 1 KiB below glibc's mmap threshold, freed except every 64th one (which keeps
     # the heap from shrinking at its top by itself)
     blocks = [libc.malloc(1024) for _ in range(200_000)]
@@ -48,36 +61,25 @@ def test_pyarrow_pool_is_asked() -> None:
     assert release_free_memory()["pyarrow"] is True
 
 
-_CHILD = r"""
-import ctypes, json, sys
-sys.path.insert(0, sys.argv[2])
-from scheduler.memtrim import configure_allocator
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-
-took = configure_allocator() if sys.argv[1] == "configured" else {}
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-MiB = 1 << 20
-b = libc.malloc(8 * MiB)        # a large block mmapped and freed: glibc raises its threshold
-ctypes.memset(b, 1, 8 * MiB)
-libc.free(b)
-big, pins = [], []
-for _ in range(150):            # 1 MiB column-sized blocks, each followed by a small live one
-    p = libc.malloc(MiB)
-    ctypes.memset(p, 1, MiB)
-    big.append(p)
-    pins.append(libc.malloc(2048))
-before = rss()
-for p in big:
-    libc.free(p)
-print(json.dumps({"took": took, "freed_kib": before - rss()}))
-"""
+def _freed_column_blocks(configured: bool) -> dict:
+    """Run in a fresh child process (allocator settings are per process and must come before
+    the allocations): free 1 MiB column-sized blocks that sit between small live ones, after an
+    earlier large free raised glibc's threshold; how much RSS the frees gave back."""
+    took = configure_allocator() if configured else {}
+    libc = _libc()
+    b = libc.malloc(8 * MiB)        # a large block mmapped and freed: glibc raises its threshold
+    ctypes.memset(b, 1, 8 * MiB)
+    libc.free(b)
+    big, pins = [], []
+    for _ in range(150):            # each 1 MiB block followed by a small live one
+        p = libc.malloc(MiB)
+        ctypes.memset(p, 1, MiB)
+        big.append(p)
+        pins.append(libc.malloc(2048))
+    before = _rss_kib()
+    for p in big:
+        libc.free(p)
+    return {"took": took, "freed_kib": before - _rss_kib()}
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -85,18 +87,14 @@ def test_configured_allocator_gives_freed_column_blocks_back_at_once() -> None:
     """With the daemon's allocator settings, MiB-sized blocks freed between live small ones go
     back to the OS on free; with glibc's defaults (its threshold raised by an earlier large
     free) they stay resident until a trim."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_memtrim; "
+            "print(json.dumps(test_memtrim._freed_column_blocks(sys.argv[1] == 'configured')))")
 
     def child(mode: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", _CHILD, mode, root], env=env, check=True,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code, mode, str(here), str(here.parent)],
+                             env=env, check=True, capture_output=True, text=True, timeout=60)
         return json.loads(out.stdout)
 
     plain, configured = child("plain"), child("configured")
@@ -107,8 +105,6 @@ def test_configured_allocator_gives_freed_column_blocks_back_at_once() -> None:
 
 def test_operator_environment_wins(monkeypatch) -> None:
     """MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ set by the operator are left alone."""
-    from scheduler.memtrim import configure_allocator
-
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert configure_allocator() == {"arena_max": False, "mmap_threshold": False}
