@@ -162,13 +162,21 @@ class ExtClient:
     """A client of the extension's own socket, as osqueryd uses it for table calls."""
 
     def __init__(self, path: str, timeout_ms: int = 20000) -> None:
+        # The extension registers, then serves: its socket file appears at bind(), a moment
+        # before listen(), and a connect in between is refused. Like osqueryd, retry the connect
+        # (not just wait for the file) until the deadline; the last failure is raised.
         deadline = time.monotonic() + 10
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        sock = TSocket.TSocket(unix_socket=path)
-        sock.setTimeout(timeout_ms)
-        self.transport = TTransport.TBufferedTransport(sock)
-        self.transport.open()
+        while True:
+            sock = TSocket.TSocket(unix_socket=path)
+            sock.setTimeout(timeout_ms)
+            self.transport = TTransport.TBufferedTransport(sock)
+            try:
+                self.transport.open()
+                break
+            except TTransport.TTransportException:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
         self.client = Extension.Client(TBinaryProtocol.TBinaryProtocol(self.transport))
 
     def columns(self, table: str) -> ExtensionResponse:
