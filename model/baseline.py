@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,101 +41,20 @@ from sklearn.preprocessing import RobustScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from model.features import FEATURE_NAMES, FeatureWindows
+# Image keys, scoring terms, results and explanations live in sklearn-free modules (the daemon
+# scores without scikit-learn); re-exported here so every existing import keeps working.
+from model.images import ImageRef, normalise_image, parse_image  # noqa: F401
+from model.scoring import (BEHAVIOUR_FEATURES, DEFAULT_MIN_WINDOWS, ENVIRONMENT_SCOPE,  # noqa: F401
+                           IMAGE_SCOPE, _SCALE_FLOORS, BaselineTerms, ScoreResult, _describe, _fmt,
+                           explain, scale_floors, score_windows)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_WINDOWS = 50
 _PARALLEL_MIN_ROWS = 20_000     # below this, thread start-up costs more than it saves
 _FAST_PATH_OK: dict[tuple, bool] = {}   # (sklearn version, forest settings) -> fast path verified
-ENVIRONMENT_SCOPE = "environment"
-IMAGE_SCOPE = "image"
-
-#: Features whose values outside the training range add to the novelty term.
-BEHAVIOUR_FEATURES: tuple[str, ...] = (
-    "processes_started", "distinct_executables", "shell_processes", "network_tool_processes",
-    "location_discovery_processes", "outbound_conns", "failed_conns", "distinct_remote_addrs",
-    "distinct_remote_ports", "distinct_domains", "dns_queries", "dns_label_entropy_mean",
-    "nxdomain_share", "http_requests", "geo_service_contacts", "bytes_out", "bytes_in",
-    "public_conn_share", "exec_sessions",
-)
-
-#: Smallest scale (robust units) per feature, so a feature that never varied in training does not
-#: turn a difference of one into an infinite z-score. Counts: 1; shares: 0.1; entropy: 0.5 bit.
-_SCALE_FLOORS: dict[str, float] = {
-    "dns_label_entropy_mean": 0.5, "nxdomain_share": 0.1, "public_conn_share": 0.1,
-    "bytes_out": 200.0, "bytes_in": 200.0, "container_age_s": 60.0,
-}
-
-
-def scale_floors(feature_names: Sequence[str]) -> np.ndarray:
-    return np.array([_SCALE_FLOORS.get(f, 1.0) for f in feature_names], dtype=float)
-
-
-# --------------------------------------------------------------------------- image keys
-
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    registry: str
-    repository: str
-    tag: str
-    digest: str
-
-    def key(self, grouping: str = "tag") -> str:
-        """The baseline key. grouping: `tag` (registry/repo:tag, default), `repository` (ignore tags),
-        `digest` (registry/repo@digest when the digest is known, else the tag form)."""
-        base = f"{self.registry}/{self.repository}"
-        if grouping == "repository":
-            return base
-        if grouping == "digest":
-            return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
-        if grouping != "tag":
-            raise ValueError(f"unknown grouping {grouping!r} (tag, repository, digest)")
-        return f"{base}:{self.tag}"
-
-
-def parse_image(image: str, image_id: str = "") -> ImageRef:
-    """Split an image reference the way container runtimes do.
-
-    `nginx` -> docker.io/library/nginx:latest; `localhost/webapp:1.4` keeps its registry; a
-    `@sha256:...` suffix or an `image_id` that looks like a digest fills `digest`.
-    """
-    ref = (image or "").strip()
-    digest = ""
-    if "@" in ref:
-        ref, digest = ref.split("@", 1)
-    first, _, rest = ref.partition("/")
-    if rest and ("." in first or ":" in first or first.lower() == "localhost"):
-        registry, path = first, rest
-    else:
-        registry, path = "docker.io", ref
-    tag = "latest"
-    last = path.rsplit("/", 1)[-1]
-    if ":" in last:
-        path, tag = path.rsplit(":", 1)
-    if registry == "docker.io" and "/" not in path and path:
-        path = f"library/{path}"
-    if not digest and image_id:
-        iid = image_id.strip()
-        if _DIGEST_RE.match(iid):
-            digest = iid
-        elif re.fullmatch(r"[0-9a-fA-F]{64}", iid):
-            digest = f"sha256:{iid.lower()}"
-    return ImageRef(registry=registry.lower(), repository=(path or "unknown").lower(), tag=tag,
-                    digest=digest.lower())
-
-
-@lru_cache(maxsize=65536)
-def normalise_image(image: str, image_id: str = "", grouping: str = "tag") -> str:
-    """Baseline key of an image reference (see ImageRef.key for `grouping`)."""
-    return parse_image(image, image_id).key(grouping)
-
-
 # --------------------------------------------------------------------------- the estimator
 
-class ImageBaseline(OutlierMixin, BaseEstimator):
+class ImageBaseline(BaselineTerms, OutlierMixin, BaseEstimator):
     """Scaler + IsolationForest with a calibrated threshold and robust training statistics.
 
     scikit-learn conventions: `score_samples` is higher for more normal windows, `decision_function`
@@ -212,37 +128,9 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
         self.offset_ = -self.threshold_
         return self
 
-    # scoring ---------------------------------------------------------------------------------
-    def novelty(self, X) -> np.ndarray:
-        """Per-window sum of capped excess outside the training range, in robust units."""
+    # scoring: novelty, unseen, anomaly_score, robust_z and deviations are BaselineTerms' ------
+    def _require_fitted(self) -> None:
         check_is_fitted(self, "pipeline_")
-        X = np.asarray(X, dtype=float)
-        excess = X - self.max_
-        np.maximum(excess, 0.0, out=excess)
-        excess /= self.scale_
-        np.minimum(excess, self.novelty_cap, out=excess)
-        return excess[:, self.novelty_mask_].sum(axis=1)
-
-    def unseen(self, executables: Sequence[Sequence[str]]) -> list[list[str]]:
-        """Per window: executable names the image never ran in training (empty without vocabulary)."""
-        if getattr(self, "vocabulary_", None) is None:
-            return [[] for _ in executables]
-        vocab = getattr(self, "_vocab_set", None)
-        if vocab is None:
-            vocab = self._vocab_set = frozenset(self.vocabulary_)
-        return [sorted(set(row) - vocab) for row in executables]
-
-    def anomaly_score(self, X, executables: Sequence[Sequence[str]] | None = None) -> np.ndarray:
-        """Higher = stranger. IsolationForest score plus the novelty terms (see module doc)."""
-        check_is_fitted(self, "pipeline_")
-        X = np.asarray(X, dtype=float)
-        base = -self._forest_scores(X)
-        if self.novelty_weight:
-            base = base + self.novelty_weight * self.novelty(X)
-        if executables is not None and self.unseen_weight and getattr(self, "vocabulary_", None) is not None:
-            n_unseen = np.array([min(len(u), self.novelty_cap) for u in self.unseen(executables)], dtype=float)
-            base = base + self.unseen_weight * n_unseen
-        return base
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -337,95 +225,11 @@ class ImageBaseline(OutlierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    # explanations ----------------------------------------------------------------------------
-    def robust_z(self, X) -> np.ndarray:
-        check_is_fitted(self, "pipeline_")
-        return (np.asarray(X, dtype=float) - self.median_) / self.scale_
-
-    def deviations(self, x: np.ndarray, top: int = 3, min_abs_z: float = 1.0,
-                   above_only: bool = False) -> list[dict[str, Any]]:
-        """The features of one window that deviate most from this baseline's training data.
-
-        `above_only` keeps only features above the baseline: for the environment-wide fallback,
-        whose medians mix every image, "less than usual" describes other images, not this one."""
-        x = np.asarray(x, dtype=float)
-        z = self.robust_z(x[None, :])[0]
-        if above_only:
-            z = np.where(z > 0, z, 0.0)
-        # values above anything seen in training first (that is what is new), then by |robust z|
-        above = x > self.max_
-        order = np.lexsort((-np.abs(z), ~above))
-        out = []
-        for i in order[:top]:
-            if abs(z[i]) < min_abs_z:
-                break
-            out.append({"feature": self.feature_names[i], "value": float(x[i]),
-                        "baseline_median": float(self.median_[i]), "baseline": float(self.median_[i]),
-                        "robust_z": round(float(z[i]), 2),
-                        "training_range": [float(self.min_[i]), float(self.max_[i])]})
-        return out
-
-
 def _evenly(n: int, k: int) -> np.ndarray:
     """Indices of at most k evenly spaced rows out of n (all of them when n <= k)."""
     if n <= k:
         return np.arange(n)
     return np.linspace(0, n - 1, k).astype(int)
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
-
-
-def explain(deviations: list[dict[str, Any]]) -> str:
-    """Plain words: 'distinct_remote_ports=25, baseline median 3 (training range 1-3)'.
-
-    Takes every entry `score()` puts in a window's deviations, not only the per-feature ones:
-    an `unseen_executables` entry (executable names, no median, no training range) reads as
-    'executables never seen for this image in training: nc', and an entry missing the baseline
-    statistics as plain 'feature=value', so a caller can explain any deviation list it holds.
-    """
-    if not deviations:
-        return "no single feature stands out; the combination is unusual for this image"
-    return "; ".join(_describe(d) for d in deviations)
-
-
-def _describe(d: dict[str, Any]) -> str:
-    """One deviation in words (see explain)."""
-    if d.get("names"):
-        return f"executables never seen for this image in training: {', '.join(map(str, d['names']))}"
-    text = f"{d.get('feature', '?')}={_fmt(d.get('value', 0))}"
-    if d.get("baseline_median") is not None:
-        text += f", baseline median {_fmt(d['baseline_median'])}"
-    if d.get("training_range"):
-        lo, hi = d["training_range"]
-        text += f" (training range {_fmt(lo)}-{_fmt(hi)})"
-    return text
-
-
-# --------------------------------------------------------------------------- results
-
-@dataclass
-class ScoreResult:
-    """One scored window: what an alert carries."""
-
-    container_id: str
-    image: str
-    image_key: str
-    environment: str
-    window_start: float
-    window_end: float
-    score: float
-    threshold: float
-    is_anomaly: bool
-    fallback: bool
-    model_scope: str           # "image" or "environment"
-    explanation: str
-    deviations: list[dict[str, Any]] = field(default_factory=list)
-    container_name: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- one environment
@@ -504,43 +308,12 @@ class EnvironmentBaselines:
         return key, self.fallback, True
 
     def score(self, windows: FeatureWindows, top: int = 3, explain_all: bool = False) -> list[ScoreResult]:
-        """Score every window with its image's model (or the fallback) and explain the anomalies.
+        """Score every window with its image's model (or the fallback) and explain the anomalies
+        (model.scoring.score_windows, shared with the compiled scorer).
 
         Deviations are worked out for anomalous windows (all windows with `explain_all`): they cost
         Python time per row, and a normal window needs no story."""
-        results: list[ScoreResult | None] = [None] * len(windows)
-        keys = [self.key_of(i) for i in windows.image]
-        by_key: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
-            by_key.setdefault(k, []).append(i)
-        for key, rows in by_key.items():
-            _, model, is_fallback = self.model_for(windows.image[rows[0]])
-            X = windows.X[rows]
-            exes = [windows.executables[r] for r in rows] if windows.executables else None
-            scores = model.anomaly_score(X, exes)
-            unseen = model.unseen(exes) if exes is not None else [[] for _ in rows]
-            for j, r in enumerate(rows):
-                s = float(scores[j])
-                anomalous = s > model.threshold_
-                devs = ([{"feature": "unseen_executables", "value": len(unseen[j]),
-                          "names": unseen[j]}] if unseen[j] else [])
-                if anomalous or explain_all:
-                    devs += model.deviations(X[j], top=top, above_only=is_fallback)
-                    text = explain(devs)
-                else:
-                    text = "; ".join(([explain(devs)] if devs else []) + ["within this image's baseline"])
-                if is_fallback:
-                    text = (f"{key} has {self.window_counts.get(key, 0)} training windows (< {self.min_windows}): "
-                            f"scored by the environment-wide model of {self.environment!r}; ") + text
-                results[r] = ScoreResult(
-                    container_id=windows.container_id[r], image=windows.image[r], image_key=key,
-                    environment=self.environment, window_start=float(windows.window_start[r]),
-                    window_end=float(windows.window_end[r]), score=round(s, 6),
-                    threshold=round(float(model.threshold_), 6), is_anomaly=bool(anomalous),
-                    fallback=is_fallback, model_scope=ENVIRONMENT_SCOPE if is_fallback else IMAGE_SCOPE,
-                    explanation=text, deviations=devs,
-                    container_name=windows.name[r] if windows.name else "")
-        return [r for r in results if r is not None]
+        return score_windows(self, windows, top=top, explain_all=explain_all)
 
 
 class _nullcontext:

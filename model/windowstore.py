@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
-from model.baseline import normalise_image
+from model.images import normalise_image
 from model.features import FEATURE_NAMES, FeatureWindows
 
 log = logging.getLogger(__name__)
