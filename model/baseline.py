@@ -146,20 +146,9 @@ class ImageBaseline(BaselineTerms, OutlierMixin, BaseEstimator):
         two private forest attributes, so `fit` checks it against score_samples and only uses it when
         they agree to 1e-9; otherwise the public method is used.
         """
-        forest = self.pipeline_[-1]
-        cache = getattr(self, "_leaf_cache", None)
+        cache = self._forest_leaves(X.shape[1])
         if cache is None:
-            try:
-                from sklearn.ensemble._iforest import _average_path_length
-                leaves = [(est.tree_, np.asarray(dpl, float) + np.asarray(apl, float) - 1.0,
-                           None if len(f) == X.shape[1] and np.array_equal(f, np.arange(X.shape[1])) else np.asarray(f))
-                          for est, dpl, apl, f in zip(forest.estimators_, forest._decision_path_lengths,
-                                                      forest._average_path_length_per_tree,
-                                                      forest.estimators_features_)]
-                denom = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
-            except (AttributeError, ImportError, TypeError, ValueError):
-                return None
-            cache = self._leaf_cache = (leaves, denom)
+            return None
         leaves, denom = cache
         Xs = self.pipeline_[:-1].transform(X)
         Xs = np.ascontiguousarray(Xs, dtype=np.float32)
@@ -169,6 +158,27 @@ class ImageBaseline(BaselineTerms, OutlierMixin, BaseEstimator):
         if denom == 0:
             return -np.ones(Xs.shape[0])
         return -(2.0 ** (-depths / denom))
+
+    def _forest_leaves(self, n_features: int) -> tuple[list, float] | None:
+        """Per tree (tree_, per-node path value, feature subset or None when it is every feature
+        in order) and the score's denominator; None when the forest's private attributes are not
+        what this expects. Computed once (the fast path's cache); model.compiled exports it."""
+        cache = getattr(self, "_leaf_cache", None)
+        if cache is not None:
+            return cache
+        forest = self.pipeline_[-1]
+        try:
+            from sklearn.ensemble._iforest import _average_path_length
+            leaves = [(est.tree_, np.asarray(dpl, float) + np.asarray(apl, float) - 1.0,
+                       None if len(f) == n_features and np.array_equal(f, np.arange(n_features)) else np.asarray(f))
+                      for est, dpl, apl, f in zip(forest.estimators_, forest._decision_path_lengths,
+                                                  forest._average_path_length_per_tree,
+                                                  forest.estimators_features_)]
+            denom = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+        except (AttributeError, ImportError, TypeError, ValueError):
+            return None
+        cache = self._leaf_cache = (leaves, denom)
+        return cache
 
     def _check_fast_path(self, probe: np.ndarray) -> bool:
         """Does the fast path give score_samples' exact result with this scikit-learn?
