@@ -8,15 +8,28 @@ so an operator sees "webapp: distinct_remote_addrs median 3 -> 9" before trustin
 Images train in parallel through joblib. The backend is configurable: "loky" (processes, default
 for n_jobs > 1), "threading", or "dask" — for the latter create a dask.distributed Client first
 (`Client(address)` or a LocalCluster); joblib's Dask backend sends each image's fit to the cluster.
+
+The daemon retrains in a child process (`retrain_in_child`, which runs `python -m model.retrain`):
+fitting needs scikit-learn, and importing it would keep ~195 MiB in the daemon for good. The child
+reads the window store by its path, saves the new version (with its compiled files) and prints
+the report as JSON; the daemon then loads the compiled version. So this module imports scikit-learn
+only inside `retrain`.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from model.baseline import DEFAULT_MIN_WINDOWS, EnvironmentBaselines
+from model.scoring import DEFAULT_MIN_WINDOWS
 from model.store import FALLBACK_KEY, ModelStore, UntrustedModelError
 from model.windowstore import WindowStore
 
@@ -47,6 +60,14 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RetrainReport":
+        """The report back from `to_dict` (what the retrain child prints as JSON)."""
+        d = dict(d)
+        d["images"] = [ImageReport(**r) for r in d.get("images", [])]
+        d["training_range"] = tuple(d.get("training_range") or (None, None))
+        return cls(**d)
 
     def to_text(self) -> str:
         lines = [f"environment {self.environment}: version {self.version} "
@@ -84,6 +105,8 @@ def retrain(window_store: WindowStore, model_store: ModelStore, environment: str
             params: dict[str, Any] | None = None, backend: str | None = None, n_jobs: int | None = None,
             window_s: float | None = None, progress: Callable[[str], None] | None = None) -> RetrainReport:
     """Train every image of `environment` from windows starting in [start, end) and save a version."""
+    from model.baseline import EnvironmentBaselines
+
     t0 = time.perf_counter()
     windows = window_store.load(environment, start, end)
     if len(windows) < 2:
@@ -120,3 +143,95 @@ def retrain(window_store: WindowStore, model_store: ModelStore, environment: str
                            backend=backend or "default", images=reports, previous_version=previous_version)
     log.info("retrained %s -> %s in %.2fs", environment, version, report.duration_s)
     return report
+
+
+# --------------------------------------------------------------------------- in a child process
+
+class RetrainFailed(RuntimeError):
+    """The retrain child exited without saving a version (its reason is the message)."""
+
+
+class ChildRetrain:
+    """Runs `retrain` in a child Python process; `cancel()` (from another thread) stops it.
+
+    Why a child: the parent (the daemon) never imports scikit-learn. The child is this
+    interpreter running `python -m model.retrain` with this checkout first on PYTHONPATH."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = False
+
+    def run(self, windows_path: str | os.PathLike, models_dir: str | os.PathLike, environment: str,
+            start: float | None = None, end: float | None = None, *,
+            min_windows: int = DEFAULT_MIN_WINDOWS, window_s: float | None = None,
+            timeout: float | None = None) -> RetrainReport:
+        cmd = [sys.executable, "-m", "model.retrain", "--windows", os.path.abspath(windows_path),
+               "--models", os.path.abspath(models_dir), "--environment", environment,
+               "--min-windows", str(int(min_windows))]
+        if start is not None:
+            cmd += ["--start", repr(float(start))]
+        if end is not None:
+            cmd += ["--end", repr(float(end))]
+        if window_s is not None:
+            cmd += ["--window-s", repr(float(window_s))]
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        with self._lock:
+            if self._cancelled:
+                raise RetrainFailed("cancelled")
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          stdin=subprocess.DEVNULL, env=env)
+        proc = self._proc
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RetrainFailed(f"no result within {timeout:g}s") from None
+        finally:
+            with self._lock:
+                self._proc = None
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise RetrainFailed(lines[-1] if lines else f"child exited with status {proc.returncode}")
+        try:
+            return RetrainReport.from_dict(json.loads(out.decode().strip().splitlines()[-1]))
+        except (IndexError, ValueError, TypeError) as exc:
+            raise RetrainFailed(f"unreadable report from the child: {exc}") from exc
+
+    def cancel(self) -> None:
+        """Stop a running child (SIGTERM) and refuse to start another: shutting down."""
+        with self._lock:
+            self._cancelled = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m model.retrain`: one retrain, its report as one JSON line on stdout.
+    Exit 0 saved, 3 nothing to train on (or a refused store), 1 anything else."""
+    p = argparse.ArgumentParser(prog="python -m model.retrain", description=main.__doc__)
+    p.add_argument("--windows", required=True)
+    p.add_argument("--models", required=True)
+    p.add_argument("--environment", required=True)
+    p.add_argument("--start", type=float)
+    p.add_argument("--end", type=float)
+    p.add_argument("--min-windows", type=int, default=DEFAULT_MIN_WINDOWS)
+    p.add_argument("--window-s", type=float)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="retrain child: %(levelname)s %(message)s")
+    try:
+        with WindowStore(args.windows) as ws:
+            report = retrain(ws, ModelStore(args.models), args.environment, args.start, args.end,
+                             min_windows=args.min_windows, window_s=args.window_s)
+    except (ValueError, UntrustedModelError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Model persistence: joblib files, one per (environment, image), plus a manifest per version.
+"""Model persistence: joblib files, one per (environment, image), their compiled arrays (.npz)
+beside them, plus a manifest per version.
 
 Why this much care: loading a joblib file unpickles it, and unpickling runs code. So before a single
 byte is unpickled the loader checks, on the already-opened file descriptor, that
@@ -18,6 +19,15 @@ Layout (directories 0700, files 0600):
     <root>/<environment>/<version>/<image>.joblib    one ImageBaseline per image key
     <root>/<environment>/<version>/__environment__.joblib   the environment-wide fallback
 
+    <root>/<environment>/<version>/<image>.npz       its compiled arrays (model/compiled.py)
+
+The .npz files are what the daemon loads (`load_compiled`): numpy arrays read with
+allow_pickle=False, so loading runs no code and needs neither scikit-learn nor joblib, which is
+why those two are imported only inside the functions that train, pickle or unpickle. They pass the
+same checks as the joblib files (ownership, modes, sha256 in the manifest). A version saved before
+the compiled files existed has none: `load_compiled` then unpickles and compiles in memory (with
+scikit-learn in the process) and says so; `stowaway compile` writes them.
+
 The last `keep` versions are kept; `rollback` points CURRENT at an older one.
 """
 from __future__ import annotations
@@ -32,14 +42,15 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-import sklearn
 
-from model.baseline import EnvironmentBaselines, ImageBaseline
+from model.compiled import COMPILED_FORMAT, CompiledBaselines, CompiledModel, CompileError
 from model.features import FEATURE_NAMES
+
+if TYPE_CHECKING:   # scikit-learn and joblib: only where a model is trained, pickled or unpickled
+    from model.baseline import EnvironmentBaselines
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +188,13 @@ class ModelStore:
         return manifest
 
     # save ----------------------------------------------------------------------------------
-    def save(self, baselines: EnvironmentBaselines, *, training_range: tuple[float, float] | None = None,
+    def save(self, baselines: "EnvironmentBaselines", *, training_range: tuple[float, float] | None = None,
              window_s: float | None = None, extra: dict[str, Any] | None = None) -> str:
-        """Write a new version (one joblib file per image + manifest), make it current, prune."""
+        """Write a new version (per image a joblib file and its compiled .npz, + manifest), make it
+        current, prune."""
+        import joblib
+        import sklearn
+
         if baselines.fallback is None:
             raise ValueError("baselines are not fitted")
         env_dir = self._env_dir(baselines.environment)
@@ -207,6 +222,9 @@ class ModelStore:
                 "feature_medians": dict(zip(model.feature_names, map(float, model.median_))),
                 "feature_scales": dict(zip(model.feature_names, map(float, model.scale_))),
             }
+            compiled = self._write_compiled(vdir, key, model)
+            if compiled is not None:
+                entries[key]["compiled"] = compiled
         manifest = {
             "format_version": FORMAT_VERSION,
             "version": version,
@@ -215,6 +233,7 @@ class ModelStore:
             "sklearn_version": sklearn.__version__,
             "numpy_version": np.__version__,
             "joblib_version": joblib.__version__,
+            "compiled_format": COMPILED_FORMAT,
             "python_version": platform.python_version(),
             "feature_names": list(FEATURE_NAMES),
             "window_s": window_s,
@@ -232,6 +251,38 @@ class ModelStore:
         self.prune(baselines.environment)
         log.info("saved %s/%s: %d image models + fallback", baselines.environment, version, len(baselines.models))
         return version
+
+    def _write_compiled(self, vdir: Path, key: str, model: Any) -> dict[str, Any] | None:
+        """Compile one ImageBaseline and write its .npz; the manifest entry's `compiled` part, or
+        None (logged) when this model cannot be compiled exactly."""
+        from model.compiled import compile_model
+
+        try:
+            data = compile_model(model).to_npz_bytes()
+        except CompileError as exc:
+            log.warning("%s: not compiled (%s): the daemon will load it with scikit-learn", key, exc)
+            return None
+        name = file_slug(key) + ".npz"
+        self._write(vdir / name, data)
+        return {"file": name, "sha256": sha256_bytes(data)}
+
+    def compile(self, environment: str, version: str | None = None) -> str:
+        """Write the compiled .npz files of a version saved without them (before they existed)
+        and add them to its manifest; returns the version. The joblib files are verified and
+        unpickled for this, so scikit-learn is imported."""
+        manifest = self.read_manifest(environment, version)
+        eb = self.load(environment, manifest["version"])
+        vdir = self._env_dir(environment) / manifest["version"]
+        items = [(FALLBACK_KEY, eb.fallback)] + list(eb.models.items())
+        for key, model in items:
+            compiled = self._write_compiled(vdir, key, model)
+            if compiled is None:
+                raise CompileError(f"{environment}/{manifest['version']}: {key} cannot be compiled")
+            manifest["models"][key]["compiled"] = compiled
+        manifest["compiled_format"] = COMPILED_FORMAT
+        self._write(vdir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        log.info("compiled %s/%s: %d models", environment, manifest["version"], len(items))
+        return manifest["version"]
 
     def prune(self, environment: str, keep: int | None = None) -> list[str]:
         """Delete the oldest versions beyond `keep`; never the current one."""
@@ -256,11 +307,13 @@ class ModelStore:
         vdir = self._env_dir(environment) / manifest["version"]
         for key, entry in manifest["models"].items():
             self._verified_bytes(vdir, key, entry)
+            if entry.get("compiled"):
+                self._verified_bytes(vdir, key, entry["compiled"], ".npz")
         return manifest
 
-    def _verified_bytes(self, vdir: Path, key: str, entry: dict[str, Any]) -> bytes:
+    def _verified_bytes(self, vdir: Path, key: str, entry: dict[str, Any], suffix: str = ".joblib") -> bytes:
         name = entry["file"]
-        if "/" in name or name.startswith(".") or not name.endswith(".joblib"):
+        if "/" in name or name.startswith(".") or not name.endswith(suffix):
             raise UntrustedModelError(f"manifest names a bad file for {key}: {name!r}")
         data = read_trusted(vdir / name, self.root)
         digest = sha256_bytes(data)
@@ -268,8 +321,13 @@ class ModelStore:
             raise UntrustedModelError(f"sha256 mismatch for {vdir / name}: {digest} != manifest {entry['sha256']}")
         return data
 
-    def load(self, environment: str, version: str | None = None) -> EnvironmentBaselines:
+    def load(self, environment: str, version: str | None = None) -> "EnvironmentBaselines":
         """Load a version (default: current); every file is verified before it is unpickled."""
+        import joblib
+        import sklearn
+
+        from model.baseline import EnvironmentBaselines, ImageBaseline
+
         manifest = self.read_manifest(environment, version)
         if manifest["feature_names"] != list(FEATURE_NAMES):
             raise UntrustedModelError("model was trained with a different feature list; retrain it")
@@ -293,6 +351,46 @@ class ModelStore:
         eb.models = dict(sorted(eb.models.items()))
         eb.version = manifest["version"]  # type: ignore[attr-defined]
         return eb
+
+    def load_compiled(self, environment: str, version: str | None = None) -> CompiledBaselines:
+        """Load a version's compiled baselines (default: current) for scoring, with neither
+        scikit-learn nor joblib: every .npz is verified like the joblib files, then read with
+        allow_pickle=False. A version without compiled files (saved before they existed) is
+        unpickled and compiled in memory instead, which imports scikit-learn: logged, with the
+        command that writes them."""
+        manifest = self.read_manifest(environment, version)
+        if manifest["feature_names"] != list(FEATURE_NAMES):
+            raise UntrustedModelError("model was trained with a different feature list; retrain it")
+        v = manifest["version"]
+        entries = manifest["models"]
+        if not all(e.get("compiled") for e in entries.values()):
+            from model.compiled import compile_baselines
+
+            log.warning("model %s/%s has no compiled files: loading it with scikit-learn (about "
+                        "200 MiB more memory); run `stowaway compile --models %s -e %s` or "
+                        "retrain to write them", environment, v, self.root, environment)
+            cb = compile_baselines(self.load(environment, v))
+            cb.version = v
+            return cb
+        vdir = self._env_dir(environment) / v
+        blobs = {key: self._verified_bytes(vdir, key, e["compiled"], ".npz") for key, e in entries.items()}
+        cb = CompiledBaselines(environment=environment, min_windows=manifest["min_windows"],
+                               grouping=manifest["grouping"], params=manifest.get("params") or {})
+        cb.window_counts = {k: int(n) for k, n in manifest.get("window_counts", {}).items()}
+        for key, data in blobs.items():
+            try:
+                model = CompiledModel.from_npz_bytes(data)
+            except CompileError as exc:
+                raise UntrustedModelError(f"{key}: {exc}") from exc
+            if key == FALLBACK_KEY:
+                cb.fallback = model
+            else:
+                cb.models[key] = model
+        if cb.fallback is None:
+            raise UntrustedModelError(f"{environment}/{v} has no environment-wide model")
+        cb.models = dict(sorted(cb.models.items()))
+        cb.version = v
+        return cb
 
     def rollback(self, environment: str, to: str | None = None) -> str:
         """Point CURRENT at `to` (default: the version before the current one), after verifying it."""

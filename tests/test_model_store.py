@@ -123,7 +123,7 @@ def test_foreign_owner_refused(saved, monkeypatch, tmp_path):
     ms, _, _, version = saved
     target = _model_file(ms, version, "registry.example.com/b:2")
     loads = []
-    monkeypatch.setattr(store_mod.joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
     if os.geteuid() == 0:
         os.chown(target, 65534, 65534)             # owned by nobody
     else:                                          # cannot chown: pretend we are someone else
@@ -137,7 +137,7 @@ def test_foreign_owner_refused(saved, monkeypatch, tmp_path):
 def test_group_or_world_writable_refused(saved, monkeypatch, what):
     ms, _, _, version = saved
     loads = []
-    monkeypatch.setattr(store_mod.joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
     path = {"version_dir": ms.root / "prod" / version, "env_dir": ms.root / "prod", "root": ms.root,
             "file": _model_file(ms, version, "registry.example.com/a:1")}[what]
     os.chmod(path, 0o777 if path.is_dir() else 0o662)
@@ -263,7 +263,7 @@ def test_retrain_on_dask_local_cluster(tmp_path, root):
 def test_directory_owned_by_another_user_refused(saved, monkeypatch):
     ms, _, _, version = saved
     loads = []
-    monkeypatch.setattr(store_mod.joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
     vdir = ms.root / "prod" / version
     if os.geteuid() == 0:
         os.chown(vdir, 65534, 65534)

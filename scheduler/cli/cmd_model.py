@@ -1,4 +1,4 @@
-"""`stowaway train`, `stowaway models`, `stowaway rollback`: per-image baselines from the CLI.
+"""`stowaway train`, `models`, `rollback`, `compile`: per-image baselines from the CLI.
 
 Why here: training is an operator action (which environment, which time range, where it runs), so
 the knobs live on the command line; the work itself is model.retrain / model.store.
@@ -92,6 +92,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("-e", "--environment", required=True, metavar="ENV")
     p.add_argument("--to", metavar="VERSION", help="version to activate (default: the one before the current)")
     p.set_defaults(func=cmd_rollback)
+
+    p = subparsers.add_parser(
+        "compile", parents=[common], help="write the compiled files the daemon scores from",
+        description=("Write the compiled baselines (.npz arrays beside the joblib files, in the\n"
+                     "manifest with their sha256) of a version saved before they existed, so the\n"
+                     "daemon and `stowaway replay --models` score without scikit-learn in the\n"
+                     "process. Versions trained now have them already."))
+    p.add_argument("-e", "--environment", action="append", metavar="ENV",
+                   help="environment (repeatable; default: every environment in the store)")
+    p.add_argument("--version", metavar="VERSION", help="version to compile (default: the current one)")
+    p.set_defaults(func=cmd_compile)
 
 
 def _dask_client(args):
@@ -211,4 +222,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print(f"stowaway rollback: {exc}", file=sys.stderr)
         return 1
     print(f"{args.environment}: {before} -> {now}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from model.compiled import CompileError
+    from model.store import ModelStore, UntrustedModelError
+
+    store = ModelStore(args.models)
+    envs = args.environment or store.environments()
+    if not envs:
+        print(f"stowaway compile: no models under {store.root}", file=sys.stderr)
+        return 2
+    for env in envs:
+        try:
+            version = store.compile(env, args.version)
+        except (CompileError, UntrustedModelError, OSError, ValueError) as exc:
+            print(f"stowaway compile: {env}: {exc}", file=sys.stderr)
+            return 1
+        print(f"{env}: {version} compiled")
     return 0

@@ -16,7 +16,7 @@ import sys
 SUBCOMMAND_MODULES: list[tuple[str, str]] = [
     ("scheduler.cli.cmd_match", "match-command / match-domain: test the T1614 classifier"),
     ("scheduler.cli.cmd_pipeline", "run / demo / replay / alerts: the daemon and batch work"),
-    ("scheduler.cli.cmd_model", "train / models / rollback: per-image baselines"),
+    ("scheduler.cli.cmd_model", "train / models / rollback / compile: per-image baselines"),
     ("scheduler.cli.cmd_recording", "convert: a fixture-layout scenario into a recording"),
     ("scheduler.cli.cmd_emulate", "emulate: run the adversary emulation and check each detection"),
 ]
