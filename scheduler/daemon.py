@@ -19,15 +19,20 @@ APScheduler (3.x, BackgroundScheduler) runs five jobs; the main thread only wait
 * deliver (about every second): a webhook round when its backoff allows (and at start), outside
   the daemon lock, each POST bounded by `timeout_s`: a hung receiver never stalls collection.
 * retrain (daily at `model.retrain_hour_utc`, or every `daemon.retrain_interval_s`): per
-  environment, from the stored feature windows; the new baselines are swapped in and score the
-  next windows (the window store records which version scored each window).
+  environment, from the stored feature windows, in a child process (`python -m model.retrain`:
+  fitting needs scikit-learn, which the daemon never imports); the new version's compiled
+  baselines are then loaded, swapped in and score the next windows (the window store records
+  which version scored each window).
 * prune (every `daemon.prune_interval_s`): retention for windows, delivered alerts, inventory
   history and webhook markers.
 * trim (every `daemon.trim_interval_s`): freed heap back to the OS (scheduler/memtrim.py), which
   also sets glibc's arenas and mmap threshold before the first thread starts.
 
-SIGTERM/SIGINT: the jobs are stopped (waiting for a running one), a last collect + flush runs, state
-is committed and the sinks are closed; exit status 0.
+Baselines are loaded compiled (`ModelStore.load_compiled`: numpy arrays, model/compiled.py), so
+the daemon's process holds neither scikit-learn nor SciPy nor joblib (about 195 MiB of RSS).
+
+SIGTERM/SIGINT: a running retrain child is stopped, the jobs are stopped (waiting for a running
+one), a last collect + flush runs, state is committed and the sinks are closed; exit status 0.
 """
 from __future__ import annotations
 
@@ -125,6 +130,8 @@ class Daemon:
         self._last_map = ""
         self.cycles = 0
         self.retrains = 0
+        self._retrain_child: Any = None     # model.retrain.ChildRetrain while one runs
+        self._retrain_cancelled = False
         self.catching_up = False
         # The data clock while the sources are quiet: data time of the last new record and the
         # wall time it was read (a restart counts as "just read": nothing closes early).
@@ -145,9 +152,9 @@ class Daemon:
 
             ms = ModelStore(self.cfg.model.dir)
             if self.cfg.environment in ms.environments():
-                eb = ms.load(self.cfg.environment)
-                self.model_version = ms.current_version(self.cfg.environment) or ""
-                trained_w = ms.read_manifest(self.cfg.environment).get("window_s")
+                eb = ms.load_compiled(self.cfg.environment)
+                self.model_version = eb.version
+                trained_w = ms.read_manifest(self.cfg.environment, eb.version).get("window_s")
                 if trained_w and abs(float(trained_w) - self.cfg.detection.window_s) > 1e-6:
                     log.warning("baselines of %r were trained on %gs windows but detection.window_s "
                                 "is %gs: scores are not comparable; retrain",
@@ -357,22 +364,30 @@ class Daemon:
         return max(0.05, min(1.0, self.cfg.sinks.webhook.backoff_s))
 
     def retrain_once(self) -> bool:
-        """Retrain from the stored windows (outside the lock: the window store serialises its
-        own reads) and swap the new baselines in; the next windows are scored by them."""
-        if self.window_store is None:
+        """Retrain from the stored windows in a child process (it reads the window store by its
+        path and saves a new version; this job's thread waits for it, outside the lock), then
+        load that version's compiled baselines and swap them in; the next windows are scored by
+        them. The child, not the daemon, imports scikit-learn."""
+        if self.window_store is None or self._retrain_cancelled:
             return False
         try:
-            from model.retrain import retrain
+            from model.retrain import ChildRetrain
             from model.store import ModelStore
 
             ms = ModelStore(self.cfg.model.dir)
             end = time.time()
             start = end - self.cfg.retention.days * 86400
-            report = retrain(self.window_store, ms, self.cfg.environment, start, end,
-                             min_windows=self.cfg.model.min_windows,
-                             window_s=self.cfg.detection.window_s)
-            eb = ms.load(self.cfg.environment)
-            version = ms.current_version(self.cfg.environment) or ""
+            child = self._retrain_child = ChildRetrain()
+            if self._retrain_cancelled:     # close() ran between the check above and now
+                return False
+            try:
+                report = child.run(self.window_store.path, ms.root, self.cfg.environment, start, end,
+                                   min_windows=self.cfg.model.min_windows,
+                                   window_s=self.cfg.detection.window_s)
+            finally:
+                self._retrain_child = None
+            eb = ms.load_compiled(self.cfg.environment, report.version)
+            version = eb.version
         except Exception as exc:
             log.warning("retrain of %r skipped: %s", self.cfg.environment, exc)
             return False
@@ -383,6 +398,13 @@ class Daemon:
         log.info("retrained %r: version %s; %s", self.cfg.environment, version,
                  getattr(report, "to_text", lambda: "")()[:200])
         return True
+
+    def cancel_retrain(self) -> None:
+        """Shutting down: stop a running retrain child and start no new one."""
+        self._retrain_cancelled = True
+        child = self._retrain_child
+        if child is not None:
+            child.cancel()
 
     def prune_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -536,6 +558,7 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        d.cancel_retrain()                  # a retrain child would hold the shutdown up
         sched.shutdown(wait=True)
         d.close()
     log.info("stowaway daemon stopped cleanly")

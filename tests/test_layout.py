@@ -38,6 +38,14 @@ EMULATE_MAY_IMPORT = frozenset({
     "scheduler.collect.recording", "scheduler.collect.zeeklog", "scheduler.collect.osquery_results",
 })
 EMULATE_USED_BY = frozenset({"scheduler.cli"})
+# The daemon's scoring path: importing these must not import scikit-learn, SciPy or joblib
+# (~195 MiB of the daemon's RSS). Module-level imports count, followed through this repository's
+# modules; imports inside functions do not (training and the fallback for a store without
+# compiled files import scikit-learn when they run, and only then). tests/test_compiled.py checks
+# the running daemon's sys.modules too.
+SKLEARN_FREE = ("model.images", "model.scoring", "model.compiled", "model.store",
+                "model.windowstore", "model.retrain", "scheduler.pipeline", "scheduler.daemon")
+HEAVY = frozenset({"sklearn", "scipy", "joblib"})
 # package -> top-level packages of this repository it must never import
 FORBIDDEN: dict[str, frozenset[str]] = {
     "osquery_ext": frozenset({"model", "scheduler"}),
@@ -87,6 +95,55 @@ def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
                 targets.add(name)
         graph[mod] = targets
     return graph
+
+
+def eager_imports(module: str, source: str, is_package: bool) -> set[str]:
+    """What `module` imports when it is imported: module level, class bodies, if/try blocks;
+    not function bodies, not `if TYPE_CHECKING:` blocks. Names as imported_names gives them."""
+    tree = ast.parse(source)
+    kept: list[ast.stmt] = []
+
+    def walk(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                kept.append(node)
+            elif isinstance(node, ast.If):
+                test = node.test
+                name = test.id if isinstance(test, ast.Name) else \
+                    test.attr if isinstance(test, ast.Attribute) else ""
+                if name != "TYPE_CHECKING":
+                    walk(node.body)
+                walk(node.orelse)
+            elif isinstance(node, (ast.Try, ast.With, ast.ClassDef)):
+                walk(node.body)
+                for h in getattr(node, "handlers", []):
+                    walk(h.body)
+                walk(getattr(node, "orelse", []))
+                walk(getattr(node, "finalbody", []))
+    walk(tree.body)
+    return imported_names(module, ast.unparse(ast.Module(body=kept, type_ignores=[])), is_package)
+
+
+def heavy_at_import(module: str, sources: dict[str, tuple[str, bool]]) -> list[list[str]]:
+    """Chains of module-level imports from `module` to a HEAVY package (empty: none)."""
+    found: list[list[str]] = []
+    seen: set[str] = set()
+
+    def visit(mod: str, chain: list[str]) -> None:
+        if mod in seen:
+            return
+        seen.add(mod)
+        src, is_pkg = sources[mod]
+        for name in sorted(eager_imports(mod, src, is_pkg)):
+            if name.split(".")[0] in HEAVY:
+                found.append(chain + [name])
+                continue
+            while name and name not in sources:
+                name = name.rpartition(".")[0]
+            if name and name != mod:
+                visit(name, chain + [name])
+    visit(module, [module])
+    return found
 
 
 def stage_of(module: str) -> str | None:
@@ -204,6 +261,23 @@ def test_no_import_cycles(graph):
 
 def test_imports_follow_the_flow(graph):
     assert violations(graph) == []
+
+
+def test_scoring_path_imports_no_scikit_learn():
+    sources = repo_sources()
+    for mod in SKLEARN_FREE:
+        assert mod in sources, f"{mod} is in SKLEARN_FREE but does not exist"
+        assert heavy_at_import(mod, sources) == [], f"{mod} imports scikit-learn/SciPy/joblib"
+
+
+def test_checker_flags_a_heavy_import_through_a_module():
+    sources = {"model": ("", True),
+               "model.a": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import scipy\n"
+                           "from model import b\ndef f():\n    import joblib\n", False),
+               "model.b": ("try:\n    from sklearn.ensemble import IsolationForest\n"
+                           "except ImportError:\n    pass\n", False)}
+    assert heavy_at_import("model.a", sources) == [["model.a", "model.b", "sklearn.ensemble.IsolationForest"]]
+    assert heavy_at_import("model.b", sources) != []
 
 
 def test_stage_docstrings_name_the_stage():

@@ -283,6 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(window {cfg.detection.window_s:g}s)")
     eb, fw = train_from_recordings([data / DEMO_TRAIN], cfg, progress=progress,
                                    model_dir=cfg.model.dir)
+    scorer = _compiled(eb)      # scored as the daemon scores: compiled arrays
     for key, n in sorted(eb.window_counts.items()):
         scope = "own baseline" if key in eb.models else \
             f"< {eb.min_windows} windows: environment-wide fallback"
@@ -296,7 +297,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     counts = {}
     try:
         for sc in scenarios:
-            res = replay(data / sc, cfg, eb, sinks=sinks, state_db=cfg.state_db, progress=progress)
+            res = replay(data / sc, cfg, scorer, sinks=sinks, state_db=cfg.state_db,
+                         progress=progress)
             alerts = [a.to_dict() for a in res.alerts]
             rep_count: dict[str, int] = {}
             for r in res.repeats:
@@ -371,6 +373,14 @@ def _logs_as_recording(zeek_dir: str | None, osquery_log: str | None, host: str,
     return d
 
 
+def _compiled(eb: Any) -> Any:
+    """Freshly trained baselines as the daemon scores with them (model.compiled: the same
+    scores bit for bit, from arrays), carrying the training destinations (misuse_baseline)."""
+    from model.compiled import compile_baselines
+
+    return compile_baselines(eb)
+
+
 def replay_mode(baselines: Any, cfg: Config) -> str:
     """One line saying what a replay will detect with, so rules-only runs are never silent."""
     if not cfg.detection.anomaly:
@@ -436,6 +446,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.train:
         try:
             baselines, train_fw = train_from_recordings(args.train, cfg, progress=progress)
+            baselines = _compiled(baselines)
         except ValueError as exc:     # no windows at all: nothing to fit
             baselines, train_fw = None, None
             log.debug("training failed: %s", exc)
@@ -453,7 +464,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if env == "default" and dirs and (dirs[0] / "meta.json").exists():
             env = Recording(dirs[0]).meta.environment
         try:
-            baselines = ModelStore(args.models).load(env)
+            baselines = ModelStore(args.models).load_compiled(env)
         except Exception as exc:
             print(f"stowaway replay: no baselines for environment {env!r} in {args.models}: {exc}",
                   file=sys.stderr)
