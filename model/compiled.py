@@ -63,13 +63,26 @@ class CompiledModel(BaselineTerms):
                  novelty_mask_: np.ndarray, threshold_: float, novelty_weight: float,
                  novelty_cap: float, unseen_weight: float, feature_names: Sequence[str],
                  vocabulary_: Sequence[str] | None, n_windows_: int) -> None:
-        self.left = np.asarray(left, dtype=np.intp)
-        self.right = np.asarray(right, dtype=np.intp)
-        self.feature = np.asarray(feature, dtype=np.intp)
+        # Memory: a daemon holds one of these per image, so the node table is kept small: int32
+        # children side by side ([left, right] per node: one gather per level picks the child),
+        # int16 features, float64 threshold and value (exactness), no missing-value column
+        # unless a node sends NaN left. About 26 bytes a node, 0.4 MiB for 100 trees of 256.
+        left, right = np.asarray(left), np.asarray(right)
+        if left.shape != right.shape or left.ndim != 1:
+            raise CompileError("node arrays differ in length")
+        if left.size >= 2**30 or len(feature_names) >= 2**15:
+            raise CompileError("forest too large for the compiled node table")
+        self._children = np.stack([left, right], axis=1).astype(np.int32).ravel()
+        self.feature = np.asarray(feature).astype(np.int16)
+        if not np.array_equal(self.feature, np.asarray(feature)):
+            raise CompileError("a node splits on a feature the model does not have")
         self.threshold = np.asarray(threshold, dtype=np.float64)
-        self.missing_left = np.asarray(missing_left, dtype=bool)
+        missing = np.asarray(missing_left, dtype=bool)
+        self.missing_left = missing if missing.any() else None
+        self._n_nodes = left.size
+        self._missing_size = missing.size
         self.value = np.asarray(value, dtype=np.float64)
-        self.roots = np.asarray(roots, dtype=np.intp)
+        self.roots = np.asarray(roots).astype(np.int32)
         self.max_depth = int(max_depth)
         self.denom = float(denom)
         self.scaler_center = None if scaler_center is None else np.asarray(scaler_center, np.float64)
@@ -87,8 +100,14 @@ class CompiledModel(BaselineTerms):
         self.vocabulary_ = None if vocabulary_ is None else tuple(vocabulary_)
         self.n_windows_ = int(n_windows_)
         self._validate()
-        # [left, right] of each node side by side: one gather per level picks the child
-        self._children = np.stack([self.left, self.right], axis=1).ravel()
+
+    @property
+    def left(self) -> np.ndarray:
+        return self._children[0::2]
+
+    @property
+    def right(self) -> np.ndarray:
+        return self._children[1::2]
 
     @property
     def n_trees(self) -> int:
@@ -96,9 +115,9 @@ class CompiledModel(BaselineTerms):
 
     def _validate(self) -> None:
         """Refuse arrays that would index out of range or disagree in length (a malformed file)."""
-        n, f = self.left.size, len(self.feature_names)
-        if not (self.right.size == self.feature.size == self.threshold.size == self.value.size
-                == self.missing_left.size == n) or n == 0:
+        n, f = self._n_nodes, len(self.feature_names)
+        if not (self.feature.size == self.threshold.size == self.value.size
+                == self._missing_size == n) or n == 0:
             raise CompileError("node arrays differ in length")
         for name in ("left", "right", "roots"):
             a = getattr(self, name)
@@ -133,7 +152,7 @@ class CompiledModel(BaselineTerms):
         flat = Xs.ravel()
         row_base = (np.arange(m, dtype=np.intp) * f)[None, :]
         node = np.repeat(self.roots[:, None], m, axis=1)
-        has_nan = bool(np.isnan(flat).any())
+        has_nan = self.missing_left is not None and bool(np.isnan(flat).any())
         children = self._children
         for _ in range(self.max_depth):
             x = flat[row_base + self.feature[node]]
@@ -172,7 +191,8 @@ class CompiledModel(BaselineTerms):
             arrays[name] = getattr(self, name).astype(np.int32)
         for name in _FLOAT_ARRAYS:
             arrays[name] = getattr(self, name)
-        arrays["missing_left"] = self.missing_left.astype(np.uint8)
+        arrays["missing_left"] = (np.zeros(self._n_nodes, np.uint8) if self.missing_left is None
+                                  else self.missing_left.astype(np.uint8))
         arrays["novelty_mask_"] = self.novelty_mask_.astype(np.uint8)
         for name in ("scaler_center", "scaler_scale"):
             if getattr(self, name) is not None:
