@@ -119,7 +119,13 @@ class NetColumns:
 
     def record(self, i: int) -> NetRecord:
         """Row i as a NetRecord (evidence samples, rules): built only for the rows kept."""
-        return NetRecord(**{f: _py(getattr(self, f)[i]) for f in NET_FIELDS})
+        return NetRecord(*[_py(getattr(self, f)[i]) for f in NET_FIELDS])
+
+    def records(self, idx: "object") -> list[NetRecord]:
+        """Rows `idx` as NetRecords, a column at a time (`tolist` gives plain Python values):
+        what `record` gives for each, for many rows at a fraction of the cost."""
+        cols = [getattr(self, f)[idx].tolist() for f in NET_FIELDS]
+        return [NetRecord(*vals) for vals in zip(*cols)]
 
     def take(self, idx: "object") -> "NetColumns":
         """The rows at `idx` (index array or boolean mask), in that order."""

@@ -346,14 +346,14 @@ class NetWindowAgg:
             order = np.arange(idx.size)                     # already in (time, arrival) order
         else:
             order = np.lexsort((np.arange(idx.size), ts))
+        # (selection, key or None, row) offers, in the order they are made; the rows' records
+        # are built together afterwards (one column pass), only for rows an offer may keep.
+        offers: list[tuple[str, Any, int]] = []
         plain = {"failed": failed, "geo": geo, "nxdomain": nx, "conns": conn}
         for name, mask in plain.items():
             if name not in open_:
                 continue
-            pos = order[mask[order]][:SAMPLE_K]
-            for p in pos.tolist():
-                seq = seq0 + p
-                s.offer(name, seq, float(ts[p]), seq, lambda p=p: cols.record(int(idx[p])))
+            offers.extend((name, None, p) for p in order[mask[order]][:SAMPLE_K].tolist())
         keyed = {"ports": (conn, lambda p: (int(cols.resp_p[idx[p]]), str(cols.proto[idx[p]])),
                            lambda sel: _pair_codes(cols.resp_p[sel], cols.proto[sel])),
                  "addrs": (conn, lambda p: cols.resp_h[idx[p]], lambda sel: cols.resp_h[sel]),
@@ -366,9 +366,20 @@ class NetWindowAgg:
             if not pos.size:
                 continue
             _, first = np.unique(_factorize(keys_for(idx[pos]))[0], return_index=True)
-            for p in pos[np.sort(first)[:SAMPLE_K]].tolist():
-                seq = seq0 + p
-                s.offer(name, key_of(p), float(ts[p]), seq, lambda p=p: cols.record(int(idx[p])))
+            offers.extend((name, key_of(p), p) for p in pos[np.sort(first)[:SAMPLE_K]].tolist())
+        if not offers:
+            return
+        tl = ts.tolist()
+        entering = [(name, seq0 + p if key is None else key, p) for name, key, p in offers]
+        wanted = sorted({p for name, key, p in entering
+                         if s._room(name, key, tl[p], seq0 + p)})
+        if not wanted:
+            return
+        recs = dict(zip(wanted, cols.records(idx[wanted])))
+        for name, key, p in entering:
+            rec = recs.get(p)
+            if rec is not None:
+                s.offer(name, key, tl[p], seq0 + p, lambda rec=rec: rec)
 
     # ------------------------------------------------------------------ features
     def features(self) -> list[float]:

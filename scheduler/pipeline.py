@@ -39,7 +39,7 @@ from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.config import Config
 from scheduler.detect import rules
 from scheduler.detect.inventory import Inventory, event_time
-from scheduler.detect.join import STREAM_KIND, Joiner, per_unique, strip_port, to_ts
+from scheduler.detect.join import STREAM_KIND, Joiner, factorize, per_unique, strip_port, to_ts
 from scheduler.detect.nat_join import JOIN_ADDRESS
 from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
@@ -303,16 +303,17 @@ class Pipeline(WindowingMixin):
         if kind == "n":
             self._wqueue_rows += 1
 
-    def _window_add_nets(self, nets: NetColumns) -> None:
-        """The batch engine's window input: with a close lag, each container's rows wait in the
-        same queue as one item (a NetColumns chunk, not a NetRecord per row), released in time
-        order with the other window input (see `_release_window_input`)."""
+    def _window_add_nets(self, nets: NetColumns, rows: Any = None) -> None:
+        """The batch engine's window input (rows `rows` of `nets`, or all): with a close lag,
+        each container's rows wait in the same queue as one item (a NetColumns chunk, not a
+        NetRecord per row), released in time order with the other window input (see
+        `_release_window_input`)."""
         if self.close_lag_s <= 0 or self.windows_only:
-            WindowingMixin._window_add_nets(self, nets)
+            WindowingMixin._window_add_nets(self, nets, rows)
             return
         if not self.windows_enabled or not len(nets):
             return
-        cid_col, idx = attributed_rows(nets)
+        cid_col, idx = attributed_rows(nets, rows)
         if not idx.size:
             return
         nets = _shared_strings(nets)
@@ -380,6 +381,8 @@ class Pipeline(WindowingMixin):
             WindowingMixin._window_add(self, kind, ts, rec)
         for cid in sorted(runs):
             self._feed_net_run(runs[cid].rest())
+        if self._pending:
+            self._count_pending()
 
     def _feed_net_run(self, cols: NetColumns | None) -> None:
         if cols is not None and len(cols):
@@ -637,16 +640,20 @@ class Pipeline(WindowingMixin):
             domain = np.full(n, "", dtype=object)
         misuse = self.misuse
         learning = self.collect_windows or misuse.learning
+        cid = _table([h.container_id for h in holders], "")[hid]
+        image = _table([h.image for h in holders], "")[hid]
+        resp_p = _count_col(batch, "id.resp_p", idx)
         if not learning:
             slow |= inside & ~attributed & per_unique(orig, misuse.may_flag_source,
                                                       codes=codes("id.orig_h"))
             if stream in ("conn", "dns"):
-                slow |= attributed                      # per-connection / per-query state
+                # the rows a misuse rule may report on; the rest only add to its state
+                # (`_zeek_segment`: MisuseDetector.absorb)
+                slow |= attributed & misuse.rows_of_interest(stream, cid, image, resp, resp_p,
+                                                             domain)
             else:
                 slow |= attributed & per_unique(domain, misuse.may_name_api_server,
                                                 codes=dcodes)
-        cid = _table([h.container_id for h in holders], "")[hid]
-        image = _table([h.image for h in holders], "")[hid]
         hosts = _table([h.host or jhost for h in holders], jhost)[hid]
         empty = np.full(n, "", dtype=object)
         proto = col("proto")
@@ -661,7 +668,7 @@ class Pipeline(WindowingMixin):
         zero = np.zeros(n, dtype=np.int64)
         nets = NetColumns(
             ts=ts, kind=np.full(n, STREAM_KIND[stream], dtype=object), container_id=cid,
-            image=image, orig_h=orig, resp_h=resp, resp_p=_count_col(batch, "id.resp_p", idx),
+            image=image, orig_h=orig, resp_h=resp, resp_p=resp_p,
             orig_p=_count_col(batch, "id.orig_p", idx), proto=proto, uid=col("uid"), host=hosts,
             domain=domain, rcode=rcode, conn_state=col("conn_state") if conn else empty,
             bytes_out=_count_col(batch, "orig_bytes", idx) if conn else zero,
@@ -669,8 +676,12 @@ class Pipeline(WindowingMixin):
             uri=col("uri"), user_agent=col("user_agent"), geo_service=empty,
             attribution=np.where(attributed, JOIN_ADDRESS, "").astype(object),
             container_addr=empty)
+        extra = {}
+        if stream == "dns" and not learning:     # what MisuseDetector.absorb keeps of a query
+            extra = {"answers": col("answers") if "answers" in batch.columns else None,
+                     "qtype": col("qtype_name") if "qtype_name" in batch.columns else None}
         return {"slow": slow, "inside": inside, "attributed": attributed, "nets": nets,
-                "learning": learning}
+                "learning": learning, **extra}
 
     def _zeek_segment(self, stream: str, run: dict[str, Any], lo: int, hi: int) -> None:
         """Rows lo..hi-1 of a run, none of which a rule acts on: what `feed_zeek` does for such
@@ -702,21 +713,48 @@ class Pipeline(WindowingMixin):
             named = np.flatnonzero(attributed) + lo
             self.misuse.remember_names(nets.container_id[named], nets.resp_h[named],
                                        nets.domain[named])
+        elif stream in ("conn", "dns") and n_att:
+            self.misuse.absorb(stream, np.flatnonzero(attributed) + lo, nets,
+                               run.get("answers"), run.get("qtype"))
         self.stats.nets += len(kept)
         ts = nets.ts[kept]
-        cuts = (np.flatnonzero(np.diff(ts) < 0) + 1).tolist() if len(ts) > 1 else []
         windows = self.windows_enabled
+        cuts = self._late_cuts(nets.container_id[kept], ts) if windows and len(ts) > 1 else []
         for a, b in zip([0] + cuts, cuts + [len(kept)]):
             self._advance(float(ts[a]))
             if windows:
                 rows = kept[a:b]
                 rows = rows[run["attributed"][rows]]
                 if len(rows):
-                    # consecutive rows (the common case): views of the run's columns, no copy
-                    lo_, hi_ = int(rows[0]), int(rows[-1]) + 1
-                    self._window_add_nets(nets.take(slice(lo_, hi_) if hi_ - lo_ == len(rows)
-                                                    else rows))
-            self._advance(float(ts[b - 1]))
+                    self._window_add_nets(nets, rows)
+            self._advance(float(ts[a:b].max()))
+        if self._pending:
+            self._count_pending()
+
+    def _late_cuts(self, cids: Any, ts: Any) -> list[int]:
+        """Where a stretch of segment rows must end so that each row meets the windows it
+        would meet row by row. A stretch is added as one chunk and data time advanced to its
+        newest row after it, so the only rows at risk are rows data time has already passed (a
+        conn.log is written when connections end: its rows are out of start-time order) whose
+        window is due (its end plus the close lag is not after the newest time before the
+        row): row by row that window was closed, or is opened by the row and closed by the
+        next newer row. Such a row starts a new stretch, unless its window had closed before
+        the segment (late either way: the common case, long connections). A container with no
+        window origin yet is judged conservatively (a cut wherever time went back)."""
+        prev = np.maximum.accumulate(np.concatenate(([self.data_time], ts[:-1])))
+        behind = np.flatnonzero(ts < prev)
+        if not behind.size:
+            return []
+        codes, uniq = factorize(cids[behind])
+        origin = np.array([self._origins.get(c, np.nan) for c in uniq], dtype=float)[codes]
+        closed = np.array([self._last_closed.get(c, -1 << 62) for c in uniq],
+                          dtype=np.int64)[codes]
+        w = self.window_s
+        k = np.floor((ts[behind] - origin) / w)
+        due = origin + (k + 1) * w + self.close_lag_s <= prev[behind]
+        unknown = np.isnan(origin)
+        cut = unknown | (due & ~(k <= closed))
+        return [i for i in behind[cut].tolist() if i]        # row 0 starts a stretch anyway
 
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:
         """Feed (kind, payload) items in order: the one dispatch of the replay and the daemon.
@@ -852,6 +890,8 @@ class Pipeline(WindowingMixin):
         `chunks_apart`: the close-lag queue's network chunks are named ([seq, rows left]), not
         written; EngineState stores each chunk once, when it is new (at 20,000 lines/s the
         queue holds ~200k rows: writing them all on every collect was most of its time)."""
+        if self._pending:
+            self._count_pending()
         st = {
             "aggregator": self.aggregator.dump_state(),
             "churn": self.churn.dump_state(),

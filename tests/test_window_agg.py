@@ -231,6 +231,9 @@ class _Engine(WindowingMixin):
 
 
 def _state(e: _Engine) -> dict:
+    if e._pending:                 # what every reader of the accumulators does first
+        e._count_pending()
+
     def win(cw):
         return (cw["origin"], cw["k"], cw["n"].features(), cw["n"].n,
                 [(r.ts, r.uid) for r in cw["n"].sample_rows()])

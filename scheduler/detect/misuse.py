@@ -20,11 +20,15 @@ import logging
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
 from scheduler.detect.attack import techniques
+from scheduler.detect.join import factorize, groups, per_unique
 from scheduler.detect.candidate import Candidate, ContainerRef
 from scheduler.detect import misuse_patterns as pat
 from scheduler.detect.misuse_config import (
@@ -419,12 +423,15 @@ class MisuseDetector:
                                     "connections": st.count, "destination": dest})]
 
     def _is_baseline(self, rec: NetRecord, domain: str) -> bool:
-        keys = destination_keys(rec.resp_h, rec.resp_p, domain, self.internal(rec.resp_h))
-        if keys & self.baseline.get(rec.image, set()):
+        return self._is_baseline_of(rec.image, rec.resp_h, rec.resp_p, domain)
+
+    def _is_baseline_of(self, image: str, resp_h: str, resp_p: int, domain: str) -> bool:
+        keys = destination_keys(resp_h, resp_p, domain, self.internal(resp_h))
+        if keys & self.baseline.get(image, set()):
             return True
-        return any(allow_entry_matches(e, rec.resp_h, rec.resp_p, domain)
+        return any(allow_entry_matches(e, resp_h, resp_p, domain)
                    for img, entries in self.cfg.beacon_allow.items()
-                   if image_matches(img, rec.image or "") for e in entries)
+                   if image_matches(img, image or "") for e in entries)
 
     def _dns_tunnel(self, raw: dict[str, Any], rec: NetRecord,
                     container: ContainerRef) -> list[Candidate]:
@@ -556,6 +563,129 @@ class MisuseDetector:
             self._names.update(zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()),
                                    domains[keep].tolist()))
 
+    # -- a batch of conn/dns rows at a time (the engine's Zeek batches) -------------------------
+    def rows_of_interest(self, stream: str, cids: Any, images: Any, resp_hs: Any,
+                         resp_ps: Any, domains: Any) -> Any:
+        """Which attributed conn/dns rows (columns of one run, in row order) `net` might raise
+        a candidate on or needs whole: they take the per-record path, so each verdict has one
+        implementation. The others only add to the state (`absorb`).
+
+        conn: rows of a container with a known reverse shell or an open tunnel, and rows a
+        beacon could be reported on (the rule on for the image, a destination outside the
+        image's training destinations and allow-list, with a baseline or cold start on). Within
+        one conn run the names `_is_baseline` reads do not change (only http/ssl/dns rows
+        teach them), so each distinct destination is judged once.
+        dns: names whose subdomain looks encoded (the only rows `_dns_tunnel` reports on)."""
+        n = len(cids)
+        out = np.zeros(n, dtype=bool)
+        if n == 0 or self.learning:
+            return out
+        if stream == "conn":
+            hot = {c for c, s in self._shell_remotes.items() if s}
+            hot.update(c for c, t in self._tunnels.items() if t[1] < TUNNEL_CONNS)
+            if hot:
+                out |= per_unique(cids, hot.__contains__)
+            on = per_unique(images, lambda im: self._on(RULE_BEACON, im))
+            cand = on & (resp_ps != 53) & (resp_hs != "")
+            if not self.cfg.beacon_cold_start:   # no training destinations: not reported
+                cand &= per_unique(images, lambda im: bool(self.baseline.get(im)))
+            if cand.any():
+                idx = np.flatnonzero(cand)
+                keys = list(zip(cids[idx].tolist(), images[idx].tolist(),
+                                resp_hs[idx].tolist(), resp_ps[idx].tolist()))
+                verdict: dict[tuple, bool] = {}
+                for j, key in zip(idx.tolist(), keys):
+                    v = verdict.get(key)
+                    if v is None:
+                        cid, image, resp_h, resp_p = key
+                        d = self._names.get((cid, resp_h), "").lower()
+                        v = verdict[key] = not self._is_baseline_of(image, resp_h, resp_p, d)
+                    out[j] |= v
+        elif stream == "dns":
+            cfg = self.cfg
+            on = per_unique(images, lambda im: self._on(RULE_DNS_TUNNEL, im))
+            if on.any():
+                out |= on & per_unique(domains, lambda d: bool(d) and pat.tunnel_label_score(
+                    d, cfg.dns_label_len, cfg.dns_entropy)[0])
+        return out
+
+    def absorb(self, stream: str, rows: Any, cols: Any, answers: Any = None,
+               qtypes: Any = None) -> None:
+        """What `net` keeps from attributed conn/dns rows that `rows_of_interest` let through
+        (nothing to report on them), for rows `rows` of NetColumns `cols`, in row order:
+
+        conn: each container's recent connections (`_push`, replayed on the times so only the
+        survivors are made records) and every destination's beacon times;
+        dns: the names answers gave addresses (`_names`) and each (container, parent) group's
+        recent names for the tunnelling rule."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not rows.size or self.learning:
+            return
+        cids, ts = cols.container_id[rows], cols.ts[rows]
+        if stream == "conn":
+            for cid, grp in _groups_in_order(cids):
+                self._push_many(self._conns, cid, ts[grp].tolist(),
+                                lambda ks, g=grp: cols.records(rows[g[ks]]))
+            images, resp_hs, resp_ps = cols.image[rows], cols.resp_h[rows], cols.resp_p[rows]
+            on = per_unique(images, lambda im: self._on(RULE_BEACON, im)) \
+                & (resp_ps != 53) & (resp_hs != "")
+            if on.any():
+                idx = np.flatnonzero(on)
+                hist = max(3, self.cfg.beacon_history)
+                series = self._series
+                for key, t in zip(zip(cids[idx].tolist(), resp_hs[idx].tolist(),
+                                      resp_ps[idx].tolist()), ts[idx].tolist()):
+                    s = series.get(key)
+                    if s is None:
+                        s = series[key] = _Series(deque(maxlen=hist))
+                    s.times.append(t)
+        elif stream == "dns":
+            domains = cols.domain[rows]
+            if answers is not None:
+                ans = answers[rows]
+                has = ans != ""
+                for cid, a, d in zip(cids[has].tolist(), ans[has].tolist(),
+                                     domains[has].tolist()):
+                    for x in _answer_addresses(a):
+                        self._names[(cid, x)] = d
+            cfg = self.cfg
+            on = per_unique(cols.image[rows], lambda im: self._on(RULE_DNS_TUNNEL, im)) \
+                & (domains != "")
+            if not on.any():
+                return
+            idx = np.flatnonzero(on)
+            parents = per_unique(domains[idx], lambda d: pat.split_name(d), dtype=object)
+            qt = qtypes[rows][idx].tolist() if qtypes is not None else [""] * idx.size
+            window = cfg.dns_window_s
+            for cid, (sub, parent), name, q, t in zip(cids[idx].tolist(), parents.tolist(),
+                                                     domains[idx].tolist(), qt,
+                                                     ts[idx].tolist()):
+                if not sub:
+                    continue
+                g = self._dns.setdefault((cid, parent), _DnsGroup())
+                g.items.append((t, name.lower(), str(q or ""), False))
+                while g.items and t - g.items[0][0] > window:
+                    g.items.popleft()
+
+    @staticmethod
+    def _push_many(d: dict, key: Any, times: list[float],
+                   make: Callable[[slice], list[Any]]) -> None:
+        """`_push` of len(times) items in order, making only the items that stay (`make(s)`:
+        the items of slice `s` of the new ones). The queue keeps a suffix of old + new:
+        `_push` only ever pops from the left, so replaying its rule on the times is enough."""
+        q = d.setdefault(key, deque())
+        old = [r.ts for r in q]
+        seq = old + times
+        head, n_old = 0, len(old)
+        for j in range(n_old, len(seq)):
+            t = seq[j]
+            while j + 1 - head > 0 and (j + 1 - head > RECENT_MAX or t - seq[head] > RECENT_S):
+                head += 1
+        for _ in range(min(head, n_old)):
+            q.popleft()
+        if head - n_old < len(times):
+            q.extend(make(slice(max(0, head - n_old), len(times))))
+
     def learn_many(self, kind: str, cids: Any, images: Any, resp_hs: Any, resp_ps: Any,
                    domains: Any) -> None:
         """`learn` for many records of one kind, in row order. Within one kind the names a
@@ -622,5 +752,19 @@ class MisuseDetector:
 def _answers(raw: dict[str, Any]) -> list[str]:
     a = raw.get("answers")
     if isinstance(a, str):
-        a = a.split(",")
+        return list(_answer_addresses(a))
     return [str(x) for x in (a or []) if _ip(str(x))]
+
+
+@lru_cache(maxsize=16384)
+def _answer_addresses(text: str) -> list[str]:
+    """The addresses among a DNS answers field as one string (Zeek's set separator ","),
+    memoised: a resolver gives the same answer to every container that asks (callers do not
+    modify the list)."""
+    return [x for x in text.split(",") if _ip(x)]
+
+
+def _groups_in_order(values: Any) -> list[tuple[Any, Any]]:
+    """(value, row indices in row order) per distinct value of a column."""
+    codes, uniq = factorize(values)
+    return [(uniq[g], rows) for g, rows in groups(codes, len(uniq))]

@@ -34,11 +34,14 @@ STOP_ACTIONS = frozenset({"die", "died", "stop", "exited"})
 START_ACTIONS = frozenset({"start", "restart", "unpause"})
 
 
-def attributed_rows(nets: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(the container id column, the indexes of the rows that have a container) of a NetColumns:
-    only attributed rows have windows."""
+def attributed_rows(nets: Any, rows: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(the container id column, the indexes of the rows that have a container) of a NetColumns
+    (of its rows `rows`, in that order, when given): only attributed rows have windows."""
     cid_col = np.asarray(nets.container_id, dtype=object)
-    return cid_col, np.flatnonzero(cid_col != "")
+    if rows is None:
+        return cid_col, np.flatnonzero(cid_col != "")
+    rows = np.asarray(rows, dtype=np.int64)
+    return cid_col, rows[cid_col[rows] != ""]
 
 
 class WindowingMixin:
@@ -50,6 +53,9 @@ class WindowingMixin:
         self._cw: dict[str, dict[str, Any]] = {}
         self._heap: list[tuple[float, str, int]] = []
         self._closed: list[tuple[str, dict[str, Any]]] = []
+        # Network rows decided into windows but not yet counted: (NetColumns, [(accumulator,
+        # rows)]), counted by `_count_pending` before anything reads an accumulator.
+        self._pending: list[tuple[Any, list[tuple[NetWindowAgg, np.ndarray]]]] = []
         self._origins: dict[str, float] = {}
         self._last_closed: dict[str, int] = {}   # newest closed window index per container
         # Containers that died or stopped, and when: no window starts after that moment until
@@ -94,6 +100,8 @@ class WindowingMixin:
     def _window_add(self, kind: str, ts: float, rec: Any) -> None:
         if not self.windows_enabled:
             return
+        if self._pending:
+            self._count_pending()       # a record after counted rows, as it arrived
         cid = rec.container_id
         if not cid:
             return
@@ -148,15 +156,17 @@ class WindowingMixin:
         self._win_pos.setdefault((cid, k), self.cur_pos)
         return cw
 
-    def _window_add_nets(self, nets: Any) -> None:
-        """Rows of a model.records.NetColumns (time order) into their windows: the batch
-        engine's path, with the result of `_window_add("n", ts, record)` row by row (late
-        records, stopped containers, skipped and rebuilt windows, a container's origin from its
-        first row), decided once per run of rows of one container in one window and counted by
-        the window's accumulator a run at a time."""
+    def _window_add_nets(self, nets: Any, rows: Any = None) -> None:
+        """Rows of a model.records.NetColumns (`rows`, or all, in time order) into their
+        windows: the batch engine's path, with the result of `_window_add("n", ts, record)` row
+        by row (late records, stopped containers, skipped and rebuilt windows, a container's
+        origin from its first row), decided once per run of rows of one container in one
+        window. The counting waits in `_pending`: calls on the same NetColumns (the stretches
+        of one batch run) are counted together, in order, by one `add_groups` (its fixed cost
+        is most of a small call's)."""
         if not self.windows_enabled or not len(nets):
             return
-        cid_col, idx = attributed_rows(nets)
+        cid_col, idx = attributed_rows(nets, rows)
         if not idx.size:
             return
         cids, inv = np.unique(cid_col[idx], return_inverse=True)
@@ -187,9 +197,19 @@ class WindowingMixin:
             agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo)
             if agg is not None:
                 groups.append((agg, by_cid[lo:hi]))
-        # Every (window, rows) group counted at once: the windows' decisions above only open
-        # and close windows; nothing reads an accumulator before the next flush scores it.
-        add_groups(nets, groups)
+        # The windows' decisions above only open and close windows; the accumulators are
+        # read only after `_count_pending` (scoring, state, a record-path row).
+        if groups:
+            if self._pending and self._pending[-1][0] is nets:
+                self._pending[-1][1].extend(groups)
+            else:
+                self._pending.append((nets, groups))
+
+    def _count_pending(self) -> None:
+        """Count the network rows `_window_add_nets` decided, in the order decided."""
+        pending, self._pending = self._pending, []
+        for nets, groups in pending:
+            add_groups(nets, groups)
 
     def _net_window(self, cid: str, origin: float, kk: int, rows: int) -> NetWindowAgg | None:
         """The accumulator that `rows` network rows of container `cid` in its window `kk` go
@@ -238,6 +258,8 @@ class WindowingMixin:
         self._heap = []
 
     def _score_closed(self) -> None:
+        if self._pending:
+            self._count_pending()
         if not self._closed:
             return
         from model.features import build_windows, FeatureWindows  # heavy: only when scoring

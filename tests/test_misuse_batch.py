@@ -1,0 +1,188 @@
+"""Attributed conn and dns rows through the batch engine give what they give row by row.
+
+The misuse rules keep per-connection and per-query state (recent connections per container,
+beacon times per destination, names answers gave addresses, recent names per parent domain).
+The batch path sends only the rows a rule may report on through `feed_zeek`
+(`MisuseDetector.rows_of_interest`) and adds the others to that state a run at a time
+(`MisuseDetector.absorb`). Here one scenario has every rule that acts on conn/dns fire among
+thousands of plain rows, conn rows out of start-time order (a conn.log is written when
+connections end) and windows being built, with and without the daemon's close lag; alerts,
+windows, counters and the misuse state must equal the row-by-row run's.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from scheduler.collect.osquery_results import OsqueryRow
+from scheduler.collect.zeekbatch import batch_from_records
+from scheduler.config import Config
+from scheduler.detect.misuse import destination_keys
+from scheduler.pipeline import Pipeline
+
+HOST = "h1"
+T0 = 1_800_000_000.0
+IMAGE = "localhost/app:1"
+CONTAINERS = {"a" * 64: "172.17.0.5", "b" * 64: "172.17.0.6", "c" * 64: "172.17.0.7"}
+BEACON = ("203.0.113.50", 8443)             # not in the image's training destinations
+KNOWN = ("10.0.0.9", 80)                    # in them
+SHELL = ("198.51.100.7", 4444)
+
+
+def _inventory(cid: str, addr: str) -> list[OsqueryRow]:
+    ev = [OsqueryRow(table="container_events", host=HOST, unix_time=T0 + dt, action="added",
+                     columns={"time": str(int(T0 + dt)), "time_nano": str(int((T0 + dt) * 1e9)),
+                              "action": a, "container_id": cid, "image": IMAGE,
+                              "name": cid[:4]})
+          for a, dt in (("create", 0.0), ("start", 0.1))]
+    inv = OsqueryRow(table="container_inventory", host=HOST, unix_time=T0 + 1, action="added",
+                     columns={"id": cid, "name": cid[:4], "image": IMAGE, "state": "running",
+                              "ip_addresses": addr, "created": str(int(T0))})
+    return ev + [inv]
+
+
+def _process(cid: str, t: float, pid: int, name: str, cmd: str, remote: str = "") -> OsqueryRow:
+    cols = {"pid": str(pid), "ppid": "1", "name": name, "path": "/bin/busybox",
+            "cmdline": cmd, "uid": "0", "start_time": str(int(t)), "container_id": cid,
+            "image": IMAGE, "stdio_socket": "0,1,2" if remote else "",
+            "stdio_remote": remote}
+    return OsqueryRow(table="container_processes", host=HOST, unix_time=t, action="added",
+                      columns=cols)
+
+
+def _conn(t: float, orig: str, resp: tuple[str, int], uid: str, orig_p: int) -> dict[str, Any]:
+    return {"ts": t, "uid": uid, "id.orig_h": orig, "id.orig_p": orig_p, "id.resp_h": resp[0],
+            "id.resp_p": resp[1], "proto": "tcp", "service": "", "orig_bytes": 120,
+            "resp_bytes": 900, "conn_state": "SF"}
+
+
+def _dns(t: float, orig: str, query: str, uid: str, answers: str = "",
+         qtype: str = "A") -> dict[str, Any]:
+    return {"ts": t, "uid": uid, "id.orig_h": orig, "id.orig_p": 53000, "id.resp_h": "10.0.0.2",
+            "id.resp_p": 53, "proto": "udp", "query": query, "qtype_name": qtype, "rcode": 0,
+            "rcode_name": "NOERROR", "answers": answers, "TTLs": "300.0" if answers else ""}
+
+
+def _scenario(seed: int) -> tuple[list[dict], list[dict], list[tuple[float, OsqueryRow]]]:
+    rng = random.Random(seed)
+    conns, dnss, procs = [], [], []
+    a, b, c = CONTAINERS
+    for k in range(1500):                        # ~25 minutes of plain traffic, 3 containers
+        t = T0 + 5.0 + k * 1.0
+        for cid, addr in CONTAINERS.items():
+            if rng.random() < 0.6:
+                # written when the connection ends: start times up to 3 minutes back
+                back = rng.choice([0.0, 0.0, 0.2, 2.0, 15.0, 70.0, 190.0])
+                conns.append(_conn(t - back, addr, KNOWN if rng.random() < 0.8 else
+                                   (f"10.0.1.{rng.randrange(1, 40)}", 443),
+                                   f"C{k}{cid[0]}", 40000 + k % 20000))
+            if rng.random() < 0.3:
+                dnss.append(_dns(t + 0.3, addr, f"svc{rng.randrange(5)}.internal.example",
+                                 f"D{k}{cid[0]}", f"10.0.1.{rng.randrange(1, 40)}"))
+    for j in range(30):                          # a beacon every 30 s from container a
+        conns.append(_conn(T0 + 40.0 + 30.0 * j + rng.uniform(-0.2, 0.2), CONTAINERS[a],
+                           BEACON, f"B{j}", 50000 + j))
+    dnss.append(_dns(T0 + 39.0, CONTAINERS[a], "c2.updates.example", "Dname",
+                     f"update.example,{BEACON[0]}"))
+    for j in range(14):                          # DNS tunnelling from container b
+        label = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(40))
+        dnss.append(_dns(T0 + 600.0 + 3.0 * j, CONTAINERS[b], f"{label}.t.evil-example.net",
+                         f"T{j}", qtype="TXT"))
+    # container c: a reverse shell, its connection logged later; a tunnel tool and its conns
+    procs.append((T0 + 300.0, _process(c, T0 + 300.0, 77, "sh", "sh",
+                                       f"tcp {SHELL[0]}:{SHELL[1]}")))
+    conns.append(_conn(T0 + 299.5, CONTAINERS[c], SHELL, "Cshell", 45555))
+    procs.append((T0 + 900.0, _process(c, T0 + 900.0, 88, "socat",
+                                       "socat TCP-LISTEN:9000,fork TCP:10.0.0.5:80")))
+    for j in range(8):
+        conns.append(_conn(T0 + 901.0 + j, CONTAINERS[c], ("10.0.0.5", 80), f"R{j}", 46000 + j))
+    conns.sort(key=lambda r: r["ts"] + (0 if r["uid"][0] != "C" else rng.uniform(0, 190)))
+    dnss.sort(key=lambda r: r["ts"])
+    return conns, dnss, procs
+
+
+def _pipeline(lag: float) -> tuple[Pipeline, list[Any]]:
+    p = Pipeline(Config(), host=HOST)
+    for cid, addr in CONTAINERS.items():
+        for row in _inventory(cid, addr):
+            p.inventory.observe(row)
+    p.misuse.baseline = {IMAGE: destination_keys(KNOWN[0], KNOWN[1], "", False)}
+    p.close_lag_s = lag
+    windows: list[Any] = []
+    p.window_sink = windows.append
+    return p, windows
+
+
+def _outcome(p: Pipeline, windows: list[Any], alerts: list[Any]) -> dict[str, Any]:
+    from model.features import FeatureWindows
+
+    out = []
+    for a in alerts:
+        d = a.to_dict()
+        for k in ("id", "@timestamp"):
+            d.pop(k, None)
+        out.append(d)
+    fw = FeatureWindows.concat(windows)
+    m = p.misuse
+    return {"alerts": out, "stats": p.stats.to_dict(), "join": repr(p.joiner.stats),
+            "names": sorted(m._names.items()), "misuse": m.dump_state(),
+            "conns": {c: [(r.ts, r.uid, r.resp_h, r.resp_p, r.conn_state) for r in q]
+                      for c, q in m._conns.items()},
+            "data_time": p.data_time,
+            "windows": [(fw.container_id[i], float(fw.window_start[i]),
+                         [round(float(x), 9) for x in fw.X[i]]) for i in range(len(fw))]}
+
+
+def _run(batched: bool, lag: float, seed: int) -> dict[str, Any]:
+    conns, dnss, procs = _scenario(seed)
+    p, windows = _pipeline(lag)
+    p.batch_min_rows = 1
+    cb, db = batch_from_records("conn", "conn.log", conns), batch_from_records("dns", "dns.log", dnss)
+    # A daemon's polls: each poll's rows of each stream in file order, the process rows of
+    # that stretch of time first, then conn, then dns.
+    alerts: list[Any] = []
+    ci = di = pi = 0
+    step = 50.0
+    t = T0
+    while ci < len(conns) or di < len(dnss) or pi < len(procs):
+        t += step
+        items: list[tuple[str, Any]] = []
+        while pi < len(procs) and procs[pi][0] < t:
+            items.append(("osq", procs[pi][1]))
+            pi += 1
+        c0, d0 = ci, di
+        while ci < len(conns) and conns[ci]["ts"] < t:
+            ci += 1
+        while di < len(dnss) and dnss[di]["ts"] < t:
+            di += 1
+        if t > T0 + 3000:            # the stragglers
+            ci, di = len(conns), len(dnss)
+        items += [("zrow", (cb, j)) for j in range(c0, ci)]
+        items += [("zrow", (db, j)) for j in range(d0, di)]
+        if batched:
+            p.dispatch(items)
+        else:
+            for kind, payload in items:
+                if kind == "zrow":
+                    b, j = payload
+                    p.feed_zeek(b.stream, dict((conns if b is cb else dnss)[j]))
+                else:
+                    p._dispatch(kind, payload)
+        alerts += p.flush()
+    alerts += p.flush(force=True)
+    return _outcome(p, windows, alerts)
+
+
+@pytest.mark.parametrize("lag", [0.0, 30.0])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_conn_and_dns_batches_equal_row_by_row(lag: float, seed: int) -> None:
+    want = _run(False, lag, seed)
+    rules = {a["rule"] for a in want["alerts"]}
+    # the case under test: every rule that keeps conn/dns state reported something
+    assert {"beaconing", "dns_tunnel", "reverse_shell", "tunnel"} <= rules, rules
+    assert want["windows"] and want["conns"] and want["misuse"]["series"]
+    got = _run(True, lag, seed)
+    for key in want:
+        assert got[key] == want[key], key
