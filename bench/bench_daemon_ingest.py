@@ -10,7 +10,9 @@ in a scratch directory, with its shipped settings apart from the paths (collect 
 `--collect-interval` s, 5 by default as shipped; windows stored in its window store). The results
 log gets benign_long's last full `container_inventory` snapshot (9 running podman containers,
 lab-host-1), re-stamped to the present and written again every `--inventory-every` s as osqueryd's
-pack schedule would; the daemon is given time to take it in before the writer starts.
+pack schedule would; the daemon is given time to take it in before the writer starts. Its model
+dir holds trained baselines for the snapshot's images (daemon_harness.train_models), as a deployed
+daemon's does; `--no-models` starts it without (the set-up of the runs before 2026-12-03).
 
 The writer (this process) appends http.log lines at `--rate` lines/s for `--minutes`, one write
 per `--tick` s, in real time: each line is one of benign_long's real http.log lines (cycled), its
@@ -52,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_osquery_ingest import shift_object  # noqa: E402  (bench/)
-from daemon_harness import running_daemon, write_config  # noqa: E402  (bench/)
+from daemon_harness import running_daemon, train_models, write_config  # noqa: E402  (bench/)
 from procstat import proc_usage, verdict  # noqa: E402  (bench/)
 from soak_harness import wait_until  # noqa: E402  (tests/)
 
@@ -179,6 +181,8 @@ def run(args: argparse.Namespace, t: Path) -> list[Sample]:
     n_containers = len(snap["snapshot"])
     osq.write_text(inventory_line(snap, time.time()))
     http.write_text("".join(header))
+    if not args.no_models:
+        train_models(t, [r["image"] for r in snap["snapshot"]])
     cfg = write_config(t, HOST, address_map=str(amap), collect_interval_s=args.collect_interval,
                        zeek_streams=("http",))
     written = Written()
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds of writing the daemon may be behind at the end "
                          "(3 collect intervals)")
     ap.add_argument("--abort-mib", type=float, default=1500.0)
+    ap.add_argument("--no-models", action="store_true",
+                    help="start the daemon with an empty model dir (no baselines, no scoring)")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
     args = ap.parse_args(argv)
     for p in (HTTP_SOURCE, OSQ_SOURCE):

@@ -7,9 +7,14 @@ each) with their create/start events, and every container then makes DNS lookups
 processes for a few minutes of data time (so each has an open feature window, and windows close
 and are built). RSS (VmRSS, /proc) is read once the daemon has consumed everything, and compared
 with the same daemon idle (no containers).
+
+By default the model dir holds trained baselines for the 30 images (daemon_harness.train_models),
+as a deployed daemon's does, so the windows are scored; `--no-models` starts it without any
+(scoring off until the first retrain), the set-up of the figures before 2026-12-03.
 """
 from __future__ import annotations
 
+import argparse
 import sqlite3
 import sys
 import tempfile
@@ -19,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon_harness import running_daemon, write_config  # noqa: E402  (bench/)
+from daemon_harness import running_daemon, train_models, write_config  # noqa: E402  (bench/)
 from scheduler.collect.osquery_results import batched_line, snapshot_line  # noqa: E402
 
 N = 1000
@@ -40,12 +45,17 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def image_of(i: int) -> str:
+    """The image of container i: 30 image keys (10 repositories x 3 tags)."""
+    return f"registry.local/app{i % 10}:1.{i % 3}"
+
+
 def write_inputs(t: Path, n: int, t0: float) -> int:
     containers = []
     for i in range(n):
         cid = f"{i:08x}" + "ab" * 28
         containers.append({
-            "id": cid, "name": f"svc-{i}", "image": f"registry.local/app{i % 10}:1.{i % 3}",
+            "id": cid, "name": f"svc-{i}", "image": image_of(i),
             "image_id": "", "state": "running", "created": str(int(t0)), "started": str(int(t0)),
             "ip_addresses": f"172.17.{i // 250}.{2 + i % 250}", "networks": "bridge",
             "privileged": "0", "network_mode": "bridge", "pid_mode": "", "ipc_mode": "",
@@ -81,10 +91,12 @@ def write_inputs(t: Path, n: int, t0: float) -> int:
     return n_dns
 
 
-def run(n: int) -> tuple[int, float]:
+def run(n: int, models: bool = True) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         (t / "zeek").mkdir()
+        if models:
+            train_models(t, [image_of(i) for i in range(N)])
         t0 = time.time() - 600
         if n:
             write_inputs(t, n, t0)
@@ -121,8 +133,14 @@ def run(n: int) -> tuple[int, float]:
 
 
 def main() -> int:
-    idle, _ = run(0)
-    full, secs = run(N)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-models", action="store_true",
+                    help="start the daemon with an empty model dir (no baselines, no scoring)")
+    args = ap.parse_args()
+    models = not args.no_models
+    idle, _ = run(0, models)
+    full, secs = run(N, models)
+    print(f"model dir: {'trained baselines for 30 images' if models else 'empty'}")
     print(f"daemon RSS idle (no containers):            {idle / 1024:7.1f} MiB")
     print(f"daemon RSS with {N:,} containers in inventory: {full / 1024:7.1f} MiB "
           f"(+{(full - idle) / 1024:.1f} MiB, {(full - idle) / N:.1f} KiB per container; "
