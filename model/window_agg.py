@@ -330,57 +330,6 @@ class NetWindowAgg:
             idx = np.arange(len(cols))
         add_groups(cols, ((self, idx),))
 
-    def _sample_columns(self, cols: NetColumns, idx: np.ndarray, ts: np.ndarray, seq0: int,
-                        conn: np.ndarray, dns: np.ndarray, failed: np.ndarray, nx: np.ndarray,
-                        geo: np.ndarray) -> None:
-        s = self.sample
-        assert s is not None
-        # A full selection whose newest row is not after this batch's first takes nothing from
-        # it (every row here arrives later): the common case once a window has its samples.
-        t0 = float(ts.min())
-        open_ = {n for n, _ in SELECTIONS
-                 if len(s.sel[n]) < SAMPLE_K or t0 < max(s.sel[n].values())[0]}
-        if not open_:
-            return
-        if ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1])):
-            order = np.arange(idx.size)                     # already in (time, arrival) order
-        else:
-            order = np.lexsort((np.arange(idx.size), ts))
-        # (selection, key or None, row) offers, in the order they are made; the rows' records
-        # are built together afterwards (one column pass), only for rows an offer may keep.
-        offers: list[tuple[str, Any, int]] = []
-        plain = {"failed": failed, "geo": geo, "nxdomain": nx, "conns": conn}
-        for name, mask in plain.items():
-            if name not in open_:
-                continue
-            offers.extend((name, None, p) for p in order[mask[order]][:SAMPLE_K].tolist())
-        keyed = {"ports": (conn, lambda p: (int(cols.resp_p[idx[p]]), str(cols.proto[idx[p]])),
-                           lambda sel: _pair_codes(cols.resp_p[sel], cols.proto[sel])),
-                 "addrs": (conn, lambda p: cols.resp_h[idx[p]], lambda sel: cols.resp_h[sel]),
-                 "dns_domains": (dns, lambda p: cols.domain[idx[p]],
-                                 lambda sel: cols.domain[sel])}
-        for name, (mask, key_of, keys_for) in keyed.items():
-            if name not in open_:
-                continue
-            pos = order[mask[order]]
-            if not pos.size:
-                continue
-            _, first = np.unique(_factorize(keys_for(idx[pos]))[0], return_index=True)
-            offers.extend((name, key_of(p), p) for p in pos[np.sort(first)[:SAMPLE_K]].tolist())
-        if not offers:
-            return
-        tl = ts.tolist()
-        entering = [(name, seq0 + p if key is None else key, p) for name, key, p in offers]
-        wanted = sorted({p for name, key, p in entering
-                         if s._room(name, key, tl[p], seq0 + p)})
-        if not wanted:
-            return
-        recs = dict(zip(wanted, cols.records(idx[wanted])))
-        for name, key, p in entering:
-            rec = recs.get(p)
-            if rec is not None:
-                s.offer(name, key, tl[p], seq0 + p, lambda rec=rec: rec)
-
     # ------------------------------------------------------------------ features
     def features(self) -> list[float]:
         """The NET_FEATURES values, as build_windows computes them."""
@@ -507,7 +456,8 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     host = _first_per_group(cols.host[rows], starts, m) \
         if any(not agg.host for agg, _ in parts) else None
     sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts).tolist()
-    starts_l, ends_l = starts.tolist(), ends.tolist()
+    starts_l = starts.tolist()
+    sampling: list[tuple[int, NetSample, int]] = []       # (group, sample, seq of its first row)
     for g, (agg, grows) in enumerate(parts):
         seq0 = agg.n
         agg.n += int(grows.size)
@@ -538,9 +488,95 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
                 values, bounds = new
                 _add_capped(have, values[bounds[g]:bounds[g + 1]])
         if agg.sample is not None and sampled[g]:
-            a, b = starts_l[g], ends_l[g]
-            agg._sample_columns(cols, grows, ts[a:b], seq0, conn[a:b], dns[a:b], failed[a:b],
-                                nx[a:b], geo[a:b])
+            sampling.append((g, agg.sample, seq0))
+    if sampling:
+        _sample_groups(cols, rows, gid, starts_l, ts, sampling,
+                       {"failed": failed, "geo": geo, "nxdomain": nx, "conns": conn},
+                       conn, dns)
+
+
+def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: list[int],
+                   ts: np.ndarray, sampling: list[tuple[int, "NetSample", int]],
+                   plain: dict[str, np.ndarray], conn: np.ndarray, dns: np.ndarray) -> None:
+    """Offer each group's rows to its window's evidence sample (`NetSample`): per selection,
+    the SAMPLE_K rows of the group that come first in (time, arrival) order (for a keyed one,
+    the first row of each of the first SAMPLE_K keys), found for every group at once by one
+    sort of the rows by (group, time, arrival); then, per group, only those rows are offered,
+    and records are built (one column pass for all groups) only for rows an offer may keep.
+
+    A full selection whose newest row is not after a group's first takes nothing from it: the
+    common case once a window has its samples."""
+    m = rows.size
+    order = np.lexsort((np.arange(m), ts, gid))
+    picks: dict[str, tuple[np.ndarray, list[Any] | None]] = {}   # selection -> rows, keys
+
+    def first_k(sel: np.ndarray) -> np.ndarray:
+        """The first SAMPLE_K of `sel` (layout rows in (group, time, arrival) order) per group."""
+        g = gid[sel]
+        rank = np.arange(sel.size) - np.searchsorted(g, g)
+        return sel[rank < SAMPLE_K]
+
+    for name, mask in plain.items():
+        sel = order[mask[order]]
+        if sel.size:
+            picks[name] = (first_k(sel), None)
+    keyed = (("ports", conn, lambda r: _pair_codes(cols.resp_p[r], cols.proto[r]),
+              lambda r: list(zip(np.asarray(cols.resp_p[r], dtype=np.int64).tolist(),
+                                 [str(x) for x in cols.proto[r].tolist()]))),
+             ("addrs", conn, lambda r: _factorize(cols.resp_h[r])[0],
+              lambda r: cols.resp_h[r].tolist()),
+             ("dns_domains", dns, lambda r: _factorize(cols.domain[r])[0],
+              lambda r: cols.domain[r].tolist()))
+    for name, mask, codes_of, keys_of in keyed:
+        sel = order[mask[order]]
+        if not sel.size:
+            continue
+        code = np.asarray(codes_of(rows[sel]), dtype=np.int64)
+        span = int(code.max()) + 1 if code.size else 1
+        _, first = np.unique(gid[sel] * span + code, return_index=True)
+        sel = first_k(sel[np.sort(first)])
+        picks[name] = (sel, keys_of(rows[sel]))
+    # per selection, each group's picks: bounds into the selection's rows (grouped by gid)
+    bounds = {name: np.searchsorted(gid[sel], np.arange(len(starts) + 1)).tolist()
+              for name, (sel, _) in picks.items()}
+    # offers in the order the row-by-row path makes them: plain selections, then keyed
+    offer_order = [n for n in ("failed", "geo", "nxdomain", "conns", "ports", "addrs",
+                               "dns_domains") if n in picks]
+    tl = ts.tolist()
+    jobs: list[tuple["NetSample", list[tuple[str, Any, int, float, int]]]] = []
+    wanted: set[int] = set()
+    for g, sample, seq0 in sampling:
+        offers: list[tuple[str, Any, int, float, int]] = []
+        t0 = None
+        for name in offer_order:
+            sel, keys = picks[name]
+            lo, hi = bounds[name][g], bounds[name][g + 1]
+            if lo == hi:
+                continue
+            if t0 is None:
+                t0 = min(tl[starts[g]:(starts[g + 1] if g + 1 < len(starts) else m)])
+            d = sample.sel[name]
+            if len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
+                continue                                  # full, and nothing here comes first
+            for j in range(lo, hi):
+                row = int(sel[j])
+                p = row - starts[g]
+                seq = seq0 + p
+                key = seq if keys is None else keys[j]
+                t = tl[row]
+                if sample._room(name, key, t, seq):
+                    offers.append((name, key, row, t, seq))
+                    wanted.add(row)
+        if offers:
+            jobs.append((sample, offers))
+    if not jobs:
+        return
+    want = sorted(wanted)
+    recs = dict(zip(want, cols.records(rows[want])))
+    for sample, offers in jobs:
+        for name, key, row, t, seq in offers:
+            rec = recs[row]
+            sample.offer(name, key, t, seq, lambda rec=rec: rec)
 
 
 def _group_distinct(gid: np.ndarray, codes: np.ndarray, valid: np.ndarray, ng: int,

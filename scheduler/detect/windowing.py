@@ -209,7 +209,13 @@ class WindowingMixin:
         """Count the network rows `_window_add_nets` decided, in the order decided."""
         pending, self._pending = self._pending, []
         for nets, groups in pending:
-            add_groups(nets, groups)
+            # One group per window: a window's rows in the order decided (windows do not
+            # depend on each other, so only each window's own order matters).
+            per: dict[int, tuple[NetWindowAgg, list[np.ndarray]]] = {}
+            for agg, rows in groups:
+                per.setdefault(id(agg), (agg, []))[1].append(rows)
+            add_groups(nets, [(agg, parts[0] if len(parts) == 1 else np.concatenate(parts))
+                              for agg, parts in per.values()])
 
     def _net_window(self, cid: str, origin: float, kk: int, rows: int) -> NetWindowAgg | None:
         """The accumulator that `rows` network rows of container `cid` in its window `kk` go
