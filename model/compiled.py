@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -179,7 +180,8 @@ class CompiledModel(BaselineTerms):
 
     # files -----------------------------------------------------------------------------------
     def to_npz_bytes(self) -> bytes:
-        """The model as an .npz (np.savez): numbers as arrays, names as one JSON byte array."""
+        """The model as an .npz (np.savez's format, deterministic bytes): numbers as arrays,
+        names as one JSON byte array."""
         meta = {"format": COMPILED_FORMAT, "feature_names": list(self.feature_names),
                 "vocabulary": None if self.vocabulary_ is None else list(self.vocabulary_),
                 "max_depth": self.max_depth, "n_windows": self.n_windows_,
@@ -198,9 +200,7 @@ class CompiledModel(BaselineTerms):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         arrays["scalars"] = np.array([getattr(self, s) for s in _SCALARS], dtype=np.float64)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return _npz_bytes(arrays)
 
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> "CompiledModel":
@@ -223,6 +223,19 @@ class CompiledModel(BaselineTerms):
             raise
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise CompileError(f"malformed compiled model: {exc}") from exc
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """What np.savez writes (a zip of .npy members, np.load reads it), with a fixed member time:
+    the same model gives the same bytes, so the same windows give the same sha256 in the
+    manifest, as the joblib files do (np.savez stamps members with the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+    return buf.getvalue()
 
 
 class CompiledBaselines:

@@ -1,4 +1,4 @@
-"""`stowaway train / models / rollback` end to end on a small window store."""
+"""`stowaway train / models / rollback / compile` end to end on a small window store."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ def stores(tmp_path):
 
 
 def test_help_texts(capsys):
-    for cmd in ("train", "models", "rollback"):
+    for cmd in ("train", "models", "rollback", "compile"):
         with pytest.raises(SystemExit) as e:
             cli.main([cmd, "--help"])
         assert e.value.code == 0

@@ -289,5 +289,6 @@ def test_same_data_gives_byte_identical_model_files(tmp_path):
         r.mkdir(mode=0o700)
         ms = ModelStore(r)
         ms.save(EnvironmentBaselines("prod").fit(make_windows()))
-        hashes.append({k: e["sha256"] for k, e in ms.read_manifest("prod")["models"].items()})
+        hashes.append({k: (e["sha256"], e["compiled"]["sha256"])
+                       for k, e in ms.read_manifest("prod")["models"].items()})
     assert hashes[0] == hashes[1]
