@@ -42,7 +42,7 @@ if TYPE_CHECKING:   # scikit-learn only where a fitted estimator is compiled
     from model.features import FeatureWindows
 
 COMPILED_FORMAT = 1
-_ROWS_PER_CHUNK = 2048     # (trees x rows) index arrays per step: 100 x 2048 x 8 B = 1.6 MiB each
+_ROWS_PER_CHUNK = 2048     # (trees x rows) arrays per level: 100 x 2048 x <= 8 B = <= 1.6 MiB each
 _INT_ARRAYS = ("left", "right", "feature", "roots")
 _FLOAT_ARRAYS = ("threshold", "value", "max_", "min_", "median_", "scale_")
 _SCALARS = ("denom", "threshold_", "novelty_weight", "novelty_cap", "unseen_weight")
@@ -67,7 +67,7 @@ class CompiledModel(BaselineTerms):
         # Memory: a daemon holds one of these per image, so the node table is kept small: int32
         # children side by side ([left, right] per node: one gather per level picks the child),
         # int16 features, float64 threshold and value (exactness), no missing-value column
-        # unless a node sends NaN left. About 26 bytes a node, 0.4 MiB for 100 trees of 256.
+        # unless a node sends NaN left. About 27 bytes a node, 0.4 MiB for 100 trees of 256.
         left, right = np.asarray(left), np.asarray(right)
         if left.shape != right.shape or left.ndim != 1:
             raise CompileError("node arrays differ in length")

@@ -473,6 +473,7 @@ class Daemon:
         m.collect_seconds.set(seconds)
 
     def close(self) -> None:
+        self.cancel_retrain()
         if self.k8s is not None:
             self.k8s.close()      # stop answering the API server; the spool keeps the rest
         with self.lock:
