@@ -44,7 +44,7 @@ from scheduler.detect.nat_join import JOIN_ADDRESS
 from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
 from scheduler.collect.k8s_audit import OrchestrationRecord
-from scheduler.detect.misuse import MisuseDetector
+from scheduler.detect.misuse import MisuseDetector, answer_addresses
 from scheduler.detect.windowing import WindowingMixin, attributed_rows
 from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
@@ -582,9 +582,13 @@ class Pipeline(WindowingMixin):
             and not any(c in batch.columns for c in _ALT_COLUMNS) \
             and (self.geo is not None or batch.stream == "conn") and not self.joiner.inbound
 
-    def _zeek_run(self, batch: Any, idx: Any, sensor_host: str | None) -> dict[str, Any]:
+    def _zeek_run(self, batch: Any, idx: Any, sensor_host: str | None,
+                  names_ahead: dict[tuple[str, str], set[str]] | None = None) -> dict[str, Any]:
         """The columns and verdicts of a run of rows: NetRecord's fields as `Joiner.net_record`
-        would fill them, attribution, and `slow` (the rows that take `feed_zeek`)."""
+        would fill them, attribution, `slow` (the rows that take `feed_zeek`) and `geo` (the
+        rows the stock-log geo detector takes). `names_ahead`: for a conn run among other
+        streams' rows, the names those rows may teach the misuse rules before a conn row
+        (`MisuseDetector.rows_of_interest`)."""
         stream, n = batch.stream, len(idx)
         joiner, inv = self.joiner, self.inventory
         host = sensor_host or self.host
@@ -620,7 +624,10 @@ class Pipeline(WindowingMixin):
             slow |= per_unique(orig, lambda a: nat.is_nat_address(a)
                                or len(inv.holders(jhost, a)) > 1, codes=codes("id.orig_h"))
         if self.geo is not None:
-            slow |= self.geo.rows_of_interest(stream, col, n, codes=codes)
+            geo_rows = self.geo.rows_of_interest(stream, col, n, codes=codes)
+            slow |= geo_rows
+        else:
+            geo_rows = np.zeros(n, dtype=bool)
         dcodes = None                                   # the domain column's (codes, uniques)
         if stream == "dns":
             domain, dcodes = col("query"), codes("query")
@@ -650,7 +657,7 @@ class Pipeline(WindowingMixin):
                 # the rows a misuse rule may report on; the rest only add to its state
                 # (`_zeek_segment`: MisuseDetector.absorb)
                 slow |= attributed & misuse.rows_of_interest(stream, cid, image, resp, resp_p,
-                                                             domain)
+                                                             domain, names_ahead)
             else:
                 slow |= attributed & per_unique(domain, misuse.may_name_api_server,
                                                 codes=dcodes)
@@ -681,15 +688,22 @@ class Pipeline(WindowingMixin):
             extra = {"answers": col("answers") if "answers" in batch.columns else None,
                      "qtype": col("qtype_name") if "qtype_name" in batch.columns else None}
         return {"slow": slow, "inside": inside, "attributed": attributed, "nets": nets,
-                "learning": learning, **extra}
+                "learning": learning, "geo": geo_rows, **extra}
 
     def _zeek_segment(self, stream: str, run: dict[str, Any], lo: int, hi: int) -> None:
         """Rows lo..hi-1 of a run, none of which a rule acts on: what `feed_zeek` does for such
-        a row, for all of them. Counters; the training destinations or the names the misuse
-        rules keep; data time and the windows, per stretch of non-decreasing time: advance to
-        the first row's time, add the rows, advance to the last's. Row by row the same windows
-        close (a row's own window ends after it; an older open window of its container is
-        closed by the row itself), only possibly in another order within one flush."""
+        a row, for all of them (`_segment_state`, then `_segment_windows`)."""
+        kept = self._segment_state(stream, run, lo, hi)
+        if kept.size:
+            self._segment_windows(run["nets"], kept, run["attributed"][kept])
+
+    def _segment_state(self, stream: str, run: dict[str, Any], lo: int, hi: int,
+                       pos: Any = None, names_out: list | None = None) -> Any:
+        """Rows lo..hi-1 of a run, none a rule acts on: counters, and the training
+        destinations or what the misuse rules keep of them. Returns the rows from inside the
+        container subnets (the ones data time and the windows take), as run indices.
+        `names_out` (a mixed run, with `pos` the rows' places in it): the names the misuse
+        rules learn are listed as (place, key, name), to be kept in the mixed order."""
         n = hi - lo
         inside = run["inside"][lo:hi]
         attributed = run["attributed"][lo:hi]
@@ -702,7 +716,7 @@ class Pipeline(WindowingMixin):
         self.stats.zeek_records += n
         self.stats.nets_unattributed += n_in - n_att
         if not n_in:
-            return                      # none from a container: outside our scope
+            return np.zeros(0, dtype=np.int64)      # none from a container: outside our scope
         nets = run["nets"]
         kept = np.flatnonzero(inside) + lo
         if run["learning"]:
@@ -712,19 +726,28 @@ class Pipeline(WindowingMixin):
         elif stream in ("http", "ssl") and n_att:
             named = np.flatnonzero(attributed) + lo
             self.misuse.remember_names(nets.container_id[named], nets.resp_h[named],
-                                       nets.domain[named])
+                                       nets.domain[named],
+                                       None if pos is None else pos[named], names_out)
         elif stream in ("conn", "dns") and n_att:
-            self.misuse.absorb(stream, np.flatnonzero(attributed) + lo, nets,
-                               run.get("answers"), run.get("qtype"))
+            rows = np.flatnonzero(attributed) + lo
+            self.misuse.absorb(stream, rows, nets, run.get("answers"), run.get("qtype"),
+                               None if pos is None else pos[rows], names_out)
         self.stats.nets += len(kept)
+        return kept
+
+    def _segment_windows(self, nets: NetColumns, kept: Any, attributed: Any) -> None:
+        """Data time and the windows for rows `kept` of `nets` (in feeding order; `attributed`
+        says which of them have a container), per stretch (`_late_cuts`): advance to the first
+        row's time, add the stretch's rows, advance to its newest. Row by row the same windows
+        close (a row's own window ends after it; an older open window of its container is
+        closed by the row itself), only possibly in another order within one flush."""
         ts = nets.ts[kept]
         windows = self.windows_enabled
         cuts = self._late_cuts(nets.container_id[kept], ts) if windows and len(ts) > 1 else []
         for a, b in zip([0] + cuts, cuts + [len(kept)]):
             self._advance(float(ts[a]))
             if windows:
-                rows = kept[a:b]
-                rows = rows[run["attributed"][rows]]
+                rows = kept[a:b][attributed[a:b]]
                 if len(rows):
                     self._window_add_nets(nets, rows)
             self._advance(float(ts[a:b].max()))
@@ -758,39 +781,164 @@ class Pipeline(WindowingMixin):
 
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:
         """Feed (kind, payload) items in order: the one dispatch of the replay and the daemon.
-        Consecutive "zrow" items (payload (ZeekBatch, row)) of one batch go through
-        `feed_zeek_rows` together; every other item through `_dispatch`. `pos`: the stream
-        position of the first item (the replay's `cur_pos` bookkeeping; a run of rows counts
-        at its first row's position); None leaves `cur_pos` alone (the daemon)."""
-        batch: Any = None
-        rows: list[int] = []
+        Consecutive "zrow" items (payload (ZeekBatch, row)) go through the batch path together
+        (`_feed_zrows`), whatever their streams; every other item through `_dispatch`. `pos`:
+        the stream position of the first item (the replay's `cur_pos` bookkeeping; a run of
+        rows counts at its first row's position); None leaves `cur_pos` alone (the daemon)."""
+        zrows: list[tuple[Any, int]] = []
         start = at = pos if pos is not None else 0
         for kind, payload in items:
             if kind == "zrow":
-                b, i = payload
-                if b is batch:
-                    rows.append(i)
-                    at += 1
-                    continue
-                if batch is not None:
-                    self._feed_run(batch, rows, start if pos is not None else None)
-                batch, rows, start = b, [i], at
+                if not zrows:
+                    start = at
+                zrows.append(payload)
             else:
-                if batch is not None:
-                    self._feed_run(batch, rows, start if pos is not None else None)
-                    batch = None
+                if zrows:
+                    self._feed_zrows(zrows, start if pos is not None else None)
+                    zrows = []
                 if pos is not None:
                     self.cur_pos = at
                 self._dispatch(kind, payload)
             at += 1
-        if batch is not None:
-            self._feed_run(batch, rows, start if pos is not None else None)
+        if zrows:
+            self._feed_zrows(zrows, start if pos is not None else None)
 
-    def _feed_run(self, batch: Any, rows: list[int], pos: int | None) -> None:
+    def _feed_zrows(self, zrows: list[tuple[Any, int]], pos: int | None) -> None:
+        """Consecutive Zeek rows of the dispatch: one batch's rows through `feed_zeek_rows`;
+        rows of several batches (a sensor's streams interleaved by time) through
+        `_feed_mixed`, unless the run is short or a mode needs row order within each stream
+        (training learns names a conn row reads; a resumed replay's re-feed): then each
+        stretch of one batch's rows through `feed_zeek_rows`."""
         if pos is not None:
             self.cur_pos = pos
-        self.feed_zeek_rows(batch, np.asarray(rows, dtype=np.int64),
-                            batch.meta.get("sensor_host"))
+        first = zrows[0][0]
+        if all(b is first for b, _ in zrows):
+            self.feed_zeek_rows(first, np.fromiter((i for _, i in zrows), np.int64, len(zrows)),
+                                first.meta.get("sensor_host"))
+            return
+        if len(zrows) < self.batch_min_rows or self.windows_only or self.collect_windows \
+                or self.misuse.learning:
+            lo = 0
+            for j in range(1, len(zrows) + 1):
+                if j == len(zrows) or zrows[j][0] is not zrows[lo][0]:
+                    b = zrows[lo][0]
+                    self.feed_zeek_rows(b, np.fromiter((i for _, i in zrows[lo:j]), np.int64,
+                                                       j - lo), b.meta.get("sensor_host"))
+                    lo = j
+            return
+        self._feed_mixed(zrows)
+
+    def _feed_mixed(self, zrows: list[tuple[Any, int]]) -> None:
+        """Rows of several ZeekBatches in the order given (streams interleaved by time): the
+        effect of `feed_zeek` on each in that order, a batch at a time.
+
+        Each batch's rows get their verdicts as in `feed_zeek_rows` (`_zeek_run`); the rows a
+        rule acts on go through `feed_zeek` in the mixed order, and the rows between two such
+        rows (a segment, of any streams) are counted per stream and reach data time and the
+        windows as one NetColumns in the mixed order. What one stream's rows teach that
+        another's verdicts read is kept exact: the names http/ssl/dns rows give addresses
+        (read by conn's beacon verdicts) are handed to the conn verdicts as names that may
+        come (`names_ahead`) and are learned in the mixed order; a DNS answer the geo
+        detector keeps (read by conn/http/ssl verdicts) ends the part of the run judged
+        together, and the rows after it are judged again."""
+        batches: list[Any] = []
+        index: dict[int, int] = {}
+        n = len(zrows)
+        bid = np.empty(n, dtype=np.int64)
+        row = np.empty(n, dtype=np.int64)
+        for j, (b, i) in enumerate(zrows):
+            k = index.get(id(b))
+            if k is None:
+                k = index[id(b)] = len(batches)
+                batches.append(b)
+            bid[j] = k
+            row[j] = i
+        start = 0
+        while start < n:
+            start += self._mixed_part(batches, bid[start:], row[start:])
+
+    def _mixed_part(self, batches: list[Any], bid: Any, row: Any) -> int:
+        """Judge the rows (`bid`: batch, `row`: row in it) together up to the first DNS row the
+        geo detector takes (included), and feed them; returns how many rows were fed."""
+        n = len(bid)
+        where = {k: p for k in range(len(batches)) if (p := np.flatnonzero(bid == k)).size}
+        runs: dict[int, dict[str, Any] | None] = {}
+        for k in sorted(where, key=lambda k: batches[k].stream == "conn"):  # conn last
+            b = batches[k]
+            if not self._batchable(b):
+                runs[k] = None                  # every row a record row
+                continue
+            ahead = self._names_ahead(batches, runs) if b.stream == "conn" else None
+            runs[k] = self._zeek_run(b, row[where[k]], b.meta.get("sensor_host"), ahead)
+        slow = np.ones(n, dtype=bool)
+        horizon = n
+        for k, p in where.items():
+            r = runs[k]
+            if r is None:
+                continue
+            slow[p] = r["slow"]
+            if batches[k].stream == "dns" and r["geo"].any():
+                horizon = min(horizon, int(p[np.flatnonzero(r["geo"])[0]]) + 1)
+        lo = 0
+        for s in np.flatnonzero(slow[:horizon]).tolist() + [horizon]:
+            if s > lo:
+                self._mixed_segment(batches, runs, where, lo, s)
+            if s < horizon:
+                b = batches[int(bid[s])]
+                self.feed_zeek(b.stream, b.record(int(row[s])), b.meta.get("sensor_host"))
+            lo = s + 1
+        return horizon
+
+    def _names_ahead(self, batches: list[Any], runs: dict[int, Any]
+                     ) -> dict[tuple[str, str], set[str]] | None:
+        """The names the other streams' rows of a mixed part may teach the misuse rules:
+        (container, address) -> names (http/ssl: the Host/SNI of the address they reach; dns:
+        the query, for each answer address)."""
+        out: dict[tuple[str, str], set[str]] = {}
+        for k, r in runs.items():
+            if r is None:
+                continue
+            stream, nets = batches[k].stream, r["nets"]
+            rows = np.flatnonzero(r["attributed"] & (nets.domain != ""))
+            if not rows.size:
+                continue
+            cids, doms = nets.container_id[rows].tolist(), nets.domain[rows].tolist()
+            if stream in ("http", "ssl"):
+                for key, d in zip(zip(cids, nets.resp_h[rows].tolist()), doms):
+                    out.setdefault(key, set()).add(d)
+            elif stream == "dns" and r.get("answers") is not None:
+                for cid, a, d in zip(cids, r["answers"][rows].tolist(), doms):
+                    for x in answer_addresses(a) if a else ():
+                        out.setdefault((cid, x), set()).add(d)
+        return out or None
+
+    def _mixed_segment(self, batches: list[Any], runs: dict[int, Any],
+                       where: dict[int, Any], lo: int, hi: int) -> None:
+        """Places lo..hi-1 of a mixed part, none of which a rule acts on: each stream's rows
+        counted (`_segment_state`), the names learned in the mixed order, then data time and
+        the windows over all of them as one NetColumns in the mixed order."""
+        names: list[tuple[int, tuple[str, str], str]] = []
+        parts: list[tuple[Any, NetColumns, Any]] = []
+        for k, p in where.items():
+            a, b = int(np.searchsorted(p, lo)), int(np.searchsorted(p, hi))
+            if a == b:
+                continue
+            r = runs[k]
+            kept = self._segment_state(batches[k].stream, r, a, b, p, names)
+            if kept.size:
+                parts.append((p[kept], r["nets"].take(kept), r["attributed"][kept]))
+        if names:
+            names.sort(key=lambda x: x[0])          # stable: a row's answers in their order
+            self.misuse.keep_names((key, d) for _, key, d in names)
+        if not parts:
+            return
+        if len(parts) == 1:
+            _, nets, att = parts[0]
+        else:
+            order = np.argsort(np.concatenate([pp for pp, _, _ in parts]), kind="stable")
+            nets = concat_columns([c for _, c, _ in parts]).take(order)
+            att = np.concatenate([a for _, _, a in parts])[order]
+        self._segment_windows(nets, np.arange(len(nets)), att)
 
     @property
     def hold_s(self) -> float:

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import statistics
 from collections import deque
+from itertools import repeat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable
@@ -555,17 +556,27 @@ class MisuseDetector:
         """Could an http/ssl name be the Kubernetes API server (checked by `net` per record)?"""
         return domain[:10].lower() == "kubernetes"
 
-    def remember_names(self, cids: Any, resp_hs: Any, domains: Any) -> None:
+    def remember_names(self, cids: Any, resp_hs: Any, domains: Any, pos: Any = None,
+                       names_out: list | None = None) -> None:
         """What `net` keeps of attributed http/ssl records whose name is no API server: the
-        last name seen per (container, address), in row order."""
+        last name seen per (container, address), in row order (listed in `names_out` as
+        (pos[i], key, name) instead when given, for a caller that keeps another order)."""
         keep = domains != ""
         if keep.any():
-            self._names.update(zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()),
-                                   domains[keep].tolist()))
+            pairs = zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()), domains[keep].tolist())
+            if names_out is None:
+                self._names.update(pairs)
+            else:
+                names_out.extend((at, key, d) for at, (key, d) in zip(pos[keep].tolist(), pairs))
+
+    def keep_names(self, names: Iterable[tuple[tuple[str, str], str]]) -> None:
+        """Learn (container, address) -> name pairs in the order given (the last one wins)."""
+        self._names.update(names)
 
     # -- a batch of conn/dns rows at a time (the engine's Zeek batches) -------------------------
     def rows_of_interest(self, stream: str, cids: Any, images: Any, resp_hs: Any,
-                         resp_ps: Any, domains: Any) -> Any:
+                         resp_ps: Any, domains: Any,
+                         names_ahead: dict[tuple[str, str], set[str]] | None = None) -> Any:
         """Which attributed conn/dns rows (columns of one run, in row order) `net` might raise
         a candidate on or needs whole: they take the per-record path, so each verdict has one
         implementation. The others only add to the state (`absorb`).
@@ -574,7 +585,10 @@ class MisuseDetector:
         beacon could be reported on (the rule on for the image, a destination outside the
         image's training destinations and allow-list, with a baseline or cold start on). Within
         one conn run the names `_is_baseline` reads do not change (only http/ssl/dns rows
-        teach them), so each distinct destination is judged once.
+        teach them), so each distinct destination is judged once; among other streams' rows
+        (`names_ahead`: (container, address) -> names they may teach first), a destination is
+        judged under its name now and under each of those, and taken when any verdict may
+        report.
         dns: names whose subdomain looks encoded (the only rows `_dns_tunnel` reports on)."""
         n = len(cids)
         out = np.zeros(n, dtype=bool)
@@ -598,8 +612,11 @@ class MisuseDetector:
                     v = verdict.get(key)
                     if v is None:
                         cid, image, resp_h, resp_p = key
-                        d = self._names.get((cid, resp_h), "").lower()
-                        v = verdict[key] = not self._is_baseline_of(image, resp_h, resp_p, d)
+                        names = {self._names.get((cid, resp_h), "").lower()}
+                        if names_ahead:
+                            names.update(x.lower() for x in names_ahead.get((cid, resp_h), ()))
+                        v = verdict[key] = any(not self._is_baseline_of(image, resp_h, resp_p, d)
+                                               for d in names)
                     out[j] |= v
         elif stream == "dns":
             cfg = self.cfg
@@ -610,14 +627,15 @@ class MisuseDetector:
         return out
 
     def absorb(self, stream: str, rows: Any, cols: Any, answers: Any = None,
-               qtypes: Any = None) -> None:
+               qtypes: Any = None, pos: Any = None, names_out: list | None = None) -> None:
         """What `net` keeps from attributed conn/dns rows that `rows_of_interest` let through
         (nothing to report on them), for rows `rows` of NetColumns `cols`, in row order:
 
         conn: each container's recent connections (`_push`, replayed on the times so only the
         survivors are made records) and every destination's beacon times;
-        dns: the names answers gave addresses (`_names`) and each (container, parent) group's
-        recent names for the tunnelling rule."""
+        dns: the names answers gave addresses (`_names`; listed in `names_out` as (pos[i], key,
+        name) instead when given, for a caller that keeps another order) and each (container,
+        parent) group's recent names for the tunnelling rule."""
         rows = np.asarray(rows, dtype=np.int64)
         if not rows.size or self.learning:
             return
@@ -644,10 +662,14 @@ class MisuseDetector:
             if answers is not None:
                 ans = answers[rows]
                 has = ans != ""
-                for cid, a, d in zip(cids[has].tolist(), ans[has].tolist(),
-                                     domains[has].tolist()):
-                    for x in _answer_addresses(a):
-                        self._names[(cid, x)] = d
+                places = pos[has].tolist() if names_out is not None else repeat(0)
+                for cid, a, d, at in zip(cids[has].tolist(), ans[has].tolist(),
+                                         domains[has].tolist(), places):
+                    for x in answer_addresses(a):
+                        if names_out is None:
+                            self._names[(cid, x)] = d
+                        else:
+                            names_out.append((at, (cid, x), d))
             cfg = self.cfg
             on = per_unique(cols.image[rows], lambda im: self._on(RULE_DNS_TUNNEL, im)) \
                 & (domains != "")
@@ -752,12 +774,12 @@ class MisuseDetector:
 def _answers(raw: dict[str, Any]) -> list[str]:
     a = raw.get("answers")
     if isinstance(a, str):
-        return list(_answer_addresses(a))
+        return list(answer_addresses(a))
     return [str(x) for x in (a or []) if _ip(str(x))]
 
 
 @lru_cache(maxsize=16384)
-def _answer_addresses(text: str) -> list[str]:
+def answer_addresses(text: str) -> list[str]:
     """The addresses among a DNS answers field as one string (Zeek's set separator ","),
     memoised: a resolver gives the same answer to every container that asks (callers do not
     modify the list)."""
