@@ -40,6 +40,8 @@ zeek-data: $(STAMP)
 
 bench: $(STAMP)
 	@fail=""; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || fail="$$fail $$b"; done; \
+	for s in conn dns; do echo "== bench/bench_ingest.py --stream $$s"; \
+		$(PY) bench/bench_ingest.py --stream $$s || fail="$$fail bench_ingest($$s)"; done; \
 	if [ -n "$$fail" ]; then echo "targets missed in:$$fail"; exit 1; fi
 
 clean:

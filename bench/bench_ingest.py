@@ -5,9 +5,11 @@ Why: a Zeek sensor on a busy tap writes hundreds of thousands of lines a second;
 how the scheduler's whole Zeek path compares with tools that only parse, measured in the same run
 on the same file, and whether its memory stays flat as the file grows (issue 13 item 4).
 
-The input is the real Zeek http.log of the bundled benign_long recording
-(scheduler/demo_data/benign_long: container health checks and API calls from 172.17.0.0/24),
-repeated to `--lines` data lines; each repetition is shifted by the recording's length so time
+The input is a real Zeek log of the bundled benign_long recording
+(scheduler/demo_data/benign_long: container health checks, API calls and their DNS lookups from
+172.17.0.0/24): `--stream` http (default: the issue's measurement), conn (written when
+connections end, so out of start-time order, and the misuse rules' per-connection state) or dns
+(the rules' per-query state); repeated to `--lines` data lines; each repetition is shifted by the recording's length so time
 keeps moving forward (windows open and close, as in production). The file has no `#close`
 trailer: it is a log still being written, as the daemon follows it.
 
@@ -41,6 +43,7 @@ memory it holds at every size, so it is checked at every size).
 
     .venv/bin/python bench/bench_ingest.py [--lines 1000000] [--rounds 3]
     .venv/bin/python bench/bench_ingest.py --sizes 100000,1000000,3000000
+    .venv/bin/python bench/bench_ingest.py --stream conn    # or dns
 """
 from __future__ import annotations
 
@@ -99,8 +102,14 @@ def repeated(data: list[tuple[float, str]], lines: int) -> Iterator[str]:
         cycle += 1
 
 
+def set_stream(name: str) -> None:
+    """Measure the recording's `name` log (the module's STREAM and SOURCE)."""
+    global STREAM, SOURCE
+    STREAM, SOURCE = name, RECORDING / "zeek" / f"{name}.log.gz"
+
+
 def build(path: Path, lines: int) -> None:
-    """Write the repeated http.log (one write per cycle of the recording)."""
+    """Write the repeated log (one write per cycle of the recording)."""
     with gzip.open(SOURCE, "rt", encoding="utf-8") as fh:
         header, data = split_log(fh.read())
     with open(path, "w", encoding="utf-8") as out:
@@ -204,8 +213,8 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
     """The entry the replay uses for Zeek logs on this tree, and a driver for it:
     (name, drive(pipeline, path, chunk) -> lines fed). The one place that knows the API.
 
-    With the batch engine (`zeekbatch.iter_batches` and `Pipeline.dispatch`, which hands runs of
-    "zrow" items to `Pipeline.feed_zeek_rows`): the columnar reader's batches, fed `chunk` rows at
+    With the batch engine (`zeekbatch.iter_batches` and `Pipeline.dispatch`, which takes runs of
+    "zrow" items a batch at a time): the columnar reader's batches, fed `chunk` rows at
     a time through the replay's dispatch, flushed after each (the replay's chunk). Before it: the
     per-line reader and `Pipeline.feed_zeek`, flushed every `chunk` lines."""
     from scheduler.collect import zeekbatch
@@ -242,8 +251,8 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
 
     if hasattr(zeekbatch, "iter_batches") and hasattr(Pipeline, "dispatch") and \
             hasattr(Pipeline, "feed_zeek_rows"):
-        return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (zrow runs -> "
-                "feed_zeek_rows)", batched)
+        return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (runs of zrow items, "
+                "a batch at a time)", batched)
     return "per-line: zeeklog.iter_zeek_log + Pipeline.feed_zeek", per_line
 
 
@@ -305,27 +314,30 @@ def misses(lines: int, vs_zat: float, vs_arrow: float, engine_rss: float) -> lis
     """The targets missed at one size, each said in words."""
     out = []
     if vs_zat < TARGET_VS_ZAT:
-        out.append(f"{lines:,} lines: engine {vs_zat:.2f}x zat LogToDataFrame's lines/s "
+        out.append(f"{STREAM} {lines:,} lines: engine {vs_zat:.2f}x zat LogToDataFrame's "
+                   f"lines/s "
                    f"(target >= {TARGET_VS_ZAT}x)")
     if vs_arrow < TARGET_VS_ARROW:
-        out.append(f"{lines:,} lines: engine {vs_arrow:.2f}x the bare pyarrow parse's lines/s "
+        out.append(f"{STREAM} {lines:,} lines: engine {vs_arrow:.2f}x the bare pyarrow parse's "
+                   f"lines/s "
                    f"(target >= {TARGET_VS_ARROW}x)")
     if engine_rss > TARGET_RSS_MIB:
-        out.append(f"{lines:,} lines: engine peak RSS {engine_rss:.1f} MiB "
+        out.append(f"{STREAM} {lines:,} lines: engine peak RSS {engine_rss:.1f} MiB "
                    f"(target <= {TARGET_RSS_MIB:.0f} MiB)")
     return out
 
 
 def measure(lines: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """Build the file of `lines` lines, run the interleaved rounds, print and return figures."""
-    path = tmp / f"http-{lines}.log"
+    path = tmp / f"{STREAM}-{lines}.log"
     t = time.perf_counter()
     build(path, lines)
-    print(f"\n== {lines:,} lines: built {path.stat().st_size / 1e6:.0f} MB http.log from "
+    print(f"\n== {lines:,} lines: built {path.stat().st_size / 1e6:.0f} MB {STREAM}.log from "
           f"benign_long in {time.perf_counter() - t:.1f}s", flush=True)
     results = interleaved_rounds(
         CONTENDERS, rounds, lines,
-        lambda mode: run_child(__file__, mode, "--path", str(path), cwd=ROOT))
+        lambda mode: run_child(__file__, mode, "--path", str(path), "--stream", STREAM,
+                               cwd=ROOT))
     path.unlink()
     s = summary(results, lines)
     e, a = results["engine"][-1], results["arrow"][-1]
@@ -363,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--sizes", help="comma list of line counts, e.g. 100000,1000000,3000000")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stream", choices=("http", "conn", "dns"), default="http",
+                    help="which of the recording's logs to repeat (default http)")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     ap.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    set_stream(args.stream)
     if args.child:
         return child(args.child, args.path)
     if not SOURCE.exists():
