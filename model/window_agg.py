@@ -33,8 +33,8 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
+from model.codes import factorize
 from model.records import NET_FIELDS, NetColumns, NetRecord
 
 #: Values kept per distinct set of one window; the distinct_* features saturate here.
@@ -110,30 +110,18 @@ def domain_of(value: str) -> str:
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, distinct values in order of first appearance) of a column: a hash table in C
-    (pandas), where np.unique would sort Python strings (~20x slower on object arrays).
-
-    Two shortcuts, because pandas costs ~30 us a call plus ~0.2 us a row: a column of one
-    value (a batch's `kind`, `geo_service` outside geo hits: one comparison pass, ~10x less),
-    and a dict for a few rows."""
+    """(codes, distinct values in order of first appearance) of a column (`model.codes`: a
+    hash table, where np.unique would sort Python strings, ~20x slower on object arrays), with
+    one shortcut: a column of one value (a batch's `kind`, `geo_service` outside geo hits) is
+    one comparison pass, ~10x less."""
     n = values.size
     if n and values[-1] == values[0] and bool((values == values[0]).all()):
         uniq = np.empty(1, dtype=object)
         uniq[0] = values[0]
         return np.zeros(n, dtype=np.int64), uniq
-    if n <= _SMALL:
-        index: dict[Any, int] = {}
-        codes = np.fromiter((index.setdefault(v, len(index)) for v in values.tolist()),
-                            dtype=np.int64, count=n)
-        uniq = np.empty(len(index), dtype=object)
-        uniq[:] = list(index)
-        return codes, uniq
-    codes, uniq = pd.factorize(values, use_na_sentinel=False)
-    return codes, np.asarray(uniq, dtype=object)
+    return factorize(values)
 
 
-#: Below this many rows a dict factorizes faster than pandas' fixed cost.
-_SMALL = 64
 
 
 def _per_value(values: np.ndarray, fn: Callable[[Any], Any], dtype: Any) -> np.ndarray:

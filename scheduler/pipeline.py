@@ -33,6 +33,7 @@ import numpy as np
 
 from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
                            ProcessRecord)
+from model.codes import factorize as codes_of
 from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
@@ -1296,14 +1297,12 @@ def _shared_strings(cols: NetColumns) -> NetColumns:
 
     Why: a parsed batch has a str per row and field (~60-100 B each); the close-lag queue holds
     lag_s of rows (~200k at 20,000 lines/s), and those copies were most of the daemon's RSS."""
-    import pandas as pd
-
     out = {f: getattr(cols, f) for f in NET_FIELDS}
     for f in _REPEATED_TEXT:
         col = out[f]
         if col.dtype == object and len(col) > 1:
-            codes, uniques = pd.factorize(col, use_na_sentinel=False)
-            out[f] = np.asarray(uniques, dtype=object)[codes]
+            codes, uniques = codes_of(col)
+            out[f] = uniques[codes]
     return NetColumns(**out)
 
 

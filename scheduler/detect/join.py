@@ -195,22 +195,12 @@ def _subnet_test(addr: str, subnets: Sequence[Any]) -> bool:
 
 
 def factorize(values: Any) -> tuple[Any, list[Any]]:
-    """(codes, uniques) of an array, hash-based (pandas): a batch's few distinct addresses and
-    names are judged once each, whatever the number of rows."""
-    import numpy as np
+    """(codes, uniques) of an array, hash-based (`model.codes.factorize`): a batch's few
+    distinct addresses and names are judged once each, whatever the number of rows."""
+    from model.codes import factorize as codes_of
 
-    if len(values) < _SMALL:            # a dict is quicker than pandas' fixed cost here
-        seen: dict[Any, int] = {}
-        codes = np.fromiter((seen.setdefault(v, len(seen)) for v in list(values)),
-                            dtype=np.int64, count=len(values))
-        return codes, list(seen)
-    import pandas as pd
-
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
-    return codes, list(uniques)
-
-
-_SMALL = 1000
+    codes, uniques = codes_of(values)
+    return codes, uniques.tolist()
 
 
 def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool,
