@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,22 @@ def release_free_memory() -> dict[str, bool]:
         release()
         out["pyarrow"] = True
     return out
+
+
+#: Libraries the daemon never uses that others import for it when they are installed.
+UNUSED_LIBRARIES = ("pandas",)
+
+
+def keep_unused_libraries_out(names: tuple[str, ...] = UNUSED_LIBRARIES) -> list[str]:
+    """Make `import` of each of `names` fail in this process (unless already imported);
+    returns the names kept out.
+
+    Why: pyarrow imports pandas when it is installed, on its first conversion of an array (its
+    pandas shim), and pandas is ~50 MiB of RSS (numpy + pyarrow are 54 MiB here, +pandas 104).
+    The daemon converts nothing to pandas; without pandas pyarrow takes its own path. Only for a
+    process that is the daemon and nothing else (`stowaway run` started as a command): other
+    code sharing the interpreter, tests for one, may need the library."""
+    kept = [n for n in names if n not in sys.modules]
+    for n in kept:
+        sys.modules[n] = None           # type: ignore[assignment]  (import raises ImportError)
+    return kept

@@ -108,3 +108,42 @@ def test_operator_environment_wins(monkeypatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert configure_allocator() == {"arena_max": False, "mmap_threshold": False}
+
+
+# ---- libraries the daemon never uses ---------------------------------------------------------
+
+_RUN_ONCE = """
+import json, sys
+from scheduler.cli.main import main
+sys.argv = ["stowaway", "run", "--once", "-c", sys.argv[1]]
+rc = main() if {as_command} else main(sys.argv[1:])
+print(json.dumps({{"rc": rc, "pandas": sys.modules.get("pandas") is not None}}))
+"""
+
+
+def _run_once(tmp_path: Path, as_command: bool) -> dict:
+    import gzip
+
+    repo = Path(__file__).resolve().parents[1]
+    zeek = tmp_path / "zeek"
+    zeek.mkdir(exist_ok=True)
+    src = repo / "scheduler" / "demo_data" / "benign_long" / "zeek" / "http.log.gz"
+    with gzip.open(src, "rt") as fh:
+        (zeek / "http.log").write_text("".join(line for _, line in zip(range(3000), fh)))
+    st = tmp_path / ("cmd" if as_command else "call")
+    cfg = tmp_path / f"{st.name}.toml"
+    cfg.write_text(f'state_db = "{st}/state.db"\n[sources]\nzeek_log_dir = "{zeek}"\n'
+                   f'address_map = "{st}/map.tsv"\n[sinks]\njsonl = "{st}/alerts.jsonl"\n'
+                   f'[model]\ndir = "{st}/models"\n')
+    r = subprocess.run([sys.executable, "-c", _RUN_ONCE.format(as_command=as_command), str(cfg)],
+                       cwd=repo, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_daemon_as_a_command_keeps_pandas_out(tmp_path: Path) -> None:
+    """pyarrow imports pandas on its first conversion when pandas is installed (~50 MiB); the
+    daemon started as a command reads the same Zeek log without it. Called from Python code,
+    nothing is kept out (the control: the same run imports pandas)."""
+    assert _run_once(tmp_path, as_command=True) == {"rc": 0, "pandas": False}
+    assert _run_once(tmp_path, as_command=False) == {"rc": 0, "pandas": True}

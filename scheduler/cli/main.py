@@ -63,6 +63,12 @@ def _add_broken(sub, module_name: str, fallback: str, exc: Exception) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and getattr(args, "command", "") == "run":
+        # The daemon started as a command (not called from other Python code): libraries it
+        # never uses stay out of its memory (scheduler/memtrim.py says why).
+        from scheduler.memtrim import keep_unused_libraries_out
+
+        keep_unused_libraries_out()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
