@@ -165,7 +165,9 @@ class Lab:
 
     def wanted(self, cid: str, name: str) -> bool:
         """Does a table row belong to this emulation run?"""
-        if cid and any(cid.startswith(k) or k.startswith(cid) for k in self.known_ids if len(cid) >= 12):
+        # a copy: the host view's poll thread asks while the run adds the ids it starts
+        if cid and any(cid.startswith(k) or k.startswith(cid) for k in tuple(self.known_ids)
+                       if len(cid) >= 12):
             return True
         return bool(name) and name.lstrip("/").startswith(self.prefix)
 
