@@ -30,7 +30,8 @@ done before the clock starts:
   T1614 network rules, the stock-log geo detector, the misuse rules, and feature windows built as
   they close (handed to a window sink that counts them, as the daemon's window store would take
   them). Alerts are flushed every replay chunk. Only scoring is left out (no baselines: it is per
-  window, not per line; bench_model.py measures it).
+  window, not per line; bench_model.py measures it). pandas is kept out of its process, as
+  `stowaway run` keeps it out of the daemon's (pyarrow would import it on its first conversion).
 
 Printed per size: median wall seconds, lines/s, CPU lines/s, peak RSS (and after imports and
 set-up) of each; the ratios engine / zat_df and engine / arrow in lines/s (median of the
@@ -287,6 +288,12 @@ def child(mode: str, path: Path) -> int:
     import importlib
 
     sys.path.insert(0, str(ROOT))
+    if mode == "engine":
+        # as `stowaway run` does: pyarrow would import pandas (~0.26 s, ~50 MiB) on its first
+        # conversion, inside the clock; the engine never uses it
+        from scheduler.memtrim import keep_unused_libraries_out
+
+        keep_unused_libraries_out()
     for mod in IMPORTS[mode]:
         importlib.import_module(mod)
     args: tuple[Any, ...] = (PREPARE[mode](),) if mode in PREPARE else ()

@@ -94,15 +94,30 @@ UNUSED_LIBRARIES = ("pandas",)
 
 
 def keep_unused_libraries_out(names: tuple[str, ...] = UNUSED_LIBRARIES) -> list[str]:
-    """Make `import` of each of `names` fail in this process (unless already imported);
-    returns the names kept out.
+    """Make `import` of each of `names` (and their submodules) raise ModuleNotFoundError in this
+    process, unless already imported; returns the names kept out.
 
     Why: pyarrow imports pandas when it is installed, on its first conversion of an array (its
     pandas shim), and pandas is ~50 MiB of RSS (numpy + pyarrow are 54 MiB here, +pandas 104).
-    The daemon converts nothing to pandas; without pandas pyarrow takes its own path. Only for a
-    process that is the daemon and nothing else (`stowaway run` started as a command): other
-    code sharing the interpreter, tests for one, may need the library."""
-    kept = [n for n in names if n not in sys.modules]
-    for n in kept:
-        sys.modules[n] = None           # type: ignore[assignment]  (import raises ImportError)
-    return kept
+    The daemon converts nothing to pandas; without pandas pyarrow takes its own path. The import
+    must fail as a missing package does: a None in sys.modules is handed back as the module by
+    pyarrow's compiled import (then `None.__version__` fails), so a finder refuses it instead.
+    Only for a process that is the daemon and nothing else (`stowaway run` started as a
+    command): other code sharing the interpreter, tests for one, may need the library."""
+    kept = tuple(n for n in names if n not in sys.modules)
+    if kept:
+        sys.meta_path.insert(0, _Refuse(kept))
+    return list(kept)
+
+
+class _Refuse:
+    """A meta path finder that refuses some top-level packages (see keep_unused_libraries_out)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".", 1)[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is kept out of the stowaway daemon",
+                                      name=fullname)
+        return None

@@ -114,10 +114,20 @@ def test_operator_environment_wins(monkeypatch) -> None:
 
 _RUN_ONCE = """
 import json, sys
+import numpy as np
+import pyarrow as pa
 from scheduler.cli.main import main
 sys.argv = ["stowaway", "run", "--once", "-c", sys.argv[1]]
 rc = main() if {as_command} else main(sys.argv[1:])
-print(json.dumps({{"rc": rc, "pandas": sys.modules.get("pandas") is not None}}))
+# pyarrow's own first conversions work without pandas (its shim sees no pandas installed)
+text = pa.array(np.array(["a", "b"] * 200, dtype=object), type=pa.string())
+out = {{"rc": rc, "pandas": sys.modules.get("pandas") is not None,
+        "converted": text.dictionary_encode().indices.to_numpy().tolist()[:3]}}
+try:
+    import pandas  # noqa: F401
+except ModuleNotFoundError:
+    out["import"] = "refused"
+print(json.dumps(out))
 """
 
 
@@ -145,5 +155,7 @@ def test_the_daemon_as_a_command_keeps_pandas_out(tmp_path: Path) -> None:
     """pyarrow imports pandas on its first conversion when pandas is installed (~50 MiB); the
     daemon started as a command reads the same Zeek log without it. Called from Python code,
     nothing is kept out (the control: the same run imports pandas)."""
-    assert _run_once(tmp_path, as_command=True) == {"rc": 0, "pandas": False}
-    assert _run_once(tmp_path, as_command=False) == {"rc": 0, "pandas": True}
+    assert _run_once(tmp_path, as_command=True) == {"rc": 0, "pandas": False,
+                                                    "converted": [0, 1, 0], "import": "refused"}
+    assert _run_once(tmp_path, as_command=False) == {"rc": 0, "pandas": True,
+                                                     "converted": [0, 1, 0]}
