@@ -45,8 +45,8 @@ from model.features import FEATURE_NAMES, FeatureWindows
 # scores without scikit-learn); re-exported here so every existing import keeps working.
 from model.images import ImageRef, normalise_image, parse_image  # noqa: F401
 from model.scoring import (BEHAVIOUR_FEATURES, DEFAULT_MIN_WINDOWS, ENVIRONMENT_SCOPE,  # noqa: F401
-                           IMAGE_SCOPE, _SCALE_FLOORS, BaselineTerms, ScoreResult, _describe, _fmt,
-                           explain, scale_floors, score_windows)
+                           IMAGE_SCOPE, _SCALE_FLOORS, BaselineTerms, ImageRouting, ScoreResult,
+                           _describe, _fmt, explain, scale_floors, score_windows)
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def _fit_one(key: str, X: np.ndarray, params: dict[str, Any],
     return key, ImageBaseline(**params).fit(X, executables=executables)
 
 
-class EnvironmentBaselines:
+class EnvironmentBaselines(ImageRouting):
     """All baselines of one environment: one per image key, plus the environment-wide fallback.
 
     No global state: everything a score needs (keys, thresholds, training statistics) is on this
@@ -266,9 +266,6 @@ class EnvironmentBaselines:
         self.models: dict[str, ImageBaseline] = {}
         self.fallback: ImageBaseline | None = None
         self.window_counts: dict[str, int] = {}
-
-    def key_of(self, image: str) -> str:
-        return normalise_image(image, grouping=self.grouping)
 
     def group(self, windows: FeatureWindows) -> dict[str, np.ndarray]:
         """Row indices per image key."""
@@ -307,15 +304,6 @@ class EnvironmentBaselines:
         self.fallback = fitted.pop("__environment__")
         self.models = dict(sorted(fitted.items()))
         return self
-
-    def model_for(self, image: str) -> tuple[str, ImageBaseline, bool]:
-        key = self.key_of(image)
-        m = self.models.get(key)
-        if m is not None:
-            return key, m, False
-        if self.fallback is None:
-            raise RuntimeError(f"no model for {key} and no environment-wide fallback")
-        return key, self.fallback, True
 
     def score(self, windows: FeatureWindows, top: int = 3, explain_all: bool = False) -> list[ScoreResult]:
         """Score every window with its image's model (or the fallback) and explain the anomalies

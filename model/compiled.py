@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from model.images import normalise_image
-from model.scoring import DEFAULT_MIN_WINDOWS, BaselineTerms, ScoreResult, score_windows
+from model.scoring import (DEFAULT_MIN_WINDOWS, BaselineTerms, ImageRouting, ScoreResult,
+                           score_windows)
 
 if TYPE_CHECKING:   # scikit-learn only where a fitted estimator is compiled
     from model.baseline import EnvironmentBaselines, ImageBaseline
@@ -252,7 +252,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-class CompiledBaselines:
+class CompiledBaselines(ImageRouting):
     """All compiled baselines of one environment, with EnvironmentBaselines' scoring contract:
     `score(windows, top=3, explain_all=False) -> list[ScoreResult]`, the same image keys and
     the same fallback to the environment-wide model (said on every result it scores)."""
@@ -267,18 +267,6 @@ class CompiledBaselines:
         self.fallback: CompiledModel | None = None
         self.window_counts: dict[str, int] = {}
         self.version = ""
-
-    def key_of(self, image: str) -> str:
-        return normalise_image(image, grouping=self.grouping)
-
-    def model_for(self, image: str) -> tuple[str, CompiledModel, bool]:
-        key = self.key_of(image)
-        m = self.models.get(key)
-        if m is not None:
-            return key, m, False
-        if self.fallback is None:
-            raise RuntimeError(f"no model for {key} and no environment-wide fallback")
-        return key, self.fallback, True
 
     def score(self, windows: "FeatureWindows", top: int = 3, explain_all: bool = False) -> list[ScoreResult]:
         """Score every window with its image's model (or the fallback): model.scoring.score_windows."""

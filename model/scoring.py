@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
+from model.images import normalise_image
+
 if TYPE_CHECKING:   # model.features pulls pandas in; scoring needs only the windows' fields
     from model.features import FeatureWindows
 
@@ -187,6 +189,28 @@ class _Model(Protocol):
     def unseen(self, executables) -> list[list[str]]: ...
     def deviations(self, x, top: int = 3, min_abs_z: float = 1.0,
                    above_only: bool = False) -> list[dict[str, Any]]: ...
+
+
+class ImageRouting:
+    """Which model scores an image: its own (by image key), else the environment-wide fallback.
+    One implementation for the scikit-learn baselines and their compiled form."""
+
+    grouping: str
+    models: dict[str, Any]
+    fallback: Any
+
+    def key_of(self, image: str) -> str:
+        return normalise_image(image, grouping=self.grouping)
+
+    def model_for(self, image: str) -> tuple[str, Any, bool]:
+        """(image key, model, scored by the fallback)."""
+        key = self.key_of(image)
+        m = self.models.get(key)
+        if m is not None:
+            return key, m, False
+        if self.fallback is None:
+            raise RuntimeError(f"no model for {key} and no environment-wide fallback")
+        return key, self.fallback, True
 
 
 class _Baselines(Protocol):

@@ -21,6 +21,7 @@ from scheduler.collect.zeekbatch import batch_from_records
 from scheduler.config import Config
 from scheduler.detect.misuse import destination_keys
 from scheduler.pipeline import Pipeline
+from test_engine_equality import _outcome as _engine_outcome
 
 HOST = "h1"
 T0 = 1_800_000_000.0
@@ -138,23 +139,14 @@ def _pipeline(lag: float) -> tuple[Pipeline, list[Any]]:
 
 
 def _outcome(p: Pipeline, windows: list[Any], alerts: list[Any]) -> dict[str, Any]:
-    from model.features import FeatureWindows
-
-    out = []
-    for a in alerts:
-        d = a.to_dict()
-        for k in ("id", "@timestamp"):
-            d.pop(k, None)
-        out.append(d)
-    fw = FeatureWindows.concat(windows)
+    """test_engine_equality's outcome (alerts without ids, counters, names, windows) and the
+    rest of the misuse rules' state: beacon times, DNS groups, recent connections."""
+    out = _engine_outcome(p, windows, alerts)
     m = p.misuse
-    return {"alerts": out, "stats": p.stats.to_dict(), "join": repr(p.joiner.stats),
-            "names": sorted(m._names.items()), "misuse": m.dump_state(),
-            "conns": {c: [(r.ts, r.uid, r.resp_h, r.resp_p, r.conn_state) for r in q]
-                      for c, q in m._conns.items()},
-            "data_time": p.data_time,
-            "windows": [(fw.container_id[i], float(fw.window_start[i]),
-                         [round(float(x), 9) for x in fw.X[i]]) for i in range(len(fw))]}
+    out["misuse"] = m.dump_state()
+    out["conns"] = {c: [(r.ts, r.uid, r.resp_h, r.resp_p, r.conn_state) for r in q]
+                    for c, q in m._conns.items()}
+    return out
 
 
 def _run(batched: bool, lag: float, seed: int, mixed: bool = False) -> dict[str, Any]:
