@@ -40,7 +40,7 @@ from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.config import Config
 from scheduler.detect import rules
 from scheduler.detect.inventory import Inventory, event_time
-from scheduler.detect.join import STREAM_KIND, Joiner, factorize, per_unique, strip_port, to_ts
+from scheduler.detect.join import STREAM_KIND, Joiner, per_unique, strip_port, to_ts
 from scheduler.detect.nat_join import JOIN_ADDRESS
 from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
@@ -756,31 +756,6 @@ class Pipeline(WindowingMixin):
         if self._pending:
             self._count_pending()
 
-    def _late_cuts(self, cids: Any, ts: Any) -> list[int]:
-        """Where a stretch of segment rows must end so that each row meets the windows it
-        would meet row by row. A stretch is added as one chunk and data time advanced to its
-        newest row after it, so the only rows at risk are rows data time has already passed (a
-        conn.log is written when connections end: its rows are out of start-time order) whose
-        window is due (its end plus the close lag is not after the newest time before the
-        row): row by row that window was closed, or is opened by the row and closed by the
-        next newer row. Such a row starts a new stretch, unless its window had closed before
-        the segment (late either way: the common case, long connections). A container with no
-        window origin yet is judged conservatively (a cut wherever time went back)."""
-        prev = np.maximum.accumulate(np.concatenate(([self.data_time], ts[:-1])))
-        behind = np.flatnonzero(ts < prev)
-        if not behind.size:
-            return []
-        codes, uniq = factorize(cids[behind])
-        origin = np.array([self._origins.get(c, np.nan) for c in uniq], dtype=float)[codes]
-        closed = np.array([self._last_closed.get(c, -1 << 62) for c in uniq],
-                          dtype=np.int64)[codes]
-        w = self.window_s
-        k = np.floor((ts[behind] - origin) / w)
-        due = origin + (k + 1) * w + self.close_lag_s <= prev[behind]
-        unknown = np.isnan(origin)
-        cut = unknown | (due & ~(k <= closed))
-        return [i for i in behind[cut].tolist() if i]        # row 0 starts a stretch anyway
-
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:
         """Feed (kind, payload) items in order: the one dispatch of the replay and the daemon.
         Consecutive "zrow" items (payload (ZeekBatch, row)) go through the batch path together
@@ -814,21 +789,18 @@ class Pipeline(WindowingMixin):
         if pos is not None:
             self.cur_pos = pos
         first = zrows[0][0]
-        if all(b is first for b, _ in zrows):
-            self.feed_zeek_rows(first, np.fromiter((i for _, i in zrows), np.int64, len(zrows)),
-                                first.meta.get("sensor_host"))
+        mixed = any(b is not first for b, _ in zrows)
+        if mixed and len(zrows) >= self.batch_min_rows and not (
+                self.windows_only or self.collect_windows or self.misuse.learning):
+            self._feed_mixed(zrows)
             return
-        if len(zrows) < self.batch_min_rows or self.windows_only or self.collect_windows \
-                or self.misuse.learning:
-            lo = 0
-            for j in range(1, len(zrows) + 1):
-                if j == len(zrows) or zrows[j][0] is not zrows[lo][0]:
-                    b = zrows[lo][0]
-                    self.feed_zeek_rows(b, np.fromiter((i for _, i in zrows[lo:j]), np.int64,
-                                                       j - lo), b.meta.get("sensor_host"))
-                    lo = j
-            return
-        self._feed_mixed(zrows)
+        lo = 0
+        for j in range(1, len(zrows) + 1):
+            if j == len(zrows) or zrows[j][0] is not zrows[lo][0]:
+                b = zrows[lo][0]
+                self.feed_zeek_rows(b, np.fromiter((i for _, i in zrows[lo:j]), np.int64,
+                                                   j - lo), b.meta.get("sensor_host"))
+                lo = j
 
     def _feed_mixed(self, zrows: list[tuple[Any, int]]) -> None:
         """Rows of several ZeekBatches in the order given (streams interleaved by time): the

@@ -391,11 +391,7 @@ class MisuseDetector:
         cfg = self.cfg
         if rec.resp_p == 53 or not rec.resp_h or not self._on(RULE_BEACON, rec.image):
             return []
-        key = (rec.container_id, rec.resp_h, rec.resp_p)
-        s = self._series.get(key)
-        if s is None:
-            s = self._series[key] = _Series(deque(maxlen=max(3, cfg.beacon_history)))
-        s.times.append(rec.ts)
+        s = self._beat(rec.container_id, rec.resp_h, rec.resp_p, rec.ts)
         if len(s.times) < cfg.beacon_min_conns:
             return []
         if s.flagged_at >= 0 and rec.ts - s.flagged_at < 300.0:
@@ -423,6 +419,15 @@ class MisuseDetector:
                            details={"period_s": round(st.period, 3), "cv": round(st.cv, 4),
                                     "connections": st.count, "destination": dest})]
 
+    def _beat(self, cid: str, resp_h: str, resp_p: int, ts: float) -> _Series:
+        """One connection time added to its destination's beacon series."""
+        key = (cid, resp_h, resp_p)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series(deque(maxlen=max(3, self.cfg.beacon_history)))
+        s.times.append(ts)
+        return s
+
     def _is_baseline(self, rec: NetRecord, domain: str) -> bool:
         return self._is_baseline_of(rec.image, rec.resp_h, rec.resp_p, domain)
 
@@ -444,11 +449,8 @@ class MisuseDetector:
         if not sub:
             return []
         encoded, longest, h = pat.tunnel_label_score(name, cfg.dns_label_len, cfg.dns_entropy)
-        g = self._dns.setdefault((rec.container_id, parent), _DnsGroup())
         qtype = str(raw.get("qtype_name") or "")
-        g.items.append((rec.ts, name.lower(), qtype, encoded))
-        while g.items and rec.ts - g.items[0][0] > cfg.dns_window_s:
-            g.items.popleft()
+        g = self._dns_name(rec.container_id, parent, rec.ts, name, qtype, encoded)
         if not encoded:
             return []
         names = {n for _, n, _, e in g.items if e}
@@ -468,6 +470,16 @@ class MisuseDetector:
         return [self._cand(RULE_DNS_TUNNEL, rec.ts, rec.host, container, what, ev,
                            signature=parent, details={"parent": parent,
                                                       "distinct_names": len(names)})]
+
+    def _dns_name(self, cid: str, parent: str, ts: float, name: str, qtype: str,
+                  encoded: bool) -> _DnsGroup:
+        """One query added to its (container, parent domain) group, which keeps
+        `dns_window_s` of them."""
+        g = self._dns.setdefault((cid, parent), _DnsGroup())
+        g.items.append((ts, name.lower(), qtype, encoded))
+        while g.items and ts - g.items[0][0] > self.cfg.dns_window_s:
+            g.items.popleft()
+        return g
 
     def _stratum(self, raw: dict[str, Any], rec: NetRecord,
                  container: ContainerRef) -> list[Candidate]:
@@ -563,11 +575,18 @@ class MisuseDetector:
         (pos[i], key, name) instead when given, for a caller that keeps another order)."""
         keep = domains != ""
         if keep.any():
-            pairs = zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()), domains[keep].tolist())
-            if names_out is None:
-                self._names.update(pairs)
-            else:
-                names_out.extend((at, key, d) for at, (key, d) in zip(pos[keep].tolist(), pairs))
+            self._learn_names(zip(zip(cids[keep].tolist(), resp_hs[keep].tolist()),
+                                  domains[keep].tolist()),
+                              None if names_out is None else pos[keep].tolist(), names_out)
+
+    def _learn_names(self, pairs: Iterable[tuple[tuple[str, str], str]], places: Any,
+                     names_out: list | None) -> None:
+        """Keep (container, address) -> name pairs in their order, or list them in `names_out`
+        with their `places` for a caller that keeps another order."""
+        if names_out is None:
+            self._names.update(pairs)
+        else:
+            names_out.extend((at, key, d) for at, (key, d) in zip(places, pairs))
 
     def keep_names(self, names: Iterable[tuple[tuple[str, str], str]]) -> None:
         """Learn (container, address) -> name pairs in the order given (the last one wins)."""
@@ -649,28 +668,20 @@ class MisuseDetector:
                 & (resp_ps != 53) & (resp_hs != "")
             if on.any():
                 idx = np.flatnonzero(on)
-                hist = max(3, self.cfg.beacon_history)
-                series = self._series
-                for key, t in zip(zip(cids[idx].tolist(), resp_hs[idx].tolist(),
-                                      resp_ps[idx].tolist()), ts[idx].tolist()):
-                    s = series.get(key)
-                    if s is None:
-                        s = series[key] = _Series(deque(maxlen=hist))
-                    s.times.append(t)
+                for cid, resp_h, resp_p, t in zip(cids[idx].tolist(), resp_hs[idx].tolist(),
+                                                  resp_ps[idx].tolist(), ts[idx].tolist()):
+                    self._beat(cid, resp_h, resp_p, t)
         elif stream == "dns":
             domains = cols.domain[rows]
             if answers is not None:
                 ans = answers[rows]
                 has = ans != ""
                 places = pos[has].tolist() if names_out is not None else repeat(0)
-                for cid, a, d, at in zip(cids[has].tolist(), ans[has].tolist(),
-                                         domains[has].tolist(), places):
-                    for x in answer_addresses(a):
-                        if names_out is None:
-                            self._names[(cid, x)] = d
-                        else:
-                            names_out.append((at, (cid, x), d))
-            cfg = self.cfg
+                named = [(at, (cid, x), d) for cid, a, d, at in
+                         zip(cids[has].tolist(), ans[has].tolist(), domains[has].tolist(), places)
+                         for x in answer_addresses(a)]
+                self._learn_names(((key, d) for _, key, d in named),
+                                  [at for at, _, _ in named], names_out)
             on = per_unique(cols.image[rows], lambda im: self._on(RULE_DNS_TUNNEL, im)) \
                 & (domains != "")
             if not on.any():
@@ -678,16 +689,11 @@ class MisuseDetector:
             idx = np.flatnonzero(on)
             parents = per_unique(domains[idx], lambda d: pat.split_name(d), dtype=object)
             qt = qtypes[rows][idx].tolist() if qtypes is not None else [""] * idx.size
-            window = cfg.dns_window_s
             for cid, (sub, parent), name, q, t in zip(cids[idx].tolist(), parents.tolist(),
                                                      domains[idx].tolist(), qt,
                                                      ts[idx].tolist()):
-                if not sub:
-                    continue
-                g = self._dns.setdefault((cid, parent), _DnsGroup())
-                g.items.append((t, name.lower(), str(q or ""), False))
-                while g.items and t - g.items[0][0] > window:
-                    g.items.popleft()
+                if sub:
+                    self._dns_name(cid, parent, t, name, str(q or ""), False)
 
     @staticmethod
     def _push_many(d: dict, key: Any, times: list[float],

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from model.codes import factorize
 from model.records import ContainerInfo
 from model.window_agg import NetWindowAgg, add_groups
 
@@ -216,6 +217,31 @@ class WindowingMixin:
                 per.setdefault(id(agg), (agg, []))[1].append(rows)
             add_groups(nets, [(agg, parts[0] if len(parts) == 1 else np.concatenate(parts))
                               for agg, parts in per.values()])
+
+    def _late_cuts(self, cids: Any, ts: Any) -> list[int]:
+        """Where a stretch of segment rows must end so that each row meets the windows it
+        would meet row by row. A stretch is added as one chunk and data time advanced to its
+        newest row after it, so the only rows at risk are rows data time has already passed (a
+        conn.log is written when connections end: its rows are out of start-time order) whose
+        window is due (its end plus the close lag is not after the newest time before the
+        row): row by row that window was closed, or is opened by the row and closed by the
+        next newer row. Such a row starts a new stretch, unless its window had closed before
+        the segment (late either way: the common case, long connections). A container with no
+        window origin yet is judged conservatively (a cut wherever time went back)."""
+        prev = np.maximum.accumulate(np.concatenate(([self.data_time], ts[:-1])))
+        behind = np.flatnonzero(ts < prev)
+        if not behind.size:
+            return []
+        codes, uniq = factorize(cids[behind])
+        origin = np.array([self._origins.get(c, np.nan) for c in uniq], dtype=float)[codes]
+        closed = np.array([self._last_closed.get(c, -1 << 62) for c in uniq],
+                          dtype=np.int64)[codes]
+        w = self.window_s
+        k = np.floor((ts[behind] - origin) / w)
+        due = origin + (k + 1) * w + self.close_lag_s <= prev[behind]
+        unknown = np.isnan(origin)
+        cut = unknown | (due & ~(k <= closed))
+        return [i for i in behind[cut].tolist() if i]        # row 0 starts a stretch anyway
 
     def _net_window(self, cid: str, origin: float, kk: int, rows: int) -> NetWindowAgg | None:
         """The accumulator that `rows` network rows of container `cid` in its window `kk` go
