@@ -28,6 +28,13 @@ def factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
         arr = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
             arr[i] = v
+    first = arr[0] if arr.size else None
+    if isinstance(first, str) and arr[-1] == first and bool((arr == first).all()):
+        # one value throughout (a batch's `kind`, most rows' empty `geo_service`, a chunk's
+        # container): one comparison pass, ~10x less than hashing
+        uniques = np.empty(1, dtype=object)
+        uniques[0] = first
+        return np.zeros(arr.size, dtype=np.int64), uniques
     if arr.size >= SMALL:
         try:
             text = pa.array(arr, type=pa.string())

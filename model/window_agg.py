@@ -109,32 +109,17 @@ def domain_of(value: str) -> str:
         return host
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, distinct values in order of first appearance) of a column (`model.codes`: a
-    hash table, where np.unique would sort Python strings, ~20x slower on object arrays), with
-    one shortcut: a column of one value (a batch's `kind`, `geo_service` outside geo hits) is
-    one comparison pass, ~10x less."""
-    n = values.size
-    if n and values[-1] == values[0] and bool((values == values[0]).all()):
-        uniq = np.empty(1, dtype=object)
-        uniq[0] = values[0]
-        return np.zeros(n, dtype=np.int64), uniq
-    return factorize(values)
-
-
-
-
 def _per_value(values: np.ndarray, fn: Callable[[Any], Any], dtype: Any) -> np.ndarray:
     """fn applied once per distinct value of an object column, spread back to the rows."""
     if values.size == 0:
         return np.zeros(0, dtype=dtype)
-    codes, uniq = _factorize(values)
+    codes, uniq = factorize(values)
     return np.fromiter((fn(u) for u in uniq), dtype=dtype, count=uniq.size)[codes]
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values of a column (first-appearance order)."""
-    return _factorize(values)[1] if values.size else values
+    return factorize(values)[1] if values.size else values
 
 
 def _is(values: np.ndarray, options: Iterable[str]) -> np.ndarray:
@@ -391,7 +376,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     m, ng = int(rows.size), len(parts)
     gid = np.repeat(np.arange(ng, dtype=np.int64), sizes)
     ts = np.asarray(cols.ts, dtype=float)[rows]
-    kcode, kinds = _factorize(cols.kind[rows])
+    kcode, kinds = factorize(cols.kind[rows])
     conn, dns = (kinds == "conn")[kcode], (kinds == "dns")[kcode]
     http = (kinds == "http")[kcode]
     geo = _per_value(cols.geo_service[rows], bool, bool)
@@ -401,7 +386,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     addrs = ports = domains = None
     if conn.any():
         failed = conn & _is(cols.conn_state[rows], FAILED_CONN_STATES)
-        hcode, huniq = _factorize(cols.resp_h[rows])
+        hcode, huniq = factorize(cols.resp_h[rows])
         public = conn & np.fromiter((leaves_rfc1918(u) for u in huniq), bool, huniq.size)[hcode]
         bytes_out = np.where(conn, np.asarray(cols.bytes_out[rows], dtype=np.int64), 0)
         bytes_in = np.where(conn, np.asarray(cols.bytes_in[rows], dtype=np.int64), 0)
@@ -421,7 +406,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     if d.size:
         ent = _per_value(cols.domain[rows[d]], label_entropy, float).tolist()
         dbounds = np.searchsorted(gid[d], np.arange(ng + 1)).tolist()
-        rcode, runiq = _factorize(cols.rcode[rows[d]])
+        rcode, runiq = factorize(cols.rcode[rows[d]])
         answered, nxu, nx = no.copy(), no.copy(), no.copy()
         answered[d] = np.fromiter((bool(v) for v in runiq), bool, runiq.size)[rcode]
         nxu[d] = np.fromiter((bool(v) and v.upper() == "NXDOMAIN" for v in runiq), bool,
@@ -430,7 +415,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     if any(len(agg.domains) < DISTINCT_CAP for agg, _ in parts):
         dk = np.fromiter((k in DOMAIN_KINDS for k in kinds), bool, kinds.size)[kcode]
         if dk.any():
-            dcode, duniq = _factorize(cols.domain[rows])
+            dcode, duniq = factorize(cols.domain[rows])
             dom = np.empty(duniq.size, dtype=object)
             dom[:] = [domain_of(x) for x in duniq]
             domains = _group_distinct(gid, dcode, dk & (dom != "")[dcode], ng, duniq.size, dom)
@@ -511,9 +496,9 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     keyed = (("ports", conn, lambda r: _pair_codes(cols.resp_p[r], cols.proto[r]),
               lambda r: list(zip(np.asarray(cols.resp_p[r], dtype=np.int64).tolist(),
                                  [str(x) for x in cols.proto[r].tolist()]))),
-             ("addrs", conn, lambda r: _factorize(cols.resp_h[r])[0],
+             ("addrs", conn, lambda r: factorize(cols.resp_h[r])[0],
               lambda r: cols.resp_h[r].tolist()),
-             ("dns_domains", dns, lambda r: _factorize(cols.domain[r])[0],
+             ("dns_domains", dns, lambda r: factorize(cols.domain[r])[0],
               lambda r: cols.domain[r].tolist()))
     for name, mask, codes_of, keys_of in keyed:
         sel = order[mask[order]]
@@ -608,7 +593,7 @@ def _first_nonempty(values: np.ndarray) -> str:
 
 def _pair_codes(ports: np.ndarray, protos: np.ndarray) -> np.ndarray:
     """One integer per (port, proto) pair, for np.unique within a batch."""
-    code, uniq = _factorize(protos)
+    code, uniq = factorize(protos)
     return np.asarray(ports, dtype=np.int64) * max(uniq.size, 1) + code
 
 

@@ -1292,10 +1292,16 @@ def _constant_columns(cols: NetColumns) -> NetColumns:
     out = {}
     for f in NET_FIELDS:
         col = getattr(cols, f)
-        if col.strides != (0,) and bool((col == col[0]).all()):
+        if col.strides != (0,) and _is_constant(col):
             col = np.broadcast_to(col[:1].copy(), (n,))   # not a view: the column goes
         out[f] = col
     return NetColumns(**out)
+
+
+def _is_constant(col: Any) -> bool:
+    """Does a non-empty column hold one value throughout (stored once: `_constant_columns`,
+    `chunk_to_json`)?"""
+    return col.strides == (0,) or bool((col == col[0]).all())
 
 
 def chunk_to_json(cols: NetColumns) -> str:
@@ -1304,7 +1310,7 @@ def chunk_to_json(cols: NetColumns) -> str:
     out: dict[str, Any] = {"rows": len(cols)}
     for f in NET_FIELDS:
         col = getattr(cols, f)
-        if len(col) and bool((col == col[0]).all()):
+        if len(col) and _is_constant(col):
             out[f] = {"all": col[0].item() if hasattr(col[0], "item") else col[0]}
         else:
             out[f] = col.tolist()
