@@ -201,6 +201,11 @@ class ChildRetrain:
         except (IndexError, ValueError, TypeError) as exc:
             raise RetrainFailed(f"unreadable report from the child: {exc}") from exc
 
+    @property
+    def cancelled(self) -> bool:
+        """`cancel` was called: `run` starts no child any more."""
+        return self._cancelled
+
     def cancel(self) -> None:
         """Stop a running child (SIGTERM) and refuse to start another: shutting down."""
         with self._lock:

@@ -130,8 +130,9 @@ class Daemon:
         self._last_map = ""
         self.cycles = 0
         self.retrains = 0
-        self._retrain_child: Any = None     # model.retrain.ChildRetrain while one runs
-        self._retrain_cancelled = False
+        from model.retrain import ChildRetrain
+
+        self._retrainer = ChildRetrain()    # runs each retrain's child; cancelled at shutdown
         self.catching_up = False
         # The data clock while the sources are quiet: data time of the last new record and the
         # wall time it was read (a restart counts as "just read": nothing closes early).
@@ -368,24 +369,17 @@ class Daemon:
         path and saves a new version; this job's thread waits for it, outside the lock), then
         load that version's compiled baselines and swap them in; the next windows are scored by
         them. The child, not the daemon, imports scikit-learn."""
-        if self.window_store is None or self._retrain_cancelled:
+        if self.window_store is None or self._retrainer.cancelled:
             return False
         try:
-            from model.retrain import ChildRetrain
             from model.store import ModelStore
 
             ms = ModelStore(self.cfg.model.dir)
             end = time.time()
             start = end - self.cfg.retention.days * 86400
-            child = self._retrain_child = ChildRetrain()
-            if self._retrain_cancelled:     # close() ran between the check above and now
-                return False
-            try:
-                report = child.run(self.window_store.path, ms.root, self.cfg.environment, start, end,
-                                   min_windows=self.cfg.model.min_windows,
-                                   window_s=self.cfg.detection.window_s)
-            finally:
-                self._retrain_child = None
+            report = self._retrainer.run(self.window_store.path, ms.root, self.cfg.environment,
+                                         start, end, min_windows=self.cfg.model.min_windows,
+                                         window_s=self.cfg.detection.window_s)
             eb = ms.load_compiled(self.cfg.environment, report.version)
             version = eb.version
         except Exception as exc:
@@ -401,10 +395,7 @@ class Daemon:
 
     def cancel_retrain(self) -> None:
         """Shutting down: stop a running retrain child and start no new one."""
-        self._retrain_cancelled = True
-        child = self._retrain_child
-        if child is not None:
-            child.cancel()
+        self._retrainer.cancel()
 
     def prune_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
