@@ -218,8 +218,21 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
             touch(r.container_id, r.ts, r.image, r.host)
     for (cid, _), agg in net_windows:
         if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
-            touch(cid, agg.t_min, agg.image, agg.host)
-            touch(cid, agg.t_max, agg.image, agg.host)
+            # touch(cid, agg.t_min, ...) then touch(cid, agg.t_max, ...), inlined: one call per
+            # window of a batch of thousands
+            s = spans.get(cid)
+            if s is None:
+                spans[cid] = _Span(image=agg.image, host=agg.host, name="", created=None,
+                                   first=agg.t_min, last=agg.t_max, ended=False)
+                continue
+            if agg.t_min < s.first:
+                s.first = agg.t_min
+            if agg.t_max > s.last:
+                s.last = agg.t_max
+            if not s.image:
+                s.image = agg.image
+            if not s.host:
+                s.host = agg.host
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first
@@ -375,17 +388,15 @@ def build_windows(
             agg = NetWindowAgg(sample=False)
             agg.add_columns(cols, part)
             row_aggs.append((int(n_rows_all[part[0]]), agg))
-    for (cid, k), agg in aggs:
-        ci = cid_index.get(cid)
-        if ci is None:
-            continue
-        w = int(k) - wmin
-        if not 0 <= w < span_w:
-            continue
+    if aggs:    # each accumulator's row, all at once
+        ci = np.fromiter((cid_index.get(cid, -1) for (cid, _), _ in aggs), np.int64, len(aggs))
+        w = np.fromiter((k for (_, k), _ in aggs), np.int64, len(aggs)) - wmin
+        ok = (ci >= 0) & (w >= 0) & (w < span_w)
         key = ci * span_w + w
-        pos = int(np.searchsorted(sorted_keys, key))
-        if pos < sorted_keys.size and sorted_keys[pos] == key:
-            row_aggs.append((int(key_order[pos]), agg))
+        pos = np.minimum(np.searchsorted(sorted_keys, key), sorted_keys.size - 1)
+        hit = ok & (sorted_keys[pos] == key)
+        row_aggs.extend(zip(key_order[pos[hit]].tolist(),
+                            [aggs[j][1] for j in np.flatnonzero(hit).tolist()]))
     if row_aggs:
         net_cols = [col[f] for f in NET_FEATURES]
         rows_idx = np.array([r for r, _ in row_aggs], dtype=np.int64)

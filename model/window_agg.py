@@ -154,20 +154,23 @@ class NetSample:
     __slots__ = ("sel", "records")
 
     def __init__(self) -> None:
-        # name -> {key: (ts, seq)}; records: seq -> NetRecord (the rows some selection holds)
-        self.sel: dict[str, dict[Any, tuple[float, int]]] = {n: {} for n, _ in SELECTIONS}
+        # name -> {key: (ts, seq)}, a selection's entry made by its first row (most windows
+        # never see most selections); records: seq -> NetRecord (the rows some selection holds)
+        self.sel: dict[str, dict[Any, tuple[float, int]]] = {}
         self.records: dict[int, NetRecord] = {}
 
     def _room(self, name: str, key: Any, ts: float, seq: int) -> bool:
         """Would (key, ts, seq) enter selection `name`?"""
-        d = self.sel[name]
+        d = self.sel.get(name)
+        if d is None:
+            return True
         old = d.get(key)
         if old is not None:
             return (ts, seq) < old
         return len(d) < SAMPLE_K or (ts, seq) < max(d.values())
 
     def _put(self, name: str, key: Any, ts: float, seq: int, rec: NetRecord) -> None:
-        d = self.sel[name]
+        d = self.sel.setdefault(name, {})
         d[key] = (ts, seq)
         self.records[seq] = rec
         if len(d) > SAMPLE_K:
@@ -528,8 +531,8 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
                 continue
             if t0 is None:
                 t0 = min(tl[starts[g]:(starts[g + 1] if g + 1 < len(starts) else m)])
-            d = sample.sel[name]
-            if len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
+            d = sample.sel.get(name)
+            if d is not None and len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
                 continue                                  # full, and nothing here comes first
             for j in range(lo, hi):
                 row = int(sel[j])
