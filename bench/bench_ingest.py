@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from itertools import repeat
 from typing import Any, Callable, Iterator
 
 from procstat import (child_result, interleaved_rounds, median_ratio, round_figures,  # bench/
@@ -229,7 +230,7 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
                                             stats=stats):
             for lo in range(0, len(batch), chunk):
                 hi = min(len(batch), lo + chunk)
-                p.dispatch((("zrow", (batch, i)) for i in range(lo, hi)), n)
+                p.dispatch(zip(repeat("zrow"), zip(repeat(batch), range(lo, hi))), n)
                 n += hi - lo
                 p.flush()
         p.flush(force=True)

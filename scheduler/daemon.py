@@ -44,6 +44,7 @@ import signal
 import threading
 import time
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,7 @@ class Daemon:
             p.inventory.close_snapshots()   # containers missing from a full snapshot are gone
             # Inventory rows were observed above; the one dispatch feeds the rest of each
             # osquery row's logic, audit records, and Zeek rows a batch run at a time.
-            p.dispatch((kind, payload) for _, _, kind, payload in items)
+            p.dispatch(map(itemgetter(2, 3), items))
             if p.data_time > before:
                 self._data_anchor = (p.data_time, time.time())
             alerts = p.flush(wall=time.time())

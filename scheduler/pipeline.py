@@ -26,6 +26,8 @@ import json
 import logging
 import time
 from collections import deque
+from itertools import groupby, repeat
+from operator import is_, itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -762,23 +764,18 @@ class Pipeline(WindowingMixin):
         (`_feed_zrows`), whatever their streams; every other item through `_dispatch`. `pos`:
         the stream position of the first item (the replay's `cur_pos` bookkeeping; a run of
         rows counts at its first row's position); None leaves `cur_pos` alone (the daemon)."""
-        zrows: list[tuple[Any, int]] = []
-        start = at = pos if pos is not None else 0
-        for kind, payload in items:
+        at = pos if pos is not None else 0
+        for kind, group in groupby(items, key=_KIND):      # runs of one kind, grouped in C
             if kind == "zrow":
-                if not zrows:
-                    start = at
-                zrows.append(payload)
-            else:
-                if zrows:
-                    self._feed_zrows(zrows, start if pos is not None else None)
-                    zrows = []
+                zrows = list(map(_PAYLOAD, group))
+                self._feed_zrows(zrows, at if pos is not None else None)
+                at += len(zrows)
+                continue
+            for _, payload in group:
                 if pos is not None:
                     self.cur_pos = at
                 self._dispatch(kind, payload)
-            at += 1
-        if zrows:
-            self._feed_zrows(zrows, start if pos is not None else None)
+                at += 1
 
     def _feed_zrows(self, zrows: list[tuple[Any, int]], pos: int | None) -> None:
         """Consecutive Zeek rows of the dispatch: one batch's rows through `feed_zeek_rows`;
@@ -788,23 +785,24 @@ class Pipeline(WindowingMixin):
         stretch of one batch's rows through `feed_zeek_rows`."""
         if pos is not None:
             self.cur_pos = pos
-        first = zrows[0][0]
-        mixed = any(b is not first for b, _ in zrows)
-        if mixed and len(zrows) >= self.batch_min_rows and not (
+        batches, bid, row = _batch_codes(zrows)
+        if len(batches) > 1 and len(zrows) >= self.batch_min_rows and not (
                 self.windows_only or self.collect_windows or self.misuse.learning):
-            self._feed_mixed(zrows)
+            self._feed_mixed(batches, bid, row)
             return
-        lo = 0
-        for j in range(1, len(zrows) + 1):
-            if j == len(zrows) or zrows[j][0] is not zrows[lo][0]:
-                b = zrows[lo][0]
-                self.feed_zeek_rows(b, np.fromiter((i for _, i in zrows[lo:j]), np.int64,
-                                                   j - lo), b.meta.get("sensor_host"))
-                lo = j
+        if len(batches) == 1:
+            b = batches[0]
+            self.feed_zeek_rows(b, row, b.meta.get("sensor_host"))
+            return
+        cuts = (np.flatnonzero(bid[1:] != bid[:-1]) + 1).tolist()
+        for lo, hi in zip([0] + cuts, cuts + [len(zrows)]):
+            b = batches[int(bid[lo])]
+            self.feed_zeek_rows(b, row[lo:hi], b.meta.get("sensor_host"))
 
-    def _feed_mixed(self, zrows: list[tuple[Any, int]]) -> None:
-        """Rows of several ZeekBatches in the order given (streams interleaved by time): the
-        effect of `feed_zeek` on each in that order, a batch at a time.
+    def _feed_mixed(self, batches: list[Any], bid: Any, row: Any) -> None:
+        """Rows of several ZeekBatches in the order given (`bid`: each row's batch in
+        `batches`, `row`: its row there; streams interleaved by time): the effect of
+        `feed_zeek` on each in that order, a batch at a time.
 
         Each batch's rows get their verdicts as in `feed_zeek_rows` (`_zeek_run`); the rows a
         rule acts on go through `feed_zeek` in the mixed order, and the rows between two such
@@ -815,19 +813,7 @@ class Pipeline(WindowingMixin):
         come (`names_ahead`) and are learned in the mixed order; a DNS answer the geo
         detector keeps (read by conn/http/ssl verdicts) ends the part of the run judged
         together, and the rows after it are judged again."""
-        batches: list[Any] = []
-        index: dict[int, int] = {}
-        n = len(zrows)
-        bid = np.empty(n, dtype=np.int64)
-        row = np.empty(n, dtype=np.int64)
-        for j, (b, i) in enumerate(zrows):
-            k = index.get(id(b))
-            if k is None:
-                k = index[id(b)] = len(batches)
-                batches.append(b)
-            bid[j] = k
-            row[j] = i
-        start = 0
+        start, n = 0, len(bid)
         while start < n:
             start += self._mixed_part(batches, bid[start:], row[start:])
 
@@ -1457,6 +1443,28 @@ def _table(values: list[Any], missing: Any) -> Any:
     out = np.empty(len(values) + 1, dtype=object)
     out[:] = values + [missing]
     return out
+
+
+_KIND, _PAYLOAD = itemgetter(0), itemgetter(1)
+
+
+def _batch_codes(zrows: list[tuple[Any, int]]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """(the distinct batches in order of first appearance, each row's index into them, each
+    row's row number) of (ZeekBatch, row) payloads: a run's rows as arrays, in C where it can
+    (identity, not equality: a batch's columns do not compare)."""
+    bs, rows = zip(*zrows)
+    row = np.fromiter(rows, np.int64, len(rows))
+    first = bs[0]
+    if all(map(is_, bs, repeat(first))):
+        return [first], np.zeros(len(bs), dtype=np.int64), row
+    index: dict[int, int] = {}
+    batches: list[Any] = []
+    for b in bs:
+        if id(b) not in index:
+            index[id(b)] = len(batches)
+            batches.append(b)
+    bid = np.fromiter(map(index.__getitem__, map(id, bs)), np.int64, len(bs))
+    return batches, bid, row
 
 
 def item_time(kind: str, payload: Any) -> float:

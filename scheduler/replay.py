@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
 # open windows, the geo detector's remembered DNS answers (TTL, capped at 1 h) and the dedupe memory.
 REFEED_HORIZON_S = 3700.0
+# an item (ts, kind, payload) as what the dispatch takes
+_KIND_PAYLOAD = itemgetter(1, 2)
 
 
 @dataclass
@@ -226,7 +229,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     n_chunk = 0
     while pos < len(items):
         end = min(len(items), pos + chunk)
-        pipe.dispatch(((items[i][1], items[i][2]) for i in range(pos, end)), pos)
+        pipe.dispatch(map(_KIND_PAYLOAD, items[pos:end]), pos)
         done = end >= len(items)
         out = pipe.flush(force=done)
         alerts.extend(out)
