@@ -48,7 +48,7 @@ from scheduler.detect.k8s_join import K8sJoin
 from scheduler.detect.k8s_rules import K8sRules, K8sRuleSettings
 from scheduler.collect.k8s_audit import OrchestrationRecord
 from scheduler.detect.misuse import MisuseDetector, answer_addresses
-from scheduler.detect.windowing import WindowingMixin, attributed_rows
+from scheduler.detect.windowing import WindowingMixin, attributed_rows, sorted_codes
 from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKNOWN_CONTAINER_NAME
 
 log = logging.getLogger(__name__)
@@ -321,9 +321,9 @@ class Pipeline(WindowingMixin):
             return
         nets = _shared_strings(nets.take(idx))
         ts = np.asarray(nets.ts, dtype=float)
-        cids, inv = np.unique(cid_col[idx], return_inverse=True)
-        order = np.lexsort((np.arange(idx.size), ts, inv.reshape(-1)))  # cid, time, row
-        cuts = np.flatnonzero(np.diff(inv.reshape(-1)[order])) + 1
+        _, inv = sorted_codes(cid_col[idx])
+        order = np.lexsort((np.arange(idx.size), ts, inv))             # cid, time, row
+        cuts = np.flatnonzero(np.diff(inv[order])) + 1
         for part in np.split(order, cuts):
             self._wseq += 1
             heapq.heappush(self._wqueue, (float(ts[part[0]]), self._wseq, "N",

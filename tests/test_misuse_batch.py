@@ -19,6 +19,7 @@ import pytest
 from scheduler.collect.osquery_results import OsqueryRow
 from scheduler.collect.zeekbatch import batch_from_records
 from scheduler.config import Config
+from scheduler.detect import windowing
 from scheduler.detect.misuse import destination_keys
 from scheduler.pipeline import Pipeline
 from test_engine_equality import _outcome as _engine_outcome
@@ -210,3 +211,50 @@ def test_conn_and_dns_batches_equal_row_by_row(lag: float, seed: int, mixed: boo
     got = _run(True, lag, seed, mixed)
     for key in want:
         assert got[key] == want[key], key
+
+
+@pytest.mark.parametrize("small", [0, 1 << 30], ids=["numpy-stretches", "python-stretches"])
+def test_window_decisions_equal_either_way(small: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_window_add_nets` decides a stretch's windows in numpy or, for a few rows, in plain
+    Python (`SMALL_STRETCH`): each way alone gives the row-by-row run's outcome."""
+    monkeypatch.setattr(windowing, "SMALL_STRETCH", small)
+    want = _run(False, 30.0, 1, True)
+    got = _run(True, 30.0, 1, True)
+    for key in want:
+        assert got[key] == want[key], key
+
+
+@pytest.mark.parametrize("small", [0, 1 << 30], ids=["numpy-stretches", "python-stretches"])
+def test_a_stretch_that_goes_back_a_window(small: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One stretch of a container's rows in windows 5, 5, 6, 5, 6, 7 of its life (a conn.log
+    row for an older window that data time has not passed, so no late cut splits the
+    stretch): the third window-5 row comes after window 6 opened and is late, as row by row;
+    the others are counted in their own windows."""
+    from model.records import NetRecord
+    from model.window_agg import columns_of
+
+    monkeypatch.setattr(windowing, "SMALL_STRETCH", small)
+    cid = next(iter(CONTAINERS))
+    probe, _ = _pipeline(0.0)
+    origin, w = probe._origin(cid, T0 + 100.0), probe.window_s
+    times = [origin + k * w + dt for k, dt in ((5, 1), (5, 2), (6, 1), (5, 3), (6, 2), (7, 1))]
+    recs = [NetRecord(ts=t, kind="conn", container_id=cid, image=IMAGE, orig_h=CONTAINERS[cid],
+                      resp_h="10.0.0.9", resp_p=80 + i, proto="tcp", uid=f"C{i}")
+            for i, t in enumerate(times)]
+
+    def run(batched: bool) -> tuple[int, list[Any]]:
+        p, windows = _pipeline(0.0)
+        if batched:
+            p._window_add_nets(columns_of(recs))
+            p._count_pending()
+        else:
+            for r in recs:
+                p._window_add("n", r.ts, r)
+        p.close_windows()
+        p.flush(force=True)
+        return p.stats.late_records, [(fw.container_id, list(fw.window_start), fw.X.tolist())
+                                      for fw in windows]
+
+    want = run(False)
+    assert want[0] == 1 and want[1]
+    assert run(True) == want

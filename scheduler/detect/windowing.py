@@ -45,7 +45,7 @@ def attributed_rows(nets: Any, rows: Any = None) -> tuple[np.ndarray, np.ndarray
     return cid_col, rows[cid_col[rows] != ""]
 
 
-def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct values, each row's index into them): `np.unique(values,
     return_inverse=True)` of an object column, by hashing (`factorize`) and sorting only the
     few distinct values: sorting the rows' strings themselves was a tenth of the http path."""
@@ -56,6 +56,10 @@ def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
     return uniq[order], rank[codes]
+
+
+#: Up to this many rows, `_window_add_nets` decides in plain Python (`_small_stretch_groups`).
+SMALL_STRETCH = 64
 
 
 class WindowingMixin:
@@ -183,10 +187,27 @@ class WindowingMixin:
         cid_col, idx = attributed_rows(nets, rows)
         if not idx.size:
             return
-        cids, inv = _sorted_codes(cid_col[idx])
+        if idx.size <= SMALL_STRETCH:
+            groups = self._small_stretch_groups(cid_col, np.asarray(nets.ts, dtype=float), idx)
+        else:
+            groups = self._stretch_groups(cid_col, np.asarray(nets.ts, dtype=float), idx)
+        # The windows' decisions above only open and close windows; the accumulators are
+        # read only after `_count_pending` (scoring, state, a record-path row).
+        if groups:
+            if self._pending and self._pending[-1][0] is nets:
+                self._pending[-1][1].extend(groups)
+            else:
+                self._pending.append((nets, groups))
+
+    def _stretch_groups(self, cid_col: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
+                        ) -> list[tuple[NetWindowAgg, np.ndarray]]:
+        """(accumulator, rows) per run of rows `idx` of one container in one window, in
+        container then row order, the windows opened and closed on the way (`_net_window`);
+        numpy over the rows."""
+        cids, inv = sorted_codes(cid_col[idx])
         order = np.argsort(inv, kind="stable")
         by_cid, g = idx[order], inv[order]                     # row order kept per container
-        ts = np.asarray(nets.ts, dtype=float)[by_cid]
+        ts = ts_col[by_cid]
         first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
         cid_l = cids.tolist()
         origins = [self._origins.get(c) for c in cid_l]
@@ -200,7 +221,7 @@ class WindowingMixin:
             alive = origin + k * self.window_s <= stop
             by_cid, g, k = by_cid[alive], g[alive], k[alive]
             if not by_cid.size:
-                return
+                return []
         # runs of one container in one window, in container then row order
         cuts = np.flatnonzero((g[1:] != g[:-1]) | (k[1:] != k[:-1])) + 1
         bounds = [0] + cuts.tolist() + [int(by_cid.size)]
@@ -210,13 +231,48 @@ class WindowingMixin:
             agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo)
             if agg is not None:
                 groups.append((agg, by_cid[lo:hi]))
-        # The windows' decisions above only open and close windows; the accumulators are
-        # read only after `_count_pending` (scoring, state, a record-path row).
-        if groups:
-            if self._pending and self._pending[-1][0] is nets:
-                self._pending[-1][1].extend(groups)
-            else:
-                self._pending.append((nets, groups))
+        return groups
+
+    def _small_stretch_groups(self, cid_col: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
+                              ) -> list[tuple[NetWindowAgg, np.ndarray]]:
+        """`_stretch_groups` for a few rows, in plain Python: an out-of-order conn.log cuts
+        its runs into stretches of a few dozen rows (`_late_cuts`), where the dozen numpy
+        calls' fixed cost was most of the Zeek path. The same decisions in the same order:
+        containers sorted, each one's rows in row order, a run per window, rows of windows
+        after the container stopped left out before the runs are cut."""
+        rows_l = idx.tolist()
+        by_c: dict[str, list[int]] = {}
+        for r, c in zip(rows_l, cid_col[idx].tolist()):
+            by_c.setdefault(c, []).append(r)
+        cids = sorted(by_c)
+        firsts = [ts_col[by_c[c][0]] for c in cids]
+        origins = [self._origins.get(c) for c in cids]
+        origins = [o if o is not None else self._origin(c, float(t))
+                   for c, o, t in zip(cids, origins, firsts)]
+        w = self.window_s
+        floor = math.floor
+        groups: list[tuple[NetWindowAgg, np.ndarray]] = []
+        for c, origin in zip(cids, origins):
+            crows = by_c[c]
+            stop = self._stopped.get(c) if self._stopped else None
+            run: list[int] = []
+            run_k = 0
+            for r, t in zip(crows, ts_col[crows].tolist()):
+                k = floor((t - origin) / w)
+                if stop is not None and not origin + k * w <= stop:
+                    continue    # a window that would start after its container stopped
+                if run and k != run_k:
+                    agg = self._net_window(c, origin, run_k, len(run))
+                    if agg is not None:
+                        groups.append((agg, np.asarray(run, dtype=np.int64)))
+                    run = []
+                run_k = k
+                run.append(r)
+            if run:
+                agg = self._net_window(c, origin, run_k, len(run))
+                if agg is not None:
+                    groups.append((agg, np.asarray(run, dtype=np.int64)))
+        return groups
 
     def _count_pending(self) -> None:
         """Count the network rows `_window_add_nets` decided, in the order decided."""
