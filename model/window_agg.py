@@ -519,10 +519,14 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     offer_order = [n for n in ("failed", "geo", "nxdomain", "conns", "ports", "addrs",
                                "dns_domains") if n in picks]
     tl = ts.tolist()
-    jobs: list[tuple["NetSample", list[tuple[str, Any, int, float, int]]]] = []
+    # per sample, per selection: (name, taken whole, [(key, row, time, seq)]); a selection
+    # the sample does not hold yet takes the group's picks whole (they are its first
+    # SAMPLE_K, distinct keys in offer order): no per-row offer, the common case of a window's
+    # first rows
+    jobs: list[tuple["NetSample", list[tuple[str, bool, list[tuple[Any, int, float, int]]]]]] = []
     wanted: set[int] = set()
     for g, sample, seq0 in sampling:
-        offers: list[tuple[str, Any, int, float, int]] = []
+        offers: list[tuple[str, bool, list[tuple[Any, int, float, int]]]] = []
         t0 = None
         for name in offer_order:
             sel, keys = picks[name]
@@ -534,15 +538,17 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
             d = sample.sel.get(name)
             if d is not None and len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
                 continue                                  # full, and nothing here comes first
+            entries: list[tuple[Any, int, float, int]] = []
             for j in range(lo, hi):
                 row = int(sel[j])
-                p = row - starts[g]
-                seq = seq0 + p
+                seq = seq0 + row - starts[g]
                 key = seq if keys is None else keys[j]
                 t = tl[row]
-                if sample._room(name, key, t, seq):
-                    offers.append((name, key, row, t, seq))
+                if d is None or sample._room(name, key, t, seq):
+                    entries.append((key, row, t, seq))
                     wanted.add(row)
+            if entries:
+                offers.append((name, d is None, entries))
         if offers:
             jobs.append((sample, offers))
     if not jobs:
@@ -550,9 +556,16 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     want = sorted(wanted)
     recs = dict(zip(want, cols.records(rows[want])))
     for sample, offers in jobs:
-        for name, key, row, t, seq in offers:
-            rec = recs[row]
-            sample.offer(name, key, t, seq, lambda rec=rec: rec)
+        for name, whole, entries in offers:
+            if whole and name not in sample.sel:
+                sample.sel[name] = {key: (t, seq) for key, _, t, seq in entries}
+                for _, row, _, seq in entries:
+                    sample.records[seq] = recs[row]
+                sample._gc()
+                continue
+            for key, row, t, seq in entries:
+                rec = recs[row]
+                sample.offer(name, key, t, seq, lambda rec=rec: rec)
 
 
 def _group_distinct(gid: np.ndarray, codes: np.ndarray, valid: np.ndarray, ng: int,
