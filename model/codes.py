@@ -45,9 +45,11 @@ def factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
             uniques = np.empty(len(enc.dictionary), dtype=object)
             uniques[:] = enc.dictionary.to_pylist()
             return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), uniques
-    index: dict[Any, int] = {}
-    codes = np.fromiter((index.setdefault(v, len(index)) for v in arr.tolist()),
-                        dtype=np.int64, count=arr.size)
+    values = arr.tolist()
+    index: dict[Any, int] = dict.fromkeys(values)      # first appearance order, in C
+    for i, v in enumerate(index):
+        index[v] = i
+    codes = np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=arr.size)
     uniques = np.empty(len(index), dtype=object)
     uniques[:] = list(index)
     return codes, uniques
