@@ -668,9 +668,18 @@ class MisuseDetector:
                 & (resp_ps != 53) & (resp_hs != "")
             if on.any():
                 idx = np.flatnonzero(on)
-                for cid, resp_h, resp_p, t in zip(cids[idx].tolist(), resp_hs[idx].tolist(),
-                                                  resp_ps[idx].tolist(), ts[idx].tolist()):
-                    self._beat(cid, resp_h, resp_p, t)
+                # `_beat` per row, a destination's times at once (each series is its own
+                # deque: only the order within one destination matters)
+                beats: dict[tuple[str, str, int], list[float]] = {}
+                for key, t in zip(zip(cids[idx].tolist(), resp_hs[idx].tolist(),
+                                      resp_ps[idx].tolist()), ts[idx].tolist()):
+                    times = beats.get(key)
+                    if times is None:
+                        beats[key] = [t]
+                    else:
+                        times.append(t)
+                for (cid, resp_h, resp_p), times in beats.items():
+                    self._beat(cid, resp_h, resp_p, times[0]).times.extend(times[1:])
         elif stream == "dns":
             domains = cols.domain[rows]
             if answers is not None:
@@ -687,13 +696,24 @@ class MisuseDetector:
             if not on.any():
                 return
             idx = np.flatnonzero(on)
-            parents = per_unique(domains[idx], lambda d: pat.split_name(d), dtype=object)
-            qt = qtypes[rows][idx].tolist() if qtypes is not None else [""] * idx.size
-            for cid, (sub, parent), name, q, t in zip(cids[idx].tolist(), parents.tolist(),
-                                                     domains[idx].tolist(), qt,
-                                                     ts[idx].tolist()):
-                if sub:
-                    self._dns_name(cid, parent, t, name, str(q or ""), False)
+            # per distinct name: (subdomain, parent, the name lowered), then `_dns_name` for
+            # each row with a subdomain, inlined (a dns.log's every row comes here)
+            split = per_unique(domains[idx], lambda d: (*pat.split_name(d), d.lower()),
+                               dtype=object)
+            qt = ([str(q or "") for q in qtypes[rows][idx].tolist()] if qtypes is not None
+                  else [""] * idx.size)
+            groups, window, new = self._dns, self.cfg.dns_window_s, _DnsGroup
+            for cid, (sub, parent, name), q, t in zip(cids[idx].tolist(), split.tolist(), qt,
+                                                      ts[idx].tolist()):
+                if not sub:
+                    continue
+                g = groups.get((cid, parent))
+                if g is None:
+                    g = groups[(cid, parent)] = new()
+                items = g.items
+                items.append((t, name, q, False))
+                while t - items[0][0] > window:     # the row just added always stays
+                    items.popleft()
 
     @staticmethod
     def _push_many(d: dict, key: Any, times: list[float],
