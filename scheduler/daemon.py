@@ -228,25 +228,31 @@ class Daemon:
         with self.lock:
             batches = []
             items: list[tuple[float, int, str, Any]] = []
+            osq_items: list[tuple[float, int, str, Any]] = []
             backlog = False
             for i, t in enumerate(self.tailers):
                 b = t.poll()
                 batches.append((t, b))
                 backlog = backlog or _more_waiting(t, b)
                 if hasattr(t, "_parsers"):
-                    items.extend((_osq_time(it), 0, "osq", it) for it in b.items)
+                    osq = [(_osq_time(it), 0, "osq", it) for it in b.items]
+                    osq_items.extend(osq)
+                    items.extend(osq)
                 else:
                     items.extend(_zeek_items(t, b.items, 1 + i))
-            items.extend(self._thrift_items())
+            thrift = self._thrift_items()
+            osq_items.extend(thrift)
+            items.extend(thrift)
             k8s_ids: list[str] = []
             if self.k8s is not None:     # audit events: file lines -> spool, then the spool
                 self.k8s.spool_file()
                 k8s_ids, recs = self.k8s.take()
                 items.extend((r.ts, 1 + len(self.tailers), "k8s", r) for r in recs)
-            items.sort(key=lambda x: (x[0], x[1]))
+            items.sort(key=_TIME_SOURCE)
+            osq_items.sort(key=_TIME_SOURCE)     # stable: their order among `items`
             p = self.pipeline
             before = p.data_time
-            for _, _, kind, payload in items:
+            for _, _, kind, payload in osq_items:
                 if kind == "osq" and payload.table in ("container_inventory", "container_events"):
                     p.inventory.observe(payload)
                 elif kind == "osq" and payload.table == "container_nat_flows":
@@ -485,6 +491,10 @@ class Daemon:
             if self.window_store is not None:
                 self.window_store.close()
             self.store.close()
+
+
+# the collect's sort key of an item (time, source): in C
+_TIME_SOURCE = itemgetter(0, 1)
 
 
 def _osq_time(row: Any) -> float:

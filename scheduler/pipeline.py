@@ -786,16 +786,21 @@ class Pipeline(WindowingMixin):
         if pos is not None:
             self.cur_pos = pos
         batches, bid, row = _batch_codes(zrows)
-        if len(batches) > 1 and len(zrows) >= self.batch_min_rows and not (
-                self.windows_only or self.collect_windows or self.misuse.learning):
-            self._feed_mixed(batches, bid, row)
-            return
         if len(batches) == 1:
             b = batches[0]
             self.feed_zeek_rows(b, row, b.meta.get("sensor_host"))
             return
         cuts = (np.flatnonzero(bid[1:] != bid[:-1]) + 1).tolist()
-        for lo, hi in zip([0] + cuts, cuts + [len(zrows)]):
+        bounds = [0] + cuts + [len(zrows)]
+        # Batches one after the other (a tailer's blocks of one log, a quiet second stream)
+        # take the batch path stretch by stretch, which is row order already; rows of
+        # several batches interleaved in short stretches are judged together instead.
+        interleaved = min(b - a for a, b in zip(bounds, bounds[1:])) < self.batch_min_rows
+        if interleaved and len(zrows) >= self.batch_min_rows and not (
+                self.windows_only or self.collect_windows or self.misuse.learning):
+            self._feed_mixed(batches, bid, row)
+            return
+        for lo, hi in zip(bounds, bounds[1:]):
             b = batches[int(bid[lo])]
             self.feed_zeek_rows(b, row[lo:hi], b.meta.get("sensor_host"))
 
@@ -1453,18 +1458,17 @@ def _batch_codes(zrows: list[tuple[Any, int]]) -> tuple[list[Any], np.ndarray, n
     row's row number) of (ZeekBatch, row) payloads: a run's rows as arrays, in C where it can
     (identity, not equality: a batch's columns do not compare)."""
     bs, rows = zip(*zrows)
-    row = np.fromiter(rows, np.int64, len(rows))
+    n = len(rows)
+    row = np.fromiter(rows, np.int64, n)
     first = bs[0]
     if all(map(is_, bs, repeat(first))):
-        return [first], np.zeros(len(bs), dtype=np.int64), row
-    index: dict[int, int] = {}
-    batches: list[Any] = []
-    for b in bs:
-        if id(b) not in index:
-            index[id(b)] = len(batches)
-            batches.append(b)
-    bid = np.fromiter(map(index.__getitem__, map(id, bs)), np.int64, len(bs))
-    return batches, bid, row
+        return [first], np.zeros(n, dtype=np.int64), row
+    ids = np.fromiter(map(id, bs), np.int64, n)       # a live object's id: its address
+    _, at, inv = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(at)                            # the batches by first appearance
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return [bs[i] for i in at[order].tolist()], rank[inv.reshape(-1)], row
 
 
 def item_time(kind: str, payload: Any) -> float:
