@@ -761,15 +761,24 @@ class Pipeline(WindowingMixin):
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:
         """Feed (kind, payload) items in order: the one dispatch of the replay and the daemon.
         Consecutive "zrow" items (payload (ZeekBatch, row)) go through the batch path together
-        (`_feed_zrows`), whatever their streams; every other item through `_dispatch`. `pos`:
-        the stream position of the first item (the replay's `cur_pos` bookkeeping; a run of
-        rows counts at its first row's position); None leaves `cur_pos` alone (the daemon)."""
+        (`_feed_zrows`), whatever their streams; a "zrun" item is such a run already as arrays
+        (payload (batches, each row's index into them, each row's row number): the replay's
+        rows, which it keeps without an object per row), and counts as one position per row;
+        every other item goes through `_dispatch`. `pos`: the stream position of the first
+        item (the replay's `cur_pos` bookkeeping; a run of rows counts at its first row's
+        position); None leaves `cur_pos` alone (the daemon)."""
         at = pos if pos is not None else 0
         for kind, group in groupby(items, key=_KIND):      # runs of one kind, grouped in C
             if kind == "zrow":
                 zrows = list(map(_PAYLOAD, group))
-                self._feed_zrows(zrows, at if pos is not None else None)
+                self._feed_run(*_batch_codes(zrows), at if pos is not None else None)
                 at += len(zrows)
+                continue
+            if kind == "zrun":
+                for _, (batches, gbid, row) in group:
+                    self._feed_run(*_local_batches(batches, gbid), row,
+                                   at if pos is not None else None)
+                    at += len(row)
                 continue
             for _, payload in group:
                 if pos is not None:
@@ -777,26 +786,26 @@ class Pipeline(WindowingMixin):
                 self._dispatch(kind, payload)
                 at += 1
 
-    def _feed_zrows(self, zrows: list[tuple[Any, int]], pos: int | None) -> None:
-        """Consecutive Zeek rows of the dispatch: one batch's rows through `feed_zeek_rows`;
-        rows of several batches (a sensor's streams interleaved by time) through
+    def _feed_run(self, batches: list[Any], bid: Any, row: Any, pos: int | None) -> None:
+        """Consecutive Zeek rows of the dispatch (`bid`: each row's batch in `batches`, `row`:
+        its row there): one batch's rows through `feed_zeek_rows`; rows of several batches
+        interleaved in short stretches (a sensor's streams sorted by time) through
         `_feed_mixed`, unless the run is short or a mode needs row order within each stream
         (training learns names a conn row reads; a resumed replay's re-feed): then each
         stretch of one batch's rows through `feed_zeek_rows`."""
         if pos is not None:
             self.cur_pos = pos
-        batches, bid, row = _batch_codes(zrows)
         if len(batches) == 1:
             b = batches[0]
             self.feed_zeek_rows(b, row, b.meta.get("sensor_host"))
             return
         cuts = (np.flatnonzero(bid[1:] != bid[:-1]) + 1).tolist()
-        bounds = [0] + cuts + [len(zrows)]
+        bounds = [0] + cuts + [len(row)]
         # Batches one after the other (a tailer's blocks of one log, a quiet second stream)
         # take the batch path stretch by stretch, which is row order already; rows of
         # several batches interleaved in short stretches are judged together instead.
         interleaved = min(b - a for a, b in zip(bounds, bounds[1:])) < self.batch_min_rows
-        if interleaved and len(zrows) >= self.batch_min_rows and not (
+        if interleaved and len(row) >= self.batch_min_rows and not (
                 self.windows_only or self.collect_windows or self.misuse.learning):
             self._feed_mixed(batches, bid, row)
             return
@@ -1463,12 +1472,31 @@ def _batch_codes(zrows: list[tuple[Any, int]]) -> tuple[list[Any], np.ndarray, n
     first = bs[0]
     if all(map(is_, bs, repeat(first))):
         return [first], np.zeros(n, dtype=np.int64), row
-    ids = np.fromiter(map(id, bs), np.int64, n)       # a live object's id: its address
-    _, at, inv = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(at)                            # the batches by first appearance
+    # a live object's id is its address: distinct batches, distinct ids
+    firsts, bid = _by_first_appearance(np.fromiter(map(id, bs), np.int64, n))
+    return [bs[i] for i in firsts], bid, row
+
+
+def _local_batches(batches: list[Any], gbid: Any) -> tuple[list[Any], np.ndarray]:
+    """(the batches of `batches` a run's rows come from, in order of first appearance, each
+    row's index into them): a "zrun" item's rows as `_batch_codes` gives a run of "zrow"
+    items."""
+    gbid = np.asarray(gbid, dtype=np.int64)
+    first = int(gbid[0])
+    if bool((gbid == first).all()):
+        return [batches[first]], np.zeros(gbid.size, dtype=np.int64)
+    firsts, bid = _by_first_appearance(gbid)
+    return [batches[int(gbid[i])] for i in firsts], bid
+
+
+def _by_first_appearance(keys: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """(the row where each distinct key first appears, in that order; each row's index into
+    that list)."""
+    _, at, inv = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(at)
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
-    return [bs[i] for i in at[order].tolist()], rank[inv.reshape(-1)], row
+    return at[order].tolist(), rank[inv.reshape(-1)]
 
 
 def item_time(kind: str, payload: Any) -> float:

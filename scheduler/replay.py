@@ -12,14 +12,14 @@ the same alerts, none twice.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from scheduler.alerting.alerts import Alert
 from scheduler.config import Config
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 # A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
 # open windows, the geo detector's remembered DNS answers (TTL, capped at 1 h) and the dedupe memory.
 REFEED_HORIZON_S = 3700.0
-# an item (ts, kind, payload) as what the dispatch takes
-_KIND_PAYLOAD = itemgetter(1, 2)
 
 
 @dataclass
@@ -52,8 +50,9 @@ class ReplayResult:
 
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
-                         streams: Iterable[str] = ZEEK_STREAMS) -> tuple[Any, list[tuple]]:
-    """All items of a recording in one deterministic time order: [(ts, seq, kind, payload)].
+                         streams: Iterable[str] = ZEEK_STREAMS) -> tuple[Any, "ReplayItems"]:
+    """All items of a recording in one deterministic time order (`ReplayItems`): by time,
+    then source (osquery, each Zeek stream, Kubernetes audit), then reading order.
 
     Deterministic order is what makes a resumed replay produce the same alert ids."""
     from scheduler.collect.recording import Recording
@@ -62,21 +61,27 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     rec = Recording(rec_dir)
     ostats = OsqueryStats()
     zstats = ZeekStats()
-    items: list[tuple] = []
-    seq = 0
+    others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
     for row in rec.iter_osquery_rows(ostats):
-        items.append((item_time("osq", row), 0, seq, "osq", row))
-        seq += 1
+        others.append((item_time("osq", row), 0, "osq", row))
+    batches: list[Any] = []
+    times: list[Any] = []
+    sources: list[int] = []
     for si, stream in enumerate(streams):
         for batch in zeek_batches(rec, stream, zstats):
-            for i, t in enumerate(_row_times(batch)):
-                items.append((t, 1 + si, seq, "zrow", (batch, i)))
-                seq += 1
+            batches.append(batch)
+            times.append(_row_times(batch))
+            sources.append(1 + si)
     kstats = AuditStats()
     for r in recording_records(rec_dir, kstats):      # k8s/audit.log (docs/kubernetes.md)
-        items.append((r.ts, 1 + len(ZEEK_STREAMS), seq, "k8s", r))
-        seq += 1
-    items.sort(key=lambda x: (x[0], x[1], x[2]))
+        others.append((r.ts, 1 + len(ZEEK_STREAMS), "k8s", r))
+    sizes = np.fromiter((len(b) for b in batches), np.int64, len(batches))
+    zeek = {"ts": np.concatenate(times) if times else np.zeros(0),
+            "source": np.repeat(np.asarray(sources, dtype=np.int64), sizes),
+            "batch": np.repeat(np.arange(len(batches), dtype=np.int64), sizes),
+            "row": (np.arange(int(sizes.sum()), dtype=np.int64)
+                    - np.repeat(np.cumsum(sizes) - sizes, sizes))}
+    items = ReplayItems(others, batches, zeek)
     if stats is not None:
         stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
                             "malformed": ostats.malformed}
@@ -85,7 +90,68 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
         stats["zeek"] = {k: v for k, v in vars(zstats).items()
                          if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
             {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
-    return rec, [(t, k, p) for t, _, _, k, p in items]
+    return rec, items
+
+
+class ReplayItems:
+    """A recording's items in the replay's order, by position: `items[i]` is (time, kind,
+    payload) as the dispatch takes them, Zeek rows as ("zrow", (batch, row)).
+
+    Why not a list of those: a Zeek row would cost a Python tuple of tuples (~170 B) for the
+    whole replay, and the sort a key tuple each; a day of a busy host's logs is millions of
+    rows. Zeek rows are kept as arrays (time, source, batch, row) and ordered with one
+    `np.lexsort`, with the other items (osquery rows, audit records: a few per second); the
+    order is the one a sort of (time, source, reading order) tuples gives. `dispatch_items`
+    hands a chunk's consecutive Zeek rows to the dispatch as one "zrun" item."""
+
+    def __init__(self, others: list[tuple[float, int, str, Any]], batches: list[Any],
+                 zeek: dict[str, Any]) -> None:
+    
+        n_other = len(others)
+        ts = np.concatenate([np.fromiter((o[0] for o in others), float, n_other), zeek["ts"]])
+        src = np.concatenate([np.fromiter((o[1] for o in others), np.int64, n_other),
+                              zeek["source"]])
+        # By time, then source; lexsort is stable, so then by index, which within a source is
+        # the reading order (every source's items are indexed as read): the order of sorting
+        # (time, source, reading order) tuples.
+        self.order = np.lexsort((src, ts))
+        self.times = ts[self.order]                          # ascending: bisect-able
+        self._others = [(t, kind, payload) for t, _, kind, payload in others]
+        self._n_other = n_other
+        self._batches = batches
+        self._batch = zeek["batch"]
+        self._row = zeek["row"]
+
+    def __len__(self) -> int:
+        return int(self.order.size)
+
+    def __getitem__(self, i: int) -> tuple[float, str, Any]:
+        g = int(self.order[i])
+        if g < self._n_other:
+            return self._others[g]
+        j = g - self._n_other
+        return (float(self.times[i]), "zrow",
+                (self._batches[int(self._batch[j])], int(self._row[j])))
+
+    def others(self) -> list[tuple[float, str, Any]]:
+        """The items that are not Zeek rows (osquery rows, audit records), in order."""
+        return [self._others[k] for k in self.order[self.order < self._n_other].tolist()]
+
+    def dispatch_items(self, lo: int, hi: int) -> list[tuple[str, Any]]:
+        """Items lo..hi-1 for `Pipeline.dispatch`: each other item as (kind, payload), each
+        run of consecutive Zeek rows as one ("zrun", (batches, batch of each row, row))."""
+    
+        g = self.order[lo:hi]
+        zeek = g >= self._n_other
+        cuts = (np.flatnonzero(zeek[1:] != zeek[:-1]) + 1).tolist()
+        out: list[tuple[str, Any]] = []
+        for a, b in zip([0] + cuts, cuts + [len(g)]):
+            if zeek[a]:
+                j = g[a:b] - self._n_other
+                out.append(("zrun", (self._batches, self._batch[j], self._row[j])))
+            else:
+                out.extend(self._others[k][1:] for k in g[a:b].tolist())
+        return out
 
 
 def zeek_batches(rec: Any, stream: str, zstats: Any) -> Iterable[Any]:
@@ -102,14 +168,13 @@ def zeek_batches(rec: Any, stream: str, zstats: Any) -> Iterable[Any]:
             yield from iter_batches(p, stream, fields=ingest_fields(stream), stats=zstats)
 
 
-def _row_times(batch: Any) -> list[float]:
-    """Each row's sort time, as `item_time` gives it for the row's record."""
-    import numpy as np
+def _row_times(batch: Any) -> Any:
+    """Each row's sort time, as `item_time` gives it for the row's record (an array)."""
 
     ts = np.array(batch.column("ts"), dtype=np.float64)
     for i in np.flatnonzero(np.isnan(ts)).tolist():
         ts[i] = item_time("zrow", (batch, i))
-    return ts.tolist()
+    return ts
 
 
 class ReplayStore:
@@ -186,7 +251,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
                     else config.environment)
     pipe.collect_windows = collect_windows
     # Inventory history first: a record is attributed with everything the recording knows.
-    for _, kind, payload in items:
+    for _, kind, payload in items.others():
         if kind == "osq" and payload.table in ("container_inventory", "container_events"):
             pipe.inventory.observe(payload)
         elif kind == "osq" and payload.table == "container_nat_flows":
@@ -208,7 +273,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             first = min(wpos) if wpos else start
             if 0 < start <= len(items):
                 t_from = min(items[min(first, start - 1)][0], items[start - 1][0]) - REFEED_HORIZON_S
-                i0 = bisect.bisect_left([it[0] for it in items[:start]], t_from)
+                i0 = int(np.searchsorted(items.times[:start], t_from, side="left"))
                 pipe.windows_only = True
                 for i in range(i0, start):
                     pipe.cur_pos = i
@@ -229,7 +294,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     n_chunk = 0
     while pos < len(items):
         end = min(len(items), pos + chunk)
-        pipe.dispatch(map(_KIND_PAYLOAD, items[pos:end]), pos)
+        pipe.dispatch(items.dispatch_items(pos, end), pos)
         done = end >= len(items)
         out = pipe.flush(force=done)
         alerts.extend(out)
