@@ -106,7 +106,6 @@ class ReplayItems:
 
     def __init__(self, others: list[tuple[float, int, str, Any]], batches: list[Any],
                  zeek: dict[str, Any]) -> None:
-    
         n_other = len(others)
         ts = np.concatenate([np.fromiter((o[0] for o in others), float, n_other), zeek["ts"]])
         src = np.concatenate([np.fromiter((o[1] for o in others), np.int64, n_other),
@@ -140,7 +139,6 @@ class ReplayItems:
     def dispatch_items(self, lo: int, hi: int) -> list[tuple[str, Any]]:
         """Items lo..hi-1 for `Pipeline.dispatch`: each other item as (kind, payload), each
         run of consecutive Zeek rows as one ("zrun", (batches, batch of each row, row))."""
-    
         g = self.order[lo:hi]
         zeek = g >= self._n_other
         cuts = (np.flatnonzero(zeek[1:] != zeek[:-1]) + 1).tolist()
