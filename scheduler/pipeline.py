@@ -761,7 +761,7 @@ class Pipeline(WindowingMixin):
     def dispatch(self, items: Iterable[tuple[str, Any]], pos: int | None = None) -> None:
         """Feed (kind, payload) items in order: the one dispatch of the replay and the daemon.
         Consecutive "zrow" items (payload (ZeekBatch, row)) go through the batch path together
-        (`_feed_zrows`), whatever their streams; a "zrun" item is such a run already as arrays
+        (`_feed_run`), whatever their streams; a "zrun" item is such a run already as arrays
         (payload (batches, each row's index into them, each row's row number): the replay's
         rows, which it keeps without an object per row), and counts as one position per row;
         every other item goes through `_dispatch`. `pos`: the stream position of the first

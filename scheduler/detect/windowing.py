@@ -210,9 +210,7 @@ class WindowingMixin:
         ts = ts_col[by_cid]
         first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
         cid_l = cids.tolist()
-        origins = [self._origins.get(c) for c in cid_l]
-        origins = [o if o is not None else self._origin(c, float(ts[f]))
-                   for c, o, f in zip(cid_l, origins, first.tolist())]
+        origins = [self._origin(c, float(t)) for c, t in zip(cid_l, ts[first].tolist())]
         origin = np.asarray(origins, dtype=float)[g]
         k = np.floor((ts - origin) / self.window_s).astype(np.int64)
         if self._stopped and any(c in self._stopped for c in cid_l):
@@ -245,10 +243,7 @@ class WindowingMixin:
         for r, c in zip(rows_l, cid_col[idx].tolist()):
             by_c.setdefault(c, []).append(r)
         cids = sorted(by_c)
-        firsts = [ts_col[by_c[c][0]] for c in cids]
-        origins = [self._origins.get(c) for c in cids]
-        origins = [o if o is not None else self._origin(c, float(t))
-                   for c, o, t in zip(cids, origins, firsts)]
+        origins = [self._origin(c, float(ts_col[by_c[c][0]])) for c in cids]
         w = self.window_s
         floor = math.floor
         groups: list[tuple[NetWindowAgg, np.ndarray]] = []
