@@ -184,6 +184,15 @@ class NetSample:
             for s in [s for s in self.records if s not in live]:
                 del self.records[s]
 
+    def take_first(self, name: str, entries: list[tuple[Any, float, int, NetRecord]]) -> None:
+        """A selection the sample does not hold yet takes `entries` (key, ts, seq, record)
+        whole: they must be its first SAMPLE_K at most, distinct keys in offer order, which is
+        what offering them one by one would keep."""
+        self.sel[name] = {key: (ts, seq) for key, ts, seq, _ in entries}
+        for _, _, seq, rec in entries:
+            self.records[seq] = rec
+        self._gc()
+
     def offer(self, name: str, key: Any, ts: float, seq: int, make: Callable[[], NetRecord]) -> None:
         if self._room(name, key, ts, seq):
             self._put(name, key, ts, seq, make())
@@ -558,10 +567,7 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     for sample, offers in jobs:
         for name, whole, entries in offers:
             if whole and name not in sample.sel:
-                sample.sel[name] = {key: (t, seq) for key, _, t, seq in entries}
-                for _, row, _, seq in entries:
-                    sample.records[seq] = recs[row]
-                sample._gc()
+                sample.take_first(name, [(key, t, seq, recs[row]) for key, row, t, seq in entries])
                 continue
             for key, row, t, seq in entries:
                 rec = recs[row]
