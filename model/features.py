@@ -176,14 +176,17 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
     (of the records given, or of the network accumulators standing for them)."""
     spans: dict[str, _Span] = {}
 
-    def touch(cid: str, ts: float, image: str = "", host: str = "", name: str = "") -> _Span:
+    def touch(cid: str, ts: float, image: str = "", host: str = "", name: str = "",
+              last: float | None = None) -> _Span:
+        """The container seen at `ts` (from `ts` to `last`, for an accumulator's rows)."""
+        last = ts if last is None else last
         s = spans.get(cid)
         if s is None:
-            s = spans[cid] = _Span(image=image, host=host, name=name, created=None, first=ts, last=ts,
-                                   ended=False)
+            s = spans[cid] = _Span(image=image, host=host, name=name, created=None, first=ts,
+                                   last=last, ended=False)
         else:
             s.first = min(s.first, ts)
-            s.last = max(s.last, ts)
+            s.last = max(s.last, last)
             s.image = s.image or image
             s.host = s.host or host
             s.name = s.name or name
@@ -218,21 +221,7 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
             touch(r.container_id, r.ts, r.image, r.host)
     for (cid, _), agg in net_windows:
         if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
-            # touch(cid, agg.t_min, ...) then touch(cid, agg.t_max, ...), inlined: one call per
-            # window of a batch of thousands
-            s = spans.get(cid)
-            if s is None:
-                spans[cid] = _Span(image=agg.image, host=agg.host, name="", created=None,
-                                   first=agg.t_min, last=agg.t_max, ended=False)
-                continue
-            if agg.t_min < s.first:
-                s.first = agg.t_min
-            if agg.t_max > s.last:
-                s.last = agg.t_max
-            if not s.image:
-                s.image = agg.image
-            if not s.host:
-                s.host = agg.host
+            touch(cid, agg.t_min, agg.image, agg.host, last=agg.t_max)
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first
