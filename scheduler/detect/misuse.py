@@ -475,10 +475,23 @@ class MisuseDetector:
                   encoded: bool) -> _DnsGroup:
         """One query added to its (container, parent domain) group, which keeps
         `dns_window_s` of them."""
-        g = self._dns.setdefault((cid, parent), _DnsGroup())
-        g.items.append((ts, name.lower(), qtype, encoded))
-        while g.items and ts - g.items[0][0] > self.cfg.dns_window_s:
-            g.items.popleft()
+        return self._dns_names(((cid, parent, ts, name.lower(), qtype, encoded),))
+
+    def _dns_names(self, queries: Iterable[tuple[str, str, float, str, str, bool]]
+                   ) -> _DnsGroup | None:
+        """Queries (container, parent, ts, name lowered, qtype, encoded) added to their groups
+        in order (`_dns_name` of each, without a call per query: a dns.log's every row comes
+        here); the last one's group."""
+        groups, window, new = self._dns, self.cfg.dns_window_s, _DnsGroup
+        g = None
+        for cid, parent, t, name, q, encoded in queries:
+            g = groups.get((cid, parent))
+            if g is None:
+                g = groups[(cid, parent)] = new()
+            items = g.items
+            items.append((t, name, q, encoded))
+            while items and t - items[0][0] > window:
+                items.popleft()
         return g
 
     def _stratum(self, raw: dict[str, Any], rec: NetRecord,
@@ -696,24 +709,16 @@ class MisuseDetector:
             if not on.any():
                 return
             idx = np.flatnonzero(on)
-            # per distinct name: (subdomain, parent, the name lowered), then `_dns_name` for
-            # each row with a subdomain, inlined (a dns.log's every row comes here)
+            # per distinct name: (subdomain, parent, the name lowered); the rows with a
+            # subdomain join their groups
             split = per_unique(domains[idx], lambda d: (*pat.split_name(d), d.lower()),
                                dtype=object)
             qt = ([str(q or "") for q in qtypes[rows][idx].tolist()] if qtypes is not None
                   else [""] * idx.size)
-            groups, window, new = self._dns, self.cfg.dns_window_s, _DnsGroup
-            for cid, (sub, parent, name), q, t in zip(cids[idx].tolist(), split.tolist(), qt,
-                                                      ts[idx].tolist()):
-                if not sub:
-                    continue
-                g = groups.get((cid, parent))
-                if g is None:
-                    g = groups[(cid, parent)] = new()
-                items = g.items
-                items.append((t, name, q, False))
-                while t - items[0][0] > window:     # the row just added always stays
-                    items.popleft()
+            self._dns_names((cid, parent, t, name, q, False)
+                            for cid, (sub, parent, name), q, t in
+                            zip(cids[idx].tolist(), split.tolist(), qt, ts[idx].tolist())
+                            if sub)
 
     @staticmethod
     def _push_many(d: dict, key: Any, times: list[float],
