@@ -189,15 +189,22 @@ def run_arrow(path: Path) -> dict[str, Any]:
     return {"lines": rows, "batches": batches, "columns": len(cols)}
 
 
+def reader_batches(path: Path, stats: Any) -> Iterator[Any]:
+    """The engine's reader over `path`: ZeekBatches of the columns the engine reads (the same
+    for the `reader` contender and the engine's driver)."""
+    from scheduler.collect import zeekbatch
+    from scheduler.pipeline import ingest_fields
+
+    return zeekbatch.iter_batches(path, STREAM, fields=ingest_fields(STREAM), stats=stats)
+
+
 def run_reader(path: Path) -> dict[str, Any]:
     """The engine's reader alone: its batches of the engine's columns, rows counted."""
-    from scheduler.collect import zeekbatch
     from scheduler.collect.zeeklog import ParseStats
-    from scheduler.pipeline import ingest_fields
 
     stats = ParseStats()
     rows = batches = 0
-    for batch in zeekbatch.iter_batches(path, STREAM, fields=ingest_fields(STREAM), stats=stats):
+    for batch in reader_batches(path, stats):
         batches += 1
         rows += len(batch)
     return {"lines": rows, "batches": batches, "bad": stats.bad_lines}
@@ -244,8 +251,7 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
     def batched(p: Any, path: Path, chunk: int) -> int:
         stats = ParseStats()
         n = 0
-        for batch in zeekbatch.iter_batches(path, STREAM, fields=ingest_fields(STREAM),
-                                            stats=stats):
+        for batch in reader_batches(path, stats):
             for lo in range(0, len(batch), chunk):
                 hi = min(len(batch), lo + chunk)
                 p.dispatch(zip(repeat("zrow"), zip(repeat(batch), range(lo, hi))), n)
