@@ -244,6 +244,18 @@ def _evenly(n: int, k: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- one environment
 
+def training_order(windows: FeatureWindows) -> np.ndarray:
+    """Row order in which `EnvironmentBaselines.fit` trains: by window start, container, host,
+    window end. An IsolationForest draws its subsamples by row position, so the same windows
+    in another order give another forest. The order windows arrive in is the collector's
+    business (a replay's commit chunk, a daemon's polls, a window store's pages); the model
+    must be the same whichever collected them."""
+    return np.lexsort((np.asarray(windows.window_end, dtype=float),
+                       np.asarray(windows.host, dtype=object),
+                       np.asarray(windows.container_id, dtype=object),
+                       np.asarray(windows.window_start, dtype=float)))
+
+
 def _fit_one(key: str, X: np.ndarray, params: dict[str, Any],
              executables: list | None = None) -> tuple[str, ImageBaseline]:
     """Module-level so joblib (loky, Dask) can ship it to workers."""
@@ -283,6 +295,7 @@ class EnvironmentBaselines(ImageRouting):
 
         if len(windows) < 2:
             raise ValueError("no windows to train on")
+        windows = windows.select(training_order(windows))
         groups = self.group(windows)
         self.window_counts = {k: int(v.size) for k, v in groups.items()}
         exes = windows.executables or None

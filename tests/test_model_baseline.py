@@ -129,6 +129,20 @@ def test_environment_fit_is_deterministic_and_parallel_equivalent():
     assert r4 != r1
 
 
+def test_environment_fit_does_not_depend_on_the_order_windows_arrive_in():
+    """A replay's commit chunk, a daemon's polls and a window store's pages hand the same
+    windows over in different orders; the baselines must come out the same. (Over 256 windows
+    an image: below that the forest's subsample is every window, in any order.)"""
+    allw = FeatureWindows.concat([windows(normal_matrix(400), "a:1"), windows(normal_matrix(300, 2), "b:1", "b")])
+    allw.executables = [[f"exe{i % 4}"] for i in range(len(allw))]
+    probe = windows(normal_matrix(40, 5) * 1.7, "a:1", "p")
+    want = [r.score for r in EnvironmentBaselines("e").fit(allw).score(probe)]
+    for seed in (1, 2):
+        shuffled = allw.select(np.random.default_rng(seed).permutation(len(allw)))
+        got = [r.score for r in EnvironmentBaselines("e").fit(shuffled).score(probe)]
+        assert got == want
+
+
 def test_score_result_fields():
     allw = windows(normal_matrix(60), "a:1")
     r = EnvironmentBaselines("e").fit(allw).score(allw.select(np.arange(60) < 1))[0]
