@@ -27,6 +27,7 @@ from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
 from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
+from scheduler.replay_items import KEEP_ROWS, ReplayItems, ZeekFile, index_file
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ class ReplayResult:
 
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
-                         streams: Iterable[str] = ZEEK_STREAMS) -> tuple[Any, "ReplayItems"]:
-    """All items of a recording in one deterministic time order (`ReplayItems`): by time,
-    then source (osquery, each Zeek stream, Kubernetes audit), then reading order.
+                         streams: Iterable[str] = ZEEK_STREAMS,
+                         keep_rows: int = KEEP_ROWS) -> tuple[Any, ReplayItems]:
+    """All items of a recording in one deterministic time order (`ReplayItems`, streamed): by
+    time, then source (osquery, each Zeek stream, Kubernetes audit), then reading order.
 
-    Deterministic order is what makes a resumed replay produce the same alert ids."""
+    The Zeek files are indexed here (read once through the engine's reader, counting malformed
+    lines in `stats`); a cursor reads them again as the order comes to them, unless their
+    batches fit in `keep_rows` rows (`scheduler.replay_items`)."""
     from scheduler.collect.recording import Recording
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
 
@@ -64,24 +68,17 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
     for row in rec.iter_osquery_rows(ostats):
         others.append((item_time("osq", row), 0, "osq", row))
-    batches: list[Any] = []
-    times: list[Any] = []
-    sources: list[int] = []
+    files: list[ZeekFile] = []
+    budget = [keep_rows]
     for si, stream in enumerate(streams):
-        for batch in zeek_batches(rec, stream, zstats):
-            batches.append(batch)
-            times.append(_row_times(batch))
-            sources.append(1 + si)
+        for path in zeek_files(rec, stream):
+            f = ZeekFile(source=1 + si, name=str(path), read=_reader(path, stream))
+            index_file(f, _row_times, budget, _reader(path, stream, zstats))
+            files.append(f)
     kstats = AuditStats()
     for r in recording_records(rec_dir, kstats):      # k8s/audit.log (docs/kubernetes.md)
         others.append((r.ts, 1 + len(ZEEK_STREAMS), "k8s", r))
-    sizes = np.fromiter((len(b) for b in batches), np.int64, len(batches))
-    zeek = {"ts": np.concatenate(times) if times else np.zeros(0),
-            "source": np.repeat(np.asarray(sources, dtype=np.int64), sizes),
-            "batch": np.repeat(np.arange(len(batches), dtype=np.int64), sizes),
-            "row": (np.arange(int(sizes.sum()), dtype=np.int64)
-                    - np.repeat(np.cumsum(sizes) - sizes, sizes))}
-    items = ReplayItems(others, batches, zeek)
+    items = ReplayItems(others, files, _row_times)
     if stats is not None:
         stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
                             "malformed": ostats.malformed}
@@ -93,77 +90,26 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     return rec, items
 
 
-class ReplayItems:
-    """A recording's items in the replay's order, by position: `items[i]` is (time, kind,
-    payload) as the dispatch takes them, Zeek rows as ("zrow", (batch, row)).
-
-    Why not a list of those: a Zeek row would cost a Python tuple of tuples (~170 B) for the
-    whole replay, and the sort a key tuple each; a day of a busy host's logs is millions of
-    rows. Zeek rows are kept as arrays (time, source, batch, row) and ordered with one
-    `np.lexsort`, with the other items (osquery rows, audit records: a few per second); the
-    order is the one a sort of (time, source, reading order) tuples gives. `dispatch_items`
-    hands a chunk's consecutive Zeek rows to the dispatch as one "zrun" item."""
-
-    def __init__(self, others: list[tuple[float, int, str, Any]], batches: list[Any],
-                 zeek: dict[str, Any]) -> None:
-        n_other = len(others)
-        ts = np.concatenate([np.fromiter((o[0] for o in others), float, n_other), zeek["ts"]])
-        src = np.concatenate([np.fromiter((o[1] for o in others), np.int64, n_other),
-                              zeek["source"]])
-        # By time, then source; lexsort is stable, so then by index, which within a source is
-        # the reading order (every source's items are indexed as read): the order of sorting
-        # (time, source, reading order) tuples.
-        self.order = np.lexsort((src, ts))
-        self.times = ts[self.order]                          # ascending: bisect-able
-        self._others = [(t, kind, payload) for t, _, kind, payload in others]
-        self._n_other = n_other
-        self._batches = batches
-        self._batch = zeek["batch"]
-        self._row = zeek["row"]
-
-    def __len__(self) -> int:
-        return int(self.order.size)
-
-    def __getitem__(self, i: int) -> tuple[float, str, Any]:
-        g = int(self.order[i])
-        if g < self._n_other:
-            return self._others[g]
-        j = g - self._n_other
-        return (float(self.times[i]), "zrow",
-                (self._batches[int(self._batch[j])], int(self._row[j])))
-
-    def others(self) -> list[tuple[float, str, Any]]:
-        """The items that are not Zeek rows (osquery rows, audit records), in order."""
-        return [self._others[k] for k in self.order[self.order < self._n_other].tolist()]
-
-    def dispatch_items(self, lo: int, hi: int) -> list[tuple[str, Any]]:
-        """Items lo..hi-1 for `Pipeline.dispatch`: each other item as (kind, payload), each
-        run of consecutive Zeek rows as one ("zrun", (batches, batch of each row, row))."""
-        g = self.order[lo:hi]
-        zeek = g >= self._n_other
-        cuts = (np.flatnonzero(zeek[1:] != zeek[:-1]) + 1).tolist()
-        out: list[tuple[str, Any]] = []
-        for a, b in zip([0] + cuts, cuts + [len(g)]):
-            if zeek[a]:
-                j = g[a:b] - self._n_other
-                out.append(("zrun", (self._batches, self._batch[j], self._row[j])))
-            else:
-                out.extend(self._others[k][1:] for k in g[a:b].tolist())
-        return out
-
-
-def zeek_batches(rec: Any, stream: str, zstats: Any) -> Iterable[Any]:
-    """A recording's `stream` as ZeekBatch columns (the engine's unit of Zeek input): every file
-    of the stream as `Recording.iter_zeek` reads them (rotated first; a plain file wins over its
-    .gz copy), through the columnar reader (`zeekbatch.iter_batches`), the fields the engine
-    reads only; malformed lines are counted in `zstats` as the per-line reader counts them."""
-    from scheduler.collect.zeekbatch import iter_batches
-
+def zeek_files(rec: Any, stream: str) -> list[Path]:
+    """A recording's files of `stream` in reading order, as `Recording.iter_zeek` reads them
+    (rotated first; a plain file wins over its .gz copy)."""
     files = rec.zeek_files().get(stream, [])
     names = {p.name for p in files}
-    for p in files:
-        if not (p.name.endswith(".gz") and p.name[:-3] in names):
-            yield from iter_batches(p, stream, fields=ingest_fields(stream), stats=zstats)
+    return [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
+
+
+def _reader(path: Path, stream: str, zstats: Any = None) -> Callable[[], Iterable[Any]]:
+    """Reads `path` from its start as ZeekBatch columns (the engine's unit of Zeek input):
+    the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only. Malformed
+    lines are counted in `zstats` as the per-line reader counts them (the index pass's reader);
+    a reader without it counts nowhere (the feed reads the same lines again)."""
+    from scheduler.collect.zeekbatch import iter_batches
+    from scheduler.collect.zeeklog import ParseStats as ZeekStats
+
+    def read() -> Iterable[Any]:
+        return iter_batches(path, stream, fields=ingest_fields(stream),
+                            stats=zstats if zstats is not None else ZeekStats())
+    return read
 
 
 def _row_times(batch: Any) -> Any:
@@ -235,14 +181,17 @@ class ReplayStore:
 def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = None, *,
            sinks: Any = None, state_db: str | Path | None = None, chunk: int = 2000,
            progress: bool = False, resume: bool = True, collect_windows: bool = False,
-           after_chunk: Callable[[int], None] | None = None) -> ReplayResult:
+           after_chunk: Callable[[int], None] | None = None,
+           keep_rows: int = KEEP_ROWS) -> ReplayResult:
     """Replay one recording through a fresh pipeline.
 
     With `state_db`, progress is committed per chunk (see module docstring) and a later call with
-    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook."""
+    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook. Zeek files
+    whose batches total more than `keep_rows` rows are read twice, a batch in memory only while
+    its rows come due (`scheduler.replay_items`): memory stays bounded however long the input."""
     config = config or Config()
     stats: dict[str, Any] = {}
-    rec, items = load_recording_items(rec_dir, stats)
+    rec, items = load_recording_items(rec_dir, stats, keep_rows=keep_rows)
     name = f"replay:{rec.name}"
     pipe = Pipeline(config, baselines, host=rec.host or config.host_name,
                     environment=rec.meta.environment if config.environment == "default"
@@ -258,6 +207,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
 
     store = ReplayStore(state_db) if state_db else None
     start = 0
+    cursor = items.cursor()
     if store is not None:
         st = store.load(name) if resume else None
         if st is not None:
@@ -270,14 +220,24 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
             first = min(wpos) if wpos else start
             if 0 < start <= len(items):
-                t_from = min(items[min(first, start - 1)][0], items[start - 1][0]) - REFEED_HORIZON_S
-                i0 = int(np.searchsorted(items.times[:start], t_from, side="left"))
+                # items are in time order: the earlier of the two is the earliest open
+                # window's first item, or the checkpoint's last item
+                t_first = items.cursor().skip(min(first, start - 1) + 1)
+                cursor.skip_before(t_first - REFEED_HORIZON_S, start)
                 pipe.windows_only = True
-                for i in range(i0, start):
-                    pipe.cur_pos = i
-                    pipe._dispatch(items[i][1], items[i][2])
+                at = cursor.pos
+                while at < start:
+                    part = cursor.items(min(chunk, start - at))
+                    if not part:
+                        break
+                    for _, kind, payload in part:
+                        pipe.cur_pos = at
+                        pipe._dispatch(kind, payload)
+                        at += 1
                 pipe.windows_only = False
                 pipe._rebuild = set()
+            elif start:
+                cursor.skip(start)
             log.info("%s: resuming at item %d of %d", name, start, len(items))
         deliver_outbox(store, sinks)
 
@@ -292,7 +252,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     n_chunk = 0
     while pos < len(items):
         end = min(len(items), pos + chunk)
-        pipe.dispatch(items.dispatch_items(pos, end), pos)
+        pipe.dispatch(cursor.dispatch_items(end - pos), pos)
         done = end >= len(items)
         out = pipe.flush(force=done)
         alerts.extend(out)
@@ -326,7 +286,8 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
 
 
 def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None = None,
-                          progress: bool = False, model_dir: str | Path | None = None) -> Any:
+                          progress: bool = False, model_dir: str | Path | None = None,
+                          keep_rows: int = KEEP_ROWS) -> Any:
     """Per-image baselines from benign recordings, built from exactly the windows the pipeline
     scores (same code path, same window length), optionally saved to the model store."""
     from model.baseline import EnvironmentBaselines
@@ -336,7 +297,8 @@ def train_from_recordings(rec_dirs: Iterable[str | Path], config: Config | None 
     parts, env = [], None
     destinations: dict[str, set[str]] = {}
     for d in rec_dirs:
-        res = replay(d, config, None, progress=progress, collect_windows=True)
+        res = replay(d, config, None, progress=progress, collect_windows=True,
+                     keep_rows=keep_rows)
         parts.extend(res.windows)
         for image, dests in res.misuse_baseline.items():
             destinations.setdefault(image, set()).update(dests)

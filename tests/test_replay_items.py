@@ -1,81 +1,235 @@
-"""The replay's item order without an object per Zeek row (`scheduler.replay.ReplayItems`).
+"""The replay's item order, streamed (`scheduler.replay_items`).
 
-The replay used to sort one (time, source, reading order, kind, payload) tuple per item; the
-item table orders arrays instead. Here random items with many equal times across and within
-sources must come out exactly as that sort put them, position by position, and a chunk's
-dispatch items must be the same items (runs of Zeek rows as "zrun" items).
+The replay used to sort one (time, source, reading order, kind, payload) tuple per item, every
+item in memory. The cursor reads the Zeek files again a batch at a time, as late as the order
+allows. Here random items with many equal times across and within sources, in files whose
+batches are out of time order (a conn.log), with every batch kept, some or none, must come out
+exactly as that sort put them, position by position; a chunk's dispatch items must be the same
+items; memory must hold only the batches at the order's front; a file that changed between
+the two readings must stop the replay naming it. Then whole replays: streamed equals read once,
+resumed or not.
 """
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from scheduler.replay import ReplayItems
+from scheduler.replay_items import ReplayItems, ZeekFile, index_file
 
 
 class _Batch:
-    """Stands in for a ZeekBatch: only its identity and length matter to the order."""
+    """Stands in for a ZeekBatch: its identity, length and row times matter to the order."""
 
-    def __init__(self, name: str, n: int) -> None:
-        self.name, self.n = name, n
+    def __init__(self, name: str, ts: list[float]) -> None:
+        self.name, self.ts = name, np.asarray(ts, dtype=float)
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.ts)
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-def _case(seed: int) -> tuple[ReplayItems, list[tuple[float, str, Any]]]:
+def _times(batch: _Batch) -> np.ndarray:
+    return batch.ts
+
+
+def _files(rnd: random.Random, times: list[float]) -> list[tuple[int, list[_Batch]]]:
+    """(source, batches) per file: streams 1..4, up to 3 files each, up to 4 batches a file;
+    rows in a batch at random times, so batches overlap in time and are not in time order."""
+    out = []
+    for stream in range(1, 5):
+        for fi in range(rnd.randint(0, 3)):
+            bs = [_Batch(f"s{stream}f{fi}b{j}", [rnd.choice(times)
+                                                 for _ in range(rnd.randint(0, 25))])
+                  for j in range(rnd.randint(0, 4))]
+            out.append((stream, bs))
+    return out
+
+
+def _case(seed: int, keep: int | None = None) -> tuple[ReplayItems, list[tuple[float, str, Any]]]:
     rnd = random.Random(seed)
     times = [float(t) for t in range(20)]          # few distinct times: many ties
     osq = [(rnd.choice(times), 0, "osq", f"osq{i}") for i in range(rnd.randint(0, 30))]
     k8s = [(rnd.choice(times), 5, "k8s", f"k8s{i}") for i in range(rnd.randint(0, 10))]
-    batches, zts, zsrc, zbatch, zrow = [], [], [], [], []
-    for stream in range(1, 5):
-        for _ in range(rnd.randint(0, 3)):
-            b = _Batch(f"s{stream}b{len(batches)}", rnd.randint(1, 40))
-            for r in range(len(b)):
-                zts.append(rnd.choice(times))
-                zsrc.append(stream)
-                zbatch.append(len(batches))
-                zrow.append(r)
-            batches.append(b)
-    # the old way: one tuple per item in reading order (osquery, Zeek streams, audit), sorted
+    spec = _files(rnd, times)
+    # the old way: one tuple per item in reading order (osquery, Zeek files, audit), sorted
     reading = [(t, s, k, p) for t, s, k, p in osq] + \
-        [(t, s, "zrow", (batches[b], r)) for t, s, b, r in zip(zts, zsrc, zbatch, zrow)] + \
-        [(t, s, k, p) for t, s, k, p in k8s]
+        [(float(t), s, "zrow", (b, r)) for s, bs in spec for b in bs
+         for r, t in enumerate(b.ts.tolist())] + [(t, s, k, p) for t, s, k, p in k8s]
     want = [(t, k, p) for t, s, _, k, p in
             sorted(((t, s, i, k, p) for i, (t, s, k, p) in enumerate(reading)),
                    key=lambda x: (x[0], x[1], x[2]))]
-    zeek = {"ts": np.asarray(zts, dtype=float), "source": np.asarray(zsrc, dtype=np.int64),
-            "batch": np.asarray(zbatch, dtype=np.int64), "row": np.asarray(zrow, dtype=np.int64)}
-    return ReplayItems(osq + k8s, batches, zeek), want
+    budget = [rnd.randint(0, 120) if keep is None else keep]
+    files = []
+    for n, (s, bs) in enumerate(spec):
+        f = ZeekFile(source=s, name=f"file{n}", read=lambda bs=bs: iter(bs))
+        index_file(f, _times, budget)
+        files.append(f)
+    return ReplayItems(osq + k8s, files, _times), want
 
 
-@pytest.mark.parametrize("seed", range(12))
+def _unrun(out: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    got: list[tuple[str, Any]] = []
+    previous = ""
+    for kind, payload in out:
+        if kind == "zrun":
+            batches, bid, row = payload
+            assert len(row) and previous != "zrun"      # a run is whole
+            got += [("zrow", (batches[int(b)], int(r))) for b, r in zip(bid, row)]
+        else:
+            got.append((kind, payload))
+        previous = kind
+    return got
+
+
+@pytest.mark.parametrize("seed", range(16))
 def test_items_come_in_the_order_of_the_tuple_sort(seed: int) -> None:
-    items, want = _case(seed)
-    assert len(items) == len(want)
-    assert [items[i] for i in range(len(items))] == want
-    assert items.times.tolist() == [t for t, _, _ in want]
-    assert items.others() == [w for w in want if w[1] != "zrow"]
+    for keep in (None, 0, 10 ** 6):
+        items, want = _case(seed, keep)
+        assert len(items) == len(want)
+        c = items.cursor()
+        assert c.items(len(items) + 5) == want
+        assert c.pos == len(want) and c.items(3) == [] and c.batches_held == 0
+        assert items.others() == [w for w in want if w[1] != "zrow"]
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_dispatch_items_are_the_same_items_in_runs(seed: int) -> None:
     items, want = _case(seed)
     step = random.Random(seed).randint(1, 17)
+    c = items.cursor()
     for lo in range(0, len(items), step):
         hi = min(len(items), lo + step)
-        got: list[tuple[str, Any]] = []
-        previous = ""
-        for kind, payload in items.dispatch_items(lo, hi):
-            if kind == "zrun":
-                batches, bid, row = payload
-                assert len(row) and previous != "zrun"      # a run is whole
-                got += [("zrow", (batches[int(b)], int(r))) for b, r in zip(bid, row)]
-            else:
-                got.append((kind, payload))
-            previous = kind
-        assert got == [(k, p) for _, k, p in want[lo:hi]]
+        assert _unrun(c.dispatch_items(hi - lo)) == [(k, p) for _, k, p in want[lo:hi]]
+        assert c.pos == hi
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_skipping_lands_where_the_order_says(seed: int) -> None:
+    items, want = _case(seed, 0)
+    if not want:
+        return
+    rnd = random.Random(seed)
+    k = rnd.randrange(len(want))
+    assert items.cursor().skip(k + 1) == want[k][0]
+    t = rnd.choice([w[0] for w in want]) + rnd.choice([0.0, 0.5])
+    limit = rnd.randint(0, len(want))
+    c = items.cursor()
+    c.skip_before(t, limit)
+    first_at = next((i for i, w in enumerate(want) if w[0] >= t), len(want))
+    at = c.pos
+    assert at == min(first_at, limit)
+    assert c.items(len(want)) == want[at:]
+
+
+def test_only_the_batches_at_the_front_are_in_memory() -> None:
+    """A log written in time order, 200 batches: at most two of its batches are held at once,
+    and each is read when its rows come due, not before."""
+    batches = [_Batch(f"b{j}", [j * 10.0 + r for r in range(10)]) for j in range(200)]
+    reads: list[int] = []
+
+    def read() -> Any:
+        for j, b in enumerate(batches):
+            reads.append(j)
+            yield b
+    f = ZeekFile(source=1, name="http.log", read=read)
+    index_file(f, _times, [0])
+    reads.clear()
+    osq = [(t * 1.0, 0, "osq", f"o{t}") for t in range(0, 2000, 7)]
+    items = ReplayItems(osq, [f], _times)
+    c = items.cursor()
+    most = 0
+    while c.pos < len(items):
+        got = c.items(13)
+        most = max(most, c.batches_held)
+        last_t = got[-1][0]
+        assert max(reads) <= int(last_t // 10) + 1        # read no earlier than due
+    assert most <= 2 and c.batches_held == 0
+
+
+def test_a_conn_log_batch_is_read_before_its_earliest_row_comes_due() -> None:
+    """Batches whose earliest rows go back in time (connections logged when they end): a later
+    batch's early row must still come out in its place."""
+    batches = [_Batch("b0", [50.0, 60.0]), _Batch("b1", [70.0, 80.0]), _Batch("b2", [10.0, 90.0])]
+    f = ZeekFile(source=1, name="conn.log", read=lambda: iter(batches))
+    index_file(f, _times, [0])
+    items = ReplayItems([(30.0, 0, "osq", "o")], [f], _times)
+    got = [(t, k) for t, k, _ in items.cursor().items(10)]
+    assert got == [(10.0, "zrow"), (30.0, "osq"), (50.0, "zrow"), (60.0, "zrow"),
+                   (70.0, "zrow"), (80.0, "zrow"), (90.0, "zrow")]
+
+
+def test_a_file_that_changed_between_the_readings_stops_the_replay_naming_it() -> None:
+    batches = [_Batch("b0", [1.0, 2.0]), _Batch("b1", [3.0, 4.0])]
+    f = ZeekFile(source=1, name="/logs/http.log", read=lambda: iter(batches))
+    index_file(f, _times, [0])
+    batches[1] = _Batch("b1", [3.0, 4.0, 5.0])     # a line appended to the last block
+    c = ReplayItems([], [f], _times).cursor()
+    with pytest.raises(RuntimeError, match="/logs/http.log changed"):
+        c.items(10)
+
+
+# ---- whole replays ------------------------------------------------------------------------------
+
+def _alerts(res: Any) -> list[str]:
+    return [json.dumps(a.to_dict(), sort_keys=True, default=str) for a in res.alerts]
+
+
+@pytest.mark.parametrize("name", ["geo_lookup", "churn"])
+def test_a_streamed_replay_equals_one_read_once(name: str) -> None:
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import Config
+    from scheduler.replay import replay
+
+    rec = demo_data_dir() / name
+    once = replay(rec, Config(), None, collect_windows=True, keep_rows=10 ** 9)
+    streamed = replay(rec, Config(), None, collect_windows=True, keep_rows=0)
+    assert _alerts(streamed) == _alerts(once) and streamed.items == once.items
+    assert streamed.stats == once.stats
+    a = [w.X.tolist() for w in once.windows]
+    b = [w.X.tolist() for w in streamed.windows]
+    assert a == b and len(a)
+
+
+@pytest.fixture(scope="module")
+def baselines() -> Any:
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import Config
+    from scheduler.replay import train_from_recordings
+
+    return train_from_recordings([demo_data_dir() / "benign_long"], Config(), keep_rows=0)[0]
+
+
+@pytest.mark.parametrize("kill_at", [2, 5])
+def test_a_killed_streamed_replay_resumes_to_the_same_alerts(tmp_path: Path, baselines: Any,
+                                                             kill_at: int) -> None:
+    """Behaviour alerts need the windows open at the checkpoint rebuilt: the resumed replay
+    re-feeds the hour before them, which a streamed cursor finds by skipping."""
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import Config
+    from scheduler.replay import replay
+
+    rec = demo_data_dir() / "drift"
+    want = replay(rec, Config(), baselines, state_db=tmp_path / "whole.db", chunk=150,
+                  keep_rows=10 ** 9)
+
+    class Killed(Exception):
+        pass
+
+    def kill(i: int) -> None:
+        if i == kill_at:
+            raise Killed
+
+    db = tmp_path / "state.db"
+    with pytest.raises(Killed):
+        replay(rec, Config(), baselines, state_db=db, chunk=150, after_chunk=kill, keep_rows=0)
+    again = replay(rec, Config(), baselines, state_db=db, chunk=150, keep_rows=0)
+    assert again.resumed_from == 150 * kill_at
+    assert _alerts(again) == _alerts(want)
+    assert any(a.rule == "behaviour_anomaly" for a in want.alerts)
