@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,7 +28,7 @@ from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
 from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
-from scheduler.replay_items import KEEP_ROWS, ReplayItems, ZeekFile, index_file
+from scheduler.replay_items import KEEP_ROWS, OSQUERY_BATCH, ReplayItems, SourceFile, index_file
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +57,35 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     """All items of a recording in one deterministic time order (`ReplayItems`, streamed): by
     time, then source (osquery, each Zeek stream, Kubernetes audit), then reading order.
 
-    The Zeek files are indexed here (read once through the engine's reader, counting malformed
+    The osquery results and the Zeek files are indexed here (read once, counting malformed
     lines in `stats`); a cursor reads them again as the order comes to them, unless their
-    batches fit in `keep_rows` rows (`scheduler.replay_items`)."""
+    batches fit in `keep_rows` rows (`scheduler.replay_items`). The container records the
+    replay observes up front are kept: `ReplayItems.containers`, in the order's order."""
     from scheduler.collect.recording import Recording
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
 
     rec = Recording(rec_dir)
     ostats = OsqueryStats()
     zstats = ZeekStats()
-    others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
-    for row in rec.iter_osquery_rows(ostats):
-        others.append((item_time("osq", row), 0, "osq", row))
-    files: list[ZeekFile] = []
     budget = [keep_rows]
+    containers: list[tuple[float, int, Any]] = []
+    osq = SourceFile(source=0, name=f"{rec_dir} (osquery results)",
+                     read=_osquery_reader(rec), times=_osquery_times, kind="osq")
+    index_file(osq, budget, _osquery_reader(rec, ostats, containers))
+    files: list[SourceFile] = [osq]
     for si, stream in enumerate(streams):
         for path in zeek_files(rec, stream):
-            f = ZeekFile(source=1 + si, name=str(path), read=_reader(path, stream))
-            index_file(f, _row_times, budget, _reader(path, stream, zstats))
+            f = SourceFile(source=1 + si, name=str(path), read=_reader(path, stream),
+                           times=_row_times)
+            index_file(f, budget, _reader(path, stream, zstats))
             files.append(f)
+    others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
     kstats = AuditStats()
     for r in recording_records(rec_dir, kstats):      # k8s/audit.log (docs/kubernetes.md)
         others.append((r.ts, 1 + len(ZEEK_STREAMS), "k8s", r))
-    items = ReplayItems(others, files, _row_times)
+    items = ReplayItems(others, files)
+    containers.sort(key=lambda c: (c[0], c[1]))
+    items.containers = [row for _, _, row in containers]
     if stats is not None:
         stats["osquery"] = {"lines": ostats.lines, "rows": ostats.rows,
                             "malformed": ostats.malformed}
@@ -88,6 +95,36 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
                          if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
             {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
     return rec, items
+
+
+#: osquery tables the replay observes before its first item: the inventory's history and the
+#: NAT flows (a record is attributed with everything the recording knows)
+CONTAINER_TABLES = ("container_inventory", "container_events", "container_nat_flows")
+
+
+def _osquery_reader(rec: Any, ostats: Any = None,
+                    containers: list[tuple[float, int, Any]] | None = None
+                    ) -> Callable[[], Iterable[list[Any]]]:
+    """Reads a recording's osquery results from the start in lists of `OSQUERY_BATCH` rows.
+    With `ostats` (the index pass's reader) malformed lines are counted there, and with
+    `containers` the container records are kept as (time, reading index, row)."""
+    def read() -> Iterable[list[Any]]:
+        rows = rec.iter_osquery_rows(ostats if ostats is not None else OsqueryStats())
+        n = 0
+        while True:
+            batch = list(islice(rows, OSQUERY_BATCH))
+            if not batch:
+                return
+            if containers is not None:
+                containers.extend((item_time("osq", r), n + i, r) for i, r in enumerate(batch)
+                                  if r.table in CONTAINER_TABLES)
+            n += len(batch)
+            yield batch
+    return read
+
+
+def _osquery_times(batch: list[Any]) -> np.ndarray:
+    return np.fromiter((item_time("osq", r) for r in batch), float, len(batch))
 
 
 def zeek_files(rec: Any, stream: str) -> list[Path]:
@@ -198,11 +235,11 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
                     else config.environment)
     pipe.collect_windows = collect_windows
     # Inventory history first: a record is attributed with everything the recording knows.
-    for _, kind, payload in items.others():
-        if kind == "osq" and payload.table in ("container_inventory", "container_events"):
-            pipe.inventory.observe(payload)
-        elif kind == "osq" and payload.table == "container_nat_flows":
-            pipe.joiner.observe_nat(payload)   # the NAT join sees every flow up front too
+    for row in items.containers:
+        if row.table == "container_nat_flows":
+            pipe.joiner.observe_nat(row)   # the NAT join sees every flow up front too
+        else:
+            pipe.inventory.observe(row)
     pipe.inventory.close_snapshots()
 
     store = ReplayStore(state_db) if state_db else None

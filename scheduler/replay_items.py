@@ -18,10 +18,14 @@ busy host's day was ~600 B a line: gigabytes. So the Zeek files are read twice:
    memory, and those rows, sorted, are exactly the next items of the whole order. A batch is
    dropped when its last row has been handed out.
 
+osquery results are read the same way, in batches of `OSQUERY_BATCH` rows (process events on a
+busy host are the other stream that grows with the day); the replay keeps only the container
+records it observes before the first item (inventory, events, NAT flows). Kubernetes audit
+records are read whole.
+
 Memory is then the batches whose rows straddle the order's front (one or two per file for logs
 written in time order; for a conn.log, its batches written within the longest connection's
-duration) plus the non-Zeek items, which are read whole (the replay observes every container
-record before the first item, and they are a few per second).
+duration) plus the audit records and the kept batches.
 
 The feed checks that each batch it reads again has the size the index saw: a file that changed
 between the passes stops the replay with an error naming it, rather than feeding other data.
@@ -37,16 +41,22 @@ import numpy as np
 #: Batches of the index pass kept for the feed while their rows total at most this: a recording
 #: this small is read once. Beyond it a file's batches are read again (about 50 MB of batches).
 KEEP_ROWS = 100_000
+#: osquery result rows in one batch of the feed
+OSQUERY_BATCH = 4096
 
 
 @dataclass
-class ZeekFile:
-    """One Zeek log file as the index pass saw it. `read()` reads it from the start and yields
-    the same batches each time; `times(batch)` is each row's sort time."""
+class SourceFile:
+    """One input file (or one reader of several: a host's osquery results) as the index pass
+    saw it. `read()` reads it from the start and yields the same batches each time;
+    `times(batch)` is each row's sort time. A batch is a ZeekBatch (`kind` "zrow": its rows go
+    to the dispatch as runs) or a list of rows handed out one by one as (`kind`, row)."""
 
-    source: int                                   # 1 + the stream's index
+    source: int                                   # 0 osquery, 1 + a Zeek stream's index
     name: str                                     # for errors
     read: Callable[[], Iterator[Any]]
+    times: Callable[[Any], np.ndarray]
+    kind: str = "zrow"
     sizes: list[int] = field(default_factory=list)
     earliest: list[float] = field(default_factory=list)
     kept: list[Any] | None = None                 # every batch, when they fit in the budget
@@ -62,14 +72,14 @@ class ZeekFile:
         return np.minimum.accumulate(e[::-1])[::-1] if e.size else e
 
 
-def index_file(f: ZeekFile, times: Callable[[Any], np.ndarray], budget: list[int],
+def index_file(f: SourceFile, budget: list[int],
                read: Callable[[], Iterator[Any]] | None = None) -> None:
     """The index pass over one file (through `read`, default `f.read`: the index pass's reader
     may count what it reads): sizes and earliest times; its batches kept while `budget[0]`
     (rows, shared by the files of a recording) allows, else none of them."""
     kept: list[Any] | None = []
     for batch in (read or f.read)():
-        t = times(batch)
+        t = f.times(batch)
         f.sizes.append(len(batch))
         f.earliest.append(float(t.min()) if t.size else np.inf)
         if kept is not None:
@@ -84,11 +94,11 @@ def index_file(f: ZeekFile, times: Callable[[Any], np.ndarray], budget: list[int
 
 class ReplayItems:
     """A recording's items in the replay's order (see module docstring). `others` are the
-    non-Zeek items as (time, source, kind, payload) in reading order; `files` the indexed Zeek
-    files in reading order (streams in order, a stream's files in order)."""
+    items read whole as (time, source, kind, payload) in reading order; `files` the indexed
+    files in reading order (sources in order, a source's files in order)."""
 
-    def __init__(self, others: list[tuple[float, int, str, Any]], files: list[ZeekFile],
-                 times: Callable[[Any], np.ndarray]) -> None:
+    def __init__(self, others: list[tuple[float, int, str, Any]],
+                 files: list[SourceFile]) -> None:
         n_other = len(others)
         ts = np.fromiter((o[0] for o in others), float, n_other)
         src = np.fromiter((o[1] for o in others), np.int64, n_other)
@@ -99,7 +109,7 @@ class ReplayItems:
         self._others = [(t, kind, payload) for t, _, kind, payload in others]
         self._n_other = n_other
         self.files = files
-        self._times = times
+        self.containers: list[Any] = []                # what the replay observes up front
         base = n_other
         for f in files:
             f.base = base
@@ -109,9 +119,6 @@ class ReplayItems:
     def __len__(self) -> int:
         return self._len
 
-    def others(self) -> list[tuple[float, str, Any]]:
-        """The items that are not Zeek rows (osquery rows, audit records), in order."""
-        return [self._others[k] for k in self._other_order.tolist()]
 
     def cursor(self) -> "Cursor":
         """A reader of the whole order from its first item (each reads the files again)."""
@@ -135,11 +142,12 @@ class Cursor:
         self._batches: dict[int, Any] = {}            # batches in memory, by id
         self._left: dict[int, int] = {}               # their rows not handed out yet
         self._n_batches = 0
+        self._kinds: dict[int, str] = {}               # their kind ("zrow": Zeek rows)
         # rows read and not handed out: time, source, reading index, batch id, row
         self._buf = [np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64),
                      np.zeros(0, np.int64), np.zeros(0, np.int64)]
         # the front: the next items in order (time, reading index, batch id or -1, row or
-        # index of the non-Zeek item) and how far they were taken
+        # index of the item read whole) and how far they were taken
         self._seg = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64),
                      np.zeros(0, np.int64))
         self._at = 0
@@ -171,8 +179,9 @@ class Cursor:
         self._n_batches += 1
         self._batches[bid] = batch
         self._left[bid] = n
+        self._kinds[bid] = f.kind
         first = f.base + sum(f.sizes[:j])
-        add = [np.asarray(self._it._times(batch), dtype=float),
+        add = [np.asarray(f.times(batch), dtype=float),
                np.full(n, f.source, dtype=np.int64),
                np.arange(first, first + n, dtype=np.int64),
                np.full(n, bid, dtype=np.int64), np.arange(n, dtype=np.int64)]
@@ -239,7 +248,7 @@ class Cursor:
             held[b] = self._batches[b]
             self._left[b] -= c
             if not self._left[b]:
-                del self._left[b], self._batches[b]
+                del self._left[b], self._batches[b], self._kinds[b]
         return held
 
     # -- taking --------------------------------------------------------------------------------
@@ -248,8 +257,10 @@ class Cursor:
         run of consecutive Zeek rows as one ("zrun", (batches by id, batch id of each row,
         row))."""
         _, bid, row = self._take(n)
+        kinds = {b: self._kinds[b] for b in np.unique(bid[bid >= 0]).tolist()}
         held = self._held(bid)
-        zeek = bid >= 0
+        zb = [b for b, k in kinds.items() if k == "zrow"]
+        zeek = np.isin(bid, zb) if zb else np.zeros(len(bid), dtype=bool)
         cuts = (np.flatnonzero(zeek[1:] != zeek[:-1]) + 1).tolist()
         out: list[tuple[str, Any]] = []
         others = self._it._others
@@ -259,15 +270,18 @@ class Cursor:
             if zeek[a]:
                 out.append(("zrun", (held, bid[a:b], row[a:b])))
             else:
-                out.extend(others[k][1:] for k in row[a:b].tolist())
+                out.extend(others[r][1:] if k < 0 else (kinds[k], held[k][r])
+                           for k, r in zip(bid[a:b].tolist(), row[a:b].tolist()))
         return out
 
     def items(self, n: int) -> list[tuple[float, str, Any]]:
         """The next n items as (time, kind, payload), a Zeek row as ("zrow", (batch, row))."""
         ts, bid, row = self._take(n)
+        kinds = {b: self._kinds[b] for b in np.unique(bid[bid >= 0]).tolist()}
         held = self._held(bid)
         others = self._it._others
-        return [others[r] if b < 0 else (t, "zrow", (held[b], r))
+        return [others[r] if b < 0 else
+                (t, "zrow", (held[b], r)) if kinds[b] == "zrow" else (t, kinds[b], held[b][r])
                 for t, b, r in zip(ts.tolist(), bid.tolist(), row.tolist())]
 
     def skip(self, n: int) -> float | None:
