@@ -28,15 +28,20 @@ written in time order; for a conn.log, its batches written within the longest co
 duration) plus the audit records and the kept batches.
 
 The feed checks that each batch it reads again has the size the index saw: a file that changed
-between the passes stops the replay with an error naming it, rather than feeding other data.
+between the passes stops the replay with an error naming it, rather than feeding other data. A
+file that only grew (a log still being written: today's conn.log, osqueryd's current results
+file) is replayed as far as the index pass read it.
 """
 from __future__ import annotations
 
 import heapq
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: Batches of the index pass kept for the feed while their rows total at most this: a recording
 #: this small is read once. Beyond it a file's batches are read again (about 50 MB of batches).
@@ -137,6 +142,8 @@ class Cursor:
         self._readers: list[Iterator[Any] | None] = [None] * len(items.files)
         self._next = [0] * len(items.files)           # next batch to read, per file
         self._due = [f.due() for f in items.files]
+        self._offsets = [np.concatenate(([0], np.cumsum(f.sizes, dtype=np.int64))).tolist()
+                         for f in items.files]
         self._heap = [(float(d[0]), fi) for fi, d in enumerate(self._due) if d.size]
         heapq.heapify(self._heap)
         self._batches: dict[int, Any] = {}            # batches in memory, by id
@@ -163,16 +170,22 @@ class Cursor:
             if reader is None:
                 reader = self._readers[fi] = iter(f.read())
             batch = next(reader, None)
-            if batch is None or len(batch) != f.sizes[j]:
+            last = j + 1 == len(f.sizes)
+            if batch is None or len(batch) < f.sizes[j] or (len(batch) > f.sizes[j] and not last):
                 raise RuntimeError(f"{f.name} changed while it was replayed (batch {j}: "
                                    f"{f.sizes[j]} rows when indexed, "
                                    f"{'none' if batch is None else len(batch)} now)")
+            if len(batch) > f.sizes[j]:
+                # a log still being written (today's conn.log, osqueryd's current results
+                # file): what was appended after the index pass is left for the next run
+                log.info("%s grew while it was replayed: %d rows appended after the index "
+                         "pass are not replayed", f.name, len(batch) - f.sizes[j])
         self._next[fi] = j + 1
         if j + 1 < len(f.sizes):
             heapq.heappush(self._heap, (float(self._due[fi][j + 1]), fi))
         else:
             self._readers[fi] = None
-        n = len(batch)
+        n = f.sizes[j]          # the rows indexed
         if not n:
             return
         bid = self._n_batches
@@ -180,8 +193,8 @@ class Cursor:
         self._batches[bid] = batch
         self._left[bid] = n
         self._kinds[bid] = f.kind
-        first = f.base + sum(f.sizes[:j])
-        add = [np.asarray(f.times(batch), dtype=float),
+        first = f.base + self._offsets[fi][j]
+        add = [np.asarray(f.times(batch), dtype=float)[:n],
                np.full(n, f.source, dtype=np.int64),
                np.arange(first, first + n, dtype=np.int64),
                np.full(n, bid, dtype=np.int64), np.arange(n, dtype=np.int64)]

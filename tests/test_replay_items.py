@@ -185,10 +185,25 @@ def test_a_file_that_changed_between_the_readings_stops_the_replay_naming_it() -
     batches = [_Batch("b0", [1.0, 2.0]), _Batch("b1", [3.0, 4.0])]
     f = SourceFile(source=1, name="/logs/http.log", read=lambda: iter(batches), times=_times)
     index_file(f, [0])
-    batches[1] = _Batch("b1", [3.0, 4.0, 5.0])     # a line appended to the last block
+    batches[0] = _Batch("b0", [1.0])              # a line gone from the first block
     c = ReplayItems([], [f]).cursor()
     with pytest.raises(RuntimeError, match="/logs/http.log changed"):
         c.items(10)
+
+
+def test_a_file_still_being_written_is_replayed_as_far_as_it_was_indexed() -> None:
+    """Lines appended after the index pass (the last block grew, a block was added) are left
+    for the next run, not fed: the order's indexes stay those of the first pass."""
+    batches = [_Batch("b0", [1.0, 2.0]), _Batch("b1", [3.0, 4.0])]
+    f = SourceFile(source=1, name="conn.log", read=lambda: iter(batches), times=_times)
+    index_file(f, [0])
+    grown = _Batch("b1", [3.0, 4.0, 0.5])
+    batches[1:] = [grown, _Batch("b2", [0.1])]
+    items = ReplayItems([(3.5, 0, "osq", "o")], [f])
+    got = items.cursor().items(10)
+    assert [(t, k) for t, k, _ in got] == [(1.0, "zrow"), (2.0, "zrow"), (3.0, "zrow"),
+                                           (3.5, "osq"), (4.0, "zrow")]
+    assert got[2][2] == (grown, 0) and len(items) == 5
 
 
 # ---- whole replays ------------------------------------------------------------------------------
