@@ -5,10 +5,10 @@ Why: a backfill replays a host's whole day (`scheduler.backfill` runs `scheduler
 per host); a busy host's http.log is millions of lines, and holding every batch of it costs
 hundreds of bytes a line (read_once below: ~580 MiB at 1,000,000 lines, ~1.4 GiB at 3,000,000;
 its growth is ~400 B a line). A host-day backfill must not need gigabytes (issue 13). The
-replay now streams its Zeek logs (`scheduler/replay_items.py`): an index pass keeps each batch's
-size and earliest time, the feed reads the files again a batch at a time as late as the time
-order allows. The question is what that costs in time and whether memory stays flat as the
-input grows.
+replay now streams its Zeek logs and osquery results (`scheduler/collect/replay_items.py`): an
+index pass keeps each batch's size and earliest time, the feed reads the files again a batch at a
+time as late as the time order allows. The question is what that costs in time and whether
+memory stays flat as the input grows.
 
 The input is a recording built in a temporary directory from the bundled benign_long
 (scheduler/demo_data/benign_long: meta.json, osquery/, zeek/ conn, dns and files as they are)
@@ -26,7 +26,7 @@ bench_model.py measures scoring) in a fresh child process (its own peak RSS: VmH
 what the replay would import on its first rows: pyarrow's readers, pandas) are done before the
 clock starts:
 
-* ``streamed``: the default `keep_rows` (`scheduler.replay_items.KEEP_ROWS`): files whose
+* ``streamed``: the default `keep_rows` (`scheduler.collect.replay_items.KEEP_ROWS`): files whose
   batches total more than that are read twice, a batch in memory only while its rows are due;
 * ``read_once``: `keep_rows=10**12`, every batch kept from the index pass: the replay as it was
   before streaming (read once, all of it in memory), with the same code.

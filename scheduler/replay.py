@@ -28,7 +28,8 @@ from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
 from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
-from scheduler.replay_items import KEEP_ROWS, OSQUERY_BATCH, ReplayItems, SourceFile, index_file
+from scheduler.collect.replay_items import (KEEP_ROWS, OSQUERY_BATCH, ReplayItems, SourceFile,
+                                            index_file)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
 
     The osquery results and the Zeek files are indexed here (read once, counting malformed
     lines in `stats`); a cursor reads them again as the order comes to them, unless their
-    batches fit in `keep_rows` rows (`scheduler.replay_items`). The container records the
+    batches fit in `keep_rows` rows (`scheduler.collect.replay_items`). The container records the
     replay observes up front are kept: `ReplayItems.containers`, in the order's order."""
     from scheduler.collect.recording import Recording
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
@@ -223,9 +224,10 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     """Replay one recording through a fresh pipeline.
 
     With `state_db`, progress is committed per chunk (see module docstring) and a later call with
-    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook. Zeek files
-    whose batches total more than `keep_rows` rows are read twice, a batch in memory only while
-    its rows come due (`scheduler.replay_items`): memory stays bounded however long the input."""
+    the same db resumes where a killed run stopped. `after_chunk(i)` is a test hook. Input
+    whose batches total more than `keep_rows` rows is read twice, a batch in memory only while
+    its rows come due (`scheduler.collect.replay_items`): memory stays bounded however long the
+    input."""
     config = config or Config()
     stats: dict[str, Any] = {}
     rec, items = load_recording_items(rec_dir, stats, keep_rows=keep_rows)

@@ -1,4 +1,4 @@
-"""The replay's item order, streamed (`scheduler.replay_items`).
+"""The replay's item order, streamed (`scheduler.collect.replay_items`).
 
 The replay used to sort one (time, source, reading order, kind, payload) tuple per item, every
 item in memory. The cursor reads the Zeek files again a batch at a time, as late as the order
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scheduler.replay_items import ReplayItems, SourceFile, index_file
+from scheduler.collect.replay_items import ReplayItems, SourceFile, index_file
 
 
 class _Batch:
