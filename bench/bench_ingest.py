@@ -240,13 +240,17 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
     """The entry the replay uses for Zeek logs on this tree, and a driver for it:
     (name, drive(pipeline, path, chunk) -> lines fed). The one place that knows the API.
 
-    With the batch engine (`zeekbatch.iter_batches` and `Pipeline.dispatch`, which takes runs of
-    "zrow" items a batch at a time): the columnar reader's batches, fed `chunk` rows at
-    a time through the replay's dispatch, flushed after each (the replay's chunk). Before it: the
+    With the batch engine (`zeekbatch.iter_batches` and `Pipeline.dispatch`): the columnar
+    reader's batches, fed `chunk` rows at a time through the dispatch, flushed after each (the
+    replay's chunk), each chunk one "zrun" item (a run of consecutive Zeek rows, as the replay's
+    cursor hands them over) where the dispatch takes those, else "zrow" items. Before it: the
     per-line reader and `Pipeline.feed_zeek`, flushed every `chunk` lines."""
     from scheduler.collect import zeekbatch
     from scheduler.collect.zeeklog import ParseStats, iter_zeek_log
     from scheduler.pipeline import Pipeline, ingest_fields
+
+    import numpy as np
+    runs = hasattr(Pipeline, "_feed_run")
 
     def batched(p: Any, path: Path, chunk: int) -> int:
         stats = ParseStats()
@@ -254,7 +258,11 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
         for batch in reader_batches(path, stats):
             for lo in range(0, len(batch), chunk):
                 hi = min(len(batch), lo + chunk)
-                p.dispatch(zip(repeat("zrow"), zip(repeat(batch), range(lo, hi))), n)
+                if runs:
+                    p.dispatch([("zrun", ([batch], np.zeros(hi - lo, dtype=np.int64),
+                                          np.arange(lo, hi, dtype=np.int64)))], n)
+                else:
+                    p.dispatch(zip(repeat("zrow"), zip(repeat(batch), range(lo, hi))), n)
                 n += hi - lo
                 p.flush()
         p.flush(force=True)
@@ -277,8 +285,9 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
 
     if hasattr(zeekbatch, "iter_batches") and hasattr(Pipeline, "dispatch") and \
             hasattr(Pipeline, "feed_zeek_rows"):
-        return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (runs of zrow items, "
-                "a batch at a time)", batched)
+        return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (" +
+                ("one zrun item a chunk" if runs else "runs of zrow items") +
+                ", a batch at a time)", batched)
     return "per-line: zeeklog.iter_zeek_log + Pipeline.feed_zeek", per_line
 
 
