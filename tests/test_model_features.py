@@ -175,3 +175,22 @@ def test_empty_and_invalid():
     fw = build_windows([proc(1, "sh", "sh")], containers=[info()], window_s=W)
     assert fw.X.shape == (1, len(FEATURE_NAMES)) and not np.isnan(fw.X).any()
     assert math.isfinite(float(fw.X.sum()))
+
+
+def test_a_container_known_by_name_only_has_no_window_and_spoils_no_other():
+    """No creation time and no record: nothing says when it lived. It used to raise
+    OverflowError (an infinite window index) or add a row at an infinite start that threw the
+    other rows' lookup off; now it has no row, and the others are what they are without it."""
+    from model.window_agg import NetWindowAgg
+
+    agg = NetWindowAgg()
+    agg.add(NetRecord(ts=130.0, host="h", container_id="c1", image="img", orig_h="172.17.0.2",
+                      resp_h="192.0.2.1", kind="http", domain="a.example"))
+    live = ContainerInfo(container_id="c1", image="img", name="web", host="h", created=100.0)
+    ghost = ContainerInfo(container_id="c0", image="img", name="ghost", host="h", created=None)
+    kw = dict(window_s=60.0, start=100.0, end=400.0, net_windows={("c1", 0): agg})
+    alone = build_windows([], (), [], [live], **kw)
+    both = build_windows([], (), [], [ghost, live], **kw)
+    assert both.container_id == alone.container_id == ["c1"] * 5
+    assert np.array_equal(both.window_start, alone.window_start)
+    assert np.array_equal(both.X, alone.X) and both.X[0, FEATURE_NAMES.index("http_requests")] == 1
