@@ -110,7 +110,8 @@ def _osquery_reader(rec: Any, ostats: Any = None,
     With `ostats` (the index pass's reader) malformed lines are counted there, and with
     `containers` the container records are kept as (time, reading index, row)."""
     def read() -> Iterable[list[Any]]:
-        rows = rec.iter_osquery_rows(ostats if ostats is not None else OsqueryStats())
+        rows = rec.iter_osquery_rows(ostats if ostats is not None else
+                                     OsqueryStats(limiter=_quiet_limiter()))
         n = 0
         while True:
             batch = list(islice(rows, OSQUERY_BATCH))
@@ -146,8 +147,17 @@ def _reader(path: Path, stream: str, zstats: Any = None) -> Callable[[], Iterabl
 
     def read() -> Iterable[Any]:
         return iter_batches(path, stream, fields=ingest_fields(stream),
-                            stats=zstats if zstats is not None else ZeekStats())
+                            stats=zstats if zstats is not None else
+                            ZeekStats(limiter=_quiet_limiter()))
     return read
+
+
+def _quiet_limiter() -> Any:
+    """The feed's second reading of a file warns about its malformed lines at debug level only:
+    the index pass named them already, and a warning twice reads as two bad lines."""
+    from scheduler.collect.warnlimit import WarnLimiter
+
+    return WarnLimiter(log, level=logging.DEBUG)
 
 
 def _row_times(batch: Any) -> Any:

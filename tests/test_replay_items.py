@@ -264,3 +264,28 @@ def test_a_killed_streamed_replay_resumes_to_the_same_alerts(tmp_path: Path, bas
     assert again.resumed_from == 150 * kill_at
     assert _alerts(again) == _alerts(want)
     assert any(a.rule == "behaviour_anomaly" for a in want.alerts)
+
+
+def test_a_malformed_line_is_counted_and_named_once_though_read_twice(
+        tmp_path: Path, caplog: Any) -> None:
+    import gzip
+    import logging
+    import shutil
+
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import Config
+    from scheduler.replay import replay
+
+    rec = tmp_path / "geo_lookup"
+    shutil.copytree(demo_data_dir() / "geo_lookup", rec)
+    src = rec / "zeek" / "dns.log.gz"
+    lines = gzip.decompress(src.read_bytes()).decode().splitlines(keepends=True)
+    first_data = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+    lines.insert(first_data + 3, "not\ta\tzeek\tline\n")
+    src.unlink()
+    (rec / "zeek" / "dns.log").write_text("".join(lines))
+    with caplog.at_level(logging.WARNING):
+        res = replay(rec, Config(), None, keep_rows=0)
+    named = [r for r in caplog.records if "malformed Zeek log line" in r.getMessage()]
+    assert len(named) == 1 and "dns.log" in named[0].getMessage()
+    assert res.stats["zeek"]["bad_lines"] == 1
