@@ -6,7 +6,7 @@ reading order. Deterministic order is what makes a resumed replay produce the sa
 
 Why streamed: sorting needs every item's time, and a Zeek row's payload is its batch, which
 holds the block of text it was parsed from (a rule may need the row whole). Holding all of a
-busy host's day was ~600 B a line: gigabytes. So the Zeek files are read twice:
+busy host's day was ~600 B a line: gigabytes. So the files are read twice:
 
 1. an index pass reads each file through the engine's reader and keeps, per batch, only its
    size and the earliest time among its rows (and the batches themselves while they fit in
@@ -123,7 +123,6 @@ class ReplayItems:
 
     def __len__(self) -> int:
         return self._len
-
 
     def cursor(self) -> "Cursor":
         """A reader of the whole order from its first item (each reads the files again)."""
