@@ -5,11 +5,13 @@ Why: at 20,000 lines/s the queue holds lag_s of rows (~200k); writing them all i
 JSON on every collect was most of the daemon's time (bench/bench_daemon_ingest.py)."""
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 
 from model.features import FeatureWindows
+from model.records import NET_FIELDS
 from model.window_agg import columns_of
 from scheduler.collect.state import StateStore
 from scheduler.pipeline import (PIPELINE_SCHEMA, EngineState, Pipeline, chunk_from_json,
@@ -46,6 +48,23 @@ def test_a_chunk_round_trips_with_its_dtypes():
     assert back.container_id.dtype == object
     one = chunk_from_json(chunk_to_json(cols.take(slice(0, 1))))
     assert one.record(0) == recs[0]
+    stored = json.loads(chunk_to_json(cols))
+    assert "f8" in stored["ts"] and "i8" in stored["resp_p"]     # numbers as bytes, not text
+
+
+def test_a_chunk_an_earlier_version_stored_reads_back() -> None:
+    """A state DB written before numbers went as bytes: every column a JSON list (a constant
+    one as {"all": v}). A daemon upgraded in place resumes from it."""
+    recs = random_nets(random.Random(6), 50, cids=("c1",))
+    cols = columns_of(recs)
+    old = {"rows": len(cols)}
+    for f in NET_FIELDS:
+        col = getattr(cols, f)
+        old[f] = {"all": col[0].item() if hasattr(col[0], "item") else col[0]} \
+            if f == "container_id" else col.tolist()
+    back = chunk_from_json(json.dumps(old))
+    assert [back.record(i) for i in range(len(back))] == recs
+    assert back.ts.dtype == np.float64 and back.bytes_in.dtype == np.int64
 
 
 def test_restarts_store_each_chunk_once_and_give_the_windows_of_an_uninterrupted_run(tmp_path):
