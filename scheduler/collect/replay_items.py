@@ -152,10 +152,9 @@ class Cursor:
         # rows read and not handed out: time, source, reading index, batch id, row
         self._buf = [np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64),
                      np.zeros(0, np.int64), np.zeros(0, np.int64)]
-        # the front: the next items in order (time, reading index, batch id or -1, row or
-        # index of the item read whole) and how far they were taken
-        self._seg = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                     np.zeros(0, np.int64))
+        # the front: the next items in order (time, batch id or -1, row or index of the item
+        # read whole) and how far they were taken
+        self._seg = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._at = 0
 
     # -- reading, as late as the order allows --------------------------------------------------
@@ -223,7 +222,7 @@ class Cursor:
         row = np.concatenate((og.astype(np.int64), z[4]))
         self._opos = o_end
         order = np.lexsort((gidx, src, ts))
-        self._seg = (ts[order], gidx[order], bid[order], row[order])
+        self._seg = (ts[order], bid[order], row[order])
         self._at = 0
         return True
 
@@ -238,7 +237,7 @@ class Cursor:
                 continue
             k = min(n, left)
             a = self._at
-            parts.append((self._seg[0][a:a + k], self._seg[2][a:a + k], self._seg[3][a:a + k]))
+            parts.append(tuple(col[a:a + k] for col in self._seg))
             self._at += k
             n -= k
         if not parts:
@@ -248,20 +247,21 @@ class Cursor:
         self.pos += len(ts)
         return ts, bid, row
 
-    def _held(self, bid: np.ndarray) -> dict[int, Any]:
-        """The batches the taken rows `bid` come from; batches whose rows are all out are
-        dropped from the cursor (the caller's dict keeps them for this chunk)."""
+    def _held(self, bid: np.ndarray) -> tuple[dict[int, Any], dict[int, str]]:
+        """(the batches the taken rows `bid` come from, their kinds), by batch id; batches
+        whose rows are all out are dropped from the cursor (the caller's dicts keep them for
+        this chunk)."""
         zb = bid[bid >= 0]
         if not zb.size:
-            return {}
+            return {}, {}
         ids, counts = np.unique(zb, return_counts=True)
-        held = {}
+        held, kinds = {}, {}
         for b, c in zip(ids.tolist(), counts.tolist()):
-            held[b] = self._batches[b]
+            held[b], kinds[b] = self._batches[b], self._kinds[b]
             self._left[b] -= c
             if not self._left[b]:
                 del self._left[b], self._batches[b], self._kinds[b]
-        return held
+        return held, kinds
 
     # -- taking --------------------------------------------------------------------------------
     def dispatch_items(self, n: int) -> list[tuple[str, Any]]:
@@ -269,8 +269,7 @@ class Cursor:
         run of consecutive Zeek rows as one ("zrun", (batches by id, batch id of each row,
         row))."""
         _, bid, row = self._take(n)
-        kinds = {b: self._kinds[b] for b in np.unique(bid[bid >= 0]).tolist()}
-        held = self._held(bid)
+        held, kinds = self._held(bid)
         zb = [b for b, k in kinds.items() if k == "zrow"]
         zeek = np.isin(bid, zb) if zb else np.zeros(len(bid), dtype=bool)
         cuts = (np.flatnonzero(zeek[1:] != zeek[:-1]) + 1).tolist()
@@ -289,8 +288,7 @@ class Cursor:
     def items(self, n: int) -> list[tuple[float, str, Any]]:
         """The next n items as (time, kind, payload), a Zeek row as ("zrow", (batch, row))."""
         ts, bid, row = self._take(n)
-        kinds = {b: self._kinds[b] for b in np.unique(bid[bid >= 0]).tolist()}
-        held = self._held(bid)
+        held, kinds = self._held(bid)
         others = self._it._others
         return [others[r] if b < 0 else
                 (t, "zrow", (held[b], r)) if kinds[b] == "zrow" else (t, kinds[b], held[b][r])
