@@ -253,10 +253,8 @@ class Daemon:
             p = self.pipeline
             before = p.data_time
             for _, _, kind, payload in osq_items:
-                if kind == "osq" and payload.table in ("container_inventory", "container_events"):
-                    p.inventory.observe(payload)
-                elif kind == "osq" and payload.table == "container_nat_flows":
-                    p.joiner.observe_nat(payload)   # before the batch's uplink records
+                if kind == "osq":
+                    p.observe_up_front(payload)     # NAT flows before the batch's uplink records
             p.inventory.close_snapshots()   # containers missing from a full snapshot are gone
             # Inventory rows were observed above; the one dispatch feeds the rest of each
             # osquery row's logic, audit records, and Zeek rows a batch run at a time.

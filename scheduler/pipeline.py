@@ -54,6 +54,10 @@ from scheduler.alerting.alerts import Alert, AlertAggregator, ContainerRef, UNKN
 
 log = logging.getLogger(__name__)
 
+#: osquery tables the batch callers observe before the items around them (`observe_up_front`):
+#: the inventory's history and the NAT flows
+CONTAINER_TABLES = ("container_inventory", "container_events", "container_nat_flows")
+
 try:
     from scheduler.detect.geo_stock import GeoStockDetector
 except Exception:  # pragma: no cover
@@ -957,13 +961,21 @@ class Pipeline(WindowingMixin):
         batch = sorted(_timed_items(items), key=lambda x: (x[0], x[1]))
         # Inventory first, so network records of a container that started in this batch attribute.
         for _, _, kind, payload in batch:
-            if kind == "osq" and payload.table in ("container_inventory", "container_events"):
-                self.inventory.observe(payload)
-            elif kind == "osq" and payload.table == "container_nat_flows":
-                self.joiner.observe_nat(payload)
+            if kind == "osq":
+                self.observe_up_front(payload)
         for _, _, kind, payload in batch:
             self._dispatch(kind, payload)
         return self.flush(force=finish)
+
+    def observe_up_front(self, row: OsqueryRow) -> None:
+        """A container record (`CONTAINER_TABLES`) taken before the items around it are fed, as
+        the batch callers do (`process`, the replay, the daemon's collect): the inventory's
+        history, or a NAT flow for the join, so that network records of a container that
+        started in the batch are attributed. Other rows: nothing."""
+        if row.table == "container_nat_flows":
+            self.joiner.observe_nat(row)
+        elif row.table in CONTAINER_TABLES:
+            self.inventory.observe(row)
 
     def _dispatch(self, kind: str, payload: Any, observe: bool = False) -> None:
         if kind == "osq":

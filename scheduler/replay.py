@@ -27,7 +27,8 @@ from scheduler.config import Config
 from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
-from scheduler.pipeline import PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline, ingest_fields, item_time
+from scheduler.pipeline import (CONTAINER_TABLES, PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline,
+                                ingest_fields, item_time)
 from scheduler.collect.replay_items import (KEEP_ROWS, OSQUERY_BATCH, ReplayItems, SourceFile,
                                             index_file)
 
@@ -75,7 +76,7 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     index_file(osq, budget, _osquery_reader(rec, ostats, containers))
     files: list[SourceFile] = [osq]
     for si, stream in enumerate(streams):
-        for path in zeek_files(rec, stream):
+        for path in rec.stream_files(stream):
             f = SourceFile(source=1 + si, name=str(path), read=_reader(path, stream),
                            times=_row_times)
             index_file(f, budget, _reader(path, stream, zstats))
@@ -96,11 +97,6 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
                          if isinstance(v, (int, float, dict))} if hasattr(zstats, "__dict__") else \
             {f: getattr(zstats, f) for f in getattr(zstats, "__slots__", ())}
     return rec, items
-
-
-#: osquery tables the replay observes before its first item: the inventory's history and the
-#: NAT flows (a record is attributed with everything the recording knows)
-CONTAINER_TABLES = ("container_inventory", "container_events", "container_nat_flows")
 
 
 def _osquery_reader(rec: Any, ostats: Any = None,
@@ -127,14 +123,6 @@ def _osquery_reader(rec: Any, ostats: Any = None,
 
 def _osquery_times(batch: list[Any]) -> np.ndarray:
     return np.fromiter((item_time("osq", r) for r in batch), float, len(batch))
-
-
-def zeek_files(rec: Any, stream: str) -> list[Path]:
-    """A recording's files of `stream` in reading order, as `Recording.iter_zeek` reads them
-    (rotated first; a plain file wins over its .gz copy)."""
-    files = rec.zeek_files().get(stream, [])
-    names = {p.name for p in files}
-    return [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
 
 
 def _reader(path: Path, stream: str, zstats: Any = None) -> Callable[[], Iterable[Any]]:
@@ -248,10 +236,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     pipe.collect_windows = collect_windows
     # Inventory history first: a record is attributed with everything the recording knows.
     for row in items.containers:
-        if row.table == "container_nat_flows":
-            pipe.joiner.observe_nat(row)   # the NAT join sees every flow up front too
-        else:
-            pipe.inventory.observe(row)
+        pipe.observe_up_front(row)     # the NAT join sees every flow up front too
     pipe.inventory.close_snapshots()
 
     store = ReplayStore(state_db) if state_db else None

@@ -153,18 +153,20 @@ class Recording:
         for p in self.osquery_files():
             yield from oqr.iter_results(p, stats)
 
+    def stream_files(self, stream: str) -> list[Path]:
+        """The files of one Zeek stream to read, in reading order: all of them, rotated ones
+        first, except that when both `x.log` and `x.log.gz` exist (a copy kept both ways) only
+        the plain one is read."""
+        files = self.zeek_files().get(stream, [])
+        names = {p.name for p in files}
+        return [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
+
     def iter_zeek(self, stream: str, stats: Any = None,
                   fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Records of one Zeek stream as dicts (Zeek field names), malformed lines skipped;
-        `fields` limits the keys (and the parsing work) to those names.
-
-        All files of the stream are read, rotated ones first. When both `x.log` and `x.log.gz`
-        exist (a copy kept both ways), only the plain one is read.
-        """
-        files = self.zeek_files().get(stream, [])
-        names = {p.name for p in files}
-        files = [p for p in files if not (p.name.endswith(".gz") and p.name[:-3] in names)]
-        for p in files:
+        `fields` limits the keys (and the parsing work) to those names; the files as
+        `stream_files` lists them."""
+        for p in self.stream_files(stream):
             yield from iter_zeek_records(p, stats, fields)
 
 
