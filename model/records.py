@@ -113,9 +113,28 @@ class NetColumns:
     geo_service: "object"
     attribution: "object"
     container_addr: "object"
+    #: Factorizations of text columns the builder already had: name -> (codes, values), one code
+    #: per row, `values[codes]` equal to the column. The batch engine gets them for free (the
+    #: Zeek reader's dictionaries, attribution's holder index), and hashing a column again cost
+    #: a tenth of its Zeek path. `values` may repeat a value or hold one no row has. Columns
+    #: are never changed in place once built (`take` makes new ones and keeps no codes).
+    codes: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def coded(self, name: str, rows: "object" = None) -> tuple["object", "object"]:
+        """(codes, values) of column `name` at `rows` (all when None): `values[codes]` equals
+        the column there. From `codes` when the builder gave them (values may then repeat or be
+        unused), else by hashing (model.codes.factorize: distinct values, first-seen order)."""
+        known = self.codes.get(name)
+        if known is not None:
+            c, v = known
+            return (c if rows is None else c[rows]), v
+        from model.codes import factorize     # numpy and pyarrow: only for the batch engine
+
+        col = getattr(self, name)
+        return factorize(col if rows is None else col[rows])
 
     def record(self, i: int) -> NetRecord:
         """Row i as a NetRecord (evidence samples, rules): built only for the rows kept."""

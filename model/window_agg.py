@@ -113,8 +113,16 @@ def _per_value(values: np.ndarray, fn: Callable[[Any], Any], dtype: Any) -> np.n
     """fn applied once per distinct value of an object column, spread back to the rows."""
     if values.size == 0:
         return np.zeros(0, dtype=dtype)
-    codes, uniq = factorize(values)
-    return np.fromiter((fn(u) for u in uniq), dtype=dtype, count=uniq.size)[codes]
+    return _per_code(factorize(values), fn, dtype)
+
+
+def _per_code(coded: tuple[np.ndarray, np.ndarray], fn: Callable[[Any], Any],
+              dtype: Any) -> np.ndarray:
+    """fn applied once per value of a (codes, values) column, spread back to the rows."""
+    codes, uniq = coded
+    if codes.size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.fromiter((fn(u) for u in uniq.tolist()), dtype=dtype, count=uniq.size)[codes]
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -388,17 +396,17 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     m, ng = int(rows.size), len(parts)
     gid = np.repeat(np.arange(ng, dtype=np.int64), sizes)
     ts = np.asarray(cols.ts, dtype=float)[rows]
-    kcode, kinds = factorize(cols.kind[rows])
+    kcode, kinds = cols.coded("kind", rows)
     conn, dns = (kinds == "conn")[kcode], (kinds == "dns")[kcode]
     http = (kinds == "http")[kcode]
-    geo = _per_value(cols.geo_service[rows], bool, bool)
+    geo = _per_code(cols.coded("geo_service", rows), bool, bool)
     no = np.zeros(m, dtype=bool)
     failed = public = answered = nxu = nx = no
     bytes_out = bytes_in = np.zeros(m, dtype=np.int64)
     addrs = ports = domains = None
     if conn.any():
         failed = conn & _is(cols.conn_state[rows], FAILED_CONN_STATES)
-        hcode, huniq = factorize(cols.resp_h[rows])
+        hcode, huniq = cols.coded("resp_h", rows)
         public = conn & np.fromiter((leaves_rfc1918(u) for u in huniq), bool, huniq.size)[hcode]
         bytes_out = np.where(conn, np.asarray(cols.bytes_out[rows], dtype=np.int64), 0)
         bytes_in = np.where(conn, np.asarray(cols.bytes_in[rows], dtype=np.int64), 0)
@@ -416,9 +424,9 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     ent: list[float] = []
     dbounds = None
     if d.size:
-        ent = _per_value(cols.domain[rows[d]], label_entropy, float).tolist()
+        ent = _per_code(cols.coded("domain", rows[d]), label_entropy, float).tolist()
         dbounds = np.searchsorted(gid[d], np.arange(ng + 1)).tolist()
-        rcode, runiq = factorize(cols.rcode[rows[d]])
+        rcode, runiq = cols.coded("rcode", rows[d])
         answered, nxu, nx = no.copy(), no.copy(), no.copy()
         answered[d] = np.fromiter((bool(v) for v in runiq), bool, runiq.size)[rcode]
         nxu[d] = np.fromiter((bool(v) and v.upper() == "NXDOMAIN" for v in runiq), bool,
@@ -427,7 +435,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     if any(len(agg.domains) < DISTINCT_CAP for agg, _ in parts):
         dk = np.fromiter((k in DOMAIN_KINDS for k in kinds), bool, kinds.size)[kcode]
         if dk.any():
-            dcode, duniq = factorize(cols.domain[rows])
+            dcode, duniq = cols.coded("domain", rows)
             dom = np.empty(duniq.size, dtype=object)
             dom[:] = [domain_of(x) for x in duniq]
             domains = _group_distinct(gid, dcode, dk & (dom != "")[dcode], ng, duniq.size, dom)
@@ -436,9 +444,9 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
                              starts, axis=0).tolist()
     t_min = np.minimum.reduceat(ts, starts).tolist()
     t_max = np.maximum.reduceat(ts, starts).tolist()
-    image = _first_per_group(cols.image[rows], starts, m) \
+    image = _first_per_group(cols.coded("image", rows), starts, m) \
         if any(not agg.image for agg, _ in parts) else None
-    host = _first_per_group(cols.host[rows], starts, m) \
+    host = _first_per_group(cols.coded("host", rows), starts, m) \
         if any(not agg.host for agg, _ in parts) else None
     sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts).tolist()
     starts_l = starts.tolist()
@@ -593,11 +601,15 @@ def _group_distinct(gid: np.ndarray, codes: np.ndarray, valid: np.ndarray, ng: i
     return values, np.searchsorted(g, np.arange(ng + 1)).tolist()
 
 
-def _first_per_group(values: np.ndarray, starts: np.ndarray, m: int) -> list[str]:
-    """Per group (rows laid out group after group from `starts`), its first non-empty value."""
-    pos = np.where(values != "", np.arange(m), m)
+def _first_per_group(coded: tuple[np.ndarray, np.ndarray], starts: np.ndarray, m: int
+                     ) -> list[str]:
+    """Per group (rows laid out group after group from `starts`), its first non-empty value,
+    of a (codes, values) column."""
+    codes, values = coded
+    nonempty = np.fromiter((v != "" for v in values.tolist()), bool, values.size)
+    pos = np.where(nonempty[codes], np.arange(m), m)
     first = np.minimum.reduceat(pos, starts)
-    return ["" if f >= m else str(values[f]) for f in first.tolist()]
+    return ["" if f >= m else str(values[codes[f]]) for f in first.tolist()]
 
 
 def _add_capped(s: set, values: Iterable[Any]) -> None:

@@ -321,12 +321,12 @@ class Pipeline(WindowingMixin):
             return
         if not self.windows_enabled or not len(nets):
             return
-        cid_col, idx = attributed_rows(nets, rows)
+        idx, ccodes, cvalues = attributed_rows(nets, rows)
         if not idx.size:
             return
         nets = _shared_strings(nets.take(idx))
         ts = np.asarray(nets.ts, dtype=float)
-        _, inv = sorted_codes(cid_col[idx])
+        _, inv = sorted_codes(ccodes, cvalues)
         order = np.lexsort((np.arange(idx.size), ts, inv))             # cid, time, row
         cuts = np.flatnonzero(np.diff(inv[order])) + 1
         for part in np.split(order, cuts):
@@ -656,8 +656,10 @@ class Pipeline(WindowingMixin):
             domain = np.full(n, "", dtype=object)
         misuse = self.misuse
         learning = self.collect_windows or misuse.learning
-        cid = _table([h.container_id for h in holders], "")[hid]
-        image = _table([h.image for h in holders], "")[hid]
+        hcodes = np.where(hid < 0, len(holders), hid)       # _table's index of each row
+        cid_tab = _table([h.container_id for h in holders], "")
+        image_tab = _table([h.image for h in holders], "")
+        cid, image = cid_tab[hcodes], image_tab[hcodes]
         resp_p = _count_col(batch, "id.resp_p", idx)
         if not learning:
             slow |= inside & ~attributed & per_unique(orig, misuse.may_flag_source,
@@ -670,16 +672,17 @@ class Pipeline(WindowingMixin):
             else:
                 slow |= attributed & per_unique(domain, misuse.may_name_api_server,
                                                 codes=dcodes)
-        hosts = _table([h.host or jhost for h in holders], jhost)[hid]
+        hosts_tab = _table([h.host or jhost for h in holders], jhost)
+        hosts = hosts_tab[hcodes]
         empty = np.full(n, "", dtype=object)
         proto = col("proto")
         if stream in ("http", "ssl"):
             proto = np.where(proto == "", "tcp", proto).astype(object)
         rcode = empty
         if stream == "dns":
-            codes = per_unique(batch.column("rcode")[idx],
-                               lambda v: "" if v == -1 else str(v), dtype=object)
-            rcode = np.where(col("rcode_name") != "", col("rcode_name"), codes).astype(object)
+            numeric = per_unique(batch.column("rcode")[idx],
+                                 lambda v: "" if v == -1 else str(v), dtype=object)
+            rcode = np.where(col("rcode_name") != "", col("rcode_name"), numeric).astype(object)
         conn = stream == "conn"
         zero = np.zeros(n, dtype=np.int64)
         nets = NetColumns(
@@ -692,6 +695,14 @@ class Pipeline(WindowingMixin):
             uri=col("uri"), user_agent=col("user_agent"), geo_service=empty,
             attribution=np.where(attributed, JOIN_ADDRESS, "").astype(object),
             container_addr=empty)
+        # the factorizations in hand (NetColumns.codes): the windows group and count by them
+        nets.codes.update(container_id=(hcodes, cid_tab), image=(hcodes, image_tab),
+                          host=(hcodes, hosts_tab), kind=_constant_codes(n, STREAM_KIND[stream]),
+                          geo_service=_constant_codes(n, ""))
+        if dcodes is not None:
+            nets.codes["domain"] = dcodes
+        if codes("id.resp_h") is not None:
+            nets.codes["resp_h"] = codes("id.resp_h")
         extra = {}
         if stream == "dns" and not learning:     # what MisuseDetector.absorb keeps of a query
             extra = {"answers": col("answers") if "answers" in batch.columns else None,
@@ -1478,6 +1489,13 @@ def _count_col(batch: Any, name: str, idx: Any) -> Any:
     """A port/count column of the rows `idx`, unset (-1) as 0 (the join's default)."""
     col = np.asarray(batch.column(name)[idx], dtype=np.int64)
     return np.where(col == -1, 0, col)
+
+
+def _constant_codes(n: int, value: str) -> tuple[Any, Any]:
+    """(codes, values) of a column of `n` rows that all hold `value` (NetColumns.codes)."""
+    values = np.empty(1, dtype=object)
+    values[0] = value
+    return np.zeros(n, dtype=np.int64), values
 
 
 def _table(values: list[Any], missing: Any) -> Any:

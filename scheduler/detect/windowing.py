@@ -35,27 +35,34 @@ STOP_ACTIONS = frozenset({"die", "died", "stop", "exited"})
 START_ACTIONS = frozenset({"start", "restart", "unpause"})
 
 
-def attributed_rows(nets: Any, rows: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """(the container id column, the indexes of the rows that have a container) of a NetColumns
-    (of its rows `rows`, in that order, when given): only attributed rows have windows."""
-    cid_col = np.asarray(nets.container_id, dtype=object)
-    if rows is None:
-        return cid_col, np.flatnonzero(cid_col != "")
-    rows = np.asarray(rows, dtype=np.int64)
-    return cid_col, rows[cid_col[rows] != ""]
+def attributed_rows(nets: Any, rows: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the indexes of the rows that have a container, in the order of `rows` when given, else
+    of all rows; their container codes; the codes' container ids) of a NetColumns: only
+    attributed rows have windows. The codes are the builder's when it kept them
+    (`NetColumns.coded`): the engine's attribution has them, and hashing the ids cost more."""
+    codes, values = nets.coded("container_id", rows)
+    has = np.fromiter((v != "" for v in values.tolist()), bool, len(values))
+    keep = has[codes]
+    idx = np.flatnonzero(keep) if rows is None else np.asarray(rows, dtype=np.int64)[keep]
+    return idx, codes[keep], values
 
 
-def sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, each row's index into them): `np.unique(values,
-    return_inverse=True)` of an object column, by hashing (`factorize`) and sorting only the
-    few distinct values: sorting the rows' strings themselves was a tenth of the http path."""
-    codes, uniq = factorize(values)
-    if uniq.size == 1:
-        return uniq, codes
-    order = np.argsort(uniq)
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    return uniq[order], rank[codes]
+def sorted_codes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted distinct values the rows have, each row's index into them) of rows given as
+    (codes, values) (`values[codes]` the rows' values; values may repeat or be unused):
+    `np.unique(values[codes], return_inverse=True)` with only the few distinct values
+    compared as strings: sorting the rows' strings themselves was a tenth of the http path."""
+    if values.size == 1:
+        return values, codes
+    used = np.flatnonzero(np.bincount(codes, minlength=values.size))
+    vals = values[used]
+    order = np.argsort(vals)
+    uniq = vals[order]
+    if uniq.size > 1 and bool((uniq[1:] == uniq[:-1]).any()):
+        return sorted_codes(*factorize(values[codes]))     # a value under two codes
+    rank = np.zeros(values.size, dtype=np.int64)
+    rank[used[order]] = np.arange(used.size)
+    return uniq, rank[codes]
 
 
 #: Up to this many rows, `_window_add_nets` decides in plain Python (`_small_stretch_groups`).
@@ -184,13 +191,15 @@ class WindowingMixin:
         is most of a small call's)."""
         if not self.windows_enabled or not len(nets):
             return
-        cid_col, idx = attributed_rows(nets, rows)
+        idx, ccodes, cvalues = attributed_rows(nets, rows)
         if not idx.size:
             return
         if idx.size <= SMALL_STRETCH:
-            groups = self._small_stretch_groups(cid_col, np.asarray(nets.ts, dtype=float), idx)
+            groups = self._small_stretch_groups(cvalues[ccodes], np.asarray(nets.ts, dtype=float),
+                                                idx)
         else:
-            groups = self._stretch_groups(cid_col, np.asarray(nets.ts, dtype=float), idx)
+            groups = self._stretch_groups(sorted_codes(ccodes, cvalues),
+                                          np.asarray(nets.ts, dtype=float), idx)
         # The windows' decisions above only open and close windows; the accumulators are
         # read only after `_count_pending` (scoring, state, a record-path row).
         if groups:
@@ -199,12 +208,13 @@ class WindowingMixin:
             else:
                 self._pending.append((nets, groups))
 
-    def _stretch_groups(self, cid_col: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
-                        ) -> list[tuple[NetWindowAgg, np.ndarray]]:
+    def _stretch_groups(self, containers: tuple[np.ndarray, np.ndarray], ts_col: np.ndarray,
+                        idx: np.ndarray) -> list[tuple[NetWindowAgg, np.ndarray]]:
         """(accumulator, rows) per run of rows `idx` of one container in one window, in
         container then row order, the windows opened and closed on the way (`_net_window`);
-        numpy over the rows."""
-        cids, inv = sorted_codes(cid_col[idx])
+        numpy over the rows. `containers`: (the sorted distinct container ids, each row's index
+        into them) (`sorted_codes`)."""
+        cids, inv = containers
         order = np.argsort(inv, kind="stable")
         by_cid, g = idx[order], inv[order]                     # row order kept per container
         ts = ts_col[by_cid]
@@ -231,7 +241,7 @@ class WindowingMixin:
                 groups.append((agg, by_cid[lo:hi]))
         return groups
 
-    def _small_stretch_groups(self, cid_col: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
+    def _small_stretch_groups(self, cids_at: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
                               ) -> list[tuple[NetWindowAgg, np.ndarray]]:
         """`_stretch_groups` for a few rows, in plain Python: an out-of-order conn.log cuts
         its runs into stretches of a few dozen rows (`_late_cuts`), where the dozen numpy
@@ -240,7 +250,7 @@ class WindowingMixin:
         after the container stopped left out before the runs are cut."""
         rows_l = idx.tolist()
         by_c: dict[str, list[int]] = {}
-        for r, c in zip(rows_l, cid_col[idx].tolist()):
+        for r, c in zip(rows_l, cids_at.tolist()):
             by_c.setdefault(c, []).append(r)
         cids = sorted(by_c)
         origins = [self._origin(c, float(ts_col[by_c[c][0]])) for c in cids]

@@ -1,0 +1,94 @@
+"""NetColumns' kept factorizations (`codes`) and the window grouping that reads them: a builder's
+codes may repeat a value or hold values no row has, and every reader must give what hashing the
+column would."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from model.records import NET_FIELDS, NetColumns
+from model.window_agg import NetWindowAgg, add_groups, columns_of
+from model.records import NetRecord
+from scheduler.detect.windowing import attributed_rows, sorted_codes
+
+
+def _obj(values):
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _coded_copy(cols: NetColumns, rng: random.Random) -> NetColumns:
+    """The same columns with a builder's codes for every text column: values shuffled, some
+    repeated under a second code, some no row has."""
+    out = NetColumns(**{f: getattr(cols, f) for f in NET_FIELDS})
+    for f in ("kind", "container_id", "image", "resp_h", "domain", "rcode", "host",
+              "geo_service"):
+        col = getattr(cols, f)
+        distinct = sorted(set(col.tolist()))
+        values = distinct + [rng.choice(distinct) for _ in range(2)] + ["never-seen"]
+        rng.shuffle(values)
+        where: dict[str, list[int]] = {}
+        for i, v in enumerate(values):
+            where.setdefault(v, []).append(i)
+        codes = np.array([rng.choice(where[v]) for v in col.tolist()], dtype=np.int64)
+        out.codes[f] = (codes, _obj(values))
+    return out
+
+
+def _records(rng: random.Random, n: int) -> list[NetRecord]:
+    kinds = ["conn", "dns", "http", "ssl"]
+    return [NetRecord(ts=1000.0 + i * 0.5, kind=rng.choice(kinds),
+                      container_id=rng.choice(["", "c1", "c2", "c3"]),
+                      image=rng.choice(["", "web", "db"]), orig_h="172.17.0.2",
+                      resp_h=rng.choice(["", "10.0.0.1", "8.8.8.8", "1.2.3.4"]),
+                      resp_p=rng.choice([0, 53, 80, 443]), proto=rng.choice(["tcp", "udp"]),
+                      host=rng.choice(["", "h1"]),
+                      domain=rng.choice(["", "a.example.com", "ipinfo.io", "x.y.z.example"]),
+                      rcode=rng.choice(["", "NOERROR", "NXDOMAIN"]),
+                      conn_state=rng.choice(["SF", "REJ", "S0"]),
+                      geo_service=rng.choice(["", "", "", "ipinfo"]))
+            for i in range(n)]
+
+
+def test_sorted_codes_equals_unique_of_the_rows_with_repeated_and_unused_values():
+    rng = random.Random(4)
+    for _ in range(200):
+        values = _obj([rng.choice("abcde") for _ in range(rng.randint(1, 7))])
+        codes = np.array([rng.randrange(values.size) for _ in range(rng.randint(1, 40))])
+        uniq, inv = sorted_codes(codes, values)
+        want_u, want_inv = np.unique(values[codes].astype(str), return_inverse=True)
+        assert uniq.tolist() == want_u.tolist()
+        assert inv.tolist() == want_inv.tolist()
+
+
+def test_attributed_rows_reads_the_builders_codes_as_the_column():
+    rng = random.Random(5)
+    cols = columns_of(_records(rng, 300))
+    coded = _coded_copy(cols, rng)
+    rows = np.array(rng.sample(range(300), 120), dtype=np.int64)
+    for given in (None, rows):
+        a_idx, a_codes, a_vals = attributed_rows(cols, given)
+        b_idx, b_codes, b_vals = attributed_rows(coded, given)
+        assert a_idx.tolist() == b_idx.tolist()
+        assert a_vals[a_codes].tolist() == b_vals[b_codes].tolist()
+        assert all(v != "" for v in b_vals[b_codes].tolist())
+
+
+def test_add_groups_counts_the_same_with_the_builders_codes():
+    rng = random.Random(6)
+    for _ in range(20):
+        cols = columns_of(_records(rng, 200))
+        coded = _coded_copy(cols, rng)
+        cuts = sorted(rng.sample(range(1, 200), 6))
+        parts = np.split(np.arange(200), cuts)
+        plain = [NetWindowAgg() for _ in parts]
+        fast = [NetWindowAgg() for _ in parts]
+        add_groups(cols, list(zip(plain, parts)))
+        add_groups(coded, list(zip(fast, parts)))
+        for a, b in zip(plain, fast):
+            assert a.features() == b.features()
+            assert (a.image, a.host, a.n, a.t_min, a.t_max) == (b.image, b.host, b.n, b.t_min,
+                                                                b.t_max)
+            assert a.to_json() == b.to_json()
