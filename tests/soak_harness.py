@@ -709,8 +709,12 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
              collect_s: float = 0.1,
              end_timeout_s: float = 120.0, retrain_interval_s: float = 0.0,
              kill_fractions: list[float] | None = None, prelude: str = "",
+             kill_after_catch_up: bool = False,
              on_tick: Callable[[float], None] | None = None) -> SoakResult:
-    """Feed, fault, drain, replay, compare (see the module docstring)."""
+    """Feed, fault, drain, replay, compare (see the module docstring). `kill_after_catch_up`:
+    each kill waits until the daemon has committed everything fed so far, so what it derived
+    is in its state when it dies (a test of what a restart does with that state must not
+    depend on how fast a loaded machine let the daemon read)."""
     rng = random.Random(seed)
     feed = feed or load_feed(recordings)
     logs = LiveLogs(root, feed)
@@ -773,6 +777,9 @@ def run_soak(root: Path, recordings: list[Path], *, seed: int, speed: float, win
             data_t += tick_s * speed
             while kill_at and kill_at[0] <= data_t:
                 kill_at.pop(0)
+                if kill_after_catch_up:
+                    wait_until(lambda: caught_up(logs, state_db), end_timeout_s,
+                               "daemon caught up before the kill")
                 daemon.kill9()
                 daemon.start()
             if rotate_at and rotate_at[0][0] <= data_t and knows(rotate_at[0][1]):
