@@ -53,3 +53,22 @@ def factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
     uniques = np.empty(len(index), dtype=object)
     uniques[:] = list(index)
     return codes, uniques
+
+
+def distinct_codes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """(codes into the distinct values, how many there are) of a (codes, values) column whose
+    values may repeat (a builder's, `NetColumns.codes`): equal values get one code."""
+    canon, uniques = factorize(values)
+    return canon[codes], int(uniques.size)
+
+
+def last_rows_in_first_order(keys: np.ndarray) -> np.ndarray:
+    """The last row of each distinct key (int64 keys), listed in the order the keys first
+    appear: `dict.update` over these rows' (key, value) leaves what it leaves over all rows (a
+    key's place is its first appearance, its value its last)."""
+    if keys.size < 2:
+        return np.arange(keys.size)
+    _, first = np.unique(keys, return_index=True)
+    _, from_end = np.unique(keys[::-1], return_index=True)
+    last = keys.size - 1 - from_end                    # both in the sorted keys' order
+    return last[np.argsort(first, kind="stable")]

@@ -36,7 +36,7 @@ import numpy as np
 
 from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
                            ProcessRecord)
-from model.codes import factorize as codes_of
+from model.codes import distinct_codes, factorize as codes_of, last_rows_in_first_order
 from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
@@ -620,7 +620,8 @@ class Pipeline(WindowingMixin):
         orig, resp = col("id.orig_h"), col("id.resp_h")
         hid, holders, inside = joiner.attribute_many(host, orig, ts, codes=codes("id.orig_h"))
         attributed = hid >= 0
-        slow = np.isnan(ts) | (orig == "")
+        ocodes = codes("id.orig_h")
+        slow = np.isnan(ts) | ((ocodes[1] == "")[ocodes[0]] if ocodes is not None else orig == "")
         if "container_id" in batch.columns:
             slow |= col("container_id") != ""          # the Zeek package named the container
         nat = joiner.nat
@@ -675,9 +676,10 @@ class Pipeline(WindowingMixin):
         hosts_tab = _table([h.host or jhost for h in holders], jhost)
         hosts = hosts_tab[hcodes]
         empty = np.full(n, "", dtype=object)
-        proto = col("proto")
         if stream in ("http", "ssl"):
-            proto = np.where(proto == "", "tcp", proto).astype(object)
+            proto = _filled(codes("proto"), col("proto"), "tcp")
+        else:
+            proto = col("proto")
         rcode = empty
         if stream == "dns":
             numeric = per_unique(batch.column("rcode")[idx],
@@ -693,7 +695,7 @@ class Pipeline(WindowingMixin):
             bytes_out=_count_col(batch, "orig_bytes", idx) if conn else zero,
             bytes_in=_count_col(batch, "resp_bytes", idx) if conn else zero,
             uri=col("uri"), user_agent=col("user_agent"), geo_service=empty,
-            attribution=np.where(attributed, JOIN_ADDRESS, "").astype(object),
+            attribution=_ATTRIBUTION[np.where(attributed, 0, 1)],
             container_addr=empty)
         # the factorizations in hand (NetColumns.codes): the windows group and count by them
         nets.codes.update(container_id=(hcodes, cid_tab), image=(hcodes, image_tab),
@@ -745,6 +747,8 @@ class Pipeline(WindowingMixin):
                                    nets.domain[kept])
         elif stream in ("http", "ssl") and n_att:
             named = np.flatnonzero(attributed) + lo
+            if pos is None:
+                named = named[_last_name_rows(nets, named)]
             self.misuse.remember_names(nets.container_id[named], nets.resp_h[named],
                                        nets.domain[named],
                                        None if pos is None else pos[named], names_out)
@@ -1489,6 +1493,33 @@ def _count_col(batch: Any, name: str, idx: Any) -> Any:
     """A port/count column of the rows `idx`, unset (-1) as 0 (the join's default)."""
     col = np.asarray(batch.column(name)[idx], dtype=np.int64)
     return np.where(col == -1, 0, col)
+
+
+def _last_name_rows(nets: NetColumns, rows: Any) -> Any:
+    """Of `rows` (http/ssl rows with a container), those `MisuseDetector.remember_names` needs:
+    rows with a name, the last of each (container, address), in the order each pair first
+    appears. The names it keeps end up the same, in the same order, with a Python tuple per
+    pair instead of one per row (a run of health checks is a few pairs)."""
+    dc, dv = nets.coded("domain", rows)
+    sel = np.flatnonzero(np.fromiter((v != "" for v in dv.tolist()), bool, dv.size)[dc])
+    if sel.size < 2:
+        return sel
+    cc, _ = distinct_codes(*nets.coded("container_id", rows[sel]))
+    rc, nr = distinct_codes(*nets.coded("resp_h", rows[sel]))
+    return sel[last_rows_in_first_order(cc * nr + rc)]
+
+
+#: NetRecord.attribution of a row the address join attributed, and of one it did not.
+_ATTRIBUTION = np.array([JOIN_ADDRESS, ""], dtype=object)
+
+
+def _filled(coded: tuple[Any, Any] | None, values: Any, fill: str) -> Any:
+    """A text column with `fill` where it is "" (an unset proto of an http/ssl row is tcp),
+    from its (codes, values) when the reader has them: replaced once per distinct value."""
+    if coded is not None:
+        c, u = coded
+        return np.where(u == "", fill, u).astype(object)[c]
+    return np.where(values == "", fill, values).astype(object)
 
 
 def _constant_codes(n: int, value: str) -> tuple[Any, Any]:

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 
+from model.codes import distinct_codes, factorize, last_rows_in_first_order
 from model.records import NET_FIELDS, NetColumns
 from model.window_agg import NetWindowAgg, add_groups, columns_of
 from model.records import NetRecord
@@ -92,3 +93,25 @@ def test_add_groups_counts_the_same_with_the_builders_codes():
             assert (a.image, a.host, a.n, a.t_min, a.t_max) == (b.image, b.host, b.n, b.t_min,
                                                                 b.t_max)
             assert a.to_json() == b.to_json()
+
+
+def test_update_over_the_last_rows_in_first_order_equals_update_over_every_row():
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(0, 30)
+        cids = _obj([rng.choice(["c1", "c2", "c3"]) for _ in range(n)])
+        addrs = _obj([rng.choice(["10.0.0.1", "10.0.0.2"]) for _ in range(n)])
+        names = [rng.choice("abcdef") for _ in range(n)]
+        start = {("c2", "10.0.0.1"): "old"}
+        want = dict(start)
+        want.update(zip(zip(cids.tolist(), addrs.tolist()), names))
+        # the builder's codes, a value repeated under two codes
+        values = _obj(["c1", "c2", "c3", "c2"])
+        codes = np.array([[0, 1, 2][["c1", "c2", "c3"].index(c)] if rng.random() < .5 else
+                          {"c1": 0, "c2": 3, "c3": 2}[c] for c in cids.tolist()], dtype=np.int64)
+        cc, _ = distinct_codes(codes, values)
+        ac, na = distinct_codes(*factorize(addrs))
+        rows = last_rows_in_first_order(cc * na + ac) if n else np.zeros(0, dtype=np.int64)
+        got = dict(start)
+        got.update(((cids[r], addrs[r]), names[r]) for r in rows.tolist())
+        assert list(got.items()) == list(want.items())
