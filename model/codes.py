@@ -62,13 +62,37 @@ def distinct_codes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, i
     return canon[codes], int(uniques.size)
 
 
+def distinct_keys(keys: np.ndarray, last: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the distinct keys ascending, each one's first row, each one's last row or None) of
+    non-negative int64 keys. A table as long as the largest key when that is not much longer
+    than the keys (`ufunc.at`: 35 us on 2,000 rows here, where np.unique's sort took 210);
+    np.unique otherwise."""
+    n = int(keys.size)
+    span = int(keys.max()) + 1 if n else 0
+    if span <= 4 * n + 1024:
+        rows = np.arange(n)
+        first = np.full(span, n, dtype=np.int64)
+        np.minimum.at(first, keys, rows)
+        uk = np.flatnonzero(first < n)
+        lasts = None
+        if last:
+            lasts = np.full(span, -1, dtype=np.int64)
+            np.maximum.at(lasts, keys, rows)
+            lasts = lasts[uk]
+        return uk, first[uk], lasts
+    uk, firsts = np.unique(keys, return_index=True)
+    if not last:
+        return uk, firsts, None
+    _, from_end = np.unique(keys[::-1], return_index=True)
+    return uk, firsts, n - 1 - from_end
+
+
 def last_rows_in_first_order(keys: np.ndarray) -> np.ndarray:
-    """The last row of each distinct key (int64 keys), listed in the order the keys first
-    appear: `dict.update` over these rows' (key, value) leaves what it leaves over all rows (a
-    key's place is its first appearance, its value its last)."""
+    """The last row of each distinct key (non-negative int64 keys), listed in the order the
+    keys first appear: `dict.update` over these rows' (key, value) leaves what it leaves over
+    all rows (a key's place is its first appearance, its value its last)."""
     if keys.size < 2:
         return np.arange(keys.size)
-    _, first = np.unique(keys, return_index=True)
-    _, from_end = np.unique(keys[::-1], return_index=True)
-    last = keys.size - 1 - from_end                    # both in the sorted keys' order
+    _, first, last = distinct_keys(keys, last=True)
     return last[np.argsort(first, kind="stable")]

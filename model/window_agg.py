@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from model.codes import factorize
+from model.codes import distinct_keys, factorize
 from model.records import NET_FIELDS, NetColumns, NetRecord
 
 #: Values kept per distinct set of one window; the distinct_* features saturate here.
@@ -593,9 +593,9 @@ def _group_distinct(gid: np.ndarray, codes: np.ndarray, valid: np.ndarray, ng: i
     if not sel.size:
         return None
     key = gid[sel] * max(ncodes, 1) + codes[sel]
-    uk, first = np.unique(key, return_index=True)
+    uk, first, _ = distinct_keys(key)
     if not ordered:
-        uk = key[np.sort(first)]       # gid is non-decreasing: still grouped, first seen first
+        uk = uk[np.argsort(first)]     # gid is non-decreasing: still grouped, first seen first
     g, c = np.divmod(uk, max(ncodes, 1))
     values = table[c].tolist() if table is not None else (c + offset).tolist()
     return values, np.searchsorted(g, np.arange(ng + 1)).tolist()

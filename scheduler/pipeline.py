@@ -677,7 +677,8 @@ class Pipeline(WindowingMixin):
         hosts = hosts_tab[hcodes]
         empty = np.full(n, "", dtype=object)
         if stream in ("http", "ssl"):
-            proto = _filled(codes("proto"), col("proto"), "tcp")
+            proto = _filled(codes("proto"), col("proto"), "tcp") if "proto" in batch.columns \
+                else np.full(n, "tcp", dtype=object)
         else:
             proto = col("proto")
         rcode = empty
@@ -1465,6 +1466,8 @@ def _text_col(batch: Any, name: str, idx: Any) -> Any:
     coded = _run_codes(batch, name, idx)
     if coded is not None:
         return coded[1][coded[0]]
+    if name not in batch.columns:                   # the log has no such field
+        return np.full(len(idx), "", dtype=object)
     col = batch.column(name)[idx]
     unset = (col == "-") | (col == "(empty)")
     if unset.any():
