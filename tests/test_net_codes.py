@@ -115,3 +115,19 @@ def test_update_over_the_last_rows_in_first_order_equals_update_over_every_row()
         got = dict(start)
         got.update(((cids[r], addrs[r]), names[r]) for r in rows.tolist())
         assert list(got.items()) == list(want.items())
+
+
+def test_distinct_keys_by_table_and_by_sort_equal_np_unique():
+    from model.codes import distinct_keys
+
+    rng = np.random.default_rng(8)
+    for span in (1, 5, 300, 10**6, 10**12):        # a table; np.unique past 4x the rows
+        for n in (0, 1, 7, 500):
+            keys = rng.integers(0, span, n)
+            uk, first, last = distinct_keys(keys, last=True)
+            want_u, want_first = np.unique(keys, return_index=True)
+            want_last = [int(np.flatnonzero(keys == k)[-1]) for k in want_u]
+            assert uk.tolist() == want_u.tolist()
+            assert first.tolist() == want_first.tolist()
+            assert last.tolist() == want_last
+            assert distinct_keys(keys)[2] is None
