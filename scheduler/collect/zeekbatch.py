@@ -236,10 +236,7 @@ def _text(v: Any) -> str:
 # -- pyarrow, imported on first use (the CLI and the osquery-only paths never pay for it) ---------
 
 @functools.lru_cache(maxsize=1)
-@functools.cache
 def _arrow() -> Any:
-    """pyarrow's modules, imported on first use (the per-line paths never need them); one
-    object, made once: this runs for every block."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
