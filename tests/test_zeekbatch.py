@@ -417,3 +417,32 @@ def test_json_values_pyarrow_and_json_loads_may_read_differently(tmp_path: Path)
         p = write(tmp_path, f"conn{k}.log", "\n".join(good[:15] + [line] + good[15:]) + "\n")
         check_equal(p, ingest_fields("conn"))
         check_equal(p, ingest_fields("conn"), batch_bytes=256)
+
+
+@pytest.mark.parametrize("path", ALL_LOGS[:6], ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_records_asked_from_the_end_of_a_block_equal_per_line(path: Path) -> None:
+    """A row near the end of a plain block is found by walking back from the block's end (no
+    line index yet): asked last row first, in small blocks, every record is the per-line one."""
+    recs = list(zeeklog.iter_zeek_log(path, stats=zeeklog.ParseStats()))
+    batches = list(iter_batches(path, stats=zeeklog.ParseStats(), batch_bytes=1 << 16))
+    assert sum(len(b) for b in batches) == len(recs)
+    i = 0
+    for b in batches:
+        for j in reversed(range(len(b))):
+            assert b.record(j) == recs[i + j], (path, int(b.lineno[j]))
+        i += len(b)
+
+
+def test_tail_line_equals_the_line_index() -> None:
+    from scheduler.collect.zeekbatch import _index_lines, _tail_line
+
+    rng = np.random.default_rng(9)
+    for _ in range(500):
+        lines = [bytes(rng.choice(list(b"ab\t"), rng.integers(0, 6)).tolist())
+                 for _ in range(int(rng.integers(1, 12)))]
+        seg = b"\n".join(lines) + (b"\n" if rng.random() < .7 else b"")
+        idx = _index_lines(seg)
+        n = len(idx.starts)
+        for back in range(n):
+            assert _tail_line(seg, back) == (int(idx.starts[n - 1 - back]),
+                                             int(idx.ends[n - 1 - back])), (seg, back)
