@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from model.codes import distinct_keys, factorize
+from model.codes import distinct_codes, distinct_keys, factorize
 from model.records import NET_FIELDS, NetColumns, NetRecord
 
 #: Values kept per distinct set of one window; the distinct_* features saturate here.
@@ -513,12 +513,12 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
         sel = order[mask[order]]
         if sel.size:
             picks[name] = (first_k(sel), None)
-    keyed = (("ports", conn, lambda r: _pair_codes(cols.resp_p[r], cols.proto[r]),
+    keyed = (("ports", conn, lambda r: _pair_codes(cols.resp_p[r], cols.coded("proto", r)),
               lambda r: list(zip(np.asarray(cols.resp_p[r], dtype=np.int64).tolist(),
                                  [str(x) for x in cols.proto[r].tolist()]))),
-             ("addrs", conn, lambda r: factorize(cols.resp_h[r])[0],
+             ("addrs", conn, lambda r: distinct_codes(*cols.coded("resp_h", r))[0],
               lambda r: cols.resp_h[r].tolist()),
-             ("dns_domains", dns, lambda r: factorize(cols.domain[r])[0],
+             ("dns_domains", dns, lambda r: distinct_codes(*cols.coded("domain", r))[0],
               lambda r: cols.domain[r].tolist()))
     for name, mask, codes_of, keys_of in keyed:
         sel = order[mask[order]]
@@ -526,7 +526,7 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
             continue
         code = np.asarray(codes_of(rows[sel]), dtype=np.int64)
         span = int(code.max()) + 1 if code.size else 1
-        _, first = np.unique(gid[sel] * span + code, return_index=True)
+        _, first, _ = distinct_keys(gid[sel] * span + code)
         sel = first_k(sel[np.sort(first)])
         picks[name] = (sel, keys_of(rows[sel]))
     # per selection, each group's picks: bounds into the selection's rows (grouped by gid)
@@ -625,10 +625,11 @@ def _first_nonempty(values: np.ndarray) -> str:
     return str(values[nz[0]]) if nz.size else ""
 
 
-def _pair_codes(ports: np.ndarray, protos: np.ndarray) -> np.ndarray:
-    """One integer per (port, proto) pair, for np.unique within a batch."""
-    code, uniq = factorize(protos)
-    return np.asarray(ports, dtype=np.int64) * max(uniq.size, 1) + code
+def _pair_codes(ports: np.ndarray, protos: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One integer per (port, proto) pair (protos as (codes, values), values may repeat), for
+    finding distinct pairs within a batch."""
+    code, n = distinct_codes(*protos)
+    return np.asarray(ports, dtype=np.int64) * max(n, 1) + code
 
 
 def columns_of(records: Sequence[NetRecord]) -> NetColumns:

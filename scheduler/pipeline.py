@@ -668,8 +668,10 @@ class Pipeline(WindowingMixin):
             if stream in ("conn", "dns"):
                 # the rows a misuse rule may report on; the rest only add to its state
                 # (`_zeek_segment`: MisuseDetector.absorb)
-                slow |= attributed & misuse.rows_of_interest(stream, cid, image, resp, resp_p,
-                                                             domain, names_ahead)
+                slow |= attributed & misuse.rows_of_interest(
+                    stream, cid, image, resp, resp_p, domain, names_ahead,
+                    codes={"cids": (hcodes, cid_tab), "images": (hcodes, image_tab),
+                           "domains": dcodes})
             else:
                 slow |= attributed & per_unique(domain, misuse.may_name_api_server,
                                                 codes=dcodes)
@@ -706,6 +708,8 @@ class Pipeline(WindowingMixin):
             nets.codes["domain"] = dcodes
         if codes("id.resp_h") is not None:
             nets.codes["resp_h"] = codes("id.resp_h")
+        if stream not in ("http", "ssl") and codes("proto") is not None:
+            nets.codes["proto"] = codes("proto")
         extra = {}
         if stream == "dns" and not learning:     # what MisuseDetector.absorb keeps of a query
             extra = {"answers": col("answers") if "answers" in batch.columns else None,

@@ -25,7 +25,7 @@ def _coded_copy(cols: NetColumns, rng: random.Random) -> NetColumns:
     repeated under a second code, some no row has."""
     out = NetColumns(**{f: getattr(cols, f) for f in NET_FIELDS})
     for f in ("kind", "container_id", "image", "resp_h", "domain", "rcode", "host",
-              "geo_service"):
+              "geo_service", "proto"):
         col = getattr(cols, f)
         distinct = sorted(set(col.tolist()))
         values = distinct + [rng.choice(distinct) for _ in range(2)] + ["never-seen"]

@@ -208,12 +208,16 @@ def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool,
     """`fn(v)` for every element of `values`, calling `fn` once per distinct value. `codes`:
     the column's (codes, uniques) when the caller has them (`ZeekBatch.codes`, taken at the
     rows: `uniques[codes]` equal to `values`), so nothing is hashed again; `fn` then also runs
-    for uniques no row uses."""
+    for uniques no row uses (`values` may then be None)."""
     import numpy as np
 
-    if len(values) == 0:
+    if codes is None:
+        if len(values) == 0:
+            return np.zeros(0, dtype=dtype)
+        codes = factorize(values)
+    codes, uniques = codes
+    if len(codes) == 0:
         return np.zeros(0, dtype=dtype)
-    codes, uniques = codes if codes is not None else factorize(values)
     table = np.empty(len(uniques), dtype=dtype)
     table[:] = [fn(u) for u in uniques]
     return table[codes]

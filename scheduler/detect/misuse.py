@@ -608,7 +608,8 @@ class MisuseDetector:
     # -- a batch of conn/dns rows at a time (the engine's Zeek batches) -------------------------
     def rows_of_interest(self, stream: str, cids: Any, images: Any, resp_hs: Any,
                          resp_ps: Any, domains: Any,
-                         names_ahead: dict[tuple[str, str], set[str]] | None = None) -> Any:
+                         names_ahead: dict[tuple[str, str], set[str]] | None = None,
+                         codes: dict[str, Any] | None = None) -> Any:
         """Which attributed conn/dns rows (columns of one run, in row order) `net` might raise
         a candidate on or needs whole: they take the per-record path, so each verdict has one
         implementation. The others only add to the state (`absorb`).
@@ -621,20 +622,25 @@ class MisuseDetector:
         (`names_ahead`: (container, address) -> names they may teach first), a destination is
         judged under its name now and under each of those, and taken when any verdict may
         report.
-        dns: names whose subdomain looks encoded (the only rows `_dns_tunnel` reports on)."""
+        dns: names whose subdomain looks encoded (the only rows `_dns_tunnel` reports on).
+        `codes`: the (codes, values) the caller has of "cids", "images" or "domains" (values
+        may repeat: verdicts are per value), so they are not hashed again."""
         n = len(cids)
         out = np.zeros(n, dtype=bool)
         if n == 0 or self.learning:
             return out
+        known = codes or {}
         if stream == "conn":
             hot = {c for c, s in self._shell_remotes.items() if s}
             hot.update(c for c, t in self._tunnels.items() if t[1] < TUNNEL_CONNS)
             if hot:
-                out |= per_unique(cids, hot.__contains__)
-            on = per_unique(images, lambda im: self._on(RULE_BEACON, im))
+                out |= per_unique(cids, hot.__contains__, codes=known.get("cids"))
+            on = per_unique(images, lambda im: self._on(RULE_BEACON, im),
+                            codes=known.get("images"))
             cand = on & (resp_ps != 53) & (resp_hs != "")
             if not self.cfg.beacon_cold_start:   # no training destinations: not reported
-                cand &= per_unique(images, lambda im: bool(self.baseline.get(im)))
+                cand &= per_unique(images, lambda im: bool(self.baseline.get(im)),
+                                   codes=known.get("images"))
             if cand.any():
                 idx = np.flatnonzero(cand)
                 keys = list(zip(cids[idx].tolist(), images[idx].tolist(),
@@ -652,10 +658,11 @@ class MisuseDetector:
                     out[j] |= v
         elif stream == "dns":
             cfg = self.cfg
-            on = per_unique(images, lambda im: self._on(RULE_DNS_TUNNEL, im))
+            on = per_unique(images, lambda im: self._on(RULE_DNS_TUNNEL, im),
+                            codes=known.get("images"))
             if on.any():
                 out |= on & per_unique(domains, lambda d: bool(d) and pat.tunnel_label_score(
-                    d, cfg.dns_label_len, cfg.dns_entropy)[0])
+                    d, cfg.dns_label_len, cfg.dns_entropy)[0], codes=known.get("domains"))
         return out
 
     def absorb(self, stream: str, rows: Any, cols: Any, answers: Any = None,
@@ -673,12 +680,12 @@ class MisuseDetector:
             return
         cids, ts = cols.container_id[rows], cols.ts[rows]
         if stream == "conn":
-            for cid, grp in _groups_in_order(cids):
+            for cid, grp in _groups_in_order(cols.coded("container_id", rows)):
                 self._push_many(self._conns, cid, ts[grp].tolist(),
                                 lambda ks, g=grp: cols.records(rows[g[ks]]))
-            images, resp_hs, resp_ps = cols.image[rows], cols.resp_h[rows], cols.resp_p[rows]
-            on = per_unique(images, lambda im: self._on(RULE_BEACON, im)) \
-                & (resp_ps != 53) & (resp_hs != "")
+            resp_hs, resp_ps = cols.resp_h[rows], cols.resp_p[rows]
+            on = per_unique(None, lambda im: self._on(RULE_BEACON, im),
+                            codes=cols.coded("image", rows)) & (resp_ps != 53) & (resp_hs != "")
             if on.any():
                 idx = np.flatnonzero(on)
                 # `_beat` per row, a destination's times at once (each series is its own
@@ -704,8 +711,8 @@ class MisuseDetector:
                          for x in answer_addresses(a)]
                 self._learn_names(((key, d) for _, key, d in named),
                                   [at for at, _, _ in named], names_out)
-            on = per_unique(cols.image[rows], lambda im: self._on(RULE_DNS_TUNNEL, im)) \
-                & (domains != "")
+            on = per_unique(None, lambda im: self._on(RULE_DNS_TUNNEL, im),
+                            codes=cols.coded("image", rows)) & (domains != "")
             if not on.any():
                 return
             idx = np.flatnonzero(on)
@@ -817,7 +824,9 @@ def answer_addresses(text: str) -> list[str]:
     return [x for x in text.split(",") if _ip(x)]
 
 
-def _groups_in_order(values: Any) -> list[tuple[Any, Any]]:
-    """(value, row indices in row order) per distinct value of a column."""
-    codes, uniq = factorize(values)
-    return [(uniq[g], rows) for g, rows in groups(codes, len(uniq))]
+def _groups_in_order(coded: tuple[Any, Any]) -> list[tuple[Any, Any]]:
+    """(value, row indices in row order) per distinct value of a (codes, values) column
+    (`NetColumns.coded`; values may repeat: equal ones are one group)."""
+    codes, values = coded
+    canon, uniq = factorize(values)
+    return [(uniq[g], rows) for g, rows in groups(canon[codes], len(uniq))]
