@@ -718,8 +718,9 @@ class MisuseDetector:
             idx = np.flatnonzero(on)
             # per distinct name: (subdomain, parent, the name lowered); the rows with a
             # subdomain join their groups
-            split = per_unique(domains[idx], lambda d: (*pat.split_name(d), d.lower()),
-                               dtype=object)
+            dc, dv = cols.coded("domain", rows)
+            split = per_unique(None, lambda d: (*pat.split_name(d), d.lower()), dtype=object,
+                               codes=(dc[idx], dv))
             qt = ([str(q or "") for q in qtypes[rows][idx].tolist()] if qtypes is not None
                   else [""] * idx.size)
             self._dns_names((cid, parent, t, name, q, False)
