@@ -446,3 +446,26 @@ def test_tail_line_equals_the_line_index() -> None:
         for back in range(n):
             assert _tail_line(seg, back) == (int(idx.starts[n - 1 - back]),
                                              int(idx.ends[n - 1 - back])), (seg, back)
+
+
+def test_typed_fields_converted_once_per_value_refuse_what_the_parser_refuses(tmp_path: Path
+                                                                              ) -> None:
+    """TTLs (vector[interval]) and AA (bool) are read dictionary-encoded and converted once per
+    distinct value: a value the per-line parser refuses in one row among many repeated ones
+    still costs only its line, counted and named, and every other row is the parser's."""
+    odd = ["abc", "1e2,60", "300.000000,", "inf", "-", "(empty)", " 5", "0x10", "5_0"]
+    lines = []
+    for i in range(400):
+        line = dns_line(i % 90)
+        if i % 40 == 7:
+            line = line.replace("300.000000,60.000000", odd[(i // 40) % len(odd)])
+        if i % 50 == 3:
+            line = line.replace("\tT\t", "\tmaybe\t")
+        lines.append(line)
+    p = write(tmp_path, "dns.log", HEADER + "".join(lines))
+    batches, stats = check_equal(p, batch_bytes=1 << 12)
+    assert stats.bad_lines >= 8        # "abc", "maybe" x8, ...
+    fine = write(tmp_path, "dns2.log", HEADER + "".join(dns_line(i % 90) for i in range(600)))
+    batches, stats = check_equal(fine, batch_bytes=1 << 14)
+    assert stats.bad_lines == 0 and all(b.meta["mode"] == "columnar" for b in batches)
+    assert {v for b in batches for v in b.columns["TTLs"].tolist()} == {"300.0,60.0"}

@@ -261,6 +261,7 @@ def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
     a = _arrow()
     pa = a.pa
     types = {"str": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
+             "dconv": pa.dictionary(pa.int32(), pa.string()),
              "float": pa.float64(), "int": pa.int64()}
     kinds = kinds if kinds is not None else ("str",) * len(include)
     numeric = any(k in ("float", "int") for k in kinds)
@@ -597,6 +598,10 @@ class BlockParser:
                 cols[name] = _time_column(col)
             elif kind == "int":
                 cols[name] = _int_column(col)
+            elif kind == "dconv":
+                cols[name], distinct = self._dict_convert(name, ztype[name], col)
+                if distinct * 2 > len(cols[name]) >= _DENSE_MIN_ROWS:
+                    self._dense.add(name)   # nearly one value per row: plain from now on
             else:
                 cols[name] = self._convert(name, ztype[name], col, escapes)
         batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
@@ -608,7 +613,9 @@ class BlockParser:
         `INT_FIELDS` of an integer type) parsed in C, null where unset; "dict" (text the fast
         path keeps as text: string, addr, enum, string sets...) dictionary-encoded, so a value
         repeated in the run becomes one Python str, not one per row; "str" for the rest (typed
-        fields `_convert` handles, and text columns seen to hold about one value per row)."""
+        fields `_convert` handles, and text columns seen to hold about one value per row);
+        "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
+        once per distinct value (`_dict_convert`)."""
         p = self.parser
         out: list[str] = []
         for name in keep:
@@ -623,6 +630,8 @@ class BlockParser:
                     (inner is not None and zeeklog._scalar_converter(inner) is None
                      and p.set_separator == ",")):
                 out.append("dict")
+            elif name not in INT_FIELDS and name != "ts" and name not in self._dense:
+                out.append("dconv")
             else:
                 out.append("str")
         return tuple(out)
@@ -664,6 +673,22 @@ class BlockParser:
         if not changed and len(parts_codes) == 1:
             return codes, uniques
         return _merge_uniques(codes, values)
+
+    def _dict_convert(self, name: str, ztype: str, col: Any) -> tuple[np.ndarray, int]:
+        """(the column, how many distinct raw values) of a typed field read dictionary-encoded
+        (`_read_kinds`' "dconv": a DNS answer's TTLs, a bool, a double): the per-line parser's
+        conversion and its checks (`_convert_slow`) once per distinct raw value, spread over the
+        rows. A value the parser refuses refuses the run, as it would row by row."""
+        inner = zeeklog._container_inner(ztype)
+        parts: list[np.ndarray] = []
+        distinct = 0
+        for chunk in col.chunks:
+            raw = chunk.dictionary.to_pylist()
+            distinct += len(raw)
+            parts.append(self._convert_slow(name, ztype, inner, raw)[chunk.indices.to_numpy()])
+        if len(parts) == 1:
+            return parts[0], distinct
+        return (np.concatenate(parts) if parts else np.empty(0, dtype=object)), distinct
 
     def _batch(self, seg: bytes, cols: dict[str, np.ndarray], nrows: int,
                row_lines: np.ndarray | None, first_line: int, end: int, mode: str) -> ZeekBatch:
