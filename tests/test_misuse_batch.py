@@ -258,3 +258,37 @@ def test_a_stretch_that_goes_back_a_window(small: int, monkeypatch: pytest.Monke
     want = run(False)
     assert want[0] == 1 and want[1]
     assert run(True) == want
+
+
+def test_dns_groups_a_group_at_a_time_equal_query_by_query() -> None:
+    """`_dns_names_grouped` (a run's queries a group at a time, dropping once when the newest
+    comes last) leaves the groups `_dns_names` leaves query by query: the same groups in the
+    same order, the same items; groups whose times go back take the query-by-query path."""
+    import numpy as np
+
+    from scheduler.detect.misuse import MisuseDetector
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        one, other = MisuseDetector(), MisuseDetector()
+        window = one.cfg.dns_window_s
+        t0 = 1000.0
+        for _ in range(rng.integers(1, 5)):                 # several runs, state carried over
+            n = int(rng.integers(1, 40))
+            steps = rng.exponential(window / 6, n)
+            if trial % 3 == 0:
+                steps -= window / 8                           # times that go back
+            ts = t0 + np.cumsum(steps)
+            t0 = float(ts.max())
+            cids = np.array([f"c{k}" for k in rng.integers(0, 3, n)], dtype=object)
+            parents = np.array([f"p{k}.example" for k in rng.integers(0, 3, n)], dtype=object)
+            names = np.array([f"x{k}.{p}" for k, p in zip(rng.integers(0, 9, n), parents)],
+                             dtype=object)
+            qt = np.array([rng.choice(["A", "TXT", ""]) for _ in range(n)], dtype=object)
+            keys = np.array([int(c[1:]) * 3 + int(p[1]) for c, p in zip(cids, parents)])
+            one._dns_names((c, p, float(t), nm, q, False)
+                           for c, p, t, nm, q in zip(cids, parents, ts, names, qt))
+            other._dns_names_grouped(keys, cids, parents, ts, names, qt)
+        assert list(one._dns) == list(other._dns)
+        assert {k: list(g.items) for k, g in one._dns.items()} == \
+            {k: list(g.items) for k, g in other._dns.items()}

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from model.codes import distinct_codes, distinct_keys
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
 from scheduler.detect.attack import techniques
@@ -494,6 +495,35 @@ class MisuseDetector:
                 items.popleft()
         return g
 
+    def _dns_names_grouped(self, keys: Any, cids: Any, parents: Any, ts: Any, names: Any,
+                           qtypes: Any) -> None:
+        """`_dns_names` of queries given as columns in order (not encoded; `keys`: one int per
+        (container, parent) group), a group at a time: the same groups, made in the same order,
+        holding the same items. A group whose newest query comes last (a dns.log's order)
+        takes its queries at once and drops from the left what is older than the window
+        before its newest one: dropping after each query, with no earlier query newer than the
+        last, drops exactly that. Otherwise its queries go one by one."""
+        groups, window = self._dns, self.cfg.dns_window_s
+        uk, first, _ = distinct_keys(keys)
+        order = np.argsort(keys, kind="stable")
+        bounds = np.searchsorted(keys[order], uk).tolist() + [int(keys.size)]
+        for j in np.argsort(first).tolist():                 # groups in first-seen order
+            part = order[bounds[j]:bounds[j + 1]]
+            key = (cids[part[0]], parents[part[0]])
+            times = ts[part].tolist()
+            new = list(zip(times, names[part].tolist(), qtypes[part].tolist(), repeat(False)))
+            last = times[-1]
+            if last < max(times):
+                self._dns_names((*key, *item) for item in new)
+                continue
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _DnsGroup()
+            items = g.items
+            items.extend(new)
+            while items and last - items[0][0] > window:
+                items.popleft()
+
     def _stratum(self, raw: dict[str, Any], rec: NetRecord,
                  container: ContainerRef) -> list[Candidate]:
         if not self._on(RULE_MINER, rec.image):
@@ -715,18 +745,25 @@ class MisuseDetector:
                             codes=cols.coded("image", rows)) & (domains != "")
             if not on.any():
                 return
-            idx = np.flatnonzero(on)
             # per distinct name: (subdomain, parent, the name lowered); the rows with a
-            # subdomain join their groups
+            # subdomain join their (container, parent) groups
             dc, dv = cols.coded("domain", rows)
-            split = per_unique(None, lambda d: (*pat.split_name(d), d.lower()), dtype=object,
-                               codes=(dc[idx], dv))
-            qt = ([str(q or "") for q in qtypes[rows][idx].tolist()] if qtypes is not None
-                  else [""] * idx.size)
-            self._dns_names((cid, parent, t, name, q, False)
-                            for cid, (sub, parent, name), q, t in
-                            zip(cids[idx].tolist(), split.tolist(), qt, ts[idx].tolist())
-                            if sub)
+            split = [(*pat.split_name(d), d.lower()) for d in dv.tolist()]
+            has_sub = np.fromiter((bool(x[0]) for x in split), bool, len(split))
+            idx = np.flatnonzero(on & has_sub[dc])
+            if not idx.size:
+                return
+            parent_code, parents = factorize(np.array([x[1] for x in split] or [""],
+                                                      dtype=object))
+            parents = np.array(parents, dtype=object)
+            lowered = np.empty(len(split), dtype=object)
+            lowered[:] = [x[2] for x in split]
+            qt = (np.array([str(q or "") for q in qtypes[rows][idx].tolist()], dtype=object)
+                  if qtypes is not None else np.full(idx.size, "", dtype=object))
+            ccode, _ = distinct_codes(*cols.coded("container_id", rows[idx]))
+            self._dns_names_grouped(ccode * len(parents) + parent_code[dc[idx]],
+                                    cids[idx], parents[parent_code[dc[idx]]], ts[idx],
+                                    lowered[dc[idx]], qt)
 
     @staticmethod
     def _push_many(d: dict, key: Any, times: list[float],
