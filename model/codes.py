@@ -55,6 +55,26 @@ def factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
+def per_code(coded: tuple[np.ndarray, Any], fn: Any, dtype: Any = bool) -> np.ndarray:
+    """`fn(v)` for every row of a (codes, values) column, calling `fn` once per value (also for
+    values no row has): the engine's per-distinct-value verdicts."""
+    codes, values = coded
+    if len(codes) == 0:
+        return np.zeros(0, dtype=dtype)
+    table = np.empty(len(values), dtype=dtype)
+    table[:] = [fn(v) for v in values]
+    return table[codes]
+
+
+def nonempty(coded: tuple[np.ndarray, Any]) -> np.ndarray:
+    """Per row of a (codes, values) text column: is its value not ""?"""
+    return per_code(coded, _not_empty)
+
+
+def _not_empty(value: Any) -> bool:
+    return value != ""
+
+
 def distinct_codes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, int]:
     """(codes into the distinct values, how many there are) of a (codes, values) column whose
     values may repeat (a builder's, `NetColumns.codes`): equal values get one code."""

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from model.codes import distinct_codes, distinct_keys, factorize
+from model.codes import distinct_codes, distinct_keys, factorize, nonempty, per_code
 from model.records import NET_FIELDS, NetColumns, NetRecord
 
 #: Values kept per distinct set of one window; the distinct_* features saturate here.
@@ -113,16 +113,7 @@ def _per_value(values: np.ndarray, fn: Callable[[Any], Any], dtype: Any) -> np.n
     """fn applied once per distinct value of an object column, spread back to the rows."""
     if values.size == 0:
         return np.zeros(0, dtype=dtype)
-    return _per_code(factorize(values), fn, dtype)
-
-
-def _per_code(coded: tuple[np.ndarray, np.ndarray], fn: Callable[[Any], Any],
-              dtype: Any) -> np.ndarray:
-    """fn applied once per value of a (codes, values) column, spread back to the rows."""
-    codes, uniq = coded
-    if codes.size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.fromiter((fn(u) for u in uniq.tolist()), dtype=dtype, count=uniq.size)[codes]
+    return per_code(factorize(values), fn, dtype)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -399,7 +390,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     kcode, kinds = cols.coded("kind", rows)
     conn, dns = (kinds == "conn")[kcode], (kinds == "dns")[kcode]
     http = (kinds == "http")[kcode]
-    geo = _per_code(cols.coded("geo_service", rows), bool, bool)
+    geo = per_code(cols.coded("geo_service", rows), bool, bool)
     no = np.zeros(m, dtype=bool)
     failed = public = answered = nxu = nx = no
     bytes_out = bytes_in = np.zeros(m, dtype=np.int64)
@@ -424,7 +415,7 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     ent: list[float] = []
     dbounds = None
     if d.size:
-        ent = _per_code(cols.coded("domain", rows[d]), label_entropy, float).tolist()
+        ent = per_code(cols.coded("domain", rows[d]), label_entropy, float).tolist()
         dbounds = np.searchsorted(gid[d], np.arange(ng + 1)).tolist()
         rcode, runiq = cols.coded("rcode", rows[d])
         answered, nxu, nx = no.copy(), no.copy(), no.copy()
@@ -606,8 +597,7 @@ def _first_per_group(coded: tuple[np.ndarray, np.ndarray], starts: np.ndarray, m
     """Per group (rows laid out group after group from `starts`), its first non-empty value,
     of a (codes, values) column."""
     codes, values = coded
-    nonempty = np.fromiter((v != "" for v in values.tolist()), bool, values.size)
-    pos = np.where(nonempty[codes], np.arange(m), m)
+    pos = np.where(nonempty(coded), np.arange(m), m)
     first = np.minimum.reduceat(pos, starts)
     return ["" if f >= m else str(values[codes[f]]) for f in first.tolist()]
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
                            ProcessRecord)
-from model.codes import distinct_codes, factorize as codes_of, last_rows_in_first_order
+from model.codes import (distinct_codes, factorize as codes_of, last_rows_in_first_order,
+                         nonempty)
 from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
@@ -621,7 +622,7 @@ class Pipeline(WindowingMixin):
         hid, holders, inside = joiner.attribute_many(host, orig, ts, codes=codes("id.orig_h"))
         attributed = hid >= 0
         ocodes = codes("id.orig_h")
-        slow = np.isnan(ts) | ((ocodes[1] == "")[ocodes[0]] if ocodes is not None else orig == "")
+        slow = np.isnan(ts) | (~nonempty(ocodes) if ocodes is not None else orig == "")
         if "container_id" in batch.columns:
             slow |= col("container_id") != ""          # the Zeek package named the container
         nat = joiner.nat
@@ -1507,8 +1508,7 @@ def _last_name_rows(nets: NetColumns, rows: Any) -> Any:
     rows with a name, the last of each (container, address), in the order each pair first
     appears. The names it keeps end up the same, in the same order, with a Python tuple per
     pair instead of one per row (a run of health checks is a few pairs)."""
-    dc, dv = nets.coded("domain", rows)
-    sel = np.flatnonzero(np.fromiter((v != "" for v in dv.tolist()), bool, dv.size)[dc])
+    sel = np.flatnonzero(nonempty(nets.coded("domain", rows)))
     if sel.size < 2:
         return sel
     cc, _ = distinct_codes(*nets.coded("container_id", rows[sel]))

@@ -211,16 +211,13 @@ def per_unique(values: Any, fn: Callable[[Any], Any], dtype: Any = bool,
     for uniques no row uses (`values` may then be None)."""
     import numpy as np
 
+    from model.codes import per_code
+
     if codes is None:
         if len(values) == 0:
             return np.zeros(0, dtype=dtype)
         codes = factorize(values)
-    codes, uniques = codes
-    if len(codes) == 0:
-        return np.zeros(0, dtype=dtype)
-    table = np.empty(len(uniques), dtype=dtype)
-    table[:] = [fn(u) for u in uniques]
-    return table[codes]
+    return per_code(codes, fn, dtype)
 
 
 def groups(codes: Any, n_groups: int) -> Iterable[tuple[int, Any]]:

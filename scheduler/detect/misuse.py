@@ -503,12 +503,11 @@ class MisuseDetector:
         takes its queries at once and drops from the left what is older than the window
         before its newest one: dropping after each query, with no earlier query newer than the
         last, drops exactly that. Otherwise its queries go one by one."""
-        groups, window = self._dns, self.cfg.dns_window_s
+        dns_groups, window = self._dns, self.cfg.dns_window_s
         uk, first, _ = distinct_keys(keys)
-        order = np.argsort(keys, kind="stable")
-        bounds = np.searchsorted(keys[order], uk).tolist() + [int(keys.size)]
-        for j in np.argsort(first).tolist():                 # groups in first-seen order
-            part = order[bounds[j]:bounds[j + 1]]
+        seen = np.empty(uk.size, dtype=np.int64)      # each group's rank in first-seen order
+        seen[np.argsort(first)] = np.arange(uk.size)
+        for _, part in groups(seen[np.searchsorted(uk, keys)], uk.size):
             key = (cids[part[0]], parents[part[0]])
             times = ts[part].tolist()
             new = list(zip(times, names[part].tolist(), qtypes[part].tolist(), repeat(False)))
@@ -516,9 +515,9 @@ class MisuseDetector:
             if last < max(times):
                 self._dns_names((*key, *item) for item in new)
                 continue
-            g = groups.get(key)
+            g = dns_groups.get(key)
             if g is None:
-                g = groups[key] = _DnsGroup()
+                g = dns_groups[key] = _DnsGroup()
             items = g.items
             items.extend(new)
             while items and last - items[0][0] > window:
@@ -753,17 +752,15 @@ class MisuseDetector:
             idx = np.flatnonzero(on & has_sub[dc])
             if not idx.size:
                 return
-            parent_code, parents = factorize(np.array([x[1] for x in split] or [""],
-                                                      dtype=object))
-            parents = np.array(parents, dtype=object)
-            lowered = np.empty(len(split), dtype=object)
-            lowered[:] = [x[2] for x in split]
+            parent, lowered = np.empty(len(split), dtype=object), np.empty(len(split), dtype=object)
+            parent[:], lowered[:] = [x[1] for x in split], [x[2] for x in split]
+            name_code = dc[idx]
             qt = (np.array([str(q or "") for q in qtypes[rows][idx].tolist()], dtype=object)
                   if qtypes is not None else np.full(idx.size, "", dtype=object))
             ccode, _ = distinct_codes(*cols.coded("container_id", rows[idx]))
-            self._dns_names_grouped(ccode * len(parents) + parent_code[dc[idx]],
-                                    cids[idx], parents[parent_code[dc[idx]]], ts[idx],
-                                    lowered[dc[idx]], qt)
+            pcode, n_parents = distinct_codes(name_code, parent)
+            self._dns_names_grouped(ccode * n_parents + pcode, cids[idx], parent[name_code],
+                                    ts[idx], lowered[name_code], qt)
 
     @staticmethod
     def _push_many(d: dict, key: Any, times: list[float],

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model.codes import factorize
+from model.codes import factorize, nonempty
 from model.records import ContainerInfo
 from model.window_agg import NetWindowAgg, add_groups
 
@@ -41,8 +41,7 @@ def attributed_rows(nets: Any, rows: Any = None) -> tuple[np.ndarray, np.ndarray
     attributed rows have windows. The codes are the builder's when it kept them
     (`NetColumns.coded`): the engine's attribution has them, and hashing the ids cost more."""
     codes, values = nets.coded("container_id", rows)
-    has = np.fromiter((v != "" for v in values.tolist()), bool, len(values))
-    keep = has[codes]
+    keep = nonempty((codes, values))
     idx = np.flatnonzero(keep) if rows is None else np.asarray(rows, dtype=np.int64)[keep]
     return idx, codes[keep], values
 
