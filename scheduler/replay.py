@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # A resumed replay re-feeds (without rules) this much data before its checkpoint, to rebuild the
 # open windows, the geo detector's remembered DNS answers (TTL, capped at 1 h) and the dedupe memory.
 REFEED_HORIZON_S = 3700.0
+#: Batches of a Zeek file the feed reads ahead of the engine, in a thread
+#: (`scheduler.collect.readahead`): its parse overlaps the engine's work on a second core.
+FEED_READ_AHEAD = 2
 
 
 @dataclass
@@ -77,9 +80,9 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     files: list[SourceFile] = [osq]
     for si, stream in enumerate(streams):
         for path in rec.stream_files(stream):
-            f = SourceFile(source=1 + si, name=str(path), read=_reader(path, stream),
-                           times=_row_times)
-            index_file(f, budget, _reader(path, stream, zstats))
+            f = SourceFile(source=1 + si, name=str(path), times=_row_times,
+                           read=zeek_reader(path, stream, ahead=FEED_READ_AHEAD))
+            index_file(f, budget, zeek_reader(path, stream, zstats))
             files.append(f)
     others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
     kstats = AuditStats()
@@ -125,18 +128,22 @@ def _osquery_times(batch: list[Any]) -> np.ndarray:
     return np.fromiter((item_time("osq", r) for r in batch), float, len(batch))
 
 
-def _reader(path: Path, stream: str, zstats: Any = None) -> Callable[[], Iterable[Any]]:
+def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0
+                ) -> Callable[[], Iterable[Any]]:
     """Reads `path` from its start as ZeekBatch columns (the engine's unit of Zeek input):
-    the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only. Malformed
-    lines are counted in `zstats` as the per-line reader counts them (the index pass's reader);
-    a reader without it counts nowhere (the feed reads the same lines again)."""
+    the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only, `ahead`
+    batches read ahead in a thread (the feed's reader: `FEED_READ_AHEAD`). Malformed lines are
+    counted in `zstats` as the per-line reader counts them (the index pass's reader); a reader
+    without it counts nowhere (the feed reads the same lines again)."""
+    from scheduler.collect.readahead import read_ahead
     from scheduler.collect.zeekbatch import iter_batches
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
 
     def read() -> Iterable[Any]:
-        return iter_batches(path, stream, fields=ingest_fields(stream),
-                            stats=zstats if zstats is not None else
-                            ZeekStats(limiter=_quiet_limiter()))
+        batches = iter_batches(path, stream, fields=ingest_fields(stream),
+                               stats=zstats if zstats is not None else
+                               ZeekStats(limiter=_quiet_limiter()))
+        return read_ahead(batches, ahead, name=f"read-ahead {Path(path).name}")
     return read
 
 
