@@ -36,7 +36,7 @@ import numpy as np
 
 from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
                            ProcessRecord)
-from model.codes import (distinct_codes, factorize as codes_of, last_rows_in_first_order,
+from model.codes import (constant, distinct_codes, factorize as codes_of, last_rows_in_first_order,
                          nonempty)
 from model.window_agg import NetWindowAgg, concat_columns
 
@@ -655,7 +655,7 @@ class Pipeline(WindowingMixin):
         elif stream == "ssl":
             domain, dcodes = col("server_name"), codes("server_name")
         else:
-            domain = np.full(n, "", dtype=object)
+            domain = constant(n, "")
         misuse = self.misuse
         learning = self.collect_windows or misuse.learning
         hcodes = np.where(hid < 0, len(holders), hid)       # _table's index of each row
@@ -678,10 +678,10 @@ class Pipeline(WindowingMixin):
                                                 codes=dcodes)
         hosts_tab = _table([h.host or jhost for h in holders], jhost)
         hosts = hosts_tab[hcodes]
-        empty = np.full(n, "", dtype=object)
+        empty = constant(n, "")
         if stream in ("http", "ssl"):
             proto = _filled(codes("proto"), col("proto"), "tcp") if "proto" in batch.columns \
-                else np.full(n, "tcp", dtype=object)
+                else constant(n, "tcp")
         else:
             proto = col("proto")
         rcode = empty
@@ -692,7 +692,7 @@ class Pipeline(WindowingMixin):
         conn = stream == "conn"
         zero = np.zeros(n, dtype=np.int64)
         nets = NetColumns(
-            ts=ts, kind=np.full(n, STREAM_KIND[stream], dtype=object), container_id=cid,
+            ts=ts, kind=constant(n, STREAM_KIND[stream]), container_id=cid,
             image=image, orig_h=orig, resp_h=resp, resp_p=resp_p,
             orig_p=_count_col(batch, "id.orig_p", idx), proto=proto, uid=col("uid"), host=hosts,
             domain=domain, rcode=rcode, conn_state=col("conn_state") if conn else empty,
@@ -1472,7 +1472,7 @@ def _text_col(batch: Any, name: str, idx: Any) -> Any:
     if coded is not None:
         return coded[1][coded[0]]
     if name not in batch.columns:                   # the log has no such field
-        return np.full(len(idx), "", dtype=object)
+        return constant(len(idx), "")
     col = batch.column(name)[idx]
     unset = (col == "-") | (col == "(empty)")
     if unset.any():

@@ -169,3 +169,25 @@ def test_attribute_many_and_geo_prefilter_with_reader_codes(rec_dir: Path) -> No
                 assert geo.rows_of_interest(stream, col, len(idx), codes).tolist() == \
                     geo.rows_of_interest(stream, col, len(idx)).tolist(), (path, stream)
     assert used, "no batch was read with dictionary codes"
+
+
+def test_pick_many_of_one_running_holder_equals_lookup() -> None:
+    """The common case has its own path (one container holds the address and still runs):
+    times all after its start take it at once; times before its start, in its grace before or
+    well before, and NaN go the general way. Each equals `lookup`."""
+    inv = Inventory(grace_before=1.0, grace_after=5.0)
+    cid = "a" * 64
+    inv.observe(_event("h1", 100.0, "create", cid))
+    inv.observe(_event("h1", 100.1, "start", cid))
+    inv.observe(_inv_row("h1", 100.5, "added", id=cid, image="img", name="c",
+                         ip_addresses="172.17.0.9", state="running"))
+    inv.close_snapshots()
+    for times in ([100.0, 150.0, 1e9], [100.2, 500.0], [99.5, 200.0], [10.0, 200.0],
+                  [200.0, float("nan")], [90.0]):
+        ts = np.array(times)
+        pick, holders = inv.pick_many("h1", "172.17.0.9", ts)
+        got = [holders[p].container_id if p >= 0 else None for p in pick.tolist()]
+        want = [(c.container_id if (c := inv.lookup("h1", "172.17.0.9", x)) else None)
+                for x in times]
+        assert got == want, times
+    assert got == [None]        # a time well before its start: nobody
