@@ -301,7 +301,9 @@ def engine_entry() -> tuple[str, Callable[[Any, Path, int], int]]:
             hasattr(Pipeline, "feed_zeek_rows"):
         return ("batch: zeekbatch.iter_batches + Pipeline.dispatch (" +
                 ("one zrun item a chunk" if runs else "runs of zrow items") +
-                ", a batch at a time)", batched)
+                ", a batch at a time" +
+                (f"; {replay.FEED_READ_AHEAD} batches read ahead in a thread"
+                 if hasattr(replay, "zeek_reader") else "") + ")", batched)
     return "per-line: zeeklog.iter_zeek_log + Pipeline.feed_zeek", per_line
 
 
