@@ -292,3 +292,37 @@ def test_dns_groups_a_group_at_a_time_equal_query_by_query() -> None:
         assert list(one._dns) == list(other._dns)
         assert {k: list(g.items) for k, g in one._dns.items()} == \
             {k: list(g.items) for k, g in other._dns.items()}
+
+
+def test_push_plan_leaves_what_push_leaves() -> None:
+    """`MisuseDetector._push_plan` (the batch's recent-connections queue) against `_push` item
+    by item: queues that overflow RECENT_MAX within one batch, batches spanning more than
+    RECENT_S, times that go back, empty and full queues before."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from scheduler.detect.misuse import RECENT_MAX, RECENT_S, MisuseDetector
+
+    rng = random.Random(5)
+    for case in range(300):
+        old_n = rng.choice([0, 1, 5, RECENT_MAX - 1, RECENT_MAX])
+        t = 1000.0
+        old = []
+        for _ in range(old_n):
+            t += rng.choice([0.0, 0.5, 3.0])
+            old.append(SimpleNamespace(ts=t))
+        new_n = rng.choice([1, 3, 40, RECENT_MAX + 50, 2 * RECENT_MAX + 7])
+        times = []
+        for _ in range(new_n):
+            t += rng.choice([0.0, 0.1, 1.0, 30.0, RECENT_S + 1.0, -50.0, -RECENT_S - 5.0])
+            times.append(t)
+        new = [SimpleNamespace(ts=ts) for ts in times]
+        want = {"k": deque(old)} if old else {}
+        for item in new:
+            MisuseDetector._push(want, "k", item, item.ts)
+        got = {"k": deque(old)} if old else {}
+        q, pops, start = MisuseDetector._push_plan(got, "k", times)
+        for _ in range(pops):
+            q.popleft()
+        q.extend(new[start:])
+        assert [id(x) for x in got["k"]] == [id(x) for x in want["k"]], case

@@ -709,9 +709,20 @@ class MisuseDetector:
             return
         cids, ts = cols.container_id[rows], cols.ts[rows]
         if stream == "conn":
-            for cid, grp in _groups_in_order(cols.coded("container_id", rows)):
-                self._push_many(self._conns, cid, ts[grp].tolist(),
-                                lambda ks, g=grp: cols.records(rows[g[ks]]))
+            # each container's queue: what `_push` row by row would pop and keep; the kept rows
+            # of every container become records in one column pass (a pass per container
+            # cost more than the records)
+            plans = [(self._push_plan(self._conns, cid, ts[grp].tolist()), grp)
+                     for cid, grp in _groups_in_order(cols.coded("container_id", rows))]
+            kept = [grp[start:] for (_, _, start), grp in plans if start < grp.size]
+            recs = cols.records(rows[np.concatenate(kept)]) if kept else []
+            at = 0
+            for (q, pops, start), grp in plans:
+                for _ in range(pops):
+                    q.popleft()
+                if start < grp.size:
+                    q.extend(recs[at:at + grp.size - start])
+                    at += grp.size - start
             resp_hs, resp_ps = cols.resp_h[rows], cols.resp_p[rows]
             on = per_unique(None, lambda im: self._on(RULE_BEACON, im),
                             codes=cols.coded("image", rows)) & (resp_ps != 53) & (resp_hs != "")
@@ -763,11 +774,11 @@ class MisuseDetector:
                                     ts[idx], lowered[name_code], qt)
 
     @staticmethod
-    def _push_many(d: dict, key: Any, times: list[float],
-                   make: Callable[[slice], list[Any]]) -> None:
-        """`_push` of len(times) items in order, making only the items that stay (`make(s)`:
-        the items of slice `s` of the new ones). The queue keeps a suffix of old + new:
-        `_push` only ever pops from the left, so replaying its rule on the times is enough."""
+    def _push_plan(d: dict, key: Any, times: list[float]) -> tuple[deque, int, int]:
+        """What `_push` of len(times) new items in order leaves in queue `d[key]`: (the queue,
+        how many old items to pop from its left, the index of the first new item kept). The
+        queue keeps a suffix of old + new: `_push` only ever pops from the left, so replaying
+        its rule on the times is enough, and only the items that stay need making."""
         q = d.setdefault(key, deque())
         old = [r.ts for r in q]
         seq = old + times
@@ -776,10 +787,7 @@ class MisuseDetector:
             t = seq[j]
             while j + 1 - head > 0 and (j + 1 - head > RECENT_MAX or t - seq[head] > RECENT_S):
                 head += 1
-        for _ in range(min(head, n_old)):
-            q.popleft()
-        if head - n_old < len(times):
-            q.extend(make(slice(max(0, head - n_old), len(times))))
+        return q, min(head, n_old), max(0, head - n_old)
 
     def learn_many(self, kind: str, cids: Any, images: Any, resp_hs: Any, resp_ps: Any,
                    domains: Any) -> None:
