@@ -40,6 +40,8 @@ REFEED_HORIZON_S = 3700.0
 #: Batches of a Zeek file the feed reads ahead of the engine, in a thread
 #: (`scheduler.collect.readahead`): its parse overlaps the engine's work on a second core.
 FEED_READ_AHEAD = 2
+#: Blocks of a .gz Zeek file read and inflated ahead of its parse, in a thread (both passes).
+INFLATE_AHEAD = 2
 
 
 @dataclass
@@ -131,8 +133,9 @@ def _osquery_times(batch: list[Any]) -> np.ndarray:
 def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0
                 ) -> Callable[[], Iterable[Any]]:
     """Reads `path` from its start as ZeekBatch columns (the engine's unit of Zeek input):
-    the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only, `ahead`
-    batches read ahead in a thread (the feed's reader: `FEED_READ_AHEAD`). Malformed lines are
+    the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only, a .gz
+    file inflated `INFLATE_AHEAD` blocks ahead in a thread, and `ahead` batches parsed ahead in
+    another (the feed's reader: `FEED_READ_AHEAD`). Malformed lines are
     counted in `zstats` as the per-line reader counts them (the index pass's reader); a reader
     without it counts nowhere (the feed reads the same lines again)."""
     from scheduler.collect.readahead import read_ahead
@@ -142,7 +145,8 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0
     def read() -> Iterable[Any]:
         batches = iter_batches(path, stream, fields=ingest_fields(stream),
                                stats=zstats if zstats is not None else
-                               ZeekStats(limiter=_quiet_limiter()))
+                               ZeekStats(limiter=_quiet_limiter()),
+                               inflate_ahead=INFLATE_AHEAD)
         return read_ahead(batches, ahead, name=f"read-ahead {Path(path).name}")
     return read
 

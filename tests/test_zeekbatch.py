@@ -469,3 +469,48 @@ def test_typed_fields_converted_once_per_value_refuse_what_the_parser_refuses(tm
     batches, stats = check_equal(fine, batch_bytes=1 << 14)
     assert stats.bad_lines == 0 and all(b.meta["mode"] == "columnar" for b in batches)
     assert {v for b in batches for v in b.columns["TTLs"].tolist()} == {"300.0,60.0"}
+
+
+def test_a_gz_inflated_ahead_gives_the_same_batches(tmp_path: Path) -> None:
+    """`inflate_ahead`: a .gz file's blocks are read and inflated in another thread; the
+    batches, the truncation's counted error and an early stop are what they are without it."""
+    import threading
+
+    from scheduler.collect import zeekbatch
+
+    body = "".join(dns_line(i % 90) for i in range(20000))
+    data = gzip.compress((HEADER + body).encode())
+    whole = write(tmp_path, "dns.log.gz", data)
+    cut = write(tmp_path, "cut.dns.log.gz", data[: len(data) // 2])
+    readers: set[int] = set()
+    blocks = zeekbatch.iter_blocks
+
+    def spy(*a: Any, **k: Any) -> Any:
+        for item in blocks(*a, **k):
+            readers.add(threading.get_ident())
+            yield item
+
+    def read(p: Path, ahead: int) -> tuple[list[Any], Any]:
+        stats = zeeklog.ParseStats()
+        rows = [b.record(i) for b in iter_batches(p, stats=stats, batch_bytes=1 << 14,
+                                                  inflate_ahead=ahead) for i in range(len(b))]
+        return rows, stats
+
+    for p in (whole, cut):
+        want, wstats = read(p, 0)
+        zeekbatch.iter_blocks = spy          # type: ignore[assignment]
+        try:
+            got, gstats = read(p, 2)
+        finally:
+            zeekbatch.iter_blocks = blocks   # type: ignore[assignment]
+        assert got == want and len(want) > 1000
+        assert (gstats.io_errors, gstats.lines, gstats.bad_lines) == \
+            (wstats.io_errors, wstats.lines, wstats.bad_lines)
+        assert readers and threading.get_ident() not in readers
+        readers.clear()
+    assert wstats.io_errors == 1           # the truncated one, last
+    before = threading.active_count()
+    it = iter_batches(whole, batch_bytes=1 << 14, inflate_ahead=2)
+    next(it)
+    it.close()
+    assert threading.active_count() == before

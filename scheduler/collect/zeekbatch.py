@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.collect import zeeklog
+from scheduler.collect.readahead import read_ahead
 from scheduler.collect.zeeklog import ParseStats, ZeekLogParser, unescape
 
 log = logging.getLogger(__name__)
@@ -940,14 +941,17 @@ def update_header(header: list[str], text: str) -> list[str]:
 
 def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                  fields: Iterable[str] | None = None, stats: ParseStats | None = None,
-                 batch_bytes: int = DEFAULT_BATCH_BYTES, start: int = 0) -> Iterator[ZeekBatch]:
+                 batch_bytes: int = DEFAULT_BATCH_BYTES, start: int = 0,
+                 inflate_ahead: int = 0) -> Iterator[ZeekBatch]:
     """The records of one Zeek log (TSV or JSON lines, plain or .gz) as ZeekBatch objects.
 
     `fields` limits the columns (None: all); `stats` counts lines, records and malformed lines
     as `zeeklog.iter_zeek_log` does, and the two give the same records. `start` resumes at a byte
     offset (a previous batch's `end`): the header in force there is read from the bytes before
     it. A truncated .gz yields the complete lines before the damage, counted in
-    `stats.io_errors` with a warning; nothing raises on bad input."""
+    `stats.io_errors` with a warning; nothing raises on bad input. `inflate_ahead` > 0: a .gz
+    file's blocks are read and inflated that many ahead in a thread (`readahead`; zlib runs
+    without the GIL) while its blocks are parsed; the same blocks in the same order."""
     p = str(path)
     stats = stats if stats is not None else ParseStats()
     stats.files += 1
@@ -969,15 +973,21 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                 return
         bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header)
         offset = start
-        for block, exc in iter_blocks(handle, batch_bytes):
-            if exc is not None:
-                stats.io_errors += 1
-                log.warning("stopped reading %s after line %d: %s: %s", p, lineno,
-                            type(exc).__name__, exc)
-                return
-            yield from bp.parse_block(block, lineno + 1, offset)
-            offset += len(block)
-            lineno += bp.block_lines
+        blocks = iter_blocks(handle, batch_bytes)
+        if inflate_ahead and isinstance(handle, gzip.GzipFile):
+            blocks = read_ahead(blocks, inflate_ahead, name=f"inflate {os.path.basename(p)}")
+        try:
+            for block, exc in blocks:
+                if exc is not None:
+                    stats.io_errors += 1
+                    log.warning("stopped reading %s after line %d: %s: %s", p, lineno,
+                                type(exc).__name__, exc)
+                    return
+                yield from bp.parse_block(block, lineno + 1, offset)
+                offset += len(block)
+                lineno += bp.block_lines
+        finally:
+            blocks.close()      # a reading thread stops before its file is closed
 
 
 def parse_only(path: str | os.PathLike[str], fields: Iterable[str] | None = None,
