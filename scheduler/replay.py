@@ -168,6 +168,33 @@ def _row_times(batch: Any) -> Any:
     return ts
 
 
+class _ItemTimes:
+    """The times of the items fed since the earliest open window's first item, chunk by chunk,
+    so each checkpoint can keep the time a resumed replay re-feeds from (`t_first`: the time of
+    the earliest open window's first item, or of the checkpoint's last item). Without it the
+    resume read the input up to the checkpoint once more just to find that time."""
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[int, np.ndarray]] = []     # (position of the first, times)
+
+    def add(self, pos: int, ts: np.ndarray) -> None:
+        self._chunks.append((pos, ts))
+
+    def checkpoint_time(self, pipeline_state: dict[str, Any], end: int) -> float | None:
+        """The `t_first` of a checkpoint at position `end` (None: that item was fed before
+        this run resumed; the resume then finds it by reading). Drops the chunks before it."""
+        wpos = [p for _, _, p in pipeline_state.get("open_windows", [])]
+        at = min(min(wpos) if wpos else end, end - 1)
+        while len(self._chunks) > 1 and self._chunks[1][0] <= at:
+            self._chunks.pop(0)
+        if not self._chunks:
+            return None
+        first, ts = self._chunks[0]
+        if not first <= at < first + len(ts):
+            return None
+        return float(ts[at - first])
+
+
 class ReplayStore:
     """Replay state + alert outbox in the collectors' StateStore (one SQLite file)."""
 
@@ -267,7 +294,9 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             if 0 < start <= len(items):
                 # items are in time order: the earlier of the two is the earliest open
                 # window's first item, or the checkpoint's last item
-                t_first = items.cursor().skip(min(first, start - 1) + 1)
+                t_first = st.get("t_first")
+                if t_first is None:     # a checkpoint without it: find it by reading there
+                    t_first = items.cursor().skip(min(first, start - 1) + 1)
                 cursor.skip_before(t_first - REFEED_HORIZON_S, start)
                 pipe.windows_only = True
                 at = cursor.pos
@@ -295,6 +324,7 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     repeats: list[dict[str, Any]] = []
     pos = start
     n_chunk = 0
+    times = _ItemTimes()
     while pos < len(items):
         end = min(len(items), pos + chunk)
         pipe.dispatch(cursor.dispatch_items(end - pos), pos)
@@ -305,6 +335,10 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
         repeats.extend(reps)
         if store is not None:
             state = {"pipeline": pipe.dump_state(), "position": end}
+            times.add(pos, cursor.last_times)
+            t_first = times.checkpoint_time(state["pipeline"], end)
+            if t_first is not None:
+                state["t_first"] = t_first
             store.commit(name, state, out, reps)
             deliver_outbox(store, sinks)
         elif sinks is not None and out:

@@ -289,3 +289,86 @@ def test_a_malformed_line_is_counted_and_named_once_though_read_twice(
     named = [r for r in caplog.records if "malformed Zeek log line" in r.getMessage()]
     assert len(named) == 1 and "dns.log" in named[0].getMessage()
     assert res.stats["zeek"]["bad_lines"] == 1
+
+
+def test_a_checkpoint_keeps_the_time_a_resume_refeeds_from(tmp_path: Path,
+                                                           baselines: Any) -> None:
+    """The checkpoint's `t_first` is the time the resume would find by reading up to the
+    earliest open window's first item; with it the resume reads fewer batches (not the input
+    up to there once more); a checkpoint without it (written before it existed) still resumes,
+    and both resume to the same alerts."""
+    import shutil
+    import sqlite3
+
+    from scheduler.collect import replay_items
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import Config
+    from scheduler.replay import ReplayStore, load_recording_items, replay
+
+    rec = demo_data_dir() / "drift"
+    want = replay(rec, Config(), baselines, state_db=tmp_path / "whole.db", chunk=150,
+                  keep_rows=0)
+
+    class Killed(Exception):
+        pass
+
+    def kill(i: int) -> None:
+        if i == 4:
+            raise Killed
+
+    db = tmp_path / "state.db"
+    with pytest.raises(Killed):
+        replay(rec, Config(), baselines, state_db=db, chunk=150, after_chunk=kill, keep_rows=0)
+    store = ReplayStore(db)
+    name = f"replay:{rec.name}"
+    st = store.load(name)
+    store.close()
+    start = int(st["position"])
+    wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
+    first = min(wpos) if wpos else start
+    _, items = load_recording_items(rec, keep_rows=0)
+    assert st["t_first"] == items.cursor().skip(min(first, start - 1) + 1)
+    old = tmp_path / "old.db"
+    shutil.copy(db, old)
+    del st["t_first"]
+    with sqlite3.connect(old) as conn:
+        conn.execute("UPDATE pipeline_state SET data=? WHERE name=?", (json.dumps(st), name))
+
+    real = replay_items.Cursor._read_batch
+
+    def resume(path: Path) -> tuple[Any, int]:
+        reads = [0]
+
+        def counting(self: Any, fi: int) -> None:
+            reads[0] += 1
+            real(self, fi)
+
+        replay_items.Cursor._read_batch = counting   # type: ignore[method-assign]
+        try:
+            res = replay(rec, Config(), baselines, state_db=path, chunk=150, keep_rows=0)
+        finally:
+            replay_items.Cursor._read_batch = real   # type: ignore[method-assign]
+        return res, reads[0]
+
+    again, reads = resume(db)
+    again_old, reads_old = resume(old)
+    assert again.resumed_from == again_old.resumed_from == start
+    assert _alerts(again) == _alerts(again_old) == _alerts(want)
+    assert 0 < reads < reads_old
+
+
+def test_item_times_keep_only_what_a_checkpoint_may_ask() -> None:
+    """`_ItemTimes`: a checkpoint's time is the earliest open window's first item's (or the
+    last item's); chunks before it are dropped; an item fed before this run resumed has no
+    time here (None: the resume then reads to find it)."""
+    from scheduler.replay import _ItemTimes
+
+    times = _ItemTimes()
+    times.add(100, np.array([1.0, 2.0, 3.0]))
+    times.add(103, np.array([4.0, 5.0]))
+    assert times.checkpoint_time({"open_windows": [["c", 0, 101]]}, 105) == 2.0
+    assert times.checkpoint_time({"open_windows": []}, 105) == 5.0        # the last item
+    assert len(times._chunks) == 1                                           # 100-102 dropped
+    assert times.checkpoint_time({"open_windows": [["c", 0, 40]]}, 105) is None
+    times.add(105, np.array([6.0]))
+    assert times.checkpoint_time({"open_windows": [["c", 0, 104], ["d", 1, 105]]}, 106) == 5.0

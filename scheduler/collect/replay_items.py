@@ -156,6 +156,7 @@ class Cursor:
         # read whole) and how far they were taken
         self._seg = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._at = 0
+        self.last_times = np.zeros(0)                  # the times of the items last taken
 
     # -- reading, as late as the order allows --------------------------------------------------
     def _read_batch(self, fi: int) -> None:
@@ -267,8 +268,9 @@ class Cursor:
     def dispatch_items(self, n: int) -> list[tuple[str, Any]]:
         """The next n items for `Pipeline.dispatch`: each non-Zeek item as (kind, payload), each
         run of consecutive Zeek rows as one ("zrun", (batches by id, batch id of each row,
-        row))."""
-        _, bid, row = self._take(n)
+        row)). Their times are left in `last_times` (the replay's checkpoint keeps one)."""
+        ts, bid, row = self._take(n)
+        self.last_times = ts
         held, kinds = self._held(bid)
         zb = [b for b, k in kinds.items() if k == "zrow"]
         zeek = np.isin(bid, zb) if zb else np.zeros(len(bid), dtype=bool)
