@@ -60,14 +60,17 @@ class ReplayResult:
 
 def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = None,
                          streams: Iterable[str] = ZEEK_STREAMS,
-                         keep_rows: int = KEEP_ROWS) -> tuple[Any, ReplayItems]:
+                         keep_rows: int = KEEP_ROWS,
+                         read_ahead: bool = True) -> tuple[Any, ReplayItems]:
     """All items of a recording in one deterministic time order (`ReplayItems`, streamed): by
     time, then source (osquery, each Zeek stream, Kubernetes audit), then reading order.
 
     The osquery results and the Zeek files are indexed here (read once, counting malformed
     lines in `stats`); a cursor reads them again as the order comes to them, unless their
     batches fit in `keep_rows` rows (`scheduler.collect.replay_items`). The container records the
-    replay observes up front are kept: `ReplayItems.containers`, in the order's order."""
+    replay observes up front are kept: `ReplayItems.containers`, in the order's order.
+    `read_ahead` (`sources.read_ahead`): Zeek files are inflated and parsed ahead in threads;
+    False reads them in the caller's thread."""
     from scheduler.collect.recording import Recording
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
 
@@ -83,8 +86,9 @@ def load_recording_items(rec_dir: str | Path, stats: dict[str, Any] | None = Non
     for si, stream in enumerate(streams):
         for path in rec.stream_files(stream):
             f = SourceFile(source=1 + si, name=str(path), times=_row_times,
-                           read=zeek_reader(path, stream, ahead=FEED_READ_AHEAD))
-            index_file(f, budget, zeek_reader(path, stream, zstats))
+                           read=zeek_reader(path, stream, ahead=FEED_READ_AHEAD,
+                                            threads=read_ahead))
+            index_file(f, budget, zeek_reader(path, stream, zstats, threads=read_ahead))
             files.append(f)
     others: list[tuple[float, int, str, Any]] = []       # (ts, source, kind, payload)
     kstats = AuditStats()
@@ -130,12 +134,13 @@ def _osquery_times(batch: list[Any]) -> np.ndarray:
     return np.fromiter((item_time("osq", r) for r in batch), float, len(batch))
 
 
-def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0
-                ) -> Callable[[], Iterable[Any]]:
+def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0,
+                threads: bool = True) -> Callable[[], Iterable[Any]]:
     """Reads `path` from its start as ZeekBatch columns (the engine's unit of Zeek input):
     the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only, a .gz
     file inflated `INFLATE_AHEAD` blocks ahead in a thread, and `ahead` batches parsed ahead in
-    another (the feed's reader: `FEED_READ_AHEAD`). Malformed lines are
+    another (the feed's reader: `FEED_READ_AHEAD`); `threads=False`: neither, all in the
+    caller's thread. Malformed lines are
     counted in `zstats` as the per-line reader counts them (the index pass's reader); a reader
     without it counts nowhere (the feed reads the same lines again)."""
     from scheduler.collect.readahead import read_ahead
@@ -146,8 +151,9 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0
         batches = iter_batches(path, stream, fields=ingest_fields(stream),
                                stats=zstats if zstats is not None else
                                ZeekStats(limiter=_quiet_limiter()),
-                               inflate_ahead=INFLATE_AHEAD)
-        return read_ahead(batches, ahead, name=f"read-ahead {Path(path).name}")
+                               inflate_ahead=INFLATE_AHEAD if threads else 0)
+        return read_ahead(batches, ahead if threads else 0,
+                          name=f"read-ahead {Path(path).name}")
     return read
 
 
@@ -266,7 +272,8 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     input."""
     config = config or Config()
     stats: dict[str, Any] = {}
-    rec, items = load_recording_items(rec_dir, stats, keep_rows=keep_rows)
+    rec, items = load_recording_items(rec_dir, stats, keep_rows=keep_rows,
+                                      read_ahead=config.sources.read_ahead)
     name = f"replay:{rec.name}"
     pipe = Pipeline(config, baselines, host=rec.host or config.host_name,
                     environment=rec.meta.environment if config.environment == "default"

@@ -109,3 +109,37 @@ def test_the_replays_feed_reads_zeek_batches_ahead_and_equal(tmp_path: Path) -> 
         zeekbatch.BlockParser.parse_block = parse  # type: ignore[method-assign]
     assert ahead == plain and len(plain) > 1000
     assert readers and threading.get_ident() not in readers
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_sources_read_ahead_false_reads_in_the_replays_thread(tmp_path: Path,
+                                                              threads: bool) -> None:
+    """`sources.read_ahead = false` (a machine whose cores are all busy): the replay reads,
+    inflates and parses its Zeek files in its own thread, and gives the same replay."""
+    from scheduler.collect import zeekbatch
+    from scheduler.collect.recording import demo_data_dir
+    from scheduler.config import load_config
+    from scheduler.replay import replay
+
+    conf = tmp_path / "stowaway.toml"
+    conf.write_text(f"[sources]\nread_ahead = {'true' if threads else 'false'}\n")
+    config = load_config(conf)
+    assert config.sources.read_ahead is threads
+    readers: set[int] = set()
+    parse = zeekbatch.BlockParser.parse_block
+
+    def spy(self: Any, *a: Any, **k: Any) -> Any:
+        readers.add(threading.get_ident())
+        return parse(self, *a, **k)
+
+    rec = demo_data_dir() / "geo_lookup"
+    zeekbatch.BlockParser.parse_block = spy      # type: ignore[method-assign]
+    try:
+        res = replay(rec, config, None, keep_rows=0)
+    finally:
+        zeekbatch.BlockParser.parse_block = parse  # type: ignore[method-assign]
+    if threads:     # the index pass parses in the replay's thread, the feed in others
+        assert len(readers) > 1
+    else:
+        assert readers == {threading.get_ident()}
+    assert res.alerts

@@ -297,7 +297,6 @@ def test_a_checkpoint_keeps_the_time_a_resume_refeeds_from(tmp_path: Path,
     earliest open window's first item; with it the resume reads fewer batches (not the input
     up to there once more); a checkpoint without it (written before it existed) still resumes,
     and both resume to the same alerts."""
-    import shutil
     import sqlite3
 
     from scheduler.collect import replay_items
@@ -329,7 +328,8 @@ def test_a_checkpoint_keeps_the_time_a_resume_refeeds_from(tmp_path: Path,
     _, items = load_recording_items(rec, keep_rows=0)
     assert st["t_first"] == items.cursor().skip(min(first, start - 1) + 1)
     old = tmp_path / "old.db"
-    shutil.copy(db, old)
+    with sqlite3.connect(db) as src, sqlite3.connect(old) as dst:
+        src.backup(dst)         # the WAL's commits too (a file copy may miss them)
     del st["t_first"]
     with sqlite3.connect(old) as conn:
         conn.execute("UPDATE pipeline_state SET data=? WHERE name=?", (json.dumps(st), name))
