@@ -29,9 +29,14 @@ clock starts:
 * ``streamed``: the default `keep_rows` (`scheduler.collect.replay_items.KEEP_ROWS`): files whose
   batches total more than that are read twice, a batch in memory only while its rows are due;
 * ``read_once``: `keep_rows=10**12`, every batch kept from the index pass: the replay as it was
-  before streaming (read once, all of it in memory), with the same code.
+  before streaming (read once, all of it in memory), with the same code;
+* ``one_thread``: streamed with `sources.read_ahead = false`: the Zeek files read, inflated and
+  parsed in the replay's own thread (the others read them ahead in threads,
+  `scheduler/collect/readahead.py`), so streamed / one_thread is what those threads buy.
 
-Both must give the same replay (items, records, unattributed, alerts): checked every round.
+All must give the same replay (items, records, unattributed, alerts): checked every round.
+`--gzip` writes the http log gzipped, as a backfill reads rotated logs (zlib's inflate is then
+part of the reading).
 
 Printed per size: median wall seconds, CPU seconds, http lines/s (over the whole replay's
 time, which includes benign_long's ~34,000 osquery and other Zeek rows: a fixed cost that weighs
@@ -47,6 +52,7 @@ streamed peak RSS growth from the smallest to the largest size <= 25% (bounded m
 
     .venv/bin/python bench/bench_replay_memory.py [--sizes 100000,1000000] [--rounds 3]
     .venv/bin/python bench/bench_replay_memory.py --sizes 100000,1000000,3000000
+    .venv/bin/python bench/bench_replay_memory.py --sizes 1000000 --gzip
 
 3,000,000 lines works (a ~520 MB http.log; each replay ~12-16 s on a 2-core box): read_once then
 needs about 1.4 GiB of memory, streamed what it needs at 100,000 (~210 MiB).
@@ -54,6 +60,7 @@ needs about 1.4 GiB of memory, streamed what it needs at 100,000 (~210 MiB).
 from __future__ import annotations
 
 import argparse
+import gzip
 import shutil
 import sys
 import tempfile
@@ -66,8 +73,11 @@ from procstat import child_result, interleaved_rounds, median_ratio, run_child, 
 
 ROOT = Path(__file__).resolve().parents[1]
 #: contender -> the replay's keep_rows (None: its default)
-KEEP = {"streamed": None, "read_once": 10**12}
+KEEP = {"streamed": None, "read_once": 10**12, "one_thread": None}
+#: contender -> `sources.read_ahead` (the Zeek files read, inflated and parsed ahead in threads)
+READ_AHEAD = {"streamed": True, "read_once": True, "one_thread": False}
 CONTENDERS = tuple(KEEP)
+GZIP = False              # --gzip: the http log written as zeek/http.log.gz
 #: what the replay imports, up to its first rows (pyarrow converts through pandas)
 IMPORTS = ("scheduler.replay", "scheduler.config", "scheduler.pipeline",
            "scheduler.collect.recording", "scheduler.collect.zeekbatch", "model.features",
@@ -80,9 +90,10 @@ TARGET_GROWTH = 0.25
 
 # ---- building the input -----------------------------------------------------------------------
 
-def recording(tmp: Path, lines: int) -> Path:
+def recording(tmp: Path, lines: int, gz: bool = False) -> Path:
     """benign_long with its http log replaced by `lines` repeated data lines (a plain
-    zeek/http.log; its http.log.gz left out, or the replay would read it too)."""
+    zeek/http.log, or zeek/http.log.gz with `gz`; the recording's own http.log.gz left out, or
+    the replay would read it too)."""
     rec = tmp / f"benign_long-{lines}"
 
     def no_http(directory: str, names: list[str]) -> list[str]:
@@ -90,7 +101,12 @@ def recording(tmp: Path, lines: int) -> Path:
             else []
 
     shutil.copytree(RECORDING, rec, ignore=no_http)
-    build(rec / "zeek" / "http.log", lines)
+    plain = rec / "zeek" / "http.log"
+    build(plain, lines)
+    if gz:
+        with open(plain, "rb") as src, gzip.open(f"{plain}.gz", "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        plain.unlink()
     return rec
 
 
@@ -121,6 +137,7 @@ def child(mode: str, rec: Path, other: int) -> int:
     from scheduler.replay import replay
 
     config = Config()
+    config.sources.read_ahead = READ_AHEAD[mode]
     kw = {} if KEEP[mode] is None else {"keep_rows": KEEP[mode]}
 
     def work() -> dict[str, Any]:
@@ -147,10 +164,10 @@ def measure(lines: int, rounds: int, tmp: Path, other: int) -> dict[str, Any]:
     """Build the recording with `lines` http lines, run the interleaved rounds, print and return
     figures."""
     t = time.perf_counter()
-    rec = recording(tmp, lines)
-    size = (rec / "zeek" / "http.log").stat().st_size
-    print(f"\n== {lines:,} http lines: built {size / 1e6:.0f} MB http.log from benign_long in "
-          f"{time.perf_counter() - t:.1f}s", flush=True)
+    rec = recording(tmp, lines, GZIP)
+    log = rec / "zeek" / ("http.log.gz" if GZIP else "http.log")
+    print(f"\n== {lines:,} http lines: built {log.stat().st_size / 1e6:.0f} MB {log.name} from "
+          f"benign_long in {time.perf_counter() - t:.1f}s", flush=True)
     results = interleaved_rounds(
         CONTENDERS, rounds, lines,
         lambda mode: run_child(__file__, mode, "--rec", str(rec), "--other", str(other),
@@ -171,6 +188,12 @@ def measure(lines: int, rounds: int, tmp: Path, other: int) -> dict[str, Any]:
     print(f"streamed / read_once: time {ratios['time']:.2f}x, CPU {ratios['cpu']:.2f}x (median "
           f"of per-round ratios; no target); peak RSS {ratios['rss']:.2f}x (streamed "
           f"{s['streamed']['peak_rss_mib']:.1f} MiB, target <= {TARGET_RSS_MIB:.0f})")
+    c = results["one_thread"]
+    ratios["threads_time"] = median_ratio(a, c)
+    ratios["threads_cpu"] = median_ratio(a, c, "cpu_seconds")
+    print(f"streamed / one_thread (what the read-ahead threads buy): time "
+          f"{ratios['threads_time']:.2f}x, CPU {ratios['threads_cpu']:.2f}x; peak RSS "
+          f"{s['one_thread']['peak_rss_mib']:.1f} MiB without them")
     return {"lines": lines, "summary": s, "ratios": ratios}
 
 
@@ -210,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of http line counts (default 100000,1000000; 3000000 works, "
                          "read_once then needs ~1.4 GiB)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gzip", action="store_true",
+                    help="write the http log gzipped (zeek/http.log.gz), as a backfill reads "
+                         "rotated logs")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     ap.add_argument("--rec", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--other", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global GZIP
+    GZIP = args.gzip
     if args.child:
         return child(args.child, args.rec, args.other)
     if not RECORDING.exists():

@@ -41,7 +41,7 @@ class SourcesConfig:
         default_factory=lambda: ["conn", "dns", "http", "ssl", "container_geo", "stratum"])
     zeek_format: str = "auto"          # auto | tsv | json
     # Replay and backfill: read, inflate and parse Zeek files ahead in threads while the engine
-    # works (a second core: ~0.7-0.9x the time for ~1.1x the CPU). false where every core is
+    # works (a second core: 0.8-0.9x the time for 1.05-1.1x the CPU). false where every core is
     # busy already (one Dask worker per core), where the threads would only cost CPU.
     read_ahead: bool = True
     # The address→container map that the Zeek package reads (written by the scheduler).
