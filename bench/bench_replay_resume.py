@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {mode:5s} {f['seconds']:7.2f} s wall {f['cpu_seconds']:7.2f} s CPU | peak RSS "
               f"{f['peak_rss_mib']:6.1f} MiB")
     a, b = results["kept"], results["scan"]
-    print(f"kept / scan: time {median_ratio(a, b):.2f}x, CPU {median_ratio(a, b, 'cpu_seconds'):.2f}x "
-          f"(median of per-round ratios; no target)")
+    print(f"kept / scan: time {median_ratio(a, b):.2f}x, "
+          f"CPU {median_ratio(a, b, 'cpu_seconds'):.2f}x (median of per-round ratios; no target)")
     return 0
 
 

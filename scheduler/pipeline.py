@@ -36,8 +36,8 @@ import numpy as np
 
 from model.records import (NET_FIELDS, ContainerInfo, LifecycleRecord, NetColumns, NetRecord,
                            ProcessRecord)
-from model.codes import (constant, distinct_codes, factorize as codes_of, last_rows_in_first_order,
-                         nonempty)
+from model.codes import (constant, distinct_codes, factorize as codes_of,
+                         last_rows_in_first_order, nonempty)
 from model.window_agg import NetWindowAgg, concat_columns
 
 from scheduler.collect.osquery_results import OsqueryRow
