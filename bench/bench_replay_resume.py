@@ -25,6 +25,7 @@ Printed: median wall and CPU seconds and peak RSS of each, and kept / scan of ti
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sqlite3
@@ -52,7 +53,8 @@ def killed_checkpoint(rec: Path, db: Path, at: float) -> dict[str, Any]:
     from scheduler.replay import load_recording_items, replay
 
     _, items = load_recording_items(rec)
-    chunks = -(-len(items) // 2000)
+    chunk = int(inspect.signature(replay).parameters["chunk"].default)   # the replay's own
+    chunks = -(-len(items) // chunk)
     stop = max(1, int(chunks * at))
 
     def kill(i: int) -> None:

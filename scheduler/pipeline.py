@@ -1531,9 +1531,7 @@ def _filled(coded: tuple[Any, Any] | None, values: Any, fill: str) -> Any:
 
 def _constant_codes(n: int, value: str) -> tuple[Any, Any]:
     """(codes, values) of a column of `n` rows that all hold `value` (NetColumns.codes)."""
-    values = np.empty(1, dtype=object)
-    values[0] = value
-    return np.zeros(n, dtype=np.int64), values
+    return np.zeros(n, dtype=np.int64), constant(1, value)
 
 
 def _table(values: list[Any], missing: Any) -> Any:

@@ -140,9 +140,9 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0,
     the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only, a .gz
     file inflated `INFLATE_AHEAD` blocks ahead in a thread, and `ahead` batches parsed ahead in
     another (the feed's reader: `FEED_READ_AHEAD`); `threads=False`: neither, all in the
-    caller's thread. Malformed lines are
-    counted in `zstats` as the per-line reader counts them (the index pass's reader); a reader
-    without it counts nowhere (the feed reads the same lines again)."""
+    caller's thread. Malformed lines are counted in `zstats` as the per-line reader counts them
+    (the index pass's reader); a reader without it counts nowhere (the feed reads the same lines
+    again)."""
     from scheduler.collect.readahead import read_ahead
     from scheduler.collect.zeekbatch import iter_batches
     from scheduler.collect.zeeklog import ParseStats as ZeekStats
@@ -174,6 +174,14 @@ def _row_times(batch: Any) -> Any:
     return ts
 
 
+def _refeed_position(pipeline_state: dict[str, Any], position: int) -> int:
+    """The item a resume from a checkpoint at `position` re-feeds up to the hour before: the
+    first item of the earliest window open at the checkpoint, or the checkpoint's last item
+    (items are in time order: the earlier of the two)."""
+    wpos = [p for _, _, p in pipeline_state.get("open_windows", [])]
+    return min(min(wpos) if wpos else position, position - 1)
+
+
 class _ItemTimes:
     """The times of the items fed since the earliest open window's first item, chunk by chunk,
     so each checkpoint can keep the time a resumed replay re-feeds from (`t_first`: the time of
@@ -189,8 +197,7 @@ class _ItemTimes:
     def checkpoint_time(self, pipeline_state: dict[str, Any], end: int) -> float | None:
         """The `t_first` of a checkpoint at position `end` (None: that item was fed before
         this run resumed; the resume then finds it by reading). Drops the chunks before it."""
-        wpos = [p for _, _, p in pipeline_state.get("open_windows", [])]
-        at = min(min(wpos) if wpos else end, end - 1)
+        at = _refeed_position(pipeline_state, end)
         while len(self._chunks) > 1 and self._chunks[1][0] <= at:
             self._chunks.pop(0)
         if not self._chunks:
@@ -296,14 +303,10 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
             # Rebuild what the killed run held in memory by re-feeding, without rules, the items
             # of the last REFEED_HORIZON_S before the earliest open window: the open windows
             # themselves, the stock-log geo detector's DNS answers (TTL) and the process dedupe.
-            wpos = [p for _, _, p in st["pipeline"].get("open_windows", [])]
-            first = min(wpos) if wpos else start
             if 0 < start <= len(items):
-                # items are in time order: the earlier of the two is the earliest open
-                # window's first item, or the checkpoint's last item
                 t_first = st.get("t_first")
                 if t_first is None:     # a checkpoint without it: find it by reading there
-                    t_first = items.cursor().skip(min(first, start - 1) + 1)
+                    t_first = items.cursor().skip(_refeed_position(st["pipeline"], start) + 1)
                 cursor.skip_before(t_first - REFEED_HORIZON_S, start)
                 pipe.windows_only = True
                 at = cursor.pos

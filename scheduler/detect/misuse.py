@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from model.codes import distinct_codes, distinct_keys
+from model.codes import constant, distinct_codes, distinct_keys
 from model.records import LifecycleRecord, NetRecord, ProcessRecord
 
 from scheduler.detect.attack import techniques
@@ -767,7 +767,7 @@ class MisuseDetector:
             parent[:], lowered[:] = [x[1] for x in split], [x[2] for x in split]
             name_code = dc[idx]
             qt = (np.array([str(q or "") for q in qtypes[rows][idx].tolist()], dtype=object)
-                  if qtypes is not None else np.full(idx.size, "", dtype=object))
+                  if qtypes is not None else constant(idx.size, ""))
             ccode, _ = distinct_codes(*cols.coded("container_id", rows[idx]))
             pcode, n_parents = distinct_codes(name_code, parent)
             self._dns_names_grouped(ccode * n_parents + pcode, cids[idx], parent[name_code],
