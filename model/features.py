@@ -16,6 +16,7 @@ import logging
 import math
 import posixpath
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -221,7 +222,21 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
             touch(r.container_id, r.ts, r.image, r.host)
     for (cid, _), agg in net_windows:
         if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
-            touch(cid, agg.t_min, agg.image, agg.host, last=agg.t_max)
+            s = spans.get(cid)
+            if s is None:     # `touch`, inline: a live flush has one accumulator per window
+                spans[cid] = _Span(image=agg.image, host=agg.host, name="", created=None,
+                                   first=agg.t_min, last=agg.t_max, ended=False)
+                continue
+            if agg.t_min < s.first:
+                s.first = agg.t_min
+            if agg.t_max > s.last:
+                s.last = agg.t_max
+            if not s.image:
+                s.image = agg.image
+            if not s.host:
+                s.host = agg.host
+            if not s.name:
+                s.name = ""
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first
@@ -351,14 +366,16 @@ def build_windows(
 
     # processes ---------------------------------------------------------------------------------
     procs = [p for p in processes if p.container_id in cid_index and not is_runtime_process(p)]
-    row_exes: list[set[str]] = [set() for _ in range(n_rows)]
+    # each row's executables, only for rows with processes (most windows of a live flush have
+    # none: a set per row cost more than the rest of the process features)
+    row_exes: dict[int, set[str]] = {}
     if procs:
         p_rows = rows_for(np.fromiter((cid_index[p.container_id] for p in procs), np.int64, len(procs)),
                           np.fromiter((p.ts for p in procs), float, len(procs)))
         exe = [executable_name(p) for p in procs]
         for r, e in zip(p_rows.tolist(), exe):
             if r >= 0 and e:
-                row_exes[r].add(e)
+                row_exes.setdefault(r, set()).add(e)
         X[:, col["processes_started"]] = count(p_rows)
         X[:, col["distinct_executables"]] = distinct(p_rows, encode(exe))
         X[:, col["shell_processes"]] = count(p_rows, np.array([e in SHELLS for e in exe], float))
@@ -393,7 +410,11 @@ def build_windows(
     if row_aggs:
         net_cols = [col[f] for f in NET_FEATURES]
         rows_idx = np.array([r for r, _ in row_aggs], dtype=np.int64)
-        X[np.ix_(rows_idx, net_cols)] = np.array([agg.features() for _, agg in row_aggs], dtype=float)
+        # one flat float array of every accumulator's values (np.array of a list of lists
+        # converted each element through a nested sequence: ~3x the time)
+        X[np.ix_(rows_idx, net_cols)] = np.fromiter(
+            chain.from_iterable(agg.features() for _, agg in row_aggs), float,
+            len(row_aggs) * len(net_cols)).reshape(len(row_aggs), len(net_cols))
 
     # lifecycle ---------------------------------------------------------------------------------
     ev = [e for e in lifecycle if e.container_id in cid_index]
@@ -436,11 +457,12 @@ def build_windows(
                                    - np.searchsorted(t, window_start[m], side="left"))
     created = np.array([spans[cids[c]].created if spans[cids[c]].created is not None else spans[cids[c]].first
                         for c in rc], dtype=float)
-    X[:, col["container_age_s"]] = np.clip(window_end - created, 0.0, None)
+    X[:, col["container_age_s"]] = np.maximum(window_end - created, 0.0)   # NaN stays NaN
 
     log.debug("built %d windows for %d containers (window %.0fs)", n_rows, len(cids), window_s)
     return FeatureWindows(
         X=X, container_id=[cids[c] for c in rc], image=images, host=hosts,
         window_start=window_start, window_end=window_end, environment=environment, name=names,
-        executables=[tuple(sorted(e)) for e in row_exes],
+        executables=[tuple(sorted(row_exes[i])) if i in row_exes else () for i in range(n_rows)]
+        if row_exes else [()] * n_rows,
     )

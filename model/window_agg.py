@@ -430,9 +430,17 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
             dom = np.empty(duniq.size, dtype=object)
             dom[:] = [domain_of(x) for x in duniq]
             domains = _group_distinct(gid, dcode, dk & (dom != "")[dcode], ng, duniq.size, dom)
-    counts = np.add.reduceat(np.stack([conn, failed, public, dns, answered, nxu, http, geo,
-                                       bytes_out, bytes_in], axis=1).astype(np.int64),
-                             starts, axis=0).tolist()
+    # only the counters some row of the call adds to (an http batch: one of ten); the others
+    # would add 0 to every window
+    active = [(name, col) for name, col in zip(_COUNTS, (conn, failed, public, dns, answered,
+                                                          nxu, http, geo, bytes_out, bytes_in))
+              if col is not no and col.any()]
+    counts = np.add.reduceat(np.stack([col for _, col in active], axis=1).astype(np.int64),
+                             starts, axis=0).tolist() if active else []
+    names = [name for name, _ in active]
+    j_dns = names.index("dns") if "dns" in names else -1
+    distinct = [(name, new) for name, new in (("addrs", addrs), ("ports", ports),
+                                                 ("domains", domains)) if new is not None]
     t_min = np.minimum.reduceat(ts, starts).tolist()
     t_max = np.maximum.reduceat(ts, starts).tolist()
     image = _first_per_group(cols.coded("image", rows), starts, m) \
@@ -451,26 +459,25 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
             agg.image = image[g]
         if not agg.host and host is not None and host[g]:
             agg.host = host[g]
-        c = counts[g]
-        agg.conns += c[0]
-        agg.failed += c[1]
-        agg.public += c[2]
-        agg.dns += c[3]
-        agg.answered += c[4]
-        agg.nx += c[5]
-        agg.http += c[6]
-        agg.geo += c[7]
-        agg.bytes_out += c[8]
-        agg.bytes_in += c[9]
-        if c[3]:
-            s = agg.ent_sum            # in arrival order: the float of adding records one by one
-            for e in ent[dbounds[g]:dbounds[g + 1]]:
-                s += e
-            agg.ent_sum = s
-        for have, new in ((agg.addrs, addrs), (agg.ports, ports), (agg.domains, domains)):
-            if new is not None and len(have) < DISTINCT_CAP:
-                values, bounds = new
-                _add_capped(have, values[bounds[g]:bounds[g + 1]])
+        if counts:
+            c = counts[g]
+            for name, v in zip(names, c):
+                if v:
+                    setattr(agg, name, getattr(agg, name) + v)
+            if j_dns >= 0 and c[j_dns]:
+                s = agg.ent_sum        # in arrival order: the float of adding records one by one
+                for e in ent[dbounds[g]:dbounds[g + 1]]:
+                    s += e
+                agg.ent_sum = s
+        for name, (values, bounds) in distinct:
+            have = getattr(agg, name)
+            lo, hi = bounds[g], bounds[g + 1]
+            if lo == hi or len(have) >= DISTINCT_CAP:
+                continue
+            if len(have) + hi - lo <= DISTINCT_CAP:
+                have.update(values[lo:hi])         # the cap cannot be reached: order is moot
+            else:
+                _add_capped(have, values[lo:hi])
         if agg.sample is not None and sampled[g]:
             sampling.append((g, agg.sample, seq0))
     if sampling:

@@ -394,7 +394,6 @@ class WindowingMixin:
         fw_all = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
                                start=start, end=end, environment=self.environment,
                                net_windows=nets)
-        by_key = {(cid, cw["k"]): cw for cid, cw in closed}
         # each built row's window index from its container's origin, all rows at once
         created = np.fromiter((infos[c].created if c in infos else np.nan
                                for c in fw_all.container_id), float, len(fw_all.container_id))
@@ -402,13 +401,16 @@ class WindowingMixin:
         keep = [i for i, (cid, k, ok) in enumerate(zip(fw_all.container_id, kk.tolist(),
                                                        np.isfinite(kk).tolist()))
                 if ok and (cid, int(k)) in wanted]
-        parts = [fw_all.select(keep)] if keep else []
         horizon = self.data_time - 3 * self.window_s
         while self._life_recent and self._life_recent[0].ts < horizon:
             self._life_recent.popleft()
-        fw = FeatureWindows.concat(parts)
-        if not len(fw):
+        if not keep:
             return
+        # the built rows as they are when every one closed (the common case), else the closed
+        # ones; a part with every identity column filled is what concat would copy it into
+        fw = fw_all if len(keep) == len(fw_all) else fw_all.select(keep)
+        if len(fw.name) != len(fw) or len(fw.executables) != len(fw):
+            fw = FeatureWindows.concat([fw])
         fw.environment = self.environment
         self.stats.windows_scored += len(fw)
         if self.collect_windows:
@@ -425,6 +427,7 @@ class WindowingMixin:
         except Exception as exc:
             log.warning("scoring %d windows failed: %s", len(fw), exc)
             return
+        by_key: dict[tuple[str, int], dict[str, Any]] | None = None
         for i, r in enumerate(results):
             if self.on_window_scored:
                 self.on_window_scored(r)
@@ -451,6 +454,8 @@ class WindowingMixin:
                 info = infos.get(r.container_id)
                 if info is not None:
                     k = int(round((r.window_start - info.created) / self.window_s))
+                    if by_key is None:      # the closed windows by key: an anomaly's evidence
+                        by_key = {(cid, cw["k"]): cw for cid, cw in closed}
                     cw = by_key.get((r.container_id, k))
                     if cw is not None:
                         cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
