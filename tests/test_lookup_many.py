@@ -191,3 +191,72 @@ def test_pick_many_of_one_running_holder_equals_lookup() -> None:
                 for x in times]
         assert got == want, times
     assert got == [None]        # a time well before its start: nobody
+
+
+def _per_address(joiner: Joiner, host: str, orig: np.ndarray, ts: np.ndarray
+                 ) -> tuple[list[int], list[str], list[bool]]:
+    """attribute_many's contract spelled out one address at a time (distinct addresses in
+    first-appearance order, each one's holders listed in turn): the reference for its
+    vectorised common case."""
+    hid = [-1] * len(orig)
+    inside = [False] * len(orig)
+    holders: list[str] = []
+    for addr in dict.fromkeys(orig.tolist()):
+        if not addr:
+            continue
+        rows = [i for i, a in enumerate(orig.tolist()) if a == addr]
+        t = ts[rows]
+        pick, hs = joiner.inventory.pick_many(host, addr, t)
+        miss = pick < 0
+        if miss.any():
+            p2, hs2 = joiner.inventory.pick_any_host_many(addr, t[miss])
+            pick[miss] = np.where(p2 >= 0, p2 + len(hs), -1)
+            hs = hs + hs2
+        for r, p in zip(rows, pick.tolist()):
+            hid[r] = p + len(holders) if p >= 0 else -1
+            inside[r] = p >= 0 or joiner.in_container_subnet(addr)
+        holders.extend(c.container_id for c in hs)
+    return hid, holders, inside
+
+
+def test_attribute_many_common_case_keeps_the_per_address_result() -> None:
+    """Addresses held by one running container since before their rows are attributed all at
+    once; among them, a reused address, rows before a holder's start, an empty and an outside
+    address and a NaN time go one address at a time. The holder list and each row's index
+    into it are exactly the per-address loop's (the engine groups by those codes)."""
+    inv = Inventory(grace_before=1.0, grace_after=5.0)
+    joiner = Joiner(inv, hold_s=0.0, default_host="h1", inbound=False)
+    # 172.17.0.5 is reused: its first holder is destroyed at 400 and a second one created
+    holders = (("0", "172.17.0.2", 100.0), ("1", "172.17.0.3", 100.0),
+               ("2", "172.17.0.4", 300.0), ("3", "172.17.0.5", 100.0),
+               ("9", "172.17.0.5", 400.5))
+    for c, addr, start in holders:
+        inv.observe(_event("h1", start, "create", c * 64))
+    for c, addr, start in holders[:2] + holders[3:4]:     # a snapshot of what runs at 150
+        inv.observe(_inv_row("h1", 150.0, "added", id=c * 64, image="img", name=f"c{c}",
+                             ip_addresses=addr, state="running"))
+    inv.observe(_event("h1", 400.0, "destroy", "3" * 64))
+    for c, addr, start in holders:      # and of what runs at 401
+        if c != "3":
+            inv.observe(_inv_row("h1", 401.0, "added", id=c * 64, image="img", name=f"c{c}",
+                                 ip_addresses=addr, state="running"))
+    inv.close_snapshots()
+    assert inv.sole_holder("h1", "172.17.0.2") is not None     # the common case is exercised
+    assert inv.sole_holder("h1", "172.17.0.5") is None
+    rng = random.Random(7)
+    addrs = ["172.17.0.2", "172.17.0.3", "172.17.0.4", "172.17.0.5", "", "10.9.9.9"]
+    for trial in range(30):
+        n = rng.randint(1, 60)
+        orig = np.array([rng.choice(addrs[: rng.randint(1, len(addrs))]) for _ in range(n)],
+                        dtype=object)
+        # times all after every start, some before a start (in its grace or not), some NaN
+        kinds = ([rng.uniform(350.0, 600.0)], [rng.uniform(50.0, 600.0)],
+                 [rng.uniform(350.0, 600.0), float("nan")])
+        ts = np.array([rng.choice(kinds[trial % 3]) if trial % 3 != 1 else
+                       rng.choice([rng.uniform(350.0, 600.0), rng.uniform(50.0, 350.0),
+                                   rng.uniform(298.5, 300.0)]) for _ in range(n)])
+        hid, holders, inside = joiner.attribute_many("h1", orig, ts)
+        want = _per_address(joiner, "h1", orig, ts)
+        assert (hid.tolist(), [c.container_id for c in holders], inside.tolist()) == want, trial
+        assert _got(joiner, "h1", orig.tolist(), ts.tolist()) == \
+            _expected(joiner, "h1", orig.tolist(), ts.tolist()), trial

@@ -374,6 +374,15 @@ class Inventory:
         pick = np.where(inside >= 0, inside, np.where(after >= 0, after, before))
         return pick, [c for _, _, c in tenures]
 
+    def sole_holder(self, host: str, addr: str) -> ContainerState | None:
+        """The one container that ever held `addr` on `host`, when it still holds it (no end):
+        then `pick_many` gives it for every time from its begin on (its common case)."""
+        ids = self._by_addr.get((host, addr))
+        if not ids or len(ids) != 1:
+            return None
+        st = self._containers[(host, ids[0])]
+        return st if st.end is None else None
+
     def lookup_many(self, host: str, addr: str, ts: Any) -> Any:
         """`lookup` for every time of `ts`: an object array of ContainerState or None."""
         import numpy as np

@@ -310,8 +310,35 @@ class Joiner:
         inside = np.zeros(n, dtype=bool)
         holders: list[ContainerState] = []
         codes, uniques = codes if codes is not None else factorize(orig)
+        codes = np.asarray(codes)
         inv = self.inventory
-        for k, rows in groups(np.asarray(codes), len(uniques)):
+        # An address whose one holder still holds it and held it before each of its rows (the
+        # common case: Inventory.pick_many's first test) takes all its rows in one assignment
+        # below; the others are looked up one address at a time. Holders are listed in address
+        # order either way, so the result is the per-address loop's.
+        sole = [inv.sole_holder(host, a) if host and a else None for a in list(uniques)]
+        fast = [False] * len(uniques)
+        if any(st is not None for st in sole):
+            begin = np.array([st.begin if st is not None else np.nan for st in sole], dtype=float)
+            late = ~(ts >= begin[codes])                   # NaN (no sole holder) fails too
+            bad = np.bincount(codes[late], minlength=len(uniques)).tolist() if late.any() \
+                else [0] * len(uniques)
+            fast = [st is not None and not b for st, b in zip(sole, bad)]
+        slot = np.full(len(uniques), -1, dtype=np.int64)  # a fast address's holder index
+        if any(fast):
+            rest = np.flatnonzero(~np.asarray(fast)[codes])    # rows of the other addresses
+            by_addr = dict(groups(codes[rest], len(uniques)))
+        else:
+            rest, by_addr = None, dict(groups(codes, len(uniques)))
+        present = np.bincount(codes, minlength=len(uniques)).tolist() if len(codes) else []
+        for k in range(len(uniques)):
+            if not present[k]:
+                continue
+            if fast[k]:
+                slot[k] = len(holders)
+                holders.append(sole[k])
+                continue
+            rows = by_addr[k] if rest is None else rest[by_addr[k]]
             addr = uniques[k]
             if not addr:
                 continue
@@ -329,6 +356,11 @@ class Joiner:
             hid[rows[hit]] = pick[hit] + len(holders)
             holders.extend(hs)
             inside[rows] = hit | self.in_container_subnet(addr)
+        if rest is not None:
+            on = slot[codes]
+            fast_row = on >= 0
+            hid[fast_row] = on[fast_row]
+            inside[fast_row] = True
         return hid, holders, inside
 
     def _container(self, host: str, container_id: str) -> ContainerState | None:
