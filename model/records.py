@@ -7,6 +7,7 @@ to a container; the model never reads raw logs. Times are epoch seconds (float, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 
 @dataclass(slots=True)
@@ -143,8 +144,12 @@ class NetColumns:
     def records(self, idx: "object") -> list[NetRecord]:
         """Rows `idx` as NetRecords, a column at a time (`tolist` gives plain Python values):
         what `record` gives for each, for many rows at a fraction of the cost."""
-        cols = [getattr(self, f)[idx].tolist() for f in NET_FIELDS]
-        return [NetRecord(*vals) for vals in zip(*cols)]
+        return [NetRecord(*vals) for vals in self.tuples(idx)]
+
+    def tuples(self, idx: "object") -> "Iterator[tuple]":
+        """Rows `idx` as tuples of NET_FIELDS values (`records` without the NetRecord: for
+        what keeps many rows and reads few of them, as the windows' evidence samples)."""
+        return zip(*[getattr(self, f)[idx].tolist() for f in NET_FIELDS])
 
     def take(self, idx: "object") -> "NetColumns":
         """The rows at `idx` (index array or boolean mask), in that order."""

@@ -154,9 +154,12 @@ class NetSample:
 
     def __init__(self) -> None:
         # name -> {key: (ts, seq)}, a selection's entry made by its first row (most windows
-        # never see most selections); records: seq -> NetRecord (the rows some selection holds)
+        # never see most selections); records: seq -> the row some selection holds, a NetRecord
+        # or, from the batch engine, the tuple of its NET_FIELDS values: made a NetRecord only
+        # when read (`rows`), since most windows' samples are never read (a conn.log keeps ~a
+        # quarter of its rows in samples, and building NetRecords for them was ~10% of its time)
         self.sel: dict[str, dict[Any, tuple[float, int]]] = {}
-        self.records: dict[int, NetRecord] = {}
+        self.records: dict[int, NetRecord | tuple] = {}
 
     def _room(self, name: str, key: Any, ts: float, seq: int) -> bool:
         """Would (key, ts, seq) enter selection `name`?"""
@@ -199,15 +202,20 @@ class NetSample:
     def rows(self) -> list[NetRecord]:
         """The kept rows in (time, arrival) order: what window_samples is handed."""
         live = sorted({(ts, s) for d in self.sel.values() for ts, s in d.values()})
-        return [self.records[s] for _, s in live]
+        out = []
+        for _, s in live:
+            rec = self.records[s]
+            if type(rec) is tuple:
+                rec = self.records[s] = NetRecord(*rec)
+            out.append(rec)
+        return out
 
     # ------------------------------------------------------------------ state (daemon restart)
     def to_json(self) -> dict[str, Any]:
         live = {s for d in self.sel.values() for _, s in d.values()}
         return {"sel": {n: [[list(k) if isinstance(k, tuple) else k, ts, s]
                              for k, (ts, s) in d.items()] for n, d in self.sel.items() if d},
-                "records": {str(s): [getattr(self.records[s], f) for f in NET_FIELDS]
-                            for s in sorted(live)}}
+                "records": {str(s): _values(self.records[s]) for s in sorted(live)}}
 
     @classmethod
     def from_json(cls, st: dict[str, Any]) -> "NetSample":
@@ -218,6 +226,11 @@ class NetSample:
         out.records = {int(s): NetRecord(**dict(zip(NET_FIELDS, v)))
                        for s, v in st.get("records", {}).items()}
         return out
+
+
+def _values(rec: NetRecord | tuple) -> list[Any]:
+    """A kept row's NET_FIELDS values, in order (a tuple is those values already)."""
+    return list(rec) if type(rec) is tuple else [getattr(rec, f) for f in NET_FIELDS]
 
 
 # --------------------------------------------------------------------------- the accumulator
@@ -569,7 +582,7 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     if not jobs:
         return
     want = sorted(wanted)
-    recs = dict(zip(want, cols.records(rows[want])))
+    recs = dict(zip(want, cols.tuples(rows[want])))     # NetSample makes NetRecords on read
     for sample, offers in jobs:
         for name, whole, entries in offers:
             if whole and name not in sample.sel:

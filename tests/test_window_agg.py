@@ -212,6 +212,31 @@ def test_json_state_round_trips_and_keeps_counting():
         rules.window_samples([], recs, devs)
 
 
+def test_a_batch_fed_sample_saves_the_same_state_as_a_record_fed_one():
+    """The batch engine's samples keep their rows as value tuples until read; the saved state
+    (a daemon's checkpoint) is the record path's, before and after its rows are read, and
+    restores to the same evidence."""
+    rng = random.Random(5)
+    recs = random_nets(rng, 4000, cids=("c",), span=W * 0.99)
+    recs.sort(key=lambda r: r.ts)
+    batched = NetWindowAgg()
+    cols = columns_of(recs)
+    for chunk in np.array_split(np.arange(len(recs)), 9):
+        batched.add_columns(cols, chunk)
+    single = NetWindowAgg.of_records(recs)
+    assert any(type(r) is tuple for r in batched.sample.records.values())
+    state = json.loads(json.dumps(single.to_json()))
+    assert json.loads(json.dumps(batched.to_json())) == state
+    rows = batched.sample_rows()                       # read: the rows become NetRecords
+    assert rows == single.sample_rows()
+    assert json.loads(json.dumps(batched.to_json())) == state
+    back = NetWindowAgg.from_json(state)
+    for feats in DEVIATION_SETS:
+        devs = [{"feature": f} for f in feats]
+        assert rules.window_samples([], back.sample_rows(), devs) == \
+            rules.window_samples([], recs, devs), feats
+
+
 # --------------------------------------------------------------------------- the batch entry
 
 class _Engine(WindowingMixin):
