@@ -546,7 +546,17 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     # offers in the order the row-by-row path makes them: plain selections, then keyed
     offer_order = [n for n in ("failed", "geo", "nxdomain", "conns", "ports", "addrs",
                                "dns_domains") if n in picks]
-    tl = ts.tolist()
+    # per selection, its picks' (key, row, time, seq) as lists, all groups at once: a row's
+    # seq is its group's first seq plus its place in the group
+    first_seq = np.zeros(len(starts), dtype=np.int64)
+    first_seq[[g for g, _, _ in sampling]] = [seq0 for _, _, seq0 in sampling]
+    starts_a = np.asarray(starts, dtype=np.int64)
+    lists: dict[str, tuple[list[Any], list[int], list[float], list[int]]] = {}
+    for name, (sel, keys) in picks.items():
+        g_of = gid[sel]
+        seqs = (first_seq[g_of] + sel - starts_a[g_of]).tolist()
+        lists[name] = (seqs if keys is None else keys, sel.tolist(), ts[sel].tolist(), seqs)
+    t_first = np.minimum.reduceat(ts, starts_a).tolist() if m else []
     # per sample, per selection: (name, taken whole, [(key, row, time, seq)]); a selection
     # the sample does not hold yet takes the group's picks whole (they are its first
     # SAMPLE_K, distinct keys in offer order): no per-row offer, the common case of a window's
@@ -555,28 +565,28 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
     wanted: set[int] = set()
     for g, sample, seq0 in sampling:
         offers: list[tuple[str, bool, list[tuple[Any, int, float, int]]]] = []
-        t0 = None
+        t0 = t_first[g]
         for name in offer_order:
-            sel, keys = picks[name]
             lo, hi = bounds[name][g], bounds[name][g + 1]
             if lo == hi:
                 continue
-            if t0 is None:
-                t0 = min(tl[starts[g]:(starts[g + 1] if g + 1 < len(starts) else m)])
             d = sample.sel.get(name)
-            if d is not None and len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
+            keys_l, rows_l, ts_l, seqs_l = lists[name]
+            if d is None:                                 # taken whole
+                entries = list(zip(keys_l[lo:hi], rows_l[lo:hi], ts_l[lo:hi], seqs_l[lo:hi]))
+                wanted.update(rows_l[lo:hi])
+                offers.append((name, True, entries))
+                continue
+            if len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
                 continue                                  # full, and nothing here comes first
-            entries: list[tuple[Any, int, float, int]] = []
-            for j in range(lo, hi):
-                row = int(sel[j])
-                seq = seq0 + row - starts[g]
-                key = seq if keys is None else keys[j]
-                t = tl[row]
-                if d is None or sample._room(name, key, t, seq):
+            entries = []
+            for key, row, t, seq in zip(keys_l[lo:hi], rows_l[lo:hi], ts_l[lo:hi],
+                                        seqs_l[lo:hi]):
+                if sample._room(name, key, t, seq):
                     entries.append((key, row, t, seq))
                     wanted.add(row)
             if entries:
-                offers.append((name, d is None, entries))
+                offers.append((name, False, entries))
         if offers:
             jobs.append((sample, offers))
     if not jobs:
