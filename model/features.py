@@ -222,21 +222,7 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
             touch(r.container_id, r.ts, r.image, r.host)
     for (cid, _), agg in net_windows:
         if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
-            s = spans.get(cid)
-            if s is None:     # `touch`, inline: a live flush has one accumulator per window
-                spans[cid] = _Span(image=agg.image, host=agg.host, name="", created=None,
-                                   first=agg.t_min, last=agg.t_max, ended=False)
-                continue
-            if agg.t_min < s.first:
-                s.first = agg.t_min
-            if agg.t_max > s.last:
-                s.last = agg.t_max
-            if not s.image:
-                s.image = agg.image
-            if not s.host:
-                s.host = agg.host
-            if not s.name:
-                s.name = ""
+            touch(cid, agg.t_min, agg.image, agg.host, last=agg.t_max)
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first
@@ -460,9 +446,11 @@ def build_windows(
     X[:, col["container_age_s"]] = np.maximum(window_end - created, 0.0)   # NaN stays NaN
 
     log.debug("built %d windows for %d containers (window %.0fs)", n_rows, len(cids), window_s)
+    executables: list[tuple[str, ...]] = [()] * n_rows
+    for r, exes in row_exes.items():
+        executables[r] = tuple(sorted(exes))
     return FeatureWindows(
         X=X, container_id=[cids[c] for c in rc], image=images, host=hosts,
         window_start=window_start, window_end=window_end, environment=environment, name=names,
-        executables=[tuple(sorted(row_exes[i])) if i in row_exes else () for i in range(n_rows)]
-        if row_exes else [()] * n_rows,
+        executables=executables,
     )

@@ -321,16 +321,12 @@ class Joiner:
         if any(st is not None for st in sole):
             begin = np.array([st.begin if st is not None else np.nan for st in sole], dtype=float)
             late = ~(ts >= begin[codes])                   # NaN (no sole holder) fails too
-            bad = np.bincount(codes[late], minlength=len(uniques)).tolist() if late.any() \
-                else [0] * len(uniques)
+            bad = np.bincount(codes[late], minlength=len(uniques)).tolist()
             fast = [st is not None and not b for st, b in zip(sole, bad)]
         slot = np.full(len(uniques), -1, dtype=np.int64)  # a fast address's holder index
-        if any(fast):
-            rest = np.flatnonzero(~np.asarray(fast)[codes])    # rows of the other addresses
-            by_addr = dict(groups(codes[rest], len(uniques)))
-        else:
-            rest, by_addr = None, dict(groups(codes, len(uniques)))
-        present = np.bincount(codes, minlength=len(uniques)).tolist() if len(codes) else []
+        rest = np.flatnonzero(~np.asarray(fast, dtype=bool)[codes])  # the others' rows
+        by_addr = dict(groups(codes[rest], len(uniques)))
+        present = np.bincount(codes, minlength=len(uniques)).tolist()
         for k in range(len(uniques)):
             if not present[k]:
                 continue
@@ -338,7 +334,7 @@ class Joiner:
                 slot[k] = len(holders)
                 holders.append(sole[k])
                 continue
-            rows = by_addr[k] if rest is None else rest[by_addr[k]]
+            rows = rest[by_addr[k]]
             addr = uniques[k]
             if not addr:
                 continue
@@ -356,7 +352,7 @@ class Joiner:
             hid[rows[hit]] = pick[hit] + len(holders)
             holders.extend(hs)
             inside[rows] = hit | self.in_container_subnet(addr)
-        if rest is not None:
+        if len(rest) < n:                              # some address took the fast path
             on = slot[codes]
             fast_row = on >= 0
             hid[fast_row] = on[fast_row]

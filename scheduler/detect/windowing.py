@@ -366,7 +366,7 @@ class WindowingMixin:
             self._count_pending()
         if not self._closed:
             return
-        from model.features import build_windows, FeatureWindows  # heavy: only when scoring
+        from model.features import build_windows  # heavy: only when scoring
 
         closed, self._closed = self._closed, []
         # One build for the whole batch (a per-window call costs ~0.3 ms of fixed overhead): all
@@ -407,10 +407,8 @@ class WindowingMixin:
         if not keep:
             return
         # the built rows as they are when every one closed (the common case), else the closed
-        # ones; a part with every identity column filled is what concat would copy it into
+        # ones (build_windows fills every identity column, so there is nothing to concat)
         fw = fw_all if len(keep) == len(fw_all) else fw_all.select(keep)
-        if len(fw.name) != len(fw) or len(fw.executables) != len(fw):
-            fw = FeatureWindows.concat([fw])
         fw.environment = self.environment
         self.stats.windows_scored += len(fw)
         if self.collect_windows:
