@@ -42,6 +42,7 @@ from scheduler.collect.recording import (RESULTS_NAME, Recording, is_fixture_lay
                                          zeek_files_in)
 from scheduler.config import Config
 from scheduler.pipeline import ZEEK_STREAMS
+from scheduler.replay import CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def _line_counts(stats: dict[str, Any]) -> tuple[int, int]:
 
 def replay_partition(part: Partition, config: Config | None = None, baselines: Any = None, *,
                      sinks: Any = None, state_db: str | Path | None = None, resume: bool = True,
-                     progress: bool = False, chunk: int = 2000,
+                     progress: bool = False, chunk: int = CHUNK,
                      after_chunk: Callable[[int], None] | None = None) -> PartitionResult:
     """Replay one partition through a fresh pipeline (`scheduler.replay.replay`, with its
     checkpoints when `state_db` is given). Runs on a Dask worker as well as here."""
@@ -537,7 +538,7 @@ def _run_here(parts: list[Partition], config: Config, baselines: Any, sinks: Any
 
 def run_backfill(parts: list[Partition], config: Config | None = None, baselines: Any = None,
                  *, sinks: Any = None, state_db: str | Path | None = None, resume: bool = True,
-                 progress: bool = False, client: Any = None, chunk: int = 2000,
+                 progress: bool = False, client: Any = None, chunk: int = CHUNK,
                  stream: TextIO | None = None,
                  after_chunk: Callable[[int], None] | None = None) -> BackfillResult:
     """Replay every partition, here one after the other or on the Dask `client`'s workers.

@@ -14,6 +14,12 @@ c78c7ef's tree with that one function added to its `EnvironmentBaselines.fit` (a
 recordings changed in their scores; every feature window stayed as it was), and today's engine
 with the same training matched it exactly.
 
+Reordered once (2026-12-04): the replay's alerts are now returned in (time, id) order, as its
+state db already returned them, so that they do not depend on the replay's chunk
+(`scheduler.replay.CHUNK`, raised from 2,000 to 8,000 items then). Four snapshots (geo_lookup,
+k8s_churn, k8s_geo, scenario geo_lookup) changed in the order of their alerts only: the same
+alerts as a multiset and the same windows as before, checked against the previous files.
+
 What is compared, per recording:
 * alerts of `replay` with baselines trained on the demo's benign_long (the demo's own set-up;
   the misuse recordings with the emulation's configuration), ids left out (they hash the time);
