@@ -33,7 +33,9 @@ done before the clock starts:
   that time (the recording's inventory, its containers kept alive for the whole file), the
   T1614 network rules, the stock-log geo detector, the misuse rules, and feature windows built as
   they close (handed to a window sink that counts them, as the daemon's window store would take
-  them). Alerts are flushed every replay chunk. Only scoring is left out (no baselines: it is per
+  them). Alerts are flushed every replay chunk. As the replay does, the objects alive when
+  the feed starts (imports, the set-up) are frozen out of the garbage collector's sight while it
+  runs (`scheduler.gcfreeze`, on trees that have it). Only scoring is left out (no baselines: it is per
   window, not per line; bench_model.py measures it). pandas is kept out of its process, as
   `stowaway run` keeps it out of the daemon's (pyarrow would import it on its first conversion).
 
@@ -58,6 +60,7 @@ memory it holds at every size, so it is checked at every size).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import logging
 import sys
@@ -316,7 +319,12 @@ def run_engine(path: Path, prepared: tuple[Any, dict[str, int]]) -> dict[str, An
     chunk = int(inspect.signature(replay).parameters["chunk"].default)
     name, drive = engine_entry()
     p, built = prepared
-    n = drive(p, path, chunk)
+    try:        # the replay's feed runs with its set-up frozen out of the collector's sight
+        from scheduler.gcfreeze import frozen_setup
+    except ImportError:     # a tree before it
+        frozen_setup = contextlib.nullcontext
+    with frozen_setup():
+        n = drive(p, path, chunk)
     return {"lines": n, "api": name, "chunk": chunk, "windows": built["windows"],
             "alerts": p.stats.alerts, "nets": p.stats.nets,
             "unattributed": p.stats.nets_unattributed, "late": p.stats.late_records}

@@ -24,6 +24,7 @@ import numpy as np
 
 from scheduler.alerting.alerts import Alert
 from scheduler.config import Config
+from scheduler.gcfreeze import frozen_setup
 from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
@@ -344,30 +345,32 @@ def replay(rec_dir: str | Path, config: Config | None = None, baselines: Any = N
     pos = start
     n_chunk = 0
     times = _ItemTimes()
-    while pos < len(items):
-        end = min(len(items), pos + chunk)
-        pipe.dispatch(cursor.dispatch_items(end - pos), pos)
-        done = end >= len(items)
-        out = pipe.flush(force=done)
-        alerts.extend(out)
-        reps = pipe.aggregator.take_repeats()
-        repeats.extend(reps)
-        if store is not None:
-            state = {"pipeline": pipe.dump_state(), "position": end}
-            times.add(pos, cursor.last_times)
-            t_first = times.checkpoint_time(state["pipeline"], end)
-            if t_first is not None:
-                state["t_first"] = t_first
-            store.commit(name, state, out, reps)
-            deliver_outbox(store, sinks)
-        elif sinks is not None and out:
-            sinks.emit(out)
-        if bar is not None:
-            bar.update(end - pos)
-        pos = end
-        n_chunk += 1
-        if after_chunk is not None:
-            after_chunk(n_chunk)
+    # the set-up (modules, inventory, item index) out of the collector's sight while it feeds
+    with frozen_setup():
+        while pos < len(items):
+            end = min(len(items), pos + chunk)
+            pipe.dispatch(cursor.dispatch_items(end - pos), pos)
+            done = end >= len(items)
+            out = pipe.flush(force=done)
+            alerts.extend(out)
+            reps = pipe.aggregator.take_repeats()
+            repeats.extend(reps)
+            if store is not None:
+                state = {"pipeline": pipe.dump_state(), "position": end}
+                times.add(pos, cursor.last_times)
+                t_first = times.checkpoint_time(state["pipeline"], end)
+                if t_first is not None:
+                    state["t_first"] = t_first
+                store.commit(name, state, out, reps)
+                deliver_outbox(store, sinks)
+            elif sinks is not None and out:
+                sinks.emit(out)
+            if bar is not None:
+                bar.update(end - pos)
+            pos = end
+            n_chunk += 1
+            if after_chunk is not None:
+                after_chunk(n_chunk)
     if bar is not None:
         bar.close()
     stats["pipeline"] = pipe.stats.to_dict()
