@@ -16,14 +16,14 @@ import logging
 import math
 import posixpath
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from model.records import ContainerInfo, LifecycleRecord, NetRecord, ProcessRecord
 from model.window_agg import (DISTINCT_CAP, FAILED_CONN_STATES, NET_FEATURES,  # noqa: F401
-                              NetWindowAgg, columns_of, domain_of, label_entropy, leaves_rfc1918)
+                              NetWindowAgg, columns_of, domain_of, features_of, label_entropy,
+                              leaves_rfc1918)
 
 log = logging.getLogger(__name__)
 
@@ -396,11 +396,7 @@ def build_windows(
     if row_aggs:
         net_cols = [col[f] for f in NET_FEATURES]
         rows_idx = np.array([r for r, _ in row_aggs], dtype=np.int64)
-        # one flat float array of every accumulator's values (np.array of a list of lists
-        # converted each element through a nested sequence: ~3x the time)
-        X[np.ix_(rows_idx, net_cols)] = np.fromiter(
-            chain.from_iterable(agg.features() for _, agg in row_aggs), float,
-            len(row_aggs) * len(net_cols)).reshape(len(row_aggs), len(net_cols))
+        X[np.ix_(rows_idx, net_cols)] = features_of([agg for _, agg in row_aggs])
 
     # lifecycle ---------------------------------------------------------------------------------
     ev = [e for e in lifecycle if e.container_id in cid_index]
