@@ -220,9 +220,27 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
     for r in nets:
         if r.container_id:
             touch(r.container_id, r.ts, r.image, r.host)
+    # An accumulator stands for its records: first/last time, image, host. A container's
+    # accumulators are taken together first (earliest, latest, first non-empty image and host,
+    # in order), then touched once: what touching each in turn gives, a call per container
+    # rather than per window.
+    per: dict[str, list] = {}
     for (cid, _), agg in net_windows:
-        if cid and agg.n:     # an accumulator stands for its records: first/last time, image, host
-            touch(cid, agg.t_min, agg.image, agg.host, last=agg.t_max)
+        if cid and agg.n:
+            p = per.get(cid)
+            if p is None:
+                per[cid] = [agg.t_min, agg.t_max, agg.image, agg.host]
+                continue
+            if agg.t_min < p[0]:
+                p[0] = agg.t_min
+            if agg.t_max > p[1]:
+                p[1] = agg.t_max
+            if not p[2]:
+                p[2] = agg.image
+            if not p[3]:
+                p[3] = agg.host
+    for cid, (t0, t1, image, host) in per.items():
+        touch(cid, t0, image, host, last=t1)
     for s in spans.values():
         if s.last == -math.inf:
             s.last = s.first

@@ -496,11 +496,17 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts).tolist()
     starts_l = starts.tolist()
     sampling: list[tuple[int, NetSample, int]] = []       # (group, sample, seq of its first row)
-    for g, (agg, grows) in enumerate(parts):
+    sizes_l = sizes.tolist()
+    for g, (agg, _) in enumerate(parts):
         seq0 = agg.n
-        agg.n += int(grows.size)
-        agg.t_min = min(agg.t_min, t_min[g])
-        agg.t_max = max(agg.t_max, t_max[g])
+        agg.n = seq0 + sizes_l[g]
+        # min()/max() as comparisons (the same result, NaN included): a builtin call each
+        t = t_min[g]
+        if t < agg.t_min:
+            agg.t_min = t
+        t = t_max[g]
+        if t > agg.t_max:
+            agg.t_max = t
         if not agg.image and image is not None and image[g]:
             agg.image = image[g]
         if not agg.host and host is not None and host[g]:

@@ -194,3 +194,49 @@ def test_a_container_known_by_name_only_has_no_window_and_spoils_no_other():
     assert both.container_id == alone.container_id == ["c1"] * 5
     assert np.array_equal(both.window_start, alone.window_start)
     assert np.array_equal(both.X, alone.X) and both.X[0, FEATURE_NAMES.index("http_requests")] == 1
+
+
+def test_window_accumulators_give_what_their_records_give():
+    """build_windows from the live engine's accumulators (`net_windows`, one per container and
+    window) and from the records themselves: the same rows, identity columns and features. The
+    containers are known by their records only, so each one's span (first and last time, image,
+    host) comes from the accumulators taken together; images and hosts appear only from a later
+    window on and change after, so the first non-empty one must win (it fails when the last
+    one does)."""
+    import random
+
+    from model.window_agg import NetWindowAgg
+
+    rng = random.Random(7)
+    recs: list[NetRecord] = []
+    for c in range(4):
+        cid = f"{c:x}" * 64
+        for i in range(rng.randint(20, 60)):
+            t = T0 + c * 7 + i * rng.uniform(3, 25)
+            w = int((t - T0 - c * 7) // W)
+            kind = rng.choice(["conn", "dns", "http", "ssl"])
+            recs.append(NetRecord(
+                ts=t, kind=kind, container_id=cid, orig_h="172.17.0.3",
+                image="" if w == 0 else f"img:{c}:{min(w, 2)}",
+                host="" if w < 2 else f"h{w}",
+                resp_h=rng.choice(["10.0.0.9", "192.0.2.7", "198.51.100.3"]),
+                resp_p=rng.choice([53, 80, 443]), conn_state=rng.choice(["SF", "S0", "REJ"]),
+                domain=rng.choice(["a.example", "xk2j9q.example", "b.test"]),
+                rcode=rng.choice(["NOERROR", "NXDOMAIN", ""]) if kind == "dns" else "",
+                bytes_out=rng.randint(0, 900), bytes_in=rng.randint(0, 900)))
+    recs.sort(key=lambda r: r.ts)
+    origin = {}
+    for r in recs:
+        origin.setdefault(r.container_id, r.ts)
+    aggs: dict[tuple[str, int], NetWindowAgg] = {}
+    for r in recs:
+        k = int((r.ts - origin[r.container_id]) // W)
+        aggs.setdefault((r.container_id, k), NetWindowAgg()).add(r)
+    by_records = build_windows(nets=recs, window_s=W)
+    by_aggs = build_windows(window_s=W, net_windows=aggs)
+    assert len(by_records) >= len(aggs) > 20          # quiet windows are zero rows in both
+    assert by_aggs.container_id == by_records.container_id
+    assert by_aggs.image == by_records.image and by_aggs.host == by_records.host
+    assert {i.split(":")[2] for i in by_aggs.image} == {"1"}          # the first non-empty
+    assert np.array_equal(by_aggs.window_start, by_records.window_start)
+    assert np.array_equal(by_aggs.X, by_records.X)

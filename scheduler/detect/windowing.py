@@ -338,8 +338,10 @@ class WindowingMixin:
         cw = self._cw.pop(cid, None)
         if cw is None:
             return
-        self._last_closed[cid] = max(self._last_closed.get(cid, -1 << 62), cw["k"])
-        self._win_pos.pop((cid, cw["k"]), None)
+        k = cw["k"]
+        if k > self._last_closed.get(cid, -1 << 62):
+            self._last_closed[cid] = k
+        self._win_pos.pop((cid, k), None)
         self._closed.append((cid, cw))
 
     def _advance(self, ts: float) -> None:
@@ -376,14 +378,18 @@ class WindowingMixin:
         procs: list = []
         nets: dict[tuple[str, int], NetWindowAgg] = {}
         infos: dict[str, ContainerInfo] = {}
-        wanted: set[tuple[str, int]] = set()
         start, end = math.inf, -math.inf
+        w = self.window_s
         for cid, cw in closed:
-            ws = cw["origin"] + cw["k"] * self.window_s
-            start, end = min(start, ws), max(end, ws + self.window_s)
-            procs.extend(cw["p"])
-            nets[(cid, cw["k"])] = cw["n"]
-            wanted.add((cid, cw["k"]))
+            k = cw["k"]
+            ws = cw["origin"] + k * w
+            if ws < start:                  # min() and max() as comparisons: the same result
+                start = ws
+            if ws + w > end:
+                end = ws + w
+            if cw["p"]:
+                procs.extend(cw["p"])
+            nets[(cid, k)] = cw["n"]
             if cid not in infos:
                 st = self.inventory.get(self.host, cid)
                 infos[cid] = ContainerInfo(container_id=cid,
@@ -400,7 +406,7 @@ class WindowingMixin:
         kk = np.rint((np.asarray(fw_all.window_start, dtype=float) - created) / self.window_s)
         keep = [i for i, (cid, k, ok) in enumerate(zip(fw_all.container_id, kk.tolist(),
                                                        np.isfinite(kk).tolist()))
-                if ok and (cid, int(k)) in wanted]
+                if ok and (cid, int(k)) in nets]
         horizon = self.data_time - 3 * self.window_s
         while self._life_recent and self._life_recent[0].ts < horizon:
             self._life_recent.popleft()
