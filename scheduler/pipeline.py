@@ -600,6 +600,7 @@ class Pipeline(WindowingMixin):
         streams' rows, the names those rows may teach the misuse rules before a conn row
         (`MisuseDetector.rows_of_interest`)."""
         stream, n = batch.stream, len(idx)
+        idx = _whole(idx, len(batch))
         joiner, inv = self.joiner, self.inventory
         host = sensor_host or self.host
         jhost = host or joiner.default_host
@@ -1464,15 +1465,35 @@ BATCH_MIN_ROWS = 128
 _ALT_COLUMNS = ("id", "orig_h", "orig_p", "resp_h", "resp_p", "src")
 
 
+def _whole(idx: Any, n: int) -> Any:
+    """`slice(0, n)` when the rows `idx` are every row of an n-row batch in order (a replay
+    chunk or a daemon tick takes batches whole: the common case), else `idx`. Columns read with
+    it are views of the batch's (no copy of six object columns a batch); nothing writes to
+    them."""
+    if len(idx) == n and n and idx[0] == 0 and idx[-1] == n - 1 and \
+            bool((np.diff(idx) == 1).all()):
+        return slice(0, n)
+    return idx
+
+
+def _rows_of(idx: Any) -> int:
+    """How many rows `idx` (an index array or `_whole`'s slice) selects."""
+    return idx.stop - idx.start if isinstance(idx, slice) else len(idx)
+
+
 def _text_col(batch: Any, name: str, idx: Any) -> Any:
     """A text column of the rows `idx`, Zeek's unset markers as "" (what the join reads). From
     the reader's dictionary when it has one no larger than the run: the markers are replaced
-    once per distinct value, not looked for in every row."""
+    once per distinct value, not looked for in every row (and with no marker among them, the
+    batch's own column is that already)."""
     coded = _run_codes(batch, name, idx)
     if coded is not None:
-        return coded[1][coded[0]]
+        c, u = coded
+        if isinstance(idx, slice) and u is batch.dicts[name][1] and name in batch.columns:
+            return batch.columns[name][idx]             # uniques[codes], made by the reader
+        return u[c]
     if name not in batch.columns:                   # the log has no such field
-        return constant(len(idx), "")
+        return constant(_rows_of(idx), "")
     col = batch.column(name)[idx]
     unset = (col == "-") | (col == "(empty)")
     if unset.any():
@@ -1487,7 +1508,7 @@ def _run_codes(batch: Any, name: str, idx: Any) -> tuple[Any, Any] | None:
     batch's distinct values are no more than the run's rows (a verdict per distinct value of
     the whole batch must not cost more than hashing the run); else None (the caller hashes)."""
     got = batch.dicts.get(name)
-    if got is None or len(got[1]) > len(idx):
+    if got is None or len(got[1]) > _rows_of(idx):
         return None
     c, u = got
     unset = (u == "-") | (u == "(empty)")

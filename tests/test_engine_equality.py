@@ -196,3 +196,51 @@ def test_feed_zeek_rows_slice_and_index_forms_agree() -> None:
         outs.append(_outcome(p, windows, p.flush(force=True)))
     assert outs[0] == outs[1]
     assert outs[0]["stats"]["zeek_records"] == len(http)
+
+
+_HTTP_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "method", "host",
+                "uri", "user_agent")
+_HTTP_TYPES = ("time", "string", "addr", "port", "addr", "port", "string", "string", "string",
+               "string")
+
+
+def _http_log(path: Path, records: list[dict[str, Any]]) -> Path:
+    """`records` as a Zeek TSV http.log (the reader then keeps its text columns
+    dictionary-encoded, as it does for a sensor's logs)."""
+    lines = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
+             "#unset_field\t-", "#path\thttp", "#fields\t" + "\t".join(_HTTP_FIELDS),
+             "#types\t" + "\t".join(_HTTP_TYPES)]
+    lines += ["\t".join(f"{r[f]:.6f}" if f == "ts" else str(r[f]) for f in _HTTP_FIELDS)
+              for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_whole_batch_is_read_through_views_and_left_as_it_was(tmp_path: Path) -> None:
+    """Rows that are a whole batch in order are read as views of its columns (`_whole`); the
+    result is the one of the same rows fed in two parts (index arrays, copies), and nothing is
+    written through the views: the batch's columns are as the reader made them."""
+    from scheduler.collect.zeekbatch import iter_batches
+    from scheduler.pipeline import _whole, ingest_fields
+
+    n = 10
+    assert _whole(np.arange(n), n) == slice(0, n)
+    for rows in (np.arange(1, n), np.arange(n)[::-1], np.r_[0, 2:n, 1], np.arange(n - 1)):
+        assert isinstance(_whole(rows, n), np.ndarray)
+    http, _ = _records()
+    log = _http_log(tmp_path / "http.log", http)
+    outs = []
+    for parts in ([np.arange(len(http))], np.array_split(np.arange(len(http)), 2)):
+        p, windows = _pipeline()
+        p.batch_min_rows = 1
+        (batch,) = iter_batches(log, "http", fields=ingest_fields("http"))
+        assert len(batch) == len(http) and "host" in batch.dicts      # read dictionary-encoded
+        before = {k: v.copy() for k, v in batch.columns.items()}
+        for rows in parts:
+            p.feed_zeek_rows(batch, rows)
+        outs.append(_outcome(p, windows, p.flush(force=True)))
+        for k, v in before.items():
+            assert [str(x) for x in v] == [str(x) for x in batch.columns[k]], k
+    assert outs[0] == outs[1]
+    assert outs[0]["stats"]["zeek_records"] == len(http) and outs[0]["windows"]
+    assert {a["rule"] for a in outs[0]["alerts"]} >= {"location_discovery"}
