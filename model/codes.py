@@ -76,8 +76,15 @@ def per_code(coded: tuple[np.ndarray, Any], fn: Any, dtype: Any = bool) -> np.nd
 
 
 def nonempty(coded: tuple[np.ndarray, Any]) -> np.ndarray:
-    """Per row of a (codes, values) text column: is its value not ""?"""
-    return per_code(coded, _not_empty)
+    """Per row of a (codes, values) text column: is its value not ""? One comparison of the
+    values in C (`per_code`'s Python call per value was a tenth of a conn.log's engine time:
+    the windows ask once per stretch of rows, about every 30 rows there)."""
+    codes, values = coded
+    if len(codes) == 0:
+        return np.zeros(0, dtype=bool)
+    if not isinstance(values, np.ndarray) or values.dtype != object:
+        return per_code(coded, _not_empty)
+    return (values != "")[codes]
 
 
 def _not_empty(value: Any) -> bool:

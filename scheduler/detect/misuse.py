@@ -22,6 +22,7 @@ from collections import deque
 from itertools import repeat
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -69,6 +70,7 @@ _TITLE = {RULE_REVERSE_SHELL: "Network-redirected shell (T1059.004)",
 
 RECENT_S = 120.0          # how long recent processes/connections are kept to join the sides
 RECENT_MAX = 200          # per container
+_TS = attrgetter("ts")     # a queued record's time
 TUNNEL_CONNS = 5          # relayed connections shown per tunnel
 RAW_CAPS = frozenset({"NET_RAW", "NET_ADMIN", "ALL"})
 STRATUM_STREAMS = ("stratum",)
@@ -780,12 +782,18 @@ class MisuseDetector:
         queue keeps a suffix of old + new: `_push` only ever pops from the left, so replaying
         its rule on the times is enough, and only the items that stay need making."""
         q = d.setdefault(key, deque())
-        old = [r.ts for r in q]
-        seq = old + times
-        head, n_old = 0, len(old)
+        seq = list(map(_TS, q))
+        n_old = len(seq)
+        seq += times
+        head = 0
         for j in range(n_old, len(seq)):
+            # `_push`'s pops for item j: first down to RECENT_MAX items (head at least
+            # j + 1 - RECENT_MAX), then while the head is older than RECENT_S before item j;
+            # item j itself is never (t - t > RECENT_S is false, NaN included)
+            if head < j + 1 - RECENT_MAX:
+                head = j + 1 - RECENT_MAX
             t = seq[j]
-            while j + 1 - head > 0 and (j + 1 - head > RECENT_MAX or t - seq[head] > RECENT_S):
+            while t - seq[head] > RECENT_S:
                 head += 1
         return q, min(head, n_old), max(0, head - n_old)
 
