@@ -240,3 +240,46 @@ def test_window_accumulators_give_what_their_records_give():
     assert {i.split(":")[2] for i in by_aggs.image} == {"1"}          # the first non-empty
     assert np.array_equal(by_aggs.window_start, by_records.window_start)
     assert np.array_equal(by_aggs.X, by_records.X)
+
+
+def test_only_given_keeps_the_rows_of_the_given_accumulators_in_built_order():
+    """A flush builds the rows of the windows that closed (`only_given`): what selecting them
+    from every built row gives (quiet windows and other windows of the same containers are
+    built too, then left out), in the same order (window, then container)."""
+    import random
+
+    from model.window_agg import NetWindowAgg
+
+    rng = random.Random(3)
+    infos, aggs = [], {}
+    for c in range(5):
+        cid = f"{c}" * 64
+        origin = T0 + 11.0 * c
+        infos.append(ContainerInfo(container_id=cid, image=f"img{c}", name=f"n{c}", host="h1",
+                                   created=origin))
+        for k in rng.sample(range(8), 5):
+            agg = NetWindowAgg()
+            for j in range(rng.randint(0, 4)):
+                agg.add(NetRecord(ts=origin + k * W + 1.0 + j, kind="http", container_id=cid,
+                                  image=f"img{c}", orig_h="172.17.0.3", resp_h="10.0.0.9",
+                                  domain=f"d{j}.example"))
+            aggs[(cid, k)] = agg
+    given = dict(rng.sample(sorted(aggs.items(), key=lambda kv: kv[0]), 12))
+    kw = dict(window_s=W, start=T0, end=T0 + 10 * W, net_windows=given)
+    full = build_windows([], (), [], infos, **kw)
+    origin = {i.container_id: i.created for i in infos}
+    want = [i for i in range(len(full))
+            if (full.container_id[i], round((full.window_start[i] - origin[full.container_id[i]])
+                                            / W)) in given]
+    got = build_windows([], (), [], infos, only_given=True, **kw)
+    assert len(full) > len(want) == len(got) == len(given)
+    ref = full.select(want)
+    assert got.container_id == ref.container_id and got.image == ref.image
+    assert got.name == ref.name and got.host == ref.host
+    assert np.array_equal(got.window_start, ref.window_start) and np.array_equal(got.X, ref.X)
+    assert list(got.window_start) == sorted(got.window_start)
+    # each row's identity and age are its own container's
+    assert got.image == [f"img{c[0]}" for c in got.container_id]
+    assert got.name == [f"n{c[0]}" for c in got.container_id]
+    assert list(got.column("container_age_s")) == [
+        e - origin[c] for c, e in zip(got.container_id, got.window_end)]

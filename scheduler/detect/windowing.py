@@ -397,24 +397,15 @@ class WindowingMixin:
                                            name=st.name if st else "", host=self.host,
                                            created=cw["origin"], environment=self.environment)
         life = [r for r in self._life_recent if start <= r.ts < end]
-        fw_all = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
-                               start=start, end=end, environment=self.environment,
-                               net_windows=nets)
-        # each built row's window index from its container's origin, all rows at once
-        created = np.fromiter((infos[c].created if c in infos else np.nan
-                               for c in fw_all.container_id), float, len(fw_all.container_id))
-        kk = np.rint((np.asarray(fw_all.window_start, dtype=float) - created) / self.window_s)
-        keep = [i for i, (cid, k, ok) in enumerate(zip(fw_all.container_id, kk.tolist(),
-                                                       np.isfinite(kk).tolist()))
-                if ok and (cid, int(k)) in nets]
+        # the rows of the closed windows only (each one's accumulator is in `nets`)
+        fw = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
+                           start=start, end=end, environment=self.environment,
+                           net_windows=nets, only_given=True)
         horizon = self.data_time - 3 * self.window_s
         while self._life_recent and self._life_recent[0].ts < horizon:
             self._life_recent.popleft()
-        if not keep:
+        if not len(fw):
             return
-        # the built rows as they are when every one closed (the common case), else the closed
-        # ones (build_windows fills every identity column, so there is nothing to concat)
-        fw = fw_all if len(keep) == len(fw_all) else fw_all.select(keep)
         fw.environment = self.environment
         self.stats.windows_scored += len(fw)
         if self.collect_windows:
