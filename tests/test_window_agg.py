@@ -109,7 +109,7 @@ def test_accumulator_features_equal_build_windows_exactly(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_add_groups_equals_record_by_record_for_many_windows_at_once(seed):
     """One add_groups call over interleaved groups (a window may come back in a later group,
-    some windows already hold rows) gives every window the counts, distinct sets, entropy sum,
+    some windows already hold rows, rows given as lists or as an empty group) gives every window the counts, distinct sets, entropy sum,
     span, image/host and evidence sample of adding its records one by one in the same order."""
     from model.window_agg import add_groups
 
@@ -131,7 +131,10 @@ def test_add_groups_equals_record_by_record_for_many_windows_at_once(seed):
     for k, rows in groups:
         for j in rows.tolist():
             one[k].add(recs[j])
-    add_groups(cols, [(many[k], rows) for k, rows in groups])
+    # rows as arrays, some as lists, and an empty group among them (added nothing)
+    call = [(many[k], rows.tolist() if i % 5 == 0 else rows) for i, (k, rows) in enumerate(groups)]
+    call.insert(3, (many["b"], np.zeros(0, dtype=np.int64)))
+    add_groups(cols, call)
     for k in keys:
         a, b = one[k], many[k]
         assert b.features() == a.features(), k             # exact, the entropy sum included

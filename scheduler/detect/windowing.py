@@ -17,6 +17,7 @@ import heapq
 import logging
 import math
 from collections import deque
+from operator import itemgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -282,6 +283,9 @@ class WindowingMixin:
         """Count the network rows `_window_add_nets` decided, in the order decided."""
         pending, self._pending = self._pending, []
         for nets, groups in pending:
+            if len(set(map(id, map(itemgetter(0), groups)))) == len(groups):
+                add_groups(nets, groups)        # each window once already (the common case)
+                continue
             # One group per window: a window's rows in the order decided (windows do not
             # depend on each other, so only each window's own order matters).
             per: dict[int, tuple[NetWindowAgg, list[np.ndarray]]] = {}
