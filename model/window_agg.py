@@ -187,13 +187,13 @@ class NetSample:
             for s in [s for s in self.records if s not in live]:
                 del self.records[s]
 
-    def take_first(self, name: str, entries: list[tuple[Any, float, int, NetRecord]]) -> None:
-        """A selection the sample does not hold yet takes `entries` (key, ts, seq, record)
-        whole: they must be its first SAMPLE_K at most, distinct keys in offer order, which is
-        what offering them one by one would keep."""
-        self.sel[name] = {key: (ts, seq) for key, ts, seq, _ in entries}
-        for _, _, seq, rec in entries:
-            self.records[seq] = rec
+    def take_first(self, name: str, keys: Sequence[Any], ts: Sequence[float],
+                   seqs: Sequence[int], records: Iterable[NetRecord | tuple]) -> None:
+        """A selection the sample does not hold yet takes these rows (as columns: key, time,
+        seq, record) whole: they must be its first SAMPLE_K at most, distinct keys in offer
+        order, which is what offering them one by one would keep."""
+        self.sel[name] = dict(zip(keys, zip(ts, seqs)))
+        self.records.update(zip(seqs, records))
         self._gc()
 
     def offer(self, name: str, key: Any, ts: float, seq: int, make: Callable[[], NetRecord]) -> None:
@@ -605,14 +605,14 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
         seqs = (first_seq[g_of] + sel - starts_a[g_of]).tolist()
         lists[name] = (seqs if keys is None else keys, sel.tolist(), ts[sel].tolist(), seqs)
     t_first = np.minimum.reduceat(ts, starts_a).tolist() if m else []
-    # per sample, per selection: (name, taken whole, [(key, row, time, seq)]); a selection
-    # the sample does not hold yet takes the group's picks whole (they are its first
-    # SAMPLE_K, distinct keys in offer order): no per-row offer, the common case of a window's
-    # first rows
-    jobs: list[tuple["NetSample", list[tuple[str, bool, list[tuple[Any, int, float, int]]]]]] = []
+    # per sample, per selection: (name, True, (lo, hi): the bounds of its picks in `lists`) or
+    # (name, False, [(key, row, time, seq)] to offer one by one); a selection the sample does
+    # not hold yet takes the group's picks whole (they are its first SAMPLE_K, distinct keys in
+    # offer order): no per-row offer, the common case of a window's first rows
+    jobs: list[tuple["NetSample", list[tuple[str, bool, Any]]]] = []
     wanted: set[int] = set()
     for g, sample, seq0 in sampling:
-        offers: list[tuple[str, bool, list[tuple[Any, int, float, int]]]] = []
+        offers: list[tuple[str, bool, Any]] = []
         t0 = t_first[g]
         for name in offer_order:
             lo, hi = bounds[name][g], bounds[name][g + 1]
@@ -620,10 +620,9 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
                 continue
             d = sample.sel.get(name)
             keys_l, rows_l, ts_l, seqs_l = lists[name]
-            if d is None:                                 # taken whole
-                entries = list(zip(keys_l[lo:hi], rows_l[lo:hi], ts_l[lo:hi], seqs_l[lo:hi]))
+            if d is None:                                 # taken whole: its bounds
                 wanted.update(rows_l[lo:hi])
-                offers.append((name, True, entries))
+                offers.append((name, True, (lo, hi)))
                 continue
             if len(d) >= SAMPLE_K and t0 >= max(d.values())[0]:
                 continue                                  # full, and nothing here comes first
@@ -641,11 +640,17 @@ def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: 
         return
     want = sorted(wanted)
     recs = dict(zip(want, cols.tuples(rows[want])))     # NetSample makes NetRecords on read
+    get = recs.__getitem__
     for sample, offers in jobs:
         for name, whole, entries in offers:
-            if whole and name not in sample.sel:
-                sample.take_first(name, [(key, t, seq, recs[row]) for key, row, t, seq in entries])
-                continue
+            if whole:
+                keys_l, rows_l, ts_l, seqs_l = lists[name]
+                lo, hi = entries
+                if name not in sample.sel:
+                    sample.take_first(name, keys_l[lo:hi], ts_l[lo:hi], seqs_l[lo:hi],
+                                      map(get, rows_l[lo:hi]))
+                    continue
+                entries = list(zip(keys_l[lo:hi], rows_l[lo:hi], ts_l[lo:hi], seqs_l[lo:hi]))
             for key, row, t, seq in entries:
                 rec = recs[row]
                 sample.offer(name, key, t, seq, lambda rec=rec: rec)
