@@ -75,6 +75,16 @@ def per_code(coded: tuple[np.ndarray, Any], fn: Any, dtype: Any = bool) -> np.nd
     return table[codes]
 
 
+def stable_order(codes: np.ndarray, n: int) -> np.ndarray:
+    """`np.argsort(codes, kind="stable")` for codes in [0, n): the same order (a stable sort
+    depends only on the values), through a 16-bit copy when n allows, which numpy sorts by
+    radix (~6x faster than the merge sort of int64 on a batch's few thousand rows: once per
+    batch for the windows' grouping by container)."""
+    if n <= 1 << 16 and codes.size:
+        return np.argsort(codes.astype(np.uint16), kind="stable")
+    return np.argsort(codes, kind="stable")
+
+
 def nonempty(coded: tuple[np.ndarray, Any]) -> np.ndarray:
     """Per row of a (codes, values) text column: is its value not ""? One comparison of the
     values in C (`per_code`'s Python call per value was a tenth of a conn.log's engine time:

@@ -131,3 +131,13 @@ def test_distinct_keys_by_table_and_by_sort_equal_np_unique():
             assert first.tolist() == want_first.tolist()
             assert last.tolist() == want_last
             assert distinct_keys(keys)[2] is None
+
+
+def test_stable_order_is_numpys_stable_argsort() -> None:
+    """The 16-bit radix path gives exactly `argsort(kind="stable")`: ties in row order."""
+    from model.codes import stable_order
+
+    rng = np.random.default_rng(4)
+    for n, size in ((1, 10), (3, 1), (64, 6000), (65536, 5000), (70000, 3000), (5, 0)):
+        codes = rng.integers(0, n, size).astype(np.int64)
+        assert np.array_equal(stable_order(codes, n), np.argsort(codes, kind="stable")), n

@@ -224,7 +224,9 @@ def groups(codes: Any, n_groups: int) -> Iterable[tuple[int, Any]]:
     """(group, row indices in row order) of each group of `codes` (factorize's)."""
     import numpy as np
 
-    order = np.argsort(codes, kind="stable")
+    from model.codes import stable_order
+
+    order = stable_order(np.asarray(codes), n_groups)
     bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
     for k in range(n_groups):
         if bounds[k] < bounds[k + 1]:

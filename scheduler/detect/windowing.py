@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model.codes import factorize, nonempty
+from model.codes import factorize, nonempty, stable_order
 from model.records import ContainerInfo
 from model.window_agg import NetWindowAgg, add_groups
 
@@ -215,7 +215,7 @@ class WindowingMixin:
         numpy over the rows. `containers`: (the sorted distinct container ids, each row's index
         into them) (`sorted_codes`)."""
         cids, inv = containers
-        order = np.argsort(inv, kind="stable")
+        order = stable_order(inv, len(cids))
         by_cid, g = idx[order], inv[order]                     # row order kept per container
         ts = ts_col[by_cid]
         first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
