@@ -410,7 +410,6 @@ def features_of(aggs: Sequence[NetWindowAgg]) -> np.ndarray:
                      share(public, conns)], axis=1)
 
 
-
 def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray]]) -> None:
     """Add rows of one NetColumns to many windows: each (window, row indices) in the given
     order, with the effect of `add` on those records one by one.

@@ -1467,9 +1467,8 @@ _ALT_COLUMNS = ("id", "orig_h", "orig_p", "resp_h", "resp_p", "src")
 
 def _whole(idx: Any, n: int) -> Any:
     """`slice(0, n)` when the rows `idx` are every row of an n-row batch in order (a replay
-    chunk or a daemon tick takes batches whole: the common case), else `idx`. Columns read with
-    it are views of the batch's (no copy of six object columns a batch); nothing writes to
-    them."""
+    chunk of one log takes its batches whole), else `idx`. Columns read with it are views of
+    the batch's (no copy of six object columns a batch); nothing writes to them."""
     if len(idx) == n and n and idx[0] == 0 and idx[-1] == n - 1 and \
             bool((np.diff(idx) == 1).all()):
         return slice(0, n)
