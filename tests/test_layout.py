@@ -22,6 +22,7 @@ RANK: dict[str, int] = {
     "scheduler.config": 0,      # settings: a leaf that every stage may read
     "scheduler.collect": 0,
     "scheduler.memtrim": 0,     # process upkeep (freed heap back to the OS): a leaf the daemon calls
+    "scheduler.gcfreeze": 0,    # process upkeep (the set-up out of the collector's sight): the replay's
     "scheduler.detect": 1,
     "scheduler.alerting": 2,
     "scheduler.pipeline": 3,    # the engine, and the two ways to drive it in batch / as a daemon
