@@ -384,9 +384,8 @@ class NetWindowAgg:
 
 # --------------------------------------------------------------------------- many windows at once
 
-#: A window's counts in the order `features_of` lays them out.
-_FEATURE_COUNTS = attrgetter("conns", "failed", "dns", "ent_sum", "nx", "answered", "http",
-                             "geo", "bytes_out", "bytes_in", "public")
+#: A window's counters (`_COUNTS`, in that order) and its entropy sum, read at once.
+_FEATURE_COUNTS = attrgetter(*_COUNTS, "ent_sum")
 
 
 def features_of(aggs: Sequence[NetWindowAgg]) -> np.ndarray:
@@ -395,9 +394,9 @@ def features_of(aggs: Sequence[NetWindowAgg]) -> np.ndarray:
     (0 where the count they divide by is 0). Read a column at a time in C (`attrgetter`,
     `map(len)`): a Python call per window was a third of a flush's feature building."""
     n = len(aggs)
-    raw = np.array(list(map(_FEATURE_COUNTS, aggs)), dtype=np.float64).reshape(n, 11)
-    (conns, failed, dns, ent_sum, nx, answered, http, geo, bytes_out, bytes_in,
-     public) = raw.T
+    raw = np.array(list(map(_FEATURE_COUNTS, aggs)), dtype=np.float64).reshape(n, len(_COUNTS) + 1)
+    (conns, failed, public, dns, answered, nx, http, geo, bytes_out, bytes_in,
+     ent_sum) = raw.T
 
     def size(name: str) -> np.ndarray:
         return np.fromiter(map(len, map(attrgetter(name), aggs)), np.float64, n)
