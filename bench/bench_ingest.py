@@ -27,7 +27,9 @@ done before the clock starts:
 * ``reader``: the engine's own reader alone (``zeekbatch.iter_batches`` over the engine's
   columns, every batch counted): the parse plus what makes it the engine's input (text as
   Python strings, one per distinct value of a block; the per-line parser's conventions,
-  malformed-line checks); where the engine's time starts, whatever comes after it;
+  malformed-line checks; the columns the engine reads for records only, such as uid and uri,
+  parsed and left in pyarrow's hands, as the engine reads them); where the engine's time
+  starts, whatever comes after it;
 * ``engine``: the scheduler's whole Zeek path as the replay drives it (`engine_entry` says which
   API that is on this tree): read the engine's columns, attribute each line to a container at
   that time (the recording's inventory, its containers kept alive for the whole file), the
@@ -199,11 +201,15 @@ def run_arrow(path: Path) -> dict[str, Any]:
 
 def reader_batches(path: Path, stats: Any) -> Iterator[Any]:
     """The engine's reader over `path`: ZeekBatches of the columns the engine reads (the same
-    for the `reader` contender and the engine's driver)."""
+    for the `reader` contender and the engine's driver), those it reads for records only left
+    deferred on trees that do that."""
     from scheduler.collect import zeekbatch
-    from scheduler.pipeline import ingest_fields
+    from scheduler import pipeline
 
-    return zeekbatch.iter_batches(path, STREAM, fields=ingest_fields(STREAM), stats=stats)
+    lazy = {"lazy": pipeline.passive_fields(STREAM)} if hasattr(pipeline, "passive_fields") \
+        else {}
+    return zeekbatch.iter_batches(path, STREAM, fields=pipeline.ingest_fields(STREAM),
+                                  stats=stats, **lazy)
 
 
 def run_reader(path: Path) -> dict[str, Any]:

@@ -155,6 +155,18 @@ class NetColumns:
         """The rows at `idx` (index array or boolean mask), in that order."""
         return NetColumns(**{f: getattr(self, f)[idx] for f in NET_FIELDS})
 
+    def materialized(self) -> "NetColumns":
+        """The same rows with every column a numpy array: a column that makes its rows when
+        asked (the Zeek reader's DeferredText: uid, uri, user agent) is made now. For what
+        keeps or writes every row (the daemon's close-lag queue)."""
+        import numpy as np
+
+        cols = {f: getattr(self, f) for f in NET_FIELDS}
+        if all(isinstance(c, np.ndarray) for c in cols.values()):
+            return self
+        return NetColumns(**{f: c if isinstance(c, np.ndarray) else np.asarray(c)
+                             for f, c in cols.items()}, codes=self.codes)
+
 
 #: NetRecord's fields, in order (NetColumns has one column each).
 NET_FIELDS: tuple[str, ...] = tuple(NetRecord.__dataclass_fields__)

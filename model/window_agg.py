@@ -724,5 +724,11 @@ def concat_columns(parts: Sequence[NetColumns]) -> NetColumns:
     """Several NetColumns as one (rows in the given order)."""
     if len(parts) == 1:
         return parts[0]
-    return NetColumns(**{f: np.concatenate([np.asarray(getattr(p, f)) for p in parts])
-                         for f in NET_FIELDS})
+    return NetColumns(**{f: _concat([getattr(p, f) for p in parts]) for f in NET_FIELDS})
+
+
+def _concat(cols: list[Any]) -> Any:
+    """One column of several: by the column type's own `concat` where it has one (the Zeek
+    reader's DeferredText keeps rows of one array unmade), else as one numpy array."""
+    own = getattr(type(cols[0]), "concat", None)
+    return own(cols) if own is not None else np.concatenate([np.asarray(c) for c in cols])

@@ -113,9 +113,26 @@ INGEST_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+#: Of those, the text fields the batch path never reads as a column (`_zeek_run`): they reach
+#: NetColumns (uid, uri, user_agent) or only records (method), and only the rows made records
+#: (evidence samples, the rules' records, the daemon's queue) are ever read, so the reader may
+#: leave them deferred (`zeekbatch.iter_batches(lazy=)`: no Python str per row).
+PASSIVE_FIELDS: dict[str, frozenset[str]] = {
+    "conn": frozenset({"uid"}),
+    "dns": frozenset({"uid"}),
+    "http": frozenset({"uid", "method", "uri", "user_agent"}),
+    "ssl": frozenset({"uid"}),
+}
+
+
 def ingest_fields(stream: str) -> frozenset[str] | None:
     """Fields to read of `stream` for the engine; None: all of them."""
     return INGEST_FIELDS.get(stream)
+
+
+def passive_fields(stream: str) -> frozenset[str]:
+    """Fields of `stream` the engine reads for the rows made records only (`PASSIVE_FIELDS`)."""
+    return PASSIVE_FIELDS.get(stream, frozenset())
 
 
 def _f(v: Any, default: float = 0.0) -> float:
@@ -325,7 +342,7 @@ class Pipeline(WindowingMixin):
         idx, ccodes, cvalues = attributed_rows(nets, rows)
         if not idx.size:
             return
-        nets = _shared_strings(nets.take(idx))
+        nets = _shared_strings(nets.take(idx).materialized())
         ts = np.asarray(nets.ts, dtype=float)
         _, inv = sorted_codes(ccodes, cvalues)
         order = np.lexsort((np.arange(idx.size), ts, inv))             # cid, time, row
@@ -611,6 +628,10 @@ class Pipeline(WindowingMixin):
                 text[name] = _text_col(batch, name, idx)
             return text[name]
 
+        def passive(name: str) -> Any:     # a column only rows made records read
+            lazy = batch.deferred.get(name)
+            return lazy[idx] if lazy is not None else col(name)
+
         coded: dict[str, Any] = {}
 
         def codes(name: str) -> Any:
@@ -695,11 +716,12 @@ class Pipeline(WindowingMixin):
         nets = NetColumns(
             ts=ts, kind=constant(n, STREAM_KIND[stream]), container_id=cid,
             image=image, orig_h=orig, resp_h=resp, resp_p=resp_p,
-            orig_p=_count_col(batch, "id.orig_p", idx), proto=proto, uid=col("uid"), host=hosts,
+            orig_p=_count_col(batch, "id.orig_p", idx), proto=proto, uid=passive("uid"),
+            host=hosts,
             domain=domain, rcode=rcode, conn_state=col("conn_state") if conn else empty,
             bytes_out=_count_col(batch, "orig_bytes", idx) if conn else zero,
             bytes_in=_count_col(batch, "resp_bytes", idx) if conn else zero,
-            uri=col("uri"), user_agent=col("user_agent"), geo_service=empty,
+            uri=passive("uri"), user_agent=passive("user_agent"), geo_service=empty,
             attribution=_ATTRIBUTION[np.where(attributed, 0, 1)],
             container_addr=empty)
         # the factorizations in hand (NetColumns.codes): the windows group and count by them
@@ -1491,7 +1513,7 @@ def _text_col(batch: Any, name: str, idx: Any) -> Any:
         if isinstance(idx, slice) and u is batch.dicts[name][1] and name in batch.columns:
             return batch.columns[name][idx]             # uniques[codes], made by the reader
         return u[c]
-    if name not in batch.columns:                   # the log has no such field
+    if name not in batch.columns and name not in batch.deferred:   # the log has no such field
         return constant(_rows_of(idx), "")
     col = batch.column(name)[idx]
     unset = (col == "-") | (col == "(empty)")

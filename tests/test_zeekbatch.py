@@ -23,7 +23,8 @@ import pytest
 from scheduler.collect import zeeklog
 from scheduler.collect.zeekbatch import (ZeekBatch, batch_from_records, convention, flat_get,
                                          iter_batches, parse_only, record_names)
-from scheduler.pipeline import ingest_fields
+from scheduler.collect.zeekbatch import INT_FIELDS
+from scheduler.pipeline import ingest_fields, passive_fields
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_GLOBS = ("scheduler/demo_data/*/zeek/*.log*", "tests/data/misuse/*/zeek/*.log*",
@@ -53,12 +54,15 @@ def _plain(v: Any) -> Any:
 
 
 def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
-                stream: str | None = None) -> tuple[list[ZeekBatch], zeeklog.ParseStats]:
-    """Batches == per-line records (values, record(i), counts); returns the batches."""
+                stream: str | None = None, lazy: Any = ()
+                ) -> tuple[list[ZeekBatch], zeeklog.ParseStats]:
+    """Batches == per-line records (values, record(i), counts); returns the batches. `lazy`:
+    read with those text fields deferred, whose values (row by row, and whole) must be the same
+    as every other column's."""
     ref_stats, stats = zeeklog.ParseStats(), zeeklog.ParseStats()
     recs = list(zeeklog.iter_zeek_log(path, stats=ref_stats, fields=fields))
     batches = list(iter_batches(path, stream=stream, fields=fields, stats=stats,
-                                batch_bytes=batch_bytes))
+                                batch_bytes=batch_bytes, lazy=lazy))
     assert sum(len(b) for b in batches) == len(recs), path
     for counter in ("records", "bad_lines", "lines", "headers", "blank", "io_errors"):
         assert getattr(stats, counter) == getattr(ref_stats, counter), (path, counter)
@@ -69,10 +73,16 @@ def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
         assert b.lineno.shape == (len(b),)
         mine = record_names([b.record(j) for j in range(len(b))],
                             frozenset(fields) if fields is not None else None)
+        assert set(b.deferred) <= set(lazy) and not set(b.deferred) & set(b.columns)
+        if b.deferred:
+            assert b.meta["mode"] == "columnar", (path, "deferred columns off the TSV path")
+            mine = [n for n in mine if n not in b.deferred] + \
+                [n for n in mine if n in b.deferred]
+        names = list(b.columns) + list(b.deferred)
         if b.meta["mode"] == "json-columnar":      # pyarrow does not keep the keys' order
-            assert sorted(b.columns) == sorted(mine), (path, "column names")
+            assert sorted(names) == sorted(mine), (path, "column names")
         else:
-            assert list(b.columns) == mine, (path, "column names")
+            assert names == mine, (path, "column names")
         for name, (codes, uniques) in b.dicts.items():   # the dictionary-read text columns
             assert len(set(uniques.tolist())) == len(uniques), (path, name, "repeated values")
             assert uniques[codes].tolist() == b.columns[name].tolist(), (path, name)
@@ -84,12 +94,17 @@ def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
                 pass
             else:
                 assert col.dtype == object
+        whole = {n: np.asarray(d) for n, d in b.deferred.items()}
+        for name, col in whole.items():
+            assert col.dtype == object and len(col) == len(b)
+            assert b.deferred[name].tolist() == col.tolist()
         for j in range(len(b)):
             rec = recs[i]
             assert b.record(j) == rec, (path, b.lineno[j])
-            for name, col in b.columns.items():
+            row_by_row = {n: d[j] for n, d in b.deferred.items()}
+            for name, col in [*b.columns.items(), *whole.items(), *row_by_row.items()]:
                 want = convention(name, flat_get(rec, name))
-                got = _plain(col[j])
+                got = _plain(col[j]) if not isinstance(col, str) else col
                 assert _same(got, want), (path, int(b.lineno[j]), name, got, want)
             i += 1
     return batches, stats
@@ -117,6 +132,12 @@ def test_bundled_log_equals_per_line(path: Path) -> None:
     # small blocks: many block boundaries; the default: the daemon's size
     small, _ = check_equal(path, fields, batch_bytes=1 << 13)
     check_equal(path, fields)
+    # the engine's passive fields deferred, as the replay reads them (and every field, for the
+    # logs the engine reads whole): the same values
+    lazy = passive_fields(stream_of(path)) if fields is not None else _all_fields(path)
+    deferred, _ = check_equal(path, fields, lazy=lazy)
+    if any(b.meta["mode"] == "columnar" for b in deferred) and lazy & _string_fields(path):
+        assert any(b.deferred for b in deferred), f"{path}: nothing was deferred"
     modes = {b.meta.get("mode") for b in small}
     with zeeklog.open_log_text(path) as fh:
         head = fh.read(1)
@@ -126,6 +147,30 @@ def test_bundled_log_equals_per_line(path: Path) -> None:
         assert "json-columnar" in modes, f"{path}: no JSON run took pyarrow.json ({modes})"
     elif small and head == "{":
         assert modes == {"json"}       # all fields, or dns's answers/TTLs: line by line
+
+
+def _header_types(path: Path) -> dict[str, str]:
+    """{field: Zeek type} of a TSV log's first #fields/#types ({} for JSON)."""
+    fields: list[str] = []
+    types: list[str] = []
+    with zeeklog.open_log_text(path) as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            if line.startswith("#fields"):
+                fields = line.rstrip("\n").split("\t")[1:]
+            elif line.startswith("#types"):
+                types = line.rstrip("\n").split("\t")[1:]
+    return dict(zip(fields, types))
+
+
+def _all_fields(path: Path) -> frozenset[str]:
+    return frozenset(_header_types(path))
+
+
+def _string_fields(path: Path) -> frozenset[str]:
+    return frozenset(f for f, t in _header_types(path).items() if t == "string"
+                     and f not in INT_FIELDS and f != "ts")
 
 
 HEADER = ("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
@@ -172,6 +217,25 @@ def test_types_unset_empty_escapes(tmp_path: Path) -> None:
     assert uniques[codes].tolist() == b.columns["query"].tolist()
     codes, uniques = b.codes("id.orig_h")
     assert len(uniques) == 3 and codes[1] == codes[2]
+
+
+def test_deferred_text_keeps_the_conventions(tmp_path: Path) -> None:
+    """Text fields read deferred: the markers judged on the raw value ("\\x2d" is the text
+    "-", not unset), escapes decoded, per row, per selection and whole; typed and set fields
+    asked for as deferred are read as before."""
+    rows = ["a\\x09b\\x2d", "-", "(empty)", "\\x2d", "plain", "\\x28empty)"]
+    body = "".join(dns_line(i, query=q) for i, q in enumerate(rows, 1))
+    p = write(tmp_path, "dns.log", HEADER + body)
+    batches, _ = check_equal(p, lazy={"query", "uid", "answers", "AA", "ts", "id.orig_p"})
+    (b,) = batches
+    assert sorted(b.deferred) == ["query", "uid"]
+    want = ["a\tb-", "", "", "-", "plain", "(empty)"]
+    q = b.deferred["query"]
+    assert q.tolist() == want and [q[i] for i in range(6)] == want and q[-1] == "(empty)"
+    assert q[1:4].tolist() == want[1:4] and q[np.array([5, 0])].tolist() == [want[5], want[0]]
+    assert q[np.array([True, False] * 3)][1:].tolist() == [want[2], want[4]]
+    assert b.column("query").tolist() == want and "query" in b.columns   # made whole, once
+    assert b.column("query") is b.column("query")
 
 
 def test_codes_merge_markers_and_escapes(tmp_path: Path) -> None:

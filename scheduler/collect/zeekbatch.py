@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.collect import zeeklog
+from scheduler.collect.deferred import DeferredText
 from scheduler.collect.readahead import read_ahead
 from scheduler.collect.zeeklog import ParseStats, ZeekLogParser, unescape
 
@@ -98,6 +99,9 @@ class ZeekBatch:
     #: the column. The columnar TSV path fills it for the columns it read dictionary-encoded;
     #: `codes()` computes it for the others on first use
     dicts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: text columns asked for as deferred (`iter_batches(lazy=)`): kept as pyarrow read them,
+    #: strings made for the rows taken (`deferred.DeferredText`); `column()` makes them all
+    deferred: dict[str, DeferredText] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.lineno.shape[0])
@@ -106,6 +110,10 @@ class ZeekBatch:
         """The named column, or a constant one when the log lacks the field."""
         col = self.columns.get(name)
         if col is not None:
+            return col
+        lazy = self.deferred.get(name)
+        if lazy is not None:        # asked for whole: made once, then an ordinary column
+            col = self.columns[name] = np.asarray(lazy)
             return col
         if name == "ts":
             return np.full(len(self), np.nan)
@@ -262,7 +270,7 @@ def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
     as plain strings. Numbers are null where `unset`; text is never null."""
     a = _arrow()
     pa = a.pa
-    types = {"str": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
+    types = {"str": pa.string(), "lazy": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
              "dconv": pa.dictionary(pa.int32(), pa.string()),
              "float": pa.float64(), "int": pa.int64()}
     kinds = kinds if kinds is not None else ("str",) * len(include)
@@ -366,6 +374,20 @@ def _merge_uniques(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, np
     return remap[codes], uniques
 
 
+def _finish_text(unset: str, empty: str, values: list[str]) -> list[str]:
+    """A deferred text column's raw values after the convention (`_convert`'s for text): the
+    markers "" (judged on the raw value: a raw "\\x2d" is the text "-"), escapes decoded."""
+    return ["" if v == unset or v == empty else unescape(v) if "\\x" in v else v
+            for v in values]
+
+
+@functools.lru_cache(maxsize=8)
+def _text_finish(unset: str, empty: str) -> Callable[[list[str]], list[str]]:
+    """`_finish_text` for one header's markers: one object per marker pair, so the deferred
+    columns of a file's batches can be recognised as finished alike."""
+    return functools.partial(_finish_text, unset, empty)
+
+
 class _Reject(Exception):
     """The columnar path cannot vouch for this run: parse it line by line instead."""
 
@@ -435,10 +457,12 @@ class BlockParser:
 
     def __init__(self, path: str | os.PathLike[str], stream: str | None = None,
                  fields: Iterable[str] | None = None, stats: ParseStats | None = None,
-                 header: Iterable[str] = ()) -> None:
+                 header: Iterable[str] = (), lazy: Iterable[str] = ()) -> None:
         self.path = str(path)
         self.stream = stream or Path(self.path).name.split(".")[0]
         self.fields: frozenset[str] | None = frozenset(fields) if fields is not None else None
+        #: text fields the TSV columnar path leaves deferred (`ZeekBatch.deferred`)
+        self.lazy = frozenset(lazy)
         self.stats = stats if stats is not None else ParseStats()
         self.parser = ZeekLogParser(self.path, fields=self.fields, stats=self.stats)
         self.columnar_runs = 0   # runs parsed by pyarrow
@@ -588,9 +612,12 @@ class BlockParser:
         escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
         cols: dict[str, np.ndarray] = {}
         dicts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        deferred: dict[str, DeferredText] = {}
         for name, kind in zip(keep, kinds):
             col = table.column(name)
-            if kind == "dict":
+            if kind == "lazy":
+                deferred[name] = DeferredText(col, _text_finish(p.unset_field, p.empty_field))
+            elif kind == "dict":
                 codes, uniques = self._dict_column(name, col, escapes)
                 dicts[name] = (codes, uniques)
                 cols[name] = uniques[codes]
@@ -608,6 +635,7 @@ class BlockParser:
                 cols[name] = self._convert(name, ztype[name], col, escapes)
         batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
         batch.dicts = dicts
+        batch.deferred = deferred
         return batch
 
     def _read_kinds(self, keep: Sequence[str], ztype: dict[str, str]) -> tuple[str, ...]:
@@ -616,7 +644,8 @@ class BlockParser:
         path keeps as text: string, addr, enum, string sets...) dictionary-encoded, so a value
         repeated in the run becomes one Python str, not one per row; "str" for the rest (typed
         fields `_convert` handles, and text columns seen to hold about one value per row);
-        "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
+        "lazy" (a plain string field asked for as deferred) read as strings and left to pyarrow
+        (`DeferredText`: the convention applied to the rows taken only); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
         once per distinct value (`_dict_convert`)."""
         p = self.parser
         out: list[str] = []
@@ -627,6 +656,9 @@ class BlockParser:
                 out.append("float")
             elif name in INT_FIELDS and t in _INT_TYPES:
                 out.append("int")
+            elif name in self.lazy and name != "ts" and name not in INT_FIELDS and \
+                    inner is None and zeeklog._scalar_converter(t) is None:
+                out.append("lazy")
             elif name not in INT_FIELDS and name != "ts" and name not in self._dense and (
                     (inner is None and zeeklog._scalar_converter(t) is None) or
                     (inner is not None and zeeklog._scalar_converter(inner) is None
@@ -942,7 +974,7 @@ def update_header(header: list[str], text: str) -> list[str]:
 def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                  fields: Iterable[str] | None = None, stats: ParseStats | None = None,
                  batch_bytes: int = DEFAULT_BATCH_BYTES, start: int = 0,
-                 inflate_ahead: int = 0) -> Iterator[ZeekBatch]:
+                 inflate_ahead: int = 0, lazy: Iterable[str] = ()) -> Iterator[ZeekBatch]:
     """The records of one Zeek log (TSV or JSON lines, plain or .gz) as ZeekBatch objects.
 
     `fields` limits the columns (None: all); `stats` counts lines, records and malformed lines
@@ -951,7 +983,9 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
     it. A truncated .gz yields the complete lines before the damage, counted in
     `stats.io_errors` with a warning; nothing raises on bad input. `inflate_ahead` > 0: a .gz
     file's blocks are read and inflated that many ahead in a thread (`readahead`; zlib runs
-    without the GIL) while its blocks are parsed; the same blocks in the same order."""
+    without the GIL) while its blocks are parsed; the same blocks in the same order. `lazy`:
+    text fields (of those asked for) whose TSV columns may stay deferred (`ZeekBatch.deferred`:
+    strings made for the rows taken), for a consumer that reads few of their rows."""
     p = str(path)
     stats = stats if stats is not None else ParseStats()
     stats.files += 1
@@ -971,7 +1005,8 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                 stats.io_errors += 1
                 log.warning("cannot resume %s at offset %d: %s", p, start, exc)
                 return
-        bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header)
+        bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header,
+                         lazy=lazy)
         offset = start
         blocks = iter_blocks(handle, batch_bytes)
         if inflate_ahead and isinstance(handle, gzip.GzipFile):

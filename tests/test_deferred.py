@@ -1,0 +1,89 @@
+"""DeferredText (scheduler.collect.deferred) stands in for a numpy object array of str: every
+selection the engine makes of a NetColumns column must give what the same selection of the
+array gives, and whatever needs every row (the daemon's queue, a concatenation) gets them."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from model.records import NET_FIELDS, NetColumns
+from model.window_agg import concat_columns
+from scheduler.collect.deferred import DeferredText
+from scheduler.pipeline import _shared_strings
+
+RAW = ["a", "-", "b\\x2dc", "(empty)", "d", "e", "f", "g"]
+
+
+def finish(values: list[str]) -> list[str]:
+    return ["" if v in ("-", "(empty)") else v.replace("\\x2d", "-") for v in values]
+
+
+def pair() -> tuple[DeferredText, np.ndarray]:
+    ref = np.empty(len(RAW), dtype=object)
+    ref[:] = finish(RAW)
+    return DeferredText(pa.chunked_array([pa.array(RAW[:3]), pa.array(RAW[3:])]), finish), ref
+
+
+SELECTIONS = [slice(None), slice(2, 6), slice(5, 100), slice(6, 2), slice(None, None, 2),
+              slice(7, 0, -3), np.array([7, 0, 3, 3]), np.array([], dtype=np.int64),
+              np.array([True, False, True, True, False, False, True, False])]
+
+
+@pytest.mark.parametrize("outer", SELECTIONS, ids=repr)
+@pytest.mark.parametrize("inner", SELECTIONS[:4] + SELECTIONS[-1:], ids=repr)
+def test_selections_equal_the_arrays(inner: object, outer: object) -> None:
+    lazy, ref = pair()
+    a, r = lazy[inner], ref[inner]
+    assert len(a) == len(r) and a.shape == r.shape and a.tolist() == r.tolist()
+    if not (isinstance(outer, np.ndarray) and outer.dtype == bool and len(outer) != len(r)):
+        if not (isinstance(outer, np.ndarray) and outer.size and outer.max() >= len(r)):
+            assert a[outer].tolist() == r[outer].tolist()
+    for i in range(-len(r), len(r)):
+        assert a[i] == r[i] and type(a[i]) is str
+    with pytest.raises(IndexError):
+        a[len(r)]
+    got = np.asarray(a)
+    assert got.dtype == object and got.tolist() == r.tolist() and list(a) == r.tolist()
+
+
+def test_concat_keeps_one_arrays_rows_deferred() -> None:
+    lazy, ref = pair()
+    one = DeferredText.concat([lazy[np.array([6, 1])], lazy[np.array([0])]])
+    assert type(one) is DeferredText and one.tolist() == ref[[6, 1, 0]].tolist()
+    other, _ = pair()                    # another array: every row made
+    mixed = DeferredText.concat([lazy[np.array([2])], other[np.array([3, 4])]])
+    assert type(mixed) is np.ndarray and mixed.tolist() == ref[[2, 3, 4]].tolist()
+
+
+def nets(n: int, lazy: DeferredText | None = None) -> NetColumns:
+    cols = {}
+    for f in NET_FIELDS:
+        if f == "ts":
+            cols[f] = np.arange(n, dtype=float)
+        elif f in ("resp_p", "orig_p", "bytes_out", "bytes_in"):
+            cols[f] = np.zeros(n, dtype=np.int64)
+        else:
+            cols[f] = np.array([f"{f}{i % 2}" for i in range(n)], dtype=object)
+    if lazy is not None:
+        cols["uid"] = lazy
+    return NetColumns(**cols)
+
+
+def test_netcolumns_with_a_deferred_column() -> None:
+    """What the engine does with a NetColumns whose uid is deferred: records and tuples of
+    rows, take, concatenation, and the daemon's queue (materialized, then shared strings)."""
+    lazy, ref = pair()
+    cols = nets(len(ref), lazy)
+    assert cols.record(2).uid == ref[2]
+    assert [r.uid for r in cols.records(np.array([3, 0]))] == [ref[3], ref[0]]
+    taken = cols.take(np.array([7, 5, 2]))
+    assert type(taken.uid) is DeferredText and taken.uid.tolist() == ref[[7, 5, 2]].tolist()
+    both = concat_columns([cols.take(np.array([1])), taken])
+    assert type(both.uid) is DeferredText and both.uid.tolist() == ref[[1, 7, 5, 2]].tolist()
+    made = taken.materialized()
+    assert all(isinstance(getattr(made, f), np.ndarray) for f in NET_FIELDS)
+    assert made.uid.tolist() == ref[[7, 5, 2]].tolist()
+    assert _shared_strings(made).uid.tolist() == ref[[7, 5, 2]].tolist()
+    plain = nets(3)
+    assert plain.materialized() is plain
