@@ -235,8 +235,12 @@ class WindowingMixin:
         bounds = [0] + cuts.tolist() + [int(by_cid.size)]
         heads = [0] + cuts.tolist()
         groups: list[tuple[NetWindowAgg, np.ndarray]] = []
-        for gi, kk, lo, hi in zip(g[heads].tolist(), k[heads].tolist(), bounds, bounds[1:]):
-            agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo)
+        gs, ks = g[heads].tolist(), k[heads].tolist()
+        # a run followed by a run of the same container in a later window: that window is
+        # opened and closed within this call (`_net_window(passing=True)`)
+        passing = [a == b and ka < kb for a, b, ka, kb in zip(gs, gs[1:], ks, ks[1:])] + [False]
+        for gi, kk, lo, hi, gone in zip(gs, ks, bounds, bounds[1:], passing):
+            agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo, gone)
             if agg is not None:
                 groups.append((agg, by_cid[lo:hi]))
         return groups
@@ -319,10 +323,15 @@ class WindowingMixin:
         cut = unknown | (due & ~(k <= closed))
         return [i for i in behind[cut].tolist() if i]        # row 0 starts a stretch anyway
 
-    def _net_window(self, cid: str, origin: float, kk: int, rows: int) -> NetWindowAgg | None:
+    def _net_window(self, cid: str, origin: float, kk: int, rows: int, passing: bool = False
+                    ) -> NetWindowAgg | None:
         """The accumulator that `rows` network rows of container `cid` in its window `kk` go
         to, as `_window_add` decides for each (late rows and windows scored before a resume:
-        None); opens and closes windows on the way."""
+        None); opens and closes windows on the way. `passing`: the caller's next rows are this
+        container's in a later window, so a window opened here is closed by them before
+        anything else happens: it goes straight to the closed ones, never registered as open
+        (no time-heap entry, no open-window position), as opening then closing it leaves the
+        state."""
         cw = self._cw.get(cid)
         if cw is None or cw["k"] != kk or (self._skip and (cid, kk) in self._skip):
             if kk <= self._last_closed.get(cid, -1 << 62) or (cid, kk) in self._skip:
@@ -333,6 +342,13 @@ class WindowingMixin:
                 self._close(cid)
                 cw = None
             if cw is None:
+                if passing and not self.windows_only:
+                    agg = NetWindowAgg()
+                    self._last_closed[cid] = kk          # above it: the test above passed
+                    self._win_pos.pop((cid, kk), None)   # a resumed position would go too
+                    self._closed.append((cid, {"origin": origin, "k": kk, "p": [], "n": agg,
+                                               "l": []}))
+                    return agg
                 cw = self._open(cid, origin, kk)
                 if cw is None:
                     return None
