@@ -30,6 +30,7 @@ import ipaddress
 import math
 from collections import Counter
 from functools import lru_cache
+from itertools import chain
 from operator import attrgetter
 from typing import Any, Callable, Iterable, Sequence
 
@@ -389,22 +390,33 @@ _FEATURE_COUNTS = attrgetter(*_COUNTS, "ent_sum")
 
 
 def features_of(aggs: Sequence[NetWindowAgg]) -> np.ndarray:
-    """The NET_FEATURES rows of many windows, (len(aggs), 13) float64: the one definition of
-    the network features. Counts as floats, the sizes of the distinct sets, and three ratios
-    (0 where the count they divide by is 0). Read a column at a time in C (`attrgetter`,
-    `map(len)`): a Python call per window was a third of a flush's feature building."""
+    """The NET_FEATURES rows of many windows, (len(aggs), 13) float64 (`feature_matrix`). Read a
+    column at a time in C (`attrgetter`, `map(len)`): a Python call per window was a third of a
+    flush's feature building."""
     n = len(aggs)
-    raw = np.array(list(map(_FEATURE_COUNTS, aggs)), dtype=np.float64).reshape(n, len(_COUNTS) + 1)
-    (conns, failed, public, dns, answered, nx, http, geo, bytes_out, bytes_in,
-     ent_sum) = raw.T
+    raw = np.fromiter(chain.from_iterable(map(_FEATURE_COUNTS, aggs)), np.float64,
+                      n * (len(_COUNTS) + 1)).reshape(n, len(_COUNTS) + 1)
 
     def size(name: str) -> np.ndarray:
         return np.fromiter(map(len, map(attrgetter(name), aggs)), np.float64, n)
 
+    return feature_matrix(raw, size("addrs"), size("ports"), size("domains"))
+
+
+def feature_matrix(raw: np.ndarray, addrs: np.ndarray, ports: np.ndarray,
+                   domains: np.ndarray) -> np.ndarray:
+    """The one definition of the network features: NET_FEATURES rows, (n, 13) float64, from the
+    windows' counters (`raw`: `_COUNTS` then the entropy sum, a row each) and the sizes of their
+    distinct sets. Counts as floats, the sizes, and three ratios (0 where the count they divide
+    by is 0)."""
+    n = raw.shape[0]
+    (conns, failed, public, dns, answered, nx, http, geo, bytes_out, bytes_in,
+     ent_sum) = raw.T
+
     def share(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.divide(num, den, out=np.zeros(n), where=den != 0)
 
-    return np.stack([conns, failed, size("addrs"), size("ports"), size("domains"), dns,
+    return np.stack([conns, failed, addrs, ports, domains, dns,
                      share(ent_sum, dns), share(nx, answered), http, geo, bytes_out, bytes_in,
                      share(public, conns)], axis=1)
 

@@ -236,9 +236,12 @@ class WindowingMixin:
         heads = [0] + cuts.tolist()
         groups: list[tuple[NetWindowAgg, np.ndarray]] = []
         gs, ks = g[heads].tolist(), k[heads].tolist()
-        # a run followed by a run of the same container in a later window: that window is
+        # a run followed by a run of the same container in a later window that it may open
+        # (not a window skipped at a stop, which would leave this one open): this window is
         # opened and closed within this call (`_net_window(passing=True)`)
-        passing = [a == b and ka < kb for a, b, ka, kb in zip(gs, gs[1:], ks, ks[1:])] + [False]
+        skip = self._skip
+        passing = [a == b and ka < kb and not (skip and (cid_l[b], kb) in skip)
+                   for a, b, ka, kb in zip(gs, gs[1:], ks, ks[1:])] + [False]
         for gi, kk, lo, hi, gone in zip(gs, ks, bounds, bounds[1:], passing):
             agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo, gone)
             if agg is not None:
