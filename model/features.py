@@ -173,7 +173,8 @@ class _Span:
     ended: bool
 
 
-def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> dict[str, _Span]:
+def _container_spans(processes, nets, lifecycle, containers, net_windows=(),
+                     new_windows=()) -> dict[str, _Span]:
     """When each container existed: inventory creation, lifecycle events and first/last record
     (of the records given, or of the network accumulators standing for them)."""
     spans: dict[str, _Span] = {}
@@ -240,6 +241,21 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=()) -> 
                 p[2] = agg.image
             if not p[3]:
                 p[3] = agg.host
+    for cids, _, rows in new_windows:    # windows as arrays (`new_windows`): the same, each
+        for cid, t_min, t_max, image, host in zip(cids, rows.t_min.tolist(),
+                                                  rows.t_max.tolist(), rows.image, rows.host):
+            p = per.get(cid)
+            if p is None:
+                per[cid] = [t_min, t_max, image, host]
+                continue
+            if t_min < p[0]:
+                p[0] = t_min
+            if t_max > p[1]:
+                p[1] = t_max
+            if not p[2]:
+                p[2] = image
+            if not p[3]:
+                p[3] = host
     for cid, (t0, t1, image, host) in per.items():
         touch(cid, t0, image, host, last=t1)
     for s in spans.values():
@@ -263,6 +279,7 @@ def build_windows(
     align: str = "container",
     net_windows: dict[tuple[str, int], NetWindowAgg] | None = None,
     only_given: bool = False,
+    new_windows: Sequence[tuple[Sequence[str], Sequence[int], Any]] = (),
 ) -> FeatureWindows:
     """Turn records into one feature row per container per window.
 
@@ -282,8 +299,11 @@ def build_windows(
     records in `nets` are grouped into one each, or the caller hands its own accumulators in
     `net_windows`, keyed (container id, window index from the container's origin) (the live
     engine's windows, which never keep their records). One implementation either way.
-    `only_given`: only the rows of the accumulators in `net_windows` (the windows a flush
-    closed), in the order they would have among all rows.
+    `new_windows`: more such windows as arrays, (container ids, window indexes,
+    `model.window_agg.NewWindowRows`) (windows the live engine opened and closed within one
+    call, made without an accumulator each). `only_given`: only the rows of the windows in
+    `net_windows` and `new_windows` (the windows a flush closed), in the order they would
+    have among all rows.
     """
     if window_s <= 0:
         raise ValueError("window_s must be positive")
@@ -291,7 +311,7 @@ def build_windows(
     lifecycle, containers = list(lifecycle), list(containers)
     keyfn = image_key or (lambda s: s)
     aggs = list((net_windows or {}).items())
-    spans = _container_spans(processes, nets, lifecycle, containers, aggs)
+    spans = _container_spans(processes, nets, lifecycle, containers, aggs, new_windows)
     if not spans:
         return FeatureWindows.empty(environment)
 
@@ -422,9 +442,21 @@ def build_windows(
         agg_rows.extend(given_rows.tolist())
         given = list(net_windows.values())
         agg_list.extend([given[j] for j in hit.tolist()])
+    net_cols = [col[f] for f in NET_FEATURES]
     if agg_list:
-        net_cols = [col[f] for f in NET_FEATURES]
         X[np.ix_(np.asarray(agg_rows, dtype=np.int64), net_cols)] = features_of(agg_list)
+    new_rows: list[np.ndarray] = []
+    for n_cids, n_ks, built in new_windows:   # each window's row, as for the accumulators
+        ci = np.fromiter(map(cid_index.get, n_cids, repeat(-1)), np.int64, len(n_cids))
+        w = np.asarray(n_ks, dtype=np.int64) - wmin
+        ok = (ci >= 0) & (w >= 0) & (w < span_w)
+        key = ci * span_w + w
+        pos = np.minimum(np.searchsorted(sorted_keys, key), sorted_keys.size - 1)
+        hit = np.flatnonzero(ok & (sorted_keys[pos] == key))
+        new_rows.append(key_order[pos[hit]])
+        X[np.ix_(new_rows[-1], net_cols)] = built.X[hit]
+    if new_rows:
+        given_rows = np.concatenate(([] if given_rows is None else [given_rows]) + new_rows)
 
     # lifecycle ---------------------------------------------------------------------------------
     ev = [e for e in lifecycle if e.container_id in cid_index]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
@@ -430,90 +431,33 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
     (71% of the Zeek path). Here every text column is factorized once for all the groups'
     rows, each string predicate runs once per distinct value, the counts of every group are one
     `np.add.reduceat` over the rows laid out group after group, and the distinct sets come from
-    one `np.unique` of (group, value code) pairs; what is left per group is a few scalar
-    additions. The same window may appear in several groups (they are applied in order)."""
+    one `np.unique` of (group, value code) pairs (`_GroupStats`); what is left per group is a
+    few scalar additions. The same window may appear in several groups (they are applied in
+    order)."""
     groups = list(groups)
     if not groups:
         return
     # the windows and their rows as two sequences, taken apart in C (a few dozen rows a group:
     # a Python step per group here was a tenth of the call)
     aggs, rs = zip(*groups)
-    rs = [r if type(r) is np.ndarray and r.ndim == 1 else np.asarray(r, dtype=np.int64).reshape(-1)
-          for r in rs]
+    rs = _row_arrays(rs)
     sizes = np.fromiter(map(len, rs), np.int64, len(rs))
     if not sizes.all():
         keep = np.flatnonzero(sizes).tolist()
         if not keep:
             return
         aggs, rs, sizes = [aggs[i] for i in keep], [rs[i] for i in keep], sizes[keep]
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    rows = (rs[0] if len(rs) == 1 else np.concatenate(rs)).astype(np.int64, copy=False)
-    m, ng = int(rows.size), len(aggs)
-    gid = np.repeat(np.arange(ng, dtype=np.int64), sizes)
-    ts = np.asarray(cols.ts, dtype=float)[rows]
-    kcode, kinds = cols.coded("kind", rows)
-    conn, dns = (kinds == "conn")[kcode], (kinds == "dns")[kcode]
-    http = (kinds == "http")[kcode]
-    geo = per_code(cols.coded("geo_service", rows), bool, bool)
-    no = np.zeros(m, dtype=bool)
-    failed = public = answered = nxu = nx = no
-    bytes_out = bytes_in = np.zeros(m, dtype=np.int64)
-    addrs = ports = domains = None
-    if conn.any():
-        failed = conn & _is(cols.conn_state[rows], FAILED_CONN_STATES)
-        hcode, huniq = cols.coded("resp_h", rows)
-        public = conn & np.fromiter((leaves_rfc1918(u) for u in huniq), bool, huniq.size)[hcode]
-        bytes_out = np.where(conn, np.asarray(cols.bytes_out[rows], dtype=np.int64), 0)
-        bytes_in = np.where(conn, np.asarray(cols.bytes_in[rows], dtype=np.int64), 0)
-        if any(len(agg.addrs) < DISTINCT_CAP for agg in aggs):
-            addrs = _group_distinct(gid, hcode, conn & (huniq != "")[hcode], ng, huniq.size,
-                                    huniq)
-        if any(len(agg.ports) < DISTINCT_CAP for agg in aggs):
-            port = np.asarray(cols.resp_p[rows], dtype=np.int64)
-            ok = conn & (port != 0)
-            if ok.any():
-                lo = int(port[ok].min())
-                ports = _group_distinct(gid, port - lo, ok, ng, int(port[ok].max()) - lo + 1,
-                                        None, ordered=True, offset=lo)
-    d = np.flatnonzero(dns)
-    ent: list[float] = []
-    dbounds = None
-    if d.size:
-        ent = per_code(cols.coded("domain", rows[d]), label_entropy, float).tolist()
-        dbounds = np.searchsorted(gid[d], np.arange(ng + 1)).tolist()
-        rcode, runiq = cols.coded("rcode", rows[d])
-        answered, nxu, nx = no.copy(), no.copy(), no.copy()
-        answered[d] = np.fromiter((bool(v) for v in runiq), bool, runiq.size)[rcode]
-        nxu[d] = np.fromiter((bool(v) and v.upper() == "NXDOMAIN" for v in runiq), bool,
-                             runiq.size)[rcode]
-        nx[d] = np.fromiter((v == "NXDOMAIN" for v in runiq), bool, runiq.size)[rcode]
-    if any(len(agg.domains) < DISTINCT_CAP for agg in aggs):
-        dk = np.fromiter((k in DOMAIN_KINDS for k in kinds), bool, kinds.size)[kcode]
-        if dk.any():
-            dcode, duniq = cols.coded("domain", rows)
-            dom = np.empty(duniq.size, dtype=object)
-            dom[:] = [domain_of(x) for x in duniq]
-            domains = _group_distinct(gid, dcode, dk & (dom != "")[dcode], ng, duniq.size, dom)
-    # only the counters some row of the call adds to (an http batch: one of ten); the others
-    # would add 0 to every window
-    active = [(name, col) for name, col in zip(_COUNTS, (conn, failed, public, dns, answered,
-                                                          nxu, http, geo, bytes_out, bytes_in))
-              if col is not no and col.any()]
-    counts = np.add.reduceat(np.stack([col for _, col in active], axis=1).astype(np.int64),
-                             starts, axis=0).tolist() if active else []
-    names = [name for name, _ in active]
-    j_dns = names.index("dns") if "dns" in names else -1
-    distinct = [(name, new) for name, new in (("addrs", addrs), ("ports", ports),
-                                                 ("domains", domains)) if new is not None]
-    t_min = np.minimum.reduceat(ts, starts).tolist()
-    t_max = np.maximum.reduceat(ts, starts).tolist()
-    image = _first_per_group(cols.coded("image", rows), starts, m) \
-        if any(not agg.image for agg in aggs) else None
-    host = _first_per_group(cols.coded("host", rows), starts, m) \
-        if any(not agg.host for agg in aggs) else None
-    sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts).tolist()
-    starts_l = starts.tolist()
+    st = _GroupStats(cols, rs, sizes,
+                     addrs=any(len(agg.addrs) < DISTINCT_CAP for agg in aggs),
+                     ports=any(len(agg.ports) < DISTINCT_CAP for agg in aggs),
+                     domains=any(len(agg.domains) < DISTINCT_CAP for agg in aggs),
+                     image=any(not agg.image for agg in aggs),
+                     host=any(not agg.host for agg in aggs))
+    counts = st.counts.tolist() if st.counts is not None else []
+    names, j_dns, ent, dbounds = st.names, st.j_dns, st.ent, st.dbounds
+    distinct = [(name, new) for name, new in st.distinct.items() if new is not None]
+    t_min, t_max, image, host = st.t_min.tolist(), st.t_max.tolist(), st.image, st.host
+    sampled = st.sampled.tolist()
     sampling: list[tuple[int, NetSample, int]] = []       # (group, sample, seq of its first row)
     sizes_l = sizes.tolist()
     for g, agg in enumerate(aggs):
@@ -552,9 +496,168 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
         if sampled[g] and agg.sampling:
             sampling.append((g, agg.sample_for_rows(), seq0))
     if sampling:
-        _sample_groups(cols, rows, gid, starts_l, ts, sampling,
-                       {"failed": failed, "geo": geo, "nxdomain": nx, "conns": conn},
-                       conn, dns)
+        _sample_groups(cols, st.rows, st.gid, st.starts.tolist(), st.ts, sampling,
+                       {"failed": st.failed, "geo": st.geo, "nxdomain": st.nx,
+                        "conns": st.conn}, st.conn, st.dns)
+
+
+def _row_arrays(rs: Sequence[Any]) -> list[np.ndarray]:
+    return [r if type(r) is np.ndarray and r.ndim == 1 else np.asarray(r, dtype=np.int64).reshape(-1)
+            for r in rs]
+
+
+class _GroupStats:
+    """What each of many groups of rows of one NetColumns adds to a window, for all groups at
+    once: the rows laid out group after group (`rows`, `gid`, `starts`), the counters the rows
+    touch (`names`, `counts`: a row per group), the DNS rows' label entropies in arrival order
+    (`ent`, group g's are ent[dbounds[g]:dbounds[g+1]]), the distinct values per set
+    (`distinct`: name -> (values, bounds) or None, `_group_distinct`), each group's first and
+    last time, first non-empty image and host, and whether an evidence sample may keep one of
+    its rows (`sampled`). `add_groups` applies them to accumulators; `new_windows` turns them
+    into features. The keyword flags leave out what no window of the call needs."""
+
+    __slots__ = ("rows", "gid", "starts", "ts", "conn", "dns", "geo", "failed", "nx", "names",
+                 "counts", "j_dns", "ent", "dbounds", "distinct", "t_min", "t_max", "image",
+                 "host", "sampled")
+
+    def __init__(self, cols: NetColumns, rs: list[np.ndarray], sizes: np.ndarray, *,
+                 addrs: bool, ports: bool, domains: bool, image: bool, host: bool) -> None:
+        ends = np.cumsum(sizes)
+        starts = self.starts = ends - sizes
+        rows = self.rows = (rs[0] if len(rs) == 1 else np.concatenate(rs)).astype(np.int64,
+                                                                                  copy=False)
+        m, ng = int(rows.size), len(rs)
+        gid = self.gid = np.repeat(np.arange(ng, dtype=np.int64), sizes)
+        ts = self.ts = np.asarray(cols.ts, dtype=float)[rows]
+        kcode, kinds = cols.coded("kind", rows)
+        conn, dns = (kinds == "conn")[kcode], (kinds == "dns")[kcode]
+        http = (kinds == "http")[kcode]
+        geo = per_code(cols.coded("geo_service", rows), bool, bool)
+        no = np.zeros(m, dtype=bool)
+        failed = public = answered = nxu = nx = no
+        bytes_out = bytes_in = np.zeros(m, dtype=np.int64)
+        found: dict[str, Any] = {"addrs": None, "ports": None, "domains": None}
+        if conn.any():
+            failed = conn & _is(cols.conn_state[rows], FAILED_CONN_STATES)
+            hcode, huniq = cols.coded("resp_h", rows)
+            public = conn & np.fromiter((leaves_rfc1918(u) for u in huniq), bool,
+                                        huniq.size)[hcode]
+            bytes_out = np.where(conn, np.asarray(cols.bytes_out[rows], dtype=np.int64), 0)
+            bytes_in = np.where(conn, np.asarray(cols.bytes_in[rows], dtype=np.int64), 0)
+            if addrs:
+                vcode, vals = _by_value(hcode, huniq)
+                found["addrs"] = _group_distinct(gid, vcode, conn & (vals != "")[vcode], ng,
+                                                 vals.size, vals)
+            if ports:
+                port = np.asarray(cols.resp_p[rows], dtype=np.int64)
+                ok = conn & (port != 0)
+                if ok.any():
+                    lo = int(port[ok].min())
+                    found["ports"] = _group_distinct(gid, port - lo, ok, ng,
+                                                     int(port[ok].max()) - lo + 1, None,
+                                                     ordered=True, offset=lo)
+        d = np.flatnonzero(dns)
+        self.ent: list[float] = []
+        self.dbounds: list[int] | None = None
+        if d.size:
+            self.ent = per_code(cols.coded("domain", rows[d]), label_entropy, float).tolist()
+            self.dbounds = np.searchsorted(gid[d], np.arange(ng + 1)).tolist()
+            rcode, runiq = cols.coded("rcode", rows[d])
+            answered, nxu, nx = no.copy(), no.copy(), no.copy()
+            answered[d] = np.fromiter((bool(v) for v in runiq), bool, runiq.size)[rcode]
+            nxu[d] = np.fromiter((bool(v) and v.upper() == "NXDOMAIN" for v in runiq), bool,
+                                 runiq.size)[rcode]
+            nx[d] = np.fromiter((v == "NXDOMAIN" for v in runiq), bool, runiq.size)[rcode]
+        if domains:
+            dk = np.fromiter((k in DOMAIN_KINDS for k in kinds), bool, kinds.size)[kcode]
+            if dk.any():
+                dcode, duniq = cols.coded("domain", rows)
+                dom = np.empty(duniq.size, dtype=object)
+                dom[:] = [domain_of(x) for x in duniq]
+                vcode, vals = _by_value(dcode, dom)     # "A.example" and "a.example": one
+                found["domains"] = _group_distinct(gid, vcode, dk & (vals != "")[vcode], ng,
+                                                   vals.size, vals)
+        self.distinct = found
+        # only the counters some row of the call adds to (an http batch: one of ten); the
+        # others would add 0 to every window
+        active = [(name, col) for name, col in zip(_COUNTS, (conn, failed, public, dns,
+                                                             answered, nxu, http, geo,
+                                                             bytes_out, bytes_in))
+                  if col is not no and col.any()]
+        self.counts = np.add.reduceat(np.stack([col for _, col in active], axis=1)
+                                      .astype(np.int64), starts, axis=0) if active else None
+        self.names = [name for name, _ in active]
+        self.j_dns = self.names.index("dns") if "dns" in self.names else -1
+        self.t_min = np.minimum.reduceat(ts, starts)
+        self.t_max = np.maximum.reduceat(ts, starts)
+        self.image = _first_per_group(cols.coded("image", rows), starts, m) if image else None
+        self.host = _first_per_group(cols.coded("host", rows), starts, m) if host else None
+        self.sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts) > 0
+        self.conn, self.dns, self.geo, self.failed, self.nx = conn, dns, geo, failed, nx
+
+
+def new_windows(cols: NetColumns, rs: Sequence[Any]) -> "NewWindowRows":
+    """The windows that get exactly these rows, a window per non-empty list of rows and nothing
+    else: what `add_groups` on new accumulators, then `features_of`, give them, as arrays, with
+    no accumulator per window.
+
+    Why: an http or ssl log opens and closes about a window every 30 lines (a container's rows
+    in one replay chunk span many windows, all but its last opened and closed within the
+    chunk), and an accumulator per such window, filled, read and thrown away, was most of the
+    engine's time there. For rows no evidence selection keeps (no conn, dns or geo row: such a
+    window's sample stays empty, `rules.window_samples` picks nothing from it): ValueError
+    otherwise."""
+    rs = _row_arrays(rs)
+    sizes = np.fromiter(map(len, rs), np.int64, len(rs))
+    if not sizes.all():
+        raise ValueError("a new window without rows")
+    st = _GroupStats(cols, rs, sizes, addrs=True, ports=True, domains=True, image=True,
+                     host=True)
+    if st.sampled.any():
+        raise ValueError("rows an evidence sample may keep: accumulators only (add_groups)")
+    ng = len(rs)
+    raw = np.zeros((ng, len(_COUNTS) + 1))       # the entropy sum stays 0.0: no DNS row
+    for j, name in enumerate(st.names):
+        raw[:, _COUNTS.index(name)] = st.counts[:, j]
+
+    def size(name: str) -> np.ndarray:   # a new set takes them all, up to the cap
+        found = st.distinct[name]
+        if found is None:
+            return np.zeros(ng)
+        return np.minimum(np.diff(np.asarray(found[1], dtype=np.int64)),
+                          DISTINCT_CAP).astype(np.float64)
+
+    # a new accumulator's first and last time start at +inf and -inf, and a comparison with
+    # NaN keeps them
+    t_min = np.where(st.t_min < math.inf, st.t_min, math.inf)
+    t_max = np.where(st.t_max > -math.inf, st.t_max, -math.inf)
+    return NewWindowRows(X=feature_matrix(raw, size("addrs"), size("ports"), size("domains")),
+                         n=sizes, t_min=t_min, t_max=t_max, image=st.image, host=st.host)
+
+
+def keeps_no_sample(cols: NetColumns, rows: Any = None) -> bool:
+    """Is no row (of `rows`) one an evidence sample may keep (a conn or dns row, a geo contact:
+    `_GroupStats.sampled`)? Judged on the columns' distinct values (`NetColumns.coded`), so a
+    value listed but unused answers no: `new_windows`' precondition, checked cheaply."""
+    _, kinds = cols.coded("kind", rows)
+    if any(k == "conn" or k == "dns" for k in kinds.tolist()):
+        return False
+    _, geo = cols.coded("geo_service", rows)
+    return not any(geo.tolist())
+
+
+@dataclass(slots=True)
+class NewWindowRows:
+    """`new_windows`' result, a row per window: the NET_FEATURES rows (`X`), and what a
+    window's accumulator would tell its container's span: rows added, first and last time,
+    first non-empty image and host."""
+
+    X: np.ndarray
+    n: np.ndarray
+    t_min: np.ndarray
+    t_max: np.ndarray
+    image: list[str]
+    host: list[str]
 
 
 def _sample_groups(cols: NetColumns, rows: np.ndarray, gid: np.ndarray, starts: list[int],
@@ -683,6 +786,16 @@ def _group_distinct(gid: np.ndarray, codes: np.ndarray, valid: np.ndarray, ng: i
     g, c = np.divmod(uk, max(ncodes, 1))
     values = table[c].tolist() if table is not None else (c + offset).tolist()
     return values, np.searchsorted(g, np.arange(ng + 1)).tolist()
+
+
+def _by_value(codes: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, table) with the table's equal values under one code: a distinct set counts
+    values, and a (codes, values) pair may list a value twice (`NetColumns.codes`), as
+    `domain_of` makes one of two spellings."""
+    if table.size < 2:
+        return codes, table
+    vcode, vals = factorize(table)
+    return (codes, table) if vals.size == table.size else (vcode[codes], vals)
 
 
 def _first_per_group(coded: tuple[np.ndarray, np.ndarray], starts: np.ndarray, m: int

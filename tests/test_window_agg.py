@@ -14,8 +14,9 @@ import pytest
 
 from model.features import FEATURE_INDEX, build_windows
 from model.records import ContainerInfo, NetRecord, ProcessRecord
-from model.window_agg import (DISTINCT_CAP, NET_FEATURES, SAMPLE_K, SELECTIONS, NetWindowAgg,
-                              columns_of)
+from model.window_agg import (DISTINCT_CAP, NET_FEATURES, SAMPLE_K, SELECTIONS,
+                              NetWindowAgg, add_groups, columns_of, features_of,
+                              keeps_no_sample, new_windows)
 from scheduler.detect import rules
 from scheduler.detect.windowing import WindowingMixin
 
@@ -271,8 +272,11 @@ def _state(e: _Engine) -> dict:
     def win(cw):
         return (cw["origin"], cw["k"], cw["n"].features(), cw["n"].n,
                 [(r.ts, r.uid) for r in cw["n"].sample_rows()])
+    new = [(c, (origin, k, rows.X[j].tolist(), int(rows.n[j]), []))     # made as arrays
+           for cids, ks, origins, rows in e._closed_new
+           for j, (c, k, origin) in enumerate(zip(cids, ks, origins))]
     return {"open": {c: win(cw) for c, cw in e._cw.items()},
-            "closed": sorted((c, win(cw)) for c, cw in e._closed),
+            "closed": sorted([(c, win(cw)) for c, cw in e._closed] + new),
             "late": e.stats.late_records, "last_closed": dict(e._last_closed),
             "origins": dict(e._origins), "pos": dict(e._win_pos),
             # the time-heap entries that close an open window (`_advance` skips the others)
@@ -313,6 +317,13 @@ def test_window_add_nets_decides_as_row_by_row(windows_only, chunks, kinds):
     sa, sb = _state(a), _state(b)
     assert sa == sb
     assert sa["closed"] and (windows_only or sa["late"] > 300)
+    built = []
+    for e in (a, b):                   # the feature rows the flush builds of them: the same
+        e.close_windows()
+        e._score_closed()
+        fw = e.collected[-1]
+        built.append((fw.X.tolist(), fw.container_id, fw.window_start.tolist(), fw.image))
+    assert built[0] == built[1] and len(built[0][0]) == len(sa["closed"]) + len(sa["open"])
 
 
 def test_score_closed_builds_windows_from_the_accumulators():
@@ -459,3 +470,106 @@ def test_a_restart_saves_open_windows_as_counts_and_the_queue_as_rows():
     feed(b, chunks[5:])
     wa, wb = windows(whole), windows(b)
     assert wa[0] == wb[0] and np.array_equal(wa[1], wb[1])
+
+
+# --------------------------------------------------------------------------- windows as arrays
+
+def _fresh_reference(cols, rs):
+    """What `new_windows` stands for: an accumulator per list of rows, filled by add_groups."""
+    aggs = [NetWindowAgg() for _ in rs]
+    add_groups(cols, list(zip(aggs, rs)))
+    return aggs
+
+
+def test_new_windows_equal_new_accumulators():
+    """Web rows (none an evidence sample keeps) in groups of every size, one window past the
+    distinct cap with each name spelled two ways (two codes, one domain), images and hosts often
+    empty."""
+    rng = random.Random(11)
+    recs = random_nets(rng, 12000, cids=("c1", "c2"), span=30 * W, kinds=WEB_KINDS)
+    for i, r in enumerate(recs[:9000]):
+        r.domain = f"d{i // 2}.example" if i % 2 else f"D{i // 2}.EXAMPLE:80"
+        r.image = "" if i % 7 else "web:1"
+    cols = columns_of(recs)
+    cuts = sorted(set(rng.sample(range(9001, 12000), 120)))
+    rs = [np.arange(0, 9000)] + [np.arange(a, b) for a, b in zip([9000] + cuts, cuts + [12000])]
+    rs = [r[rng.random() < 0.5:] if len(r) > 1 else r for r in rs]        # gaps too
+    got = new_windows(cols, rs)
+    want = _fresh_reference(cols, rs)
+    assert got.X.tolist() == features_of(want).tolist()
+    assert got.n.tolist() == [a.n for a in want]
+    assert got.t_min.tolist() == [a.t_min for a in want]
+    assert got.t_max.tolist() == [a.t_max for a in want]
+    assert got.image == [a.image for a in want] and got.host == [a.host for a in want]
+    assert max(got.X[:, NET_FEATURES.index("distinct_domains")]) == DISTINCT_CAP
+    assert all(a.sample is None for a in want)                 # nothing to keep: no evidence
+
+
+def test_new_windows_refuse_rows_a_sample_keeps():
+    rng = random.Random(12)
+    cols = columns_of(random_nets(rng, 200, cids=("c1",), kinds=("http", "dns")))
+    assert not keeps_no_sample(cols)
+    with pytest.raises(ValueError):
+        new_windows(cols, [np.arange(0, 100), np.arange(100, 200)])
+    web = columns_of(random_nets(rng, 50, cids=("c1",), kinds=WEB_KINDS))
+    assert keeps_no_sample(web)
+
+
+def test_distinct_sets_count_values_not_codes():
+    """A (codes, values) pair may list one value twice: the set holds it once, in both paths."""
+    recs = random_nets(random.Random(13), 40, cids=("c1",), kinds=("conn",))
+    for i, r in enumerate(recs):
+        r.resp_h, r.resp_p = ("8.8.8.8", 80) if i % 2 else ("8.8.4.4", 443)
+        if i % 4 < 2:           # half the rows http, their Host spelled two ways
+            r.kind, r.domain = "http", "a.example" if i % 4 else "A.example:80"
+    cols = columns_of(recs)
+    twice = np.empty(3, dtype=object)
+    twice[:] = ["8.8.8.8", "8.8.4.4", "8.8.8.8"]
+    cols.codes["resp_h"] = (np.where(np.arange(40) % 4 == 1, 0,
+                                     np.where(np.arange(40) % 2, 2, 1)), twice)
+    agg = NetWindowAgg()
+    add_groups(cols, [(agg, np.arange(40))])
+    assert agg.addrs == {"8.8.8.8", "8.8.4.4"} and len(agg.domains) == 1
+
+
+def test_build_windows_takes_windows_as_arrays_as_it_takes_accumulators():
+    """The same windows handed to build_windows as accumulators or as `new_windows` arrays: the
+    same rows, also for a container that was destroyed (its span ends at its last row) and one
+    the inventory does not know (its image and span from its windows), only_given or not."""
+    from model.records import LifecycleRecord
+
+    rng = random.Random(14)
+    recs = random_nets(rng, 3000, cids=("c1", "c2", "c3"), span=12 * W, kinds=WEB_KINDS)
+    for r in recs:
+        r.image = "" if r.container_id == "c3" or rng.random() < 0.5 else "web:1"
+    cols = columns_of(recs)
+    origin = {"c1": 995.0, "c2": 1000.0, "c3": float(min(r.ts for r in recs
+                                                         if r.container_id == "c3"))}
+    keys: list[tuple[str, int]] = []
+    rs = []
+    for (c, k), rows in sorted(by_window_rows(recs, origin).items()):
+        keys.append((c, k))
+        rs.append(np.asarray(rows))
+    aggs = _fresh_reference(cols, rs)
+    made = new_windows(cols, rs)
+    infos = [ContainerInfo(container_id="c1", image="web:1", created=995.0),
+             ContainerInfo(container_id="c2", image="", created=1000.0)]
+    life = [LifecycleRecord(ts=1000.0 + 7.5 * W, container_id="c2", image="", action="destroy")]
+    for only in (False, True):
+        kw = dict(window_s=W, start=1000.0, end=1000.0 + 13 * W, only_given=only)
+        want = build_windows((), (), life, infos, net_windows=dict(zip(keys, aggs)), **kw)
+        got = build_windows((), (), life, infos,
+                            new_windows=[([c for c, _ in keys], [k for _, k in keys], made)],
+                            **kw)
+        assert got.X.tolist() == want.X.tolist() and len(want) > 20
+        assert (got.container_id, got.image, got.window_start.tolist()) == \
+            (want.container_id, want.image, want.window_start.tolist())
+
+
+def by_window_rows(recs, origin):
+    """{(container, window index): row numbers} of records."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(recs):
+        k = math.floor((r.ts - origin[r.container_id]) / W)
+        out.setdefault((r.container_id, k), []).append(i)
+    return out

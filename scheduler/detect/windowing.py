@@ -24,7 +24,8 @@ import numpy as np
 
 from model.codes import factorize, nonempty, stable_order
 from model.records import ContainerInfo
-from model.window_agg import NetWindowAgg, add_groups
+from model.window_agg import (NetWindowAgg, NewWindowRows, add_groups, keeps_no_sample,
+                              new_windows)
 
 from scheduler.detect import rules
 
@@ -78,6 +79,9 @@ class WindowingMixin:
         self._cw: dict[str, dict[str, Any]] = {}
         self._heap: list[tuple[float, str, int]] = []
         self._closed: list[tuple[str, dict[str, Any]]] = []
+        # Windows opened and closed by the rows of one call, kept as arrays (`new_windows`):
+        # (container ids, window indexes, origins, their rows' features), scored with `_closed`.
+        self._closed_new: list[tuple[list[str], list[int], list[float], NewWindowRows]] = []
         # Network rows decided into windows but not yet counted: (NetColumns, [(accumulator,
         # rows)]), counted by `_count_pending` before anything reads an accumulator.
         self._pending: list[tuple[Any, list[tuple[NetWindowAgg, np.ndarray]]]] = []
@@ -194,26 +198,33 @@ class WindowingMixin:
         idx, ccodes, cvalues = attributed_rows(nets, rows)
         if not idx.size:
             return
+        fresh: list[tuple[str, float, int, np.ndarray]] | None = None
         if idx.size <= SMALL_STRETCH:
             groups = self._small_stretch_groups(cvalues[ccodes], np.asarray(nets.ts, dtype=float),
                                                 idx)
         else:
+            if not self.windows_only and keeps_no_sample(nets):
+                fresh = []          # windows opened and closed here need no accumulator
             groups = self._stretch_groups(sorted_codes(ccodes, cvalues),
-                                          np.asarray(nets.ts, dtype=float), idx)
+                                          np.asarray(nets.ts, dtype=float), idx, fresh)
         # The windows' decisions above only open and close windows; the accumulators are
         # read only after `_count_pending` (scoring, state, a record-path row).
-        if groups:
+        if groups or fresh:
             if self._pending and self._pending[-1][0] is nets:
                 self._pending[-1][1].extend(groups)
+                self._pending[-1][2].extend(fresh or ())
             else:
-                self._pending.append((nets, groups))
+                self._pending.append((nets, groups, fresh or []))
 
     def _stretch_groups(self, containers: tuple[np.ndarray, np.ndarray], ts_col: np.ndarray,
-                        idx: np.ndarray) -> list[tuple[NetWindowAgg, np.ndarray]]:
+                        idx: np.ndarray, fresh: list | None = None
+                        ) -> list[tuple[NetWindowAgg, np.ndarray]]:
         """(accumulator, rows) per run of rows `idx` of one container in one window, in
         container then row order, the windows opened and closed on the way (`_net_window`);
         numpy over the rows. `containers`: (the sorted distinct container ids, each row's index
-        into them) (`sorted_codes`)."""
+        into them) (`sorted_codes`). `fresh` (a list, for rows no evidence sample keeps): the
+        runs whose window is opened and closed here go there instead, as (container, origin,
+        window index, rows), with no accumulator (`new_windows` makes their features)."""
         cids, inv = containers
         order = stable_order(inv, len(cids))
         by_cid, g = idx[order], inv[order]                     # row order kept per container
@@ -242,9 +253,14 @@ class WindowingMixin:
         skip = self._skip
         passing = [a == b and ka < kb and not (skip and (cid_l[b], kb) in skip)
                    for a, b, ka, kb in zip(gs, gs[1:], ks, ks[1:])] + [False]
+        new = fresh is not None
         for gi, kk, lo, hi, gone in zip(gs, ks, bounds, bounds[1:], passing):
-            agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo, gone)
-            if agg is not None:
+            agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo, gone, new)
+            if agg is None:
+                continue
+            if agg is _NEW:
+                fresh.append((cid_l[gi], origins[gi], kk, by_cid[lo:hi]))
+            else:
                 groups.append((agg, by_cid[lo:hi]))
         return groups
 
@@ -289,7 +305,13 @@ class WindowingMixin:
     def _count_pending(self) -> None:
         """Count the network rows `_window_add_nets` decided, in the order decided."""
         pending, self._pending = self._pending, []
-        for nets, groups in pending:
+        for nets, groups, fresh in pending:
+            if fresh:
+                cids, origins, ks, rows = zip(*fresh)
+                self._closed_new.append((list(cids), list(ks), list(origins),
+                                         new_windows(nets, rows)))
+            if not groups:
+                continue
             if len(set(map(id, map(itemgetter(0), groups)))) == len(groups):
                 add_groups(nets, groups)        # each window once already (the common case)
                 continue
@@ -326,15 +348,15 @@ class WindowingMixin:
         cut = unknown | (due & ~(k <= closed))
         return [i for i in behind[cut].tolist() if i]        # row 0 starts a stretch anyway
 
-    def _net_window(self, cid: str, origin: float, kk: int, rows: int, passing: bool = False
-                    ) -> NetWindowAgg | None:
+    def _net_window(self, cid: str, origin: float, kk: int, rows: int, passing: bool = False,
+                    new: bool = False) -> Any:
         """The accumulator that `rows` network rows of container `cid` in its window `kk` go
         to, as `_window_add` decides for each (late rows and windows scored before a resume:
         None); opens and closes windows on the way. `passing`: the caller's next rows are this
         container's in a later window, so a window opened here is closed by them before
         anything else happens: it goes straight to the closed ones, never registered as open
         (no time-heap entry, no open-window position), as opening then closing it leaves the
-        state."""
+        state; with `new` it is not even made: `_NEW` says the caller's rows are all it gets."""
         cw = self._cw.get(cid)
         if cw is None or cw["k"] != kk or (self._skip and (cid, kk) in self._skip):
             if kk <= self._last_closed.get(cid, -1 << 62) or (cid, kk) in self._skip:
@@ -346,9 +368,11 @@ class WindowingMixin:
                 cw = None
             if cw is None:
                 if passing and not self.windows_only:
-                    agg = NetWindowAgg()
                     self._last_closed[cid] = kk          # above it: the test above passed
                     self._win_pos.pop((cid, kk), None)   # a resumed position would go too
+                    if new:
+                        return _NEW
+                    agg = NetWindowAgg()
                     self._closed.append((cid, {"origin": origin, "k": kk, "p": [], "n": agg,
                                                "l": []}))
                     return agg
@@ -389,11 +413,12 @@ class WindowingMixin:
     def _score_closed(self) -> None:
         if self._pending:
             self._count_pending()
-        if not self._closed:
+        if not self._closed and not self._closed_new:
             return
         from model.features import build_windows  # heavy: only when scoring
 
         closed, self._closed = self._closed, []
+        fresh, self._closed_new = self._closed_new, []
         # One build for the whole batch (a per-window call costs ~0.3 ms of fixed overhead): all
         # closed windows' records, restricted to the span the batch covers, then keep exactly the
         # (container, window) rows that closed. Rows depend only on their own container's records
@@ -419,11 +444,27 @@ class WindowingMixin:
                                            image=(st.image if st else "") or _img(cw),
                                            name=st.name if st else "", host=self.host,
                                            created=cw["origin"], environment=self.environment)
+        for cids, ks, origins, built in fresh:      # the same, an array at a time
+            ws = np.asarray(origins, dtype=float) + np.asarray(ks, dtype=float) * w
+            lo, hi = float(ws.min()), float((ws + w).max())
+            if lo < start:
+                start = lo
+            if hi > end:
+                end = hi
+            for cid in dict.fromkeys(cids):
+                if cid not in infos:
+                    j = cids.index(cid)
+                    st = self.inventory.get(self.host, cid)
+                    infos[cid] = ContainerInfo(container_id=cid,
+                                               image=(st.image if st else "") or built.image[j],
+                                               name=st.name if st else "", host=self.host,
+                                               created=origins[j], environment=self.environment)
         life = [r for r in self._life_recent if start <= r.ts < end]
         # the rows of the closed windows only (each one's accumulator is in `nets`)
         fw = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
                            start=start, end=end, environment=self.environment,
-                           net_windows=nets, only_given=True)
+                           net_windows=nets, only_given=True,
+                           new_windows=[(c, k, b) for c, k, _, b in fresh])
         horizon = self.data_time - 3 * self.window_s
         while self._life_recent and self._life_recent[0].ts < horizon:
             self._life_recent.popleft()
@@ -474,6 +515,8 @@ class WindowingMixin:
                     k = int(round((r.window_start - info.created) / self.window_s))
                     if by_key is None:      # the closed windows by key: an anomaly's evidence
                         by_key = {(cid, cw["k"]): cw for cid, cw in closed}
+                        for cids, ks, _, _ in fresh:     # nothing kept: no evidence
+                            by_key.update(dict.fromkeys(zip(cids, ks), _NO_RECORDS))
                     cw = by_key.get((r.container_id, k))
                     if cw is not None:
                         cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
@@ -492,6 +535,12 @@ def _deviation_text(text: str, fallback: bool) -> str:
         return text.split("; ", 1)[1]
     return text
 
+
+
+#: What `_net_window` gives for a window its caller's rows make whole (`new_windows`).
+_NEW = object()
+#: A window that kept nothing (a window made by `new_windows`), for its evidence.
+_NO_RECORDS: dict[str, Any] = {"p": (), "n": NetWindowAgg(), "l": ()}
 
 
 def _img(cw: dict[str, Any]) -> str:
