@@ -415,6 +415,8 @@ def feature_matrix(raw: np.ndarray, addrs: np.ndarray, ports: np.ndarray,
      ent_sum) = raw.T
 
     def share(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        if not num.any():           # an http log's windows: no DNS, no conn (0/0 is 0 too)
+            return np.zeros(n)
         return np.divide(num, den, out=np.zeros(n), where=den != 0)
 
     return np.stack([conns, failed, addrs, ports, domains, dns,
@@ -447,7 +449,8 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
         if not keep:
             return
         aggs, rs, sizes = [aggs[i] for i in keep], [rs[i] for i in keep], sizes[keep]
-    st = _GroupStats(cols, rs, sizes,
+    rows = (rs[0] if len(rs) == 1 else np.concatenate(rs)).astype(np.int64, copy=False)
+    st = _GroupStats(cols, rows, sizes,
                      addrs=any(len(agg.addrs) < DISTINCT_CAP for agg in aggs),
                      ports=any(len(agg.ports) < DISTINCT_CAP for agg in aggs),
                      domains=any(len(agg.domains) < DISTINCT_CAP for agg in aggs),
@@ -520,13 +523,12 @@ class _GroupStats:
                  "counts", "j_dns", "ent", "dbounds", "distinct", "t_min", "t_max", "image",
                  "host", "sampled")
 
-    def __init__(self, cols: NetColumns, rs: list[np.ndarray], sizes: np.ndarray, *,
+    def __init__(self, cols: NetColumns, rows: np.ndarray, sizes: np.ndarray, *,
                  addrs: bool, ports: bool, domains: bool, image: bool, host: bool) -> None:
         ends = np.cumsum(sizes)
         starts = self.starts = ends - sizes
-        rows = self.rows = (rs[0] if len(rs) == 1 else np.concatenate(rs)).astype(np.int64,
-                                                                                  copy=False)
-        m, ng = int(rows.size), len(rs)
+        self.rows = rows
+        m, ng = int(rows.size), len(sizes)
         gid = self.gid = np.repeat(np.arange(ng, dtype=np.int64), sizes)
         ts = self.ts = np.asarray(cols.ts, dtype=float)[rows]
         kcode, kinds = cols.coded("kind", rows)
@@ -596,10 +598,10 @@ class _GroupStats:
         self.conn, self.dns, self.geo, self.failed, self.nx = conn, dns, geo, failed, nx
 
 
-def new_windows(cols: NetColumns, rs: Sequence[Any]) -> "NewWindowRows":
-    """The windows that get exactly these rows, a window per non-empty list of rows and nothing
-    else: what `add_groups` on new accumulators, then `features_of`, give them, as arrays, with
-    no accumulator per window.
+def new_windows(cols: NetColumns, rows: np.ndarray, sizes: np.ndarray) -> "NewWindowRows":
+    """The windows that get exactly these rows and nothing else, `rows` (int64 indexes) laid out
+    window after window, `sizes[i]` (> 0) of them window i's: what `add_groups` on new
+    accumulators, then `features_of`, give them, as arrays, with no accumulator per window.
 
     Why: an http or ssl log opens and closes about a window every 30 lines (a container's rows
     in one replay chunk span many windows, all but its last opened and closed within the
@@ -607,15 +609,14 @@ def new_windows(cols: NetColumns, rs: Sequence[Any]) -> "NewWindowRows":
     engine's time there. For rows no evidence selection keeps (no conn, dns or geo row: such a
     window's sample stays empty, `rules.window_samples` picks nothing from it): ValueError
     otherwise."""
-    rs = _row_arrays(rs)
-    sizes = np.fromiter(map(len, rs), np.int64, len(rs))
-    if not sizes.all():
-        raise ValueError("a new window without rows")
-    st = _GroupStats(cols, rs, sizes, addrs=True, ports=True, domains=True, image=True,
-                     host=True)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not sizes.all() or int(sizes.sum()) != len(rows):
+        raise ValueError("new windows: a window without rows, or sizes that do not add up")
+    st = _GroupStats(cols, np.asarray(rows, dtype=np.int64), sizes, addrs=True, ports=True,
+                     domains=True, image=True, host=True)
     if st.sampled.any():
         raise ValueError("rows an evidence sample may keep: accumulators only (add_groups)")
-    ng = len(rs)
+    ng = len(sizes)
     raw = np.zeros((ng, len(_COUNTS) + 1))       # the entropy sum stays 0.0: no DNS row
     for j, name in enumerate(st.names):
         raw[:, _COUNTS.index(name)] = st.counts[:, j]
@@ -805,7 +806,8 @@ def _first_per_group(coded: tuple[np.ndarray, np.ndarray], starts: np.ndarray, m
     codes, values = coded
     pos = np.where(nonempty(coded), np.arange(m), m)
     first = np.minimum.reduceat(pos, starts)
-    return ["" if f >= m else str(values[codes[f]]) for f in first.tolist()]
+    got = values[codes[np.minimum(first, m - 1)]]     # a group with none: its last row's ""
+    return np.where(first < m, got, "").tolist()
 
 
 def _add_capped(s: set, values: Iterable[Any]) -> None:

@@ -686,8 +686,10 @@ class Pipeline(WindowingMixin):
         cid, image = cid_tab[hcodes], image_tab[hcodes]
         resp_p = _count_col(batch, "id.resp_p", idx)
         if not learning:
-            slow |= inside & ~attributed & per_unique(orig, misuse.may_flag_source,
-                                                      codes=codes("id.orig_h"))
+            unknown = inside & ~attributed
+            if unknown.any():
+                slow |= unknown & per_unique(orig, misuse.may_flag_source,
+                                             codes=codes("id.orig_h"))
             if stream in ("conn", "dns"):
                 # the rows a misuse rule may report on; the rest only add to its state
                 # (`_zeek_segment`: MisuseDetector.absorb)

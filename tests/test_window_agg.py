@@ -494,7 +494,7 @@ def test_new_windows_equal_new_accumulators():
     cuts = sorted(set(rng.sample(range(9001, 12000), 120)))
     rs = [np.arange(0, 9000)] + [np.arange(a, b) for a, b in zip([9000] + cuts, cuts + [12000])]
     rs = [r[rng.random() < 0.5:] if len(r) > 1 else r for r in rs]        # gaps too
-    got = new_windows(cols, rs)
+    got = new_windows(cols, np.concatenate(rs), [len(r) for r in rs])
     want = _fresh_reference(cols, rs)
     assert got.X.tolist() == features_of(want).tolist()
     assert got.n.tolist() == [a.n for a in want]
@@ -510,9 +510,12 @@ def test_new_windows_refuse_rows_a_sample_keeps():
     cols = columns_of(random_nets(rng, 200, cids=("c1",), kinds=("http", "dns")))
     assert not keeps_no_sample(cols)
     with pytest.raises(ValueError):
-        new_windows(cols, [np.arange(0, 100), np.arange(100, 200)])
+        new_windows(cols, np.arange(200), [100, 100])
     web = columns_of(random_nets(rng, 50, cids=("c1",), kinds=WEB_KINDS))
     assert keeps_no_sample(web)
+    for sizes in ([5, 0, 5], [5, 4]):          # a window without rows; sizes that do not add up
+        with pytest.raises(ValueError):
+            new_windows(web, np.arange(10), sizes)
 
 
 def test_distinct_sets_count_values_not_codes():
@@ -551,7 +554,7 @@ def test_build_windows_takes_windows_as_arrays_as_it_takes_accumulators():
         keys.append((c, k))
         rs.append(np.asarray(rows))
     aggs = _fresh_reference(cols, rs)
-    made = new_windows(cols, rs)
+    made = new_windows(cols, np.concatenate(rs), [len(r) for r in rs])
     infos = [ContainerInfo(container_id="c1", image="web:1", created=995.0),
              ContainerInfo(container_id="c2", image="", created=1000.0)]
     life = [LifecycleRecord(ts=1000.0 + 7.5 * W, container_id="c2", image="", action="destroy")]

@@ -198,7 +198,7 @@ class WindowingMixin:
         idx, ccodes, cvalues = attributed_rows(nets, rows)
         if not idx.size:
             return
-        fresh: list[tuple[str, float, int, np.ndarray]] | None = None
+        fresh: list[tuple[list[str], list[float], list[int], np.ndarray, np.ndarray]] | None = None
         if idx.size <= SMALL_STRETCH:
             groups = self._small_stretch_groups(cvalues[ccodes], np.asarray(nets.ts, dtype=float),
                                                 idx)
@@ -223,8 +223,9 @@ class WindowingMixin:
         container then row order, the windows opened and closed on the way (`_net_window`);
         numpy over the rows. `containers`: (the sorted distinct container ids, each row's index
         into them) (`sorted_codes`). `fresh` (a list, for rows no evidence sample keeps): the
-        runs whose window is opened and closed here go there instead, as (container, origin,
-        window index, rows), with no accumulator (`new_windows` makes their features)."""
+        runs whose window is opened and closed here go there instead, with no accumulator
+        (`new_windows` makes their features), as one entry (containers, origins, window
+        indexes, their rows laid out window after window, rows per window)."""
         cids, inv = containers
         order = stable_order(inv, len(cids))
         by_cid, g = idx[order], inv[order]                     # row order kept per container
@@ -254,14 +255,23 @@ class WindowingMixin:
         passing = [a == b and ka < kb and not (skip and (cid_l[b], kb) in skip)
                    for a, b, ka, kb in zip(gs, gs[1:], ks, ks[1:])] + [False]
         new = fresh is not None
-        for gi, kk, lo, hi, gone in zip(gs, ks, bounds, bounds[1:], passing):
+        made: list[int] = []                    # the runs `new_windows` will take
+        for j, (gi, kk, lo, hi, gone) in enumerate(zip(gs, ks, bounds, bounds[1:], passing)):
             agg = self._net_window(cid_l[gi], origins[gi], kk, hi - lo, gone, new)
             if agg is None:
                 continue
             if agg is _NEW:
-                fresh.append((cid_l[gi], origins[gi], kk, by_cid[lo:hi]))
+                made.append(j)
             else:
                 groups.append((agg, by_cid[lo:hi]))
+        if made:
+            sizes = np.diff(np.asarray(bounds, dtype=np.int64))
+            taken = np.zeros(sizes.size, dtype=bool)
+            taken[made] = True
+            gis = [gs[j] for j in made]
+            fresh.append(([cid_l[i] for i in gis], [origins[i] for i in gis],
+                          [ks[j] for j in made], by_cid[np.repeat(taken, sizes)],
+                          sizes[made]))
         return groups
 
     def _small_stretch_groups(self, cids_at: np.ndarray, ts_col: np.ndarray, idx: np.ndarray
@@ -306,10 +316,13 @@ class WindowingMixin:
         """Count the network rows `_window_add_nets` decided, in the order decided."""
         pending, self._pending = self._pending, []
         for nets, groups, fresh in pending:
-            if fresh:
-                cids, origins, ks, rows = zip(*fresh)
-                self._closed_new.append((list(cids), list(ks), list(origins),
-                                         new_windows(nets, rows)))
+            if fresh:                   # (containers, origins, indexes, rows, sizes) each
+                cids = [c for f in fresh for c in f[0]]
+                origins = [o for f in fresh for o in f[1]]
+                ks = [k for f in fresh for k in f[2]]
+                rows, sizes = ((fresh[0][i] if len(fresh) == 1 else
+                                np.concatenate([f[i] for f in fresh])) for i in (3, 4))
+                self._closed_new.append((cids, ks, origins, new_windows(nets, rows, sizes)))
             if not groups:
                 continue
             if len(set(map(id, map(itemgetter(0), groups)))) == len(groups):
