@@ -4,7 +4,6 @@ array gives, and whatever needs every row (the daemon's queue, a concatenation) 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from model.records import NET_FIELDS, NetColumns
@@ -19,10 +18,25 @@ def finish(values: list[str]) -> list[str]:
     return ["" if v in ("-", "(empty)") else v.replace("\\x2d", "-") for v in values]
 
 
-def pair() -> tuple[DeferredText, np.ndarray]:
-    ref = np.empty(len(RAW), dtype=object)
-    ref[:] = finish(RAW)
-    return DeferredText(pa.chunked_array([pa.array(RAW[:3]), pa.array(RAW[3:])]), finish), ref
+class Source:
+    """A source as the reader's are: len() and raw(rows); counts the rows it made."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values, self.made = values, 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def raw(self, rows: np.ndarray | None) -> list[str]:
+        out = self.values if rows is None else [self.values[i] for i in rows.tolist()]
+        self.made += len(out)
+        return list(out)
+
+
+def pair(values: list[str] = RAW) -> tuple[DeferredText, np.ndarray]:
+    ref = np.empty(len(values), dtype=object)
+    ref[:] = finish(values)
+    return DeferredText(Source(values), finish), ref
 
 
 SELECTIONS = [slice(None), slice(2, 6), slice(5, 100), slice(6, 2), slice(None, None, 2),
@@ -47,13 +61,27 @@ def test_selections_equal_the_arrays(inner: object, outer: object) -> None:
     assert got.dtype == object and got.tolist() == r.tolist() and list(a) == r.tolist()
 
 
-def test_concat_keeps_one_arrays_rows_deferred() -> None:
+def test_concat_stays_deferred_and_makes_only_the_rows_taken() -> None:
     lazy, ref = pair()
     one = DeferredText.concat([lazy[np.array([6, 1])], lazy[np.array([0])]])
     assert type(one) is DeferredText and one.tolist() == ref[[6, 1, 0]].tolist()
-    other, _ = pair()                    # another array: every row made
-    mixed = DeferredText.concat([lazy[np.array([2])], other[np.array([3, 4])]])
-    assert type(mixed) is np.ndarray and mixed.tolist() == ref[[2, 3, 4]].tolist()
+    other, ref2 = pair(RAW[::-1])          # other batches (sources): still deferred
+    third, ref3 = pair(["x", "-", "z"])
+    mixed = DeferredText.concat([lazy[np.array([2, 5])], other[np.array([3, 4, 0])],
+                                 third[1:]])
+    want = ref[[2, 5]].tolist() + ref2[[3, 4, 0]].tolist() + ref3[1:].tolist()
+    assert type(mixed) is DeferredText and len(mixed) == 7
+    made = lambda: sum(s._source.made for s in (lazy, other, third))     # noqa: E731
+    before = made()
+    assert mixed[np.array([6, 0, 3])].tolist() == [want[6], want[0], want[3]]
+    assert made() - before == 3                                  # only the rows taken
+    assert mixed.tolist() == want and [mixed[i] for i in range(7)] == want
+    pick = np.array([1, 0, 4, 2, 3, 6, 5])           # several rows of each source, reordered
+    assert mixed[pick].tolist() == [want[i] for i in pick]
+    again = DeferredText.concat([mixed[np.array([4, 1])], third[:1], mixed[5:]])
+    assert again.tolist() == [want[4], want[1], ref3[0], *want[5:]]  # flattened, in order
+    plain = np.array(["p"], dtype=object)                        # an array among them: made
+    assert DeferredText.concat([lazy[:1], plain]).tolist() == [ref[0], "p"]
 
 
 def nets(n: int, lazy: DeferredText | None = None) -> NetColumns:

@@ -409,6 +409,11 @@ def test_invalid_utf8_and_nul(tmp_path: Path) -> None:
     raw = (HEADER + dns_line(1)).encode() + dns_line(2).replace("ipinfo", "ip\xff").encode(
         "latin-1") + dns_line(3).replace("ipinfo", "ip\x00info").encode()
     check_equal(write(tmp_path, "dns.log", raw))
+    # the field deferred (not parsed: read from the line when asked for) decodes as the
+    # per-line reader does, and the run stays columnar
+    batches, _ = check_equal(write(tmp_path, "dns2.log", raw), lazy={"query"})
+    assert [b.meta["mode"] for b in batches] == ["columnar"]
+    assert batches[0].deferred["query"][1] == "ip\ufffd.io"
 
 
 def test_batch_from_records_agrees_with_reader(tmp_path: Path) -> None:

@@ -1,17 +1,22 @@
-"""Text columns left in pyarrow's hands until rows of them are asked for.
+"""Text columns made only for the rows asked for.
 
 Why: of the columns the engine reads from a Zeek log, some only matter for the few rows made
 records (a window's evidence sample, a rule's record, the daemon's close-lag queue): the uid,
 the URI, the user agent, the method. Making a Python str of every row of them cost about a
 quarter of the reader's time on an http.log (the uid alone, one distinct value per row, 0.044 s a
-million lines), and the batch path never looks at them. A `DeferredText` keeps pyarrow's string
-array and the column convention (`finish`: the unset/empty markers, Zeek's escapes) and makes
-the strings of the rows taken only.
+million lines), and even parsing them into pyarrow strings cost a tenth of the reader; the batch
+path never looks at them. A `DeferredText` keeps where the values are (`source`: the block's
+lines, `zeekbatch._LineField`) and the column convention (`finish`: the unset/empty markers, Zeek's
+escapes), and makes the strings of the rows taken only.
 
 It stands in for a numpy object array where the engine hands columns on (NetColumns): `len`,
 indexing (an int gives the str; a slice, an index array or a boolean mask gives another
-DeferredText of those rows, nothing copied), `tolist()`, and `numpy.asarray` (every row made
-now: what code that needs an array, such as the daemon's queue, gets).
+DeferredText of those rows, nothing made), `tolist()`, `numpy.asarray` (every row made now: what
+code that needs an array, such as the daemon's queue, gets), and `concat` (rows of several
+batches, still deferred: the mixed streams of a replay).
+
+A source has `len()` and `raw(rows)`: the raw values (before `finish`) of an int64 array of its
+row numbers, or of all its rows for None.
 """
 
 from __future__ import annotations
@@ -20,31 +25,58 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-#: values as pyarrow holds them -> the column's values (the reader's convention)
+#: values as the source holds them -> the column's values (the reader's convention)
 Finish = Callable[[list[str]], list[str]]
 
 
-class DeferredText:
-    """Rows `rows` (None: all) of a pyarrow string array, as text after `finish`."""
+class _Pieces:
+    """Several sources one after the other (`DeferredText.concat` of other batches' rows)."""
 
-    __slots__ = ("_array", "_finish", "_rows")
+    __slots__ = ("parts", "starts")
+
+    def __init__(self, parts: list[tuple[Any, np.ndarray]]) -> None:
+        self.parts = parts                          # (source, its row numbers)
+        sizes = [len(rows) for _, rows in parts]
+        self.starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def raw(self, rows: np.ndarray | None) -> list[str]:
+        if rows is None:
+            return [v for src, pos in self.parts for v in src.raw(pos)]
+        rows = np.asarray(rows, dtype=np.int64)
+        piece = np.searchsorted(self.starts, rows, side="right") - 1
+        out: list[Any] = [None] * len(rows)
+        for p in np.unique(piece).tolist():
+            at = np.flatnonzero(piece == p)
+            src, pos = self.parts[p]
+            for k, v in zip(at.tolist(), src.raw(pos[rows[at] - self.starts[p]])):
+                out[k] = v
+        return out
+
+
+class DeferredText:
+    """Rows `rows` (None: all) of `source`, as text after `finish`."""
+
+    __slots__ = ("_source", "_finish", "_rows")
     dtype = np.dtype(object)
     ndim = 1
 
-    def __init__(self, array: Any, finish: Finish, rows: np.ndarray | None = None) -> None:
-        self._array = array
+    def __init__(self, source: Any, finish: Finish, rows: np.ndarray | None = None) -> None:
+        self._source = source
         self._finish = finish
         self._rows = rows
 
     def __len__(self) -> int:
-        return len(self._array) if self._rows is None else len(self._rows)
+        return len(self._source) if self._rows is None else len(self._rows)
 
     @property
     def shape(self) -> tuple[int]:
         return (len(self),)
 
     def _positions(self) -> np.ndarray:
-        return np.arange(len(self._array), dtype=np.int64) if self._rows is None else self._rows
+        return np.arange(len(self._source), dtype=np.int64) if self._rows is None else self._rows
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, (int, np.integer)):
@@ -53,15 +85,11 @@ class DeferredText:
             if not 0 <= i < n:
                 raise IndexError(f"row {int(key)} of a {n}-row column")
             row = i if self._rows is None else int(self._rows[i])
-            return self._finish([self._array[row].as_py()])[0]
-        if isinstance(key, slice) and self._rows is None and key.step in (None, 1):
-            start, stop, _ = key.indices(len(self._array))
-            return DeferredText(self._array.slice(start, max(0, stop - start)), self._finish)
-        return DeferredText(self._array, self._finish, self._positions()[key])
+            return self._finish(self._source.raw(np.array([row], dtype=np.int64)))[0]
+        return DeferredText(self._source, self._finish, self._positions()[key])
 
     def tolist(self) -> list[str]:
-        arr = self._array if self._rows is None else self._array.take(self._rows)
-        return self._finish(arr.to_pylist())
+        return self._finish(self._source.raw(self._rows))
 
     def __iter__(self) -> Any:
         return iter(self.tolist())
@@ -76,11 +104,34 @@ class DeferredText:
 
     @staticmethod
     def concat(parts: Sequence[Any]) -> Any:
-        """Columns one after the other: one DeferredText when they are all rows of one array
-        (the parts of one batch), else an object array (every row made)."""
-        if parts and all(type(p) is DeferredText for p in parts) and \
-                all(p._array is parts[0]._array and p._finish is parts[0]._finish
-                    for p in parts):
-            return DeferredText(parts[0]._array, parts[0]._finish,
+        """Columns one after the other: a DeferredText when they all are (with one finish),
+        else an object array (every row made)."""
+        if not parts or not all(type(p) is DeferredText and p._finish is parts[0]._finish
+                                for p in parts):
+            return np.concatenate([np.asarray(p) for p in parts])
+        finish = parts[0]._finish
+        if all(p._source is parts[0]._source for p in parts):
+            return DeferredText(parts[0]._source, finish,
                                 np.concatenate([p._positions() for p in parts]))
-        return np.concatenate([np.asarray(p) for p in parts])
+        pieces: list[tuple[Any, np.ndarray]] = []
+        for p in parts:
+            if type(p._source) is _Pieces:          # a concatenation of concatenations: flat
+                pos = p._positions()
+                pieces.extend((src, rows) for src, rows in _piece_runs(p._source, pos))
+            else:
+                pieces.append((p._source, p._positions()))
+        return DeferredText(_Pieces(pieces), finish)
+
+
+def _piece_runs(src: _Pieces, rows: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """Rows `rows` of a _Pieces as (source, row numbers) runs, in order."""
+    piece = np.searchsorted(src.starts, rows, side="right") - 1
+    out: list[tuple[Any, np.ndarray]] = []
+    if not len(rows):
+        return out
+    cuts = np.flatnonzero(piece[1:] != piece[:-1]) + 1
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
+        p = int(piece[a])
+        s, pos = src.parts[p]
+        out.append((s, pos[rows[a:b] - src.starts[p]]))
+    return out

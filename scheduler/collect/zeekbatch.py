@@ -448,6 +448,52 @@ def _tail_line(seg: bytes, back: int) -> tuple[int, int]:
     return start, end
 
 
+class _RowLines:
+    """The lines of a columnar run's rows (`rel[i]`: row i's line in `seg`), decoded as the
+    per-line reader decodes them: for `record(i)` and the deferred columns. The run's line
+    index is built on first need; a row near the end of a plain block (every line a row) is
+    found by walking back from the end instead (the tail of a run cut at a replay chunk takes
+    the record path: ~1000x cheaper than indexing the whole block's lines)."""
+
+    __slots__ = ("seg", "rel", "plain", "index")
+
+    def __init__(self, seg: bytes, rel: np.ndarray, plain: bool) -> None:
+        self.seg, self.rel, self.plain = seg, rel, plain
+        self.index: _Lines | None = None
+
+    def __len__(self) -> int:
+        return len(self.rel)
+
+    def text(self, i: int) -> str:
+        j = int(self.rel[i])
+        n = len(self.rel)
+        if self.index is None and self.plain and n - j <= _TAIL_WALK:
+            a, b = _tail_line(self.seg, n - 1 - j)
+        else:
+            if self.index is None:
+                self.index = _index_lines(self.seg)
+            a, b = int(self.index.starts[j]), int(self.index.ends[j])
+        return self.seg[a:b].decode("utf-8", errors="replace")
+
+
+class _LineField:
+    """Field `j` (of the #fields) of a run's rows, from their lines: a deferred column's source
+    (`deferred.DeferredText`). The columnar parse took the run, so every row has its fields."""
+
+    __slots__ = ("lines", "sep", "j")
+
+    def __init__(self, lines: _RowLines, sep: str, j: int) -> None:
+        self.lines, self.sep, self.j = lines, sep, j
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def raw(self, rows: np.ndarray | None) -> list[str]:
+        text, sep, j = self.lines.text, self.sep, self.j
+        it = range(len(self.lines)) if rows is None else rows.tolist()
+        return [text(i).split(sep)[j] for i in it]
+
+
 class BlockParser:
     """Turns blocks of complete lines of ONE file into ZeekBatch objects.
 
@@ -598,12 +644,16 @@ class BlockParser:
         if len(sep) != 1 or ord(sep) > 127 or sep in "\r\n":
             raise _Reject(f"separator {sep!r}")
         types = p.field_types if len(p.field_types) == len(names) else ["string"] * len(names)
-        keep = self._tsv_names()
-        a_ = _arrow()
         ztype = dict(zip(names, types))
+        keep = self._tsv_names()
         kinds = self._read_kinds(keep, ztype)
+        lazy = [n for n, k in zip(keep, kinds) if k == "lazy"]
+        if lazy:            # read from the rows' lines when asked for (`_batch`), not parsed
+            keep, kinds = ([x for x, k in zip(seq, kinds) if k != "lazy"]
+                           for seq in (keep, kinds))
+        a_ = _arrow()
         try:
-            table = _read_tsv(seg, names, keep or names[:1], sep, kinds if keep else None,
+            table = _read_tsv(seg, names, keep or names[:1], sep, tuple(kinds) if keep else None,
                               p.unset_field)
         except a_.errors as exc:
             raise _Reject(str(exc)[:200]) from None
@@ -612,12 +662,9 @@ class BlockParser:
         escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
         cols: dict[str, np.ndarray] = {}
         dicts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        deferred: dict[str, DeferredText] = {}
         for name, kind in zip(keep, kinds):
             col = table.column(name)
-            if kind == "lazy":
-                deferred[name] = DeferredText(col, _text_finish(p.unset_field, p.empty_field))
-            elif kind == "dict":
+            if kind == "dict":
                 codes, uniques = self._dict_column(name, col, escapes)
                 dicts[name] = (codes, uniques)
                 cols[name] = uniques[codes]
@@ -633,9 +680,9 @@ class BlockParser:
                     self._dense.add(name)   # nearly one value per row: plain from now on
             else:
                 cols[name] = self._convert(name, ztype[name], col, escapes)
-        batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar")
+        batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar",
+                            lazy)
         batch.dicts = dicts
-        batch.deferred = deferred
         return batch
 
     def _read_kinds(self, keep: Sequence[str], ztype: dict[str, str]) -> tuple[str, ...]:
@@ -644,8 +691,8 @@ class BlockParser:
         path keeps as text: string, addr, enum, string sets...) dictionary-encoded, so a value
         repeated in the run becomes one Python str, not one per row; "str" for the rest (typed
         fields `_convert` handles, and text columns seen to hold about one value per row);
-        "lazy" (a plain string field asked for as deferred) read as strings and left to pyarrow
-        (`DeferredText`: the convention applied to the rows taken only); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
+        "lazy" (a plain string field asked for as deferred) not parsed at all: read from the
+        lines of the rows asked for (`DeferredText`, `_LineField`); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
         once per distinct value (`_dict_convert`)."""
         p = self.parser
         out: list[str] = []
@@ -725,37 +772,37 @@ class BlockParser:
         return (np.concatenate(parts) if parts else np.empty(0, dtype=object)), distinct
 
     def _batch(self, seg: bytes, cols: dict[str, np.ndarray], nrows: int,
-               row_lines: np.ndarray | None, first_line: int, end: int, mode: str) -> ZeekBatch:
+               row_lines: np.ndarray | None, first_line: int, end: int, mode: str,
+               lazy: Sequence[str] = ()) -> ZeekBatch:
         """A batch whose `record(i)` re-parses row i's line of `seg` with the per-line parser
-        in the header state of this run (a snapshot: later headers do not change it)."""
+        in the header state of this run (a snapshot: later headers do not change it). `lazy`:
+        fields left out of `cols`, read from the rows' lines when asked for
+        (`ZeekBatch.deferred`)."""
         snap = copy.copy(self.parser)
         snap.stats = ParseStats()
         rel = (row_lines if row_lines is not None
                else np.arange(nrows, dtype=np.int64)).astype(np.int64)
         linenos = rel + first_line
-        where: list[_Lines] = []             # the run's line index, built on the first record()
+        lines = _RowLines(seg, rel, row_lines is None)
         path = self.path
 
         def record_of(i: int) -> dict[str, Any]:
-            j = int(rel[i])
-            if not where and row_lines is None and nrows - j <= _TAIL_WALK:
-                # a row near the end of a plain block (every line a row, no CR): the tail of
-                # a run cut at a replay chunk takes the record path; walking back to it is
-                # ~1000x cheaper than indexing the whole block's lines
-                a, b = _tail_line(seg, nrows - 1 - j)
-            else:
-                if not where:
-                    where.append(_index_lines(seg))
-                a, b = int(where[0].starts[j]), int(where[0].ends[j])
-            text = seg[a:b].decode("utf-8", errors="replace")
-            rec = snap.parse_line(text, int(linenos[i]))
+            rec = snap.parse_line(lines.text(i), int(linenos[i]))
             if rec is None:
                 raise RuntimeError(f"{path}:{int(linenos[i])}: the per-line parser refused a "
                                    "line the columnar parse took")
             return rec
 
+        deferred: dict[str, DeferredText] = {}
+        if lazy:
+            finish = _text_finish(snap.unset_field, snap.empty_field)
+            names = list(snap.field_names)
+            for name in lazy:
+                deferred[name] = DeferredText(_LineField(lines, snap.separator,
+                                                         names.index(name)), finish)
         return ZeekBatch(stream=self.stream, path=self.path, columns=cols, lineno=linenos,
-                         record_of=record_of, end=end, meta={"mode": mode})
+                         record_of=record_of, end=end, meta={"mode": mode},
+                         deferred=deferred)
 
     # -- JSON lines ---------------------------------------------------------------------------------
     def _json_schema(self) -> Any:
