@@ -202,14 +202,17 @@ def run_arrow(path: Path) -> dict[str, Any]:
 def reader_batches(path: Path, stats: Any) -> Iterator[Any]:
     """The engine's reader over `path`: ZeekBatches of the columns the engine reads (the same
     for the `reader` contender and the engine's driver), those it reads for records only left
-    deferred on trees that do that."""
+    deferred and in the replay's batch size, on trees that have them."""
     from scheduler.collect import zeekbatch
-    from scheduler import pipeline
+    from scheduler import pipeline, replay
 
-    lazy = {"lazy": pipeline.passive_fields(STREAM)} if hasattr(pipeline, "passive_fields") \
-        else {}
+    how: dict[str, Any] = {}
+    if hasattr(pipeline, "passive_fields"):
+        how["lazy"] = pipeline.passive_fields(STREAM)
+    if hasattr(replay, "FEED_BATCH_BYTES"):
+        how["batch_bytes"] = replay.FEED_BATCH_BYTES
     return zeekbatch.iter_batches(path, STREAM, fields=pipeline.ingest_fields(STREAM),
-                                  stats=stats, **lazy)
+                                  stats=stats, **how)
 
 
 def run_reader(path: Path) -> dict[str, Any]:

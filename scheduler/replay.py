@@ -43,15 +43,22 @@ REFEED_HORIZON_S = 3700.0
 FEED_READ_AHEAD = 2
 #: Blocks of a .gz Zeek file read and inflated ahead of its parse, in a thread (both passes).
 INFLATE_AHEAD = 2
+#: Bytes of a Zeek file a batch holds in a replay (the daemon reads what a tick brings): a
+#: batch has fixed costs in the reader and the engine, and once the engine's per-window and
+#: per-row work had shrunk they were ~15 % of a replay's CPU at 1 MiB (~6,000 http lines).
+#: Two batches are read ahead, so ~4 MiB of text is in flight (docs/scheduler.md,
+#: "2026-12-04, night").
+FEED_BATCH_BYTES = 2 << 20
 #: Items fed between two flushes (and, with a state db, two committed checkpoints). Each flush
 #: has a fixed cost (a dispatch, attribution and window counting over the chunk's arrays, the
 #: closed windows built, a checkpoint): at 2,000 items it was about a fifth of the engine's time
 #: on an http.log; at 8,000 the engine alone takes ~23 % less time there, a 1,000,000-line
-#: replay with a state db ~15 % less (docs/scheduler.md, "2026-12-04, evening"). The alerts and
+#: replay with a state db ~15 % less (docs/scheduler.md, "2026-12-04, evening"); 16,000 goes
+#: with `FEED_BATCH_BYTES` (about one 2 MiB batch of an http.log a flush). The alerts and
 #: the windows do not depend on it (every bundled recording, 500 to 50,000 items a chunk); only
 #: the order in which the sinks receive alerts of different flushes does. A kill costs at most
 #: one chunk's work again.
-CHUNK = 8000
+CHUNK = 16000
 
 
 @dataclass
@@ -160,7 +167,7 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0,
 
     def read() -> Iterable[Any]:
         batches = iter_batches(path, stream, fields=ingest_fields(stream),
-                               lazy=passive_fields(stream),
+                               lazy=passive_fields(stream), batch_bytes=FEED_BATCH_BYTES,
                                stats=zstats if zstats is not None else
                                ZeekStats(limiter=_quiet_limiter()),
                                inflate_ahead=INFLATE_AHEAD if threads else 0)
