@@ -346,8 +346,8 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 PREPARE: dict[str, Callable[[], Any]] = {"engine": engine_pipeline}
 IMPORTS = {"zat_df": ("zat.log_to_dataframe",), "zat_reader": ("zat.zeek_log_reader",),
            "arrow": ("pyarrow.csv", "scheduler.pipeline"),
-           "reader": ("scheduler.pipeline", "scheduler.collect.zeekbatch", "pyarrow.csv",
-                      "pyarrow.compute", "pyarrow.json"),
+           "reader": ("scheduler.pipeline", "scheduler.replay", "scheduler.collect.zeekbatch",
+                      "pyarrow.csv", "pyarrow.compute", "pyarrow.json"),
            "engine": ("scheduler.pipeline", "scheduler.replay", "scheduler.collect.zeekbatch",
                       "model.features", "pyarrow.csv", "pyarrow.compute", "pyarrow.json")}
 
