@@ -963,6 +963,19 @@ def iter_blocks(handle: Any, batch_bytes: int, final: bool = True
             size += len(chunk)
             if size < batch_bytes:
                 continue
+        if chunk:
+            # the block ends at the last read's last newline: one copy of the block's bytes
+            # (none when a read ends at a newline alone), not a join and then a slice of it
+            last = parts[-1]
+            cut = last.rfind(b"\n") + 1
+            if cut:
+                if len(parts) == 1 and cut == len(last):
+                    yield last, None
+                else:
+                    yield b"".join(parts[:-1] + [memoryview(last)[:cut]]), None
+                rest = last[cut:]
+                parts, size = ([rest], len(rest)) if rest else ([], 0)
+                continue
         data = b"".join(parts)
         if not chunk:
             if data and final:
