@@ -209,6 +209,8 @@ def reader_batches(path: Path, stats: Any) -> Iterator[Any]:
     how: dict[str, Any] = {}
     if hasattr(pipeline, "passive_fields"):
         how["lazy"] = pipeline.passive_fields(STREAM)
+    if hasattr(pipeline, "kept_fields"):
+        how["kept"] = pipeline.kept_fields(STREAM)
     if hasattr(replay, "FEED_BATCH_BYTES"):
         how["batch_bytes"] = replay.FEED_BATCH_BYTES
     return zeekbatch.iter_batches(path, STREAM, fields=pipeline.ingest_fields(STREAM),

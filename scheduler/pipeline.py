@@ -116,12 +116,17 @@ INGEST_FIELDS: dict[str, frozenset[str]] = {
 #: Of those, the text fields the batch path never reads as a column (`_zeek_run`): they reach
 #: NetColumns (uid, uri, user_agent) or only records (method), and only the rows made records
 #: (evidence samples, the rules' records, the daemon's queue) are ever read, so the reader may
-#: leave them deferred (`zeekbatch.iter_batches(lazy=)`: no Python str per row).
+#: leave them deferred: no Python str per row. `PASSIVE_FIELDS` are not even parsed (read from
+#: the lines of the rows asked for: an http or ssl log's rows are almost never records);
+#: `KEPT_FIELDS` are parsed and kept in pyarrow's hands (a quarter of a conn.log's rows and
+#: many of a dns.log's reach an evidence sample, which reads their uid).
 PASSIVE_FIELDS: dict[str, frozenset[str]] = {
-    "conn": frozenset({"uid"}),
-    "dns": frozenset({"uid"}),
     "http": frozenset({"uid", "method", "uri", "user_agent"}),
     "ssl": frozenset({"uid"}),
+}
+KEPT_FIELDS: dict[str, frozenset[str]] = {
+    "conn": frozenset({"uid"}),
+    "dns": frozenset({"uid"}),
 }
 
 
@@ -131,8 +136,15 @@ def ingest_fields(stream: str) -> frozenset[str] | None:
 
 
 def passive_fields(stream: str) -> frozenset[str]:
-    """Fields of `stream` the engine reads for the rows made records only (`PASSIVE_FIELDS`)."""
+    """Fields of `stream` the engine reads for the rows made records only, few of them
+    (`PASSIVE_FIELDS`: the reader's `lazy`)."""
     return PASSIVE_FIELDS.get(stream, frozenset())
+
+
+def kept_fields(stream: str) -> frozenset[str]:
+    """Fields of `stream` the engine reads for the rows made records only, many of them
+    (`KEPT_FIELDS`: the reader's `kept`)."""
+    return KEPT_FIELDS.get(stream, frozenset())
 
 
 def _f(v: Any, default: float = 0.0) -> float:

@@ -29,7 +29,8 @@ from scheduler.collect.osquery_results import ParseStats as OsqueryStats
 from scheduler.alerting.outbox import AlertOutbox, deliver_outbox  # deliver_outbox: re-exported
 from scheduler.collect.k8s_audit import AuditStats, recording_records
 from scheduler.pipeline import (CONTAINER_TABLES, PIPELINE_SCHEMA, ZEEK_STREAMS, Pipeline,
-                                ingest_fields, item_time, passive_fields)
+                                ingest_fields, item_time, kept_fields,
+                                passive_fields)
 from scheduler.collect.replay_items import (KEEP_ROWS, OSQUERY_BATCH, ReplayItems, SourceFile,
                                             index_file)
 
@@ -155,7 +156,8 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0,
                 threads: bool = True) -> Callable[[], Iterable[Any]]:
     """Reads `path` from its start as ZeekBatch columns (the engine's unit of Zeek input):
     the columnar reader (`zeekbatch.iter_batches`), the fields the engine reads only (those it
-    reads for the rows made records only left deferred: `pipeline.PASSIVE_FIELDS`), a .gz
+    reads for the rows made records only left deferred: `pipeline.PASSIVE_FIELDS`,
+    `pipeline.KEPT_FIELDS`), a .gz
     file inflated `INFLATE_AHEAD` blocks ahead in a thread, and `ahead` batches parsed ahead in
     another (the feed's reader: `FEED_READ_AHEAD`); `threads=False`: neither, all in the
     caller's thread. Malformed lines are counted in `zstats` as the per-line reader counts them
@@ -167,7 +169,8 @@ def zeek_reader(path: Path, stream: str, zstats: Any = None, ahead: int = 0,
 
     def read() -> Iterable[Any]:
         batches = iter_batches(path, stream, fields=ingest_fields(stream),
-                               lazy=passive_fields(stream), batch_bytes=FEED_BATCH_BYTES,
+                               lazy=passive_fields(stream), kept=kept_fields(stream),
+                               batch_bytes=FEED_BATCH_BYTES,
                                stats=zstats if zstats is not None else
                                ZeekStats(limiter=_quiet_limiter()),
                                inflate_ahead=INFLATE_AHEAD if threads else 0)

@@ -24,7 +24,7 @@ from scheduler.collect import zeeklog
 from scheduler.collect.zeekbatch import (ZeekBatch, batch_from_records, convention, flat_get,
                                          iter_batches, parse_only, record_names)
 from scheduler.collect.zeekbatch import INT_FIELDS
-from scheduler.pipeline import ingest_fields, passive_fields
+from scheduler.pipeline import ingest_fields, kept_fields, passive_fields
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_GLOBS = ("scheduler/demo_data/*/zeek/*.log*", "tests/data/misuse/*/zeek/*.log*",
@@ -54,15 +54,15 @@ def _plain(v: Any) -> Any:
 
 
 def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
-                stream: str | None = None, lazy: Any = ()
+                stream: str | None = None, lazy: Any = (), kept: Any = ()
                 ) -> tuple[list[ZeekBatch], zeeklog.ParseStats]:
-    """Batches == per-line records (values, record(i), counts); returns the batches. `lazy`:
-    read with those text fields deferred, whose values (row by row, and whole) must be the same
-    as every other column's."""
+    """Batches == per-line records (values, record(i), counts); returns the batches. `lazy`,
+    `kept`: read with those text fields deferred (not parsed; parsed and kept in pyarrow),
+    whose values (row by row, and whole) must be the same as every other column's."""
     ref_stats, stats = zeeklog.ParseStats(), zeeklog.ParseStats()
     recs = list(zeeklog.iter_zeek_log(path, stats=ref_stats, fields=fields))
     batches = list(iter_batches(path, stream=stream, fields=fields, stats=stats,
-                                batch_bytes=batch_bytes, lazy=lazy))
+                                batch_bytes=batch_bytes, lazy=lazy, kept=kept))
     assert sum(len(b) for b in batches) == len(recs), path
     for counter in ("records", "bad_lines", "lines", "headers", "blank", "io_errors"):
         assert getattr(stats, counter) == getattr(ref_stats, counter), (path, counter)
@@ -73,7 +73,7 @@ def check_equal(path: Path, fields: Any = None, batch_bytes: int = 1 << 20,
         assert b.lineno.shape == (len(b),)
         mine = record_names([b.record(j) for j in range(len(b))],
                             frozenset(fields) if fields is not None else None)
-        assert set(b.deferred) <= set(lazy) and not set(b.deferred) & set(b.columns)
+        assert set(b.deferred) <= set(lazy) | set(kept) and not set(b.deferred) & set(b.columns)
         if b.deferred:
             assert b.meta["mode"] == "columnar", (path, "deferred columns off the TSV path")
             mine = [n for n in mine if n not in b.deferred] + \
@@ -134,10 +134,15 @@ def test_bundled_log_equals_per_line(path: Path) -> None:
     check_equal(path, fields)
     # the engine's passive fields deferred, as the replay reads them (and every field, for the
     # logs the engine reads whole): the same values
-    lazy = passive_fields(stream_of(path)) if fields is not None else _all_fields(path)
-    deferred, _ = check_equal(path, fields, lazy=lazy)
-    if any(b.meta["mode"] == "columnar" for b in deferred) and lazy & _string_fields(path):
-        assert any(b.deferred for b in deferred), f"{path}: nothing was deferred"
+    if fields is not None:
+        ways = [(passive_fields(stream_of(path)), kept_fields(stream_of(path)))]
+    else:
+        ways = [(_all_fields(path), frozenset()), (frozenset(), _all_fields(path))]
+    for lazy, kept in ways:
+        deferred, _ = check_equal(path, fields, lazy=lazy, kept=kept)
+        if any(b.meta["mode"] == "columnar" for b in deferred) and \
+                (lazy | kept) & _string_fields(path):
+            assert any(b.deferred for b in deferred), f"{path}: nothing was deferred"
     modes = {b.meta.get("mode") for b in small}
     with zeeklog.open_log_text(path) as fh:
         head = fh.read(1)
@@ -226,6 +231,7 @@ def test_deferred_text_keeps_the_conventions(tmp_path: Path) -> None:
     rows = ["a\\x09b\\x2d", "-", "(empty)", "\\x2d", "plain", "\\x28empty)"]
     body = "".join(dns_line(i, query=q) for i, q in enumerate(rows, 1))
     p = write(tmp_path, "dns.log", HEADER + body)
+    check_equal(p, kept={"query", "uid", "answers", "AA", "ts", "id.orig_p"})
     batches, _ = check_equal(p, lazy={"query", "uid", "answers", "AA", "ts", "id.orig_p"})
     (b,) = batches
     assert sorted(b.deferred) == ["query", "uid"]

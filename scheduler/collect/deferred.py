@@ -6,7 +6,7 @@ the URI, the user agent, the method. Making a Python str of every row of them co
 quarter of the reader's time on an http.log (the uid alone, one distinct value per row, 0.044 s a
 million lines), and even parsing them into pyarrow strings cost a tenth of the reader; the batch
 path never looks at them. A `DeferredText` keeps where the values are (`source`: the block's
-lines, `zeekbatch._LineField`) and the column convention (`finish`: the unset/empty markers, Zeek's
+lines, `zeekbatch._LineField`, or a pyarrow array, `ArrowText`) and the column convention (`finish`: the unset/empty markers, Zeek's
 escapes), and makes the strings of the rows taken only.
 
 It stands in for a numpy object array where the engine hands columns on (NetColumns): `len`,
@@ -27,6 +27,22 @@ import numpy as np
 
 #: values as the source holds them -> the column's values (the reader's convention)
 Finish = Callable[[list[str]], list[str]]
+
+
+class ArrowText:
+    """A pyarrow string array (or chunked array) as a source: a column the reader parsed and
+    left in pyarrow's hands (`zeekbatch` "kept" fields)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def raw(self, rows: np.ndarray | None) -> list[str]:
+        return (self.array if rows is None else self.array.take(rows)).to_pylist()
 
 
 class _Pieces:

@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.collect import zeeklog
-from scheduler.collect.deferred import DeferredText
+from scheduler.collect.deferred import ArrowText, DeferredText
 from scheduler.collect.readahead import read_ahead
 from scheduler.collect.zeeklog import ParseStats, ZeekLogParser, unescape
 
@@ -99,8 +99,8 @@ class ZeekBatch:
     #: the column. The columnar TSV path fills it for the columns it read dictionary-encoded;
     #: `codes()` computes it for the others on first use
     dicts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    #: text columns asked for as deferred (`iter_batches(lazy=)`): kept as pyarrow read them,
-    #: strings made for the rows taken (`deferred.DeferredText`); `column()` makes them all
+    #: text columns asked for as deferred (`iter_batches(lazy=, kept=)`): strings made for the
+    #: rows taken (`deferred.DeferredText`); `column()` makes them all
     deferred: dict[str, DeferredText] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -270,7 +270,7 @@ def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
     as plain strings. Numbers are null where `unset`; text is never null."""
     a = _arrow()
     pa = a.pa
-    types = {"str": pa.string(), "lazy": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
+    types = {"str": pa.string(), "kept": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
              "dconv": pa.dictionary(pa.int32(), pa.string()),
              "float": pa.float64(), "int": pa.int64()}
     kinds = kinds if kinds is not None else ("str",) * len(include)
@@ -503,12 +503,15 @@ class BlockParser:
 
     def __init__(self, path: str | os.PathLike[str], stream: str | None = None,
                  fields: Iterable[str] | None = None, stats: ParseStats | None = None,
-                 header: Iterable[str] = (), lazy: Iterable[str] = ()) -> None:
+                 header: Iterable[str] = (), lazy: Iterable[str] = (),
+                 kept: Iterable[str] = ()) -> None:
         self.path = str(path)
         self.stream = stream or Path(self.path).name.split(".")[0]
         self.fields: frozenset[str] | None = frozenset(fields) if fields is not None else None
         #: text fields the TSV columnar path leaves deferred (`ZeekBatch.deferred`)
         self.lazy = frozenset(lazy)
+        #: text fields the TSV columnar path parses but leaves in pyarrow's hands (deferred too)
+        self.kept = frozenset(kept) - self.lazy
         self.stats = stats if stats is not None else ParseStats()
         self.parser = ZeekLogParser(self.path, fields=self.fields, stats=self.stats)
         self.columnar_runs = 0   # runs parsed by pyarrow
@@ -662,9 +665,13 @@ class BlockParser:
         escapes = b"\\" in seg and b"\\x" in seg     # memchr first: a backslash is rare
         cols: dict[str, np.ndarray] = {}
         dicts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        deferred: dict[str, DeferredText] = {}
         for name, kind in zip(keep, kinds):
             col = table.column(name)
-            if kind == "dict":
+            if kind == "kept":
+                deferred[name] = DeferredText(ArrowText(col),
+                                              _text_finish(p.unset_field, p.empty_field))
+            elif kind == "dict":
                 codes, uniques = self._dict_column(name, col, escapes)
                 dicts[name] = (codes, uniques)
                 cols[name] = uniques[codes]
@@ -683,6 +690,7 @@ class BlockParser:
         batch = self._batch(seg, cols, table.num_rows, row_lines, first_line, end, "columnar",
                             lazy)
         batch.dicts = dicts
+        batch.deferred.update(deferred)
         return batch
 
     def _read_kinds(self, keep: Sequence[str], ztype: dict[str, str]) -> tuple[str, ...]:
@@ -692,7 +700,9 @@ class BlockParser:
         repeated in the run becomes one Python str, not one per row; "str" for the rest (typed
         fields `_convert` handles, and text columns seen to hold about one value per row);
         "lazy" (a plain string field asked for as deferred) not parsed at all: read from the
-        lines of the rows asked for (`DeferredText`, `_LineField`); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
+        lines of the rows asked for (`DeferredText`, `_LineField`); "kept" (one asked for as
+        kept) parsed as strings and left in pyarrow's hands (`deferred.ArrowText`: cheaper
+        where many rows are taken, as a conn.log's evidence samples take its uids); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
         once per distinct value (`_dict_convert`)."""
         p = self.parser
         out: list[str] = []
@@ -703,9 +713,10 @@ class BlockParser:
                 out.append("float")
             elif name in INT_FIELDS and t in _INT_TYPES:
                 out.append("int")
-            elif name in self.lazy and name != "ts" and name not in INT_FIELDS and \
-                    inner is None and zeeklog._scalar_converter(t) is None:
-                out.append("lazy")
+            elif (name in self.lazy or name in self.kept) and name != "ts" and \
+                    name not in INT_FIELDS and inner is None and \
+                    zeeklog._scalar_converter(t) is None:
+                out.append("lazy" if name in self.lazy else "kept")
             elif name not in INT_FIELDS and name != "ts" and name not in self._dense and (
                     (inner is None and zeeklog._scalar_converter(t) is None) or
                     (inner is not None and zeeklog._scalar_converter(inner) is None
@@ -1034,7 +1045,8 @@ def update_header(header: list[str], text: str) -> list[str]:
 def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                  fields: Iterable[str] | None = None, stats: ParseStats | None = None,
                  batch_bytes: int = DEFAULT_BATCH_BYTES, start: int = 0,
-                 inflate_ahead: int = 0, lazy: Iterable[str] = ()) -> Iterator[ZeekBatch]:
+                 inflate_ahead: int = 0, lazy: Iterable[str] = (),
+                 kept: Iterable[str] = ()) -> Iterator[ZeekBatch]:
     """The records of one Zeek log (TSV or JSON lines, plain or .gz) as ZeekBatch objects.
 
     `fields` limits the columns (None: all); `stats` counts lines, records and malformed lines
@@ -1045,7 +1057,9 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
     file's blocks are read and inflated that many ahead in a thread (`readahead`; zlib runs
     without the GIL) while its blocks are parsed; the same blocks in the same order. `lazy`:
     text fields (of those asked for) whose TSV columns may stay deferred (`ZeekBatch.deferred`:
-    strings made for the rows taken), for a consumer that reads few of their rows."""
+    strings made for the rows taken), not even parsed (read from the rows' lines when asked
+    for), for a consumer that reads few of their rows; `kept`: deferred too, but parsed (for
+    one that reads many)."""
     p = str(path)
     stats = stats if stats is not None else ParseStats()
     stats.files += 1
@@ -1066,7 +1080,7 @@ def iter_batches(path: str | os.PathLike[str], stream: str | None = None,
                 log.warning("cannot resume %s at offset %d: %s", p, start, exc)
                 return
         bp = BlockParser(p, stream=stream, fields=fields, stats=stats, header=header,
-                         lazy=lazy)
+                         lazy=lazy, kept=kept)
         offset = start
         blocks = iter_blocks(handle, batch_bytes)
         if inflate_ahead and isinstance(handle, gzip.GzipFile):
