@@ -431,8 +431,9 @@ def measure(lines: int, rounds: int, tmp: Path) -> dict[str, Any]:
     print(f"engine API: {e['api']} (flush every {e['chunk']:,} lines, the replay's chunk)")
     print(f"engine: {e['windows']:,} windows built, {e['alerts']} alerts, {e['nets']:,} records, "
           f"{e['unattributed']} unattributed, {e['late']} late; arrow: {a['batches']} batches of "
-          f"{a['columns']} columns; arrow_own: {o['columns']} of them (the engine reads the "
-          f"others from the lines of the rows it makes records)")
+          f"{a['columns']} columns; arrow_own: {o['columns']} of them" +
+          (" (the engine reads the others from the lines of the rows it makes records)"
+           if o["columns"] < a["columns"] else ""))
     for mode in CONTENDERS:
         m = s[mode]
         print(f"  {mode:10s} {m['seconds']:7.2f} s {m['lines_s']:>11,.0f} lines/s "
