@@ -576,3 +576,51 @@ def by_window_rows(recs, origin):
         k = math.floor((r.ts - origin[r.container_id]) / W)
         out.setdefault((r.container_id, k), []).append(i)
     return out
+
+
+class _Scoring(_Engine):
+    """An engine whose baselines call every window anomalous, keeping the candidates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collect_windows = False
+        self.window_sink = lambda fw: None
+        self.candidates: list = []
+
+        def score(fw):
+            return [SimpleNamespace(
+                is_anomaly=True, container_id=fw.container_id[i], image=fw.image[i],
+                deviations=[{"feature": "distinct_domains", "value": 1}], fallback=False,
+                image_key=fw.image[i], environment="default", explanation="x",
+                window_start=float(fw.window_start[i]), window_end=float(fw.window_end[i]),
+                score=2.0, threshold=1.0, model_scope="image") for i in range(len(fw))]
+
+        self.baselines = SimpleNamespace(score=score)
+
+    def container_ref(self, host, cid, image=""):
+        from scheduler.detect.candidate import ContainerRef
+
+        return ContainerRef(id=cid, name=cid, image=image)
+
+    def _add(self, cand):
+        self.candidates.append(cand)
+
+
+def test_windows_made_as_arrays_alert_as_accumulators_do(monkeypatch):
+    """Every window anomalous: the same alerts (window, time, evidence) whether the windows a
+    call opens and closes are made as arrays or as accumulators."""
+    import scheduler.detect.windowing as windowing
+
+    recs = random_nets(random.Random(15), 3000, cids=("c1", "c2"), span=20 * W, kinds=WEB_KINDS)
+    got = []
+    for arrays in (True, False):
+        if not arrays:
+            monkeypatch.setattr(windowing, "keeps_no_sample", lambda nets, rows=None: False)
+        e = _Scoring()
+        e._window_add_nets(columns_of(recs))
+        assert bool(e._pending[0][2]) == arrays           # the windows made as arrays
+        e.close_windows()
+        e._score_closed()
+        got.append(sorted((c.ts, c.container.id, json.dumps(c.evidence, sort_keys=True, default=str))
+                          for c in e.candidates))
+    assert got[0] == got[1] and len(got[0]) > 30

@@ -83,8 +83,9 @@ class WindowingMixin:
         # (container ids, window indexes, origins, their rows' features), scored with `_closed`.
         self._closed_new: list[tuple[list[str], list[int], list[float], NewWindowRows]] = []
         # Network rows decided into windows but not yet counted: (NetColumns, [(accumulator,
-        # rows)]), counted by `_count_pending` before anything reads an accumulator.
-        self._pending: list[tuple[Any, list[tuple[NetWindowAgg, np.ndarray]]]] = []
+        # rows)], [windows to make as arrays: `_stretch_groups`' `fresh` entries]), counted by
+        # `_count_pending` before anything reads an accumulator or a closed window.
+        self._pending: list[tuple[Any, list[tuple[NetWindowAgg, np.ndarray]], list[Any]]] = []
         self._origins: dict[str, float] = {}
         self._last_closed: dict[str, int] = {}   # newest closed window index per container
         # Containers that died or stopped, and when: no window starts after that moment until
@@ -527,9 +528,9 @@ class WindowingMixin:
                 if info is not None:
                     k = int(round((r.window_start - info.created) / self.window_s))
                     if by_key is None:      # the closed windows by key: an anomaly's evidence
+                        # (a window made as arrays kept no record: it has none, as its
+                        # accumulator would have had none)
                         by_key = {(cid, cw["k"]): cw for cid, cw in closed}
-                        for cids, ks, _, _ in fresh:     # nothing kept: no evidence
-                            by_key.update(dict.fromkeys(zip(cids, ks), _NO_RECORDS))
                     cw = by_key.get((r.container_id, k))
                     if cw is not None:
                         cand.evidence.extend(rules.window_samples(cw["p"], cw["n"], devs))
@@ -552,8 +553,6 @@ def _deviation_text(text: str, fallback: bool) -> str:
 
 #: What `_net_window` gives for a window its caller's rows make whole (`new_windows`).
 _NEW = object()
-#: A window that kept nothing (a window made by `new_windows`), for its evidence.
-_NO_RECORDS: dict[str, Any] = {"p": (), "n": NetWindowAgg(), "l": ()}
 
 
 def _img(cw: dict[str, Any]) -> str:
