@@ -31,7 +31,10 @@ converted (escapes, markers) and made a Python str once, and each column is `uni
 (shared references; `ZeekBatch.codes` hands out the pair for per-value work). A text column
 seen to hold about one value per row (uid) is read as plain strings from then on. Other typed
 fields (a DNS answer's TTLs, bools, doubles) are read dictionary-encoded too and converted by
-Zeek type, with the per-line parser's checks, once per distinct value. Known: pyarrow reads an
+Zeek type, with the per-line parser's checks, once per distinct value. Text fields a consumer
+reads for a few rows only may be asked for deferred (`iter_batches(lazy=, kept=)`:
+`ZeekBatch.deferred`, strings made for the rows taken; `lazy` ones are not even parsed, each
+asked-for row's value read from its line). Known: pyarrow reads an
 integer field "0x50" as 80 where int() refuses the line (so did the string cast before); Zeek never writes one.
 A run of JSON lines goes through pyarrow.json with an explicit schema that also types every field the per-line parser checks
 (zeeklog.JSON_FIELD_TYPES), so pyarrow refuses what that parser would refuse; nested objects,
