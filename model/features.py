@@ -16,7 +16,7 @@ import logging
 import math
 import posixpath
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -226,36 +226,25 @@ def _container_spans(processes, nets, lifecycle, containers, net_windows=(),
     # accumulators are taken together first (earliest, latest, first non-empty image and host,
     # in order), then touched once: what touching each in turn gives, a call per container
     # rather than per window.
+    # Windows as arrays (`new_windows`) stand for their rows the same way.
+    stood = chain(((cid, agg.t_min, agg.t_max, agg.image, agg.host)
+                   for (cid, _), agg in net_windows if cid and agg.n),
+                  *(zip(cids, rows.t_min.tolist(), rows.t_max.tolist(), rows.image, rows.host)
+                    for cids, _, rows in new_windows))
     per: dict[str, list] = {}
-    for (cid, _), agg in net_windows:
-        if cid and agg.n:
-            p = per.get(cid)
-            if p is None:
-                per[cid] = [agg.t_min, agg.t_max, agg.image, agg.host]
-                continue
-            if agg.t_min < p[0]:
-                p[0] = agg.t_min
-            if agg.t_max > p[1]:
-                p[1] = agg.t_max
-            if not p[2]:
-                p[2] = agg.image
-            if not p[3]:
-                p[3] = agg.host
-    for cids, _, rows in new_windows:    # windows as arrays (`new_windows`): the same, each
-        for cid, t_min, t_max, image, host in zip(cids, rows.t_min.tolist(),
-                                                  rows.t_max.tolist(), rows.image, rows.host):
-            p = per.get(cid)
-            if p is None:
-                per[cid] = [t_min, t_max, image, host]
-                continue
-            if t_min < p[0]:
-                p[0] = t_min
-            if t_max > p[1]:
-                p[1] = t_max
-            if not p[2]:
-                p[2] = image
-            if not p[3]:
-                p[3] = host
+    for cid, t_min, t_max, image, host in stood:
+        p = per.get(cid)
+        if p is None:
+            per[cid] = [t_min, t_max, image, host]
+            continue
+        if t_min < p[0]:
+            p[0] = t_min
+        if t_max > p[1]:
+            p[1] = t_max
+        if not p[2]:
+            p[2] = image
+        if not p[3]:
+            p[3] = host
     for cid, (t0, t1, image, host) in per.items():
         touch(cid, t0, image, host, last=t1)
     for s in spans.values():
@@ -428,35 +417,33 @@ def build_windows(
             agg.add_columns(cols, part)
             agg_rows.append(int(n_rows_all[part[0]]))
             agg_list.append(agg)
-    given_rows = None
-    if aggs:    # each accumulator's row, all at once (the keys read in C: a few per flush row)
-        keys = list(net_windows)
-        a_cids, a_ks = zip(*keys)
-        ci = np.fromiter(map(cid_index.get, a_cids, repeat(-1)), np.int64, len(keys))
-        w = np.fromiter(a_ks, np.int64, len(keys)) - wmin
+
+    def keyed_rows(k_cids: Sequence[str], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(which keys have a row, those rows) of windows keyed (container, index): all at
+        once, the keys read in C (a few per flush row)."""
+        ci = np.fromiter(map(cid_index.get, k_cids, repeat(-1)), np.int64, len(k_cids))
+        w = np.fromiter(ks, np.int64, len(ks)) - wmin
         ok = (ci >= 0) & (w >= 0) & (w < span_w)
         key = ci * span_w + w
         pos = np.minimum(np.searchsorted(sorted_keys, key), sorted_keys.size - 1)
         hit = np.flatnonzero(ok & (sorted_keys[pos] == key))
-        given_rows = key_order[pos[hit]]
-        agg_rows.extend(given_rows.tolist())
-        given = list(net_windows.values())
-        agg_list.extend([given[j] for j in hit.tolist()])
+        return hit, key_order[pos[hit]]
+
+    given: list[np.ndarray] = []             # the rows of the windows handed in
+    if aggs:    # each accumulator's row
+        hit, rows = keyed_rows(*zip(*net_windows))
+        given.append(rows)
+        agg_rows.extend(rows.tolist())
+        accs = list(net_windows.values())
+        agg_list.extend([accs[j] for j in hit.tolist()])
     net_cols = [col[f] for f in NET_FEATURES]
     if agg_list:
         X[np.ix_(np.asarray(agg_rows, dtype=np.int64), net_cols)] = features_of(agg_list)
-    new_rows: list[np.ndarray] = []
     for n_cids, n_ks, built in new_windows:   # each window's row, as for the accumulators
-        ci = np.fromiter(map(cid_index.get, n_cids, repeat(-1)), np.int64, len(n_cids))
-        w = np.asarray(n_ks, dtype=np.int64) - wmin
-        ok = (ci >= 0) & (w >= 0) & (w < span_w)
-        key = ci * span_w + w
-        pos = np.minimum(np.searchsorted(sorted_keys, key), sorted_keys.size - 1)
-        hit = np.flatnonzero(ok & (sorted_keys[pos] == key))
-        new_rows.append(key_order[pos[hit]])
-        X[np.ix_(new_rows[-1], net_cols)] = built.X[hit]
-    if new_rows:
-        given_rows = np.concatenate(([] if given_rows is None else [given_rows]) + new_rows)
+        hit, rows = keyed_rows(n_cids, n_ks)
+        given.append(rows)
+        X[np.ix_(rows, net_cols)] = built.X[hit]
+    given_rows = (given[0] if len(given) == 1 else np.concatenate(given)) if given else None
 
     # lifecycle ---------------------------------------------------------------------------------
     ev = [e for e in lifecycle if e.container_id in cid_index]

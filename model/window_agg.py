@@ -806,7 +806,7 @@ def _first_per_group(coded: tuple[np.ndarray, np.ndarray], starts: np.ndarray, m
     codes, values = coded
     pos = np.where(nonempty(coded), np.arange(m), m)
     first = np.minimum.reduceat(pos, starts)
-    got = values[codes[np.minimum(first, m - 1)]]     # a group with none: its last row's ""
+    got = values[codes[np.minimum(first, m - 1)]]     # a group with none: any row, then ""
     return np.where(first < m, got, "").tolist()
 
 
@@ -856,6 +856,6 @@ def concat_columns(parts: Sequence[NetColumns]) -> NetColumns:
 
 def _concat(cols: list[Any]) -> Any:
     """One column of several: by the column type's own `concat` where it has one (the Zeek
-    reader's DeferredText keeps rows of one array unmade), else as one numpy array."""
+    reader's DeferredText keeps their rows unmade), else as one numpy array."""
     own = getattr(type(cols[0]), "concat", None)
     return own(cols) if own is not None else np.concatenate([np.asarray(c) for c in cols])

@@ -59,16 +59,20 @@ class _Pieces:
         return int(self.starts[-1])
 
     def raw(self, rows: np.ndarray | None) -> list[str]:
-        if rows is None:
-            return [v for src, pos in self.parts for v in src.raw(pos)]
-        rows = np.asarray(rows, dtype=np.int64)
+        runs = self.parts if rows is None else self.runs(np.asarray(rows, dtype=np.int64))
+        return [v for src, pos in runs for v in src.raw(pos)]
+
+    def runs(self, rows: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        """Rows `rows` as (source, its row numbers) runs, in the order given."""
         piece = np.searchsorted(self.starts, rows, side="right") - 1
-        out: list[Any] = [None] * len(rows)
-        for p in np.unique(piece).tolist():
-            at = np.flatnonzero(piece == p)
+        out: list[tuple[Any, np.ndarray]] = []
+        if not len(rows):
+            return out
+        cuts = (np.flatnonzero(piece[1:] != piece[:-1]) + 1).tolist()
+        for a, b in zip([0, *cuts], [*cuts, len(rows)]):
+            p = int(piece[a])
             src, pos = self.parts[p]
-            for k, v in zip(at.tolist(), src.raw(pos[rows[at] - self.starts[p]])):
-                out[k] = v
+            out.append((src, pos[rows[a:b] - self.starts[p]]))
         return out
 
 
@@ -132,22 +136,7 @@ class DeferredText:
         pieces: list[tuple[Any, np.ndarray]] = []
         for p in parts:
             if type(p._source) is _Pieces:          # a concatenation of concatenations: flat
-                pos = p._positions()
-                pieces.extend((src, rows) for src, rows in _piece_runs(p._source, pos))
+                pieces.extend(p._source.runs(p._positions()))
             else:
                 pieces.append((p._source, p._positions()))
         return DeferredText(_Pieces(pieces), finish)
-
-
-def _piece_runs(src: _Pieces, rows: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """Rows `rows` of a _Pieces as (source, row numbers) runs, in order."""
-    piece = np.searchsorted(src.starts, rows, side="right") - 1
-    out: list[tuple[Any, np.ndarray]] = []
-    if not len(rows):
-        return out
-    cuts = np.flatnonzero(piece[1:] != piece[:-1]) + 1
-    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
-        p = int(piece[a])
-        s, pos = src.parts[p]
-        out.append((s, pos[rows[a:b] - src.starts[p]]))
-    return out

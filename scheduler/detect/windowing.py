@@ -424,6 +424,15 @@ class WindowingMixin:
             self._close(cid)
         self._heap = []
 
+    def _window_container(self, cid: str, origin: float, image: Callable[[], str]
+                          ) -> ContainerInfo:
+        """A closed window's container for `build_windows`: the inventory's, else the image
+        its window saw (`image()`, asked only then); its windows count from `origin`."""
+        st = self.inventory.get(self.host, cid)
+        return ContainerInfo(container_id=cid, image=(st.image if st else "") or image(),
+                             name=st.name if st else "", host=self.host, created=origin,
+                             environment=self.environment)
+
     def _score_closed(self) -> None:
         if self._pending:
             self._count_pending()
@@ -453,11 +462,7 @@ class WindowingMixin:
                 procs.extend(cw["p"])
             nets[(cid, k)] = cw["n"]
             if cid not in infos:
-                st = self.inventory.get(self.host, cid)
-                infos[cid] = ContainerInfo(container_id=cid,
-                                           image=(st.image if st else "") or _img(cw),
-                                           name=st.name if st else "", host=self.host,
-                                           created=cw["origin"], environment=self.environment)
+                infos[cid] = self._window_container(cid, cw["origin"], lambda cw=cw: _img(cw))
         for cids, ks, origins, built in fresh:      # the same, an array at a time
             ws = np.asarray(origins, dtype=float) + np.asarray(ks, dtype=float) * w
             lo, hi = float(ws.min()), float((ws + w).max())
@@ -468,11 +473,8 @@ class WindowingMixin:
             for cid in dict.fromkeys(cids):
                 if cid not in infos:
                     j = cids.index(cid)
-                    st = self.inventory.get(self.host, cid)
-                    infos[cid] = ContainerInfo(container_id=cid,
-                                               image=(st.image if st else "") or built.image[j],
-                                               name=st.name if st else "", host=self.host,
-                                               created=origins[j], environment=self.environment)
+                    infos[cid] = self._window_container(cid, origins[j],
+                                                        lambda j=j: built.image[j])
         life = [r for r in self._life_recent if start <= r.ts < end]
         # the rows of the closed windows only (each one's accumulator is in `nets`)
         fw = build_windows(procs, (), life, list(infos.values()), window_s=self.window_s,
