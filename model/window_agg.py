@@ -56,6 +56,8 @@ NET_FEATURES: tuple[str, ...] = (
 FAILED_CONN_STATES = frozenset({"REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"})
 #: Record kinds whose `domain` counts for distinct_domains.
 DOMAIN_KINDS = frozenset({"dns", "http", "ssl", "geo"})
+#: Record kinds an evidence selection may keep (as may any geo contact): `NetSample`'s rows.
+SAMPLED_KINDS = frozenset({"conn", "dns"})
 
 _RFC1918 = (
     ipaddress.ip_network("10.0.0.0/8"),
@@ -317,7 +319,7 @@ class NetWindowAgg:
             d = domain_of(r.domain)
             if d:
                 _add_capped(self.domains, (d,))
-        if not self.sampling or not (kind == "conn" or kind == "dns" or geo):
+        if not self.sampling or not (geo or kind in SAMPLED_KINDS):
             return
         s = self.sample_for_rows()
         make = lambda: r  # noqa: E731
@@ -505,8 +507,8 @@ def add_groups(cols: NetColumns, groups: Iterable[tuple[NetWindowAgg, np.ndarray
 
 
 def _row_arrays(rs: Sequence[Any]) -> list[np.ndarray]:
-    return [r if type(r) is np.ndarray and r.ndim == 1 else np.asarray(r, dtype=np.int64).reshape(-1)
-            for r in rs]
+    return [r if type(r) is np.ndarray and r.ndim == 1
+            else np.asarray(r, dtype=np.int64).reshape(-1) for r in rs]
 
 
 class _GroupStats:
@@ -594,6 +596,7 @@ class _GroupStats:
         self.t_max = np.maximum.reduceat(ts, starts)
         self.image = _first_per_group(cols.coded("image", rows), starts, m) if image else None
         self.host = _first_per_group(cols.coded("host", rows), starts, m) if host else None
+        # a row a sample may keep: a SAMPLED_KINDS row (conn, dns) or a geo contact
         self.sampled = np.add.reduceat((conn | dns | geo).astype(np.int64), starts) > 0
         self.conn, self.dns, self.geo, self.failed, self.nx = conn, dns, geo, failed, nx
 
@@ -641,7 +644,7 @@ def keeps_no_sample(cols: NetColumns, rows: Any = None) -> bool:
     `_GroupStats.sampled`)? Judged on the columns' distinct values (`NetColumns.coded`), so a
     value listed but unused answers no: `new_windows`' precondition, checked cheaply."""
     _, kinds = cols.coded("kind", rows)
-    if any(k == "conn" or k == "dns" for k in kinds.tolist()):
+    if any(k in SAMPLED_KINDS for k in kinds.tolist()):
         return False
     _, geo = cols.coded("geo_service", rows)
     return not any(geo.tolist())
