@@ -369,11 +369,14 @@ def child(mode: str, path: Path) -> int:
 
     sys.path.insert(0, str(ROOT))
     if mode in ("engine", "reader"):
-        # as `stowaway run` does: pyarrow would import pandas (~0.26 s, ~50 MiB) on its first
-        # conversion, inside the clock; the engine never uses it
-        from scheduler.memtrim import keep_unused_libraries_out
+        # what `stowaway replay` does first (its allocator for batches; pandas kept out: pyarrow
+        # would import it, ~0.26 s and ~50 MiB, on its first conversion, inside the clock)
+        from scheduler import memtrim
 
-        keep_unused_libraries_out()
+        if hasattr(memtrim, "start_command"):
+            memtrim.start_command("replay")
+        else:       # a tree before it
+            memtrim.keep_unused_libraries_out()
     for mod in IMPORTS[mode]:
         importlib.import_module(mod)
     args: tuple[Any, ...] = (PREPARE[mode](),) if mode in PREPARE else ()

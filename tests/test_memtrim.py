@@ -1,4 +1,5 @@
-"""scheduler/memtrim.py: the daemon's timer hands freed heap back to the OS."""
+"""scheduler/memtrim.py: the daemon's timer hands freed heap back to the OS; a replay keeps it
+for its next batch."""
 from __future__ import annotations
 
 import ctypes
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.memtrim import configure_allocator, release_free_memory
+from scheduler.memtrim import (configure_allocator, configure_batch_allocator,
+                               release_free_memory)
 
 MiB = 1 << 20
 
@@ -110,6 +112,59 @@ def test_operator_environment_wins(monkeypatch) -> None:
     assert configure_allocator() == {"arena_max": False, "mmap_threshold": False}
 
 
+def _refaults(configured: bool) -> dict:
+    """Run in a fresh child process: 100 blocks of 1 MiB (a batch's column arrays) allocated,
+    written, freed, then allocated and written again, as the next batch does; the page faults of
+    that second round."""
+    import resource
+
+    took = configure_batch_allocator() if configured else {}
+    libc = _libc()
+
+    def one_batch() -> list[int]:
+        blocks = [libc.malloc(MiB) for _ in range(100)]
+        for p in blocks:
+            ctypes.memset(p, 1, MiB)
+        return blocks
+
+    for p in one_batch():
+        libc.free(p)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = one_batch()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    for p in blocks:
+        libc.free(p)
+    return {"took": took, "faults": faults}
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_batch_allocator_keeps_freed_batches_for_the_next() -> None:
+    """With the replay's allocator, the memory one batch frees serves the next without a page
+    fault; with glibc's defaults the freed top of the heap goes back to the OS and every page of
+    the next batch faults again (100 MiB: 25,600 pages)."""
+    here = Path(__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_memtrim; "
+            "print(json.dumps(test_memtrim._refaults(sys.argv[1] == 'configured')))")
+
+    def child(mode: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, mode, str(here), str(here.parent)],
+                             env=env, check=True, capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout)
+
+    plain, configured = child("plain"), child("configured")
+    assert configured["took"] == {"mmap_threshold": True, "trim_threshold": True}
+    assert configured["faults"] < 1000, configured
+    assert plain["faults"] > 100 * 256 // 2, plain
+
+
+def test_operator_environment_wins_for_batches(monkeypatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    assert configure_batch_allocator() == {"mmap_threshold": False, "trim_threshold": False}
+
+
 # ---- libraries the daemon never uses ---------------------------------------------------------
 
 _RUN_ONCE = """
@@ -159,3 +214,26 @@ def test_the_daemon_as_a_command_keeps_pandas_out(tmp_path: Path) -> None:
                                                     "converted": [0, 1, 0], "import": "refused"}
     assert _run_once(tmp_path, as_command=False) == {"rc": 0, "pandas": True,
                                                      "converted": [0, 1, 0]}
+
+
+_REPLAY = """
+import json, sys
+from scheduler.cli.main import main
+sys.argv = ["stowaway", "replay", sys.argv[1], "--out", sys.argv[2], "--no-progress", "--fresh"]
+rc = main() if {as_command} else main(sys.argv[1:])
+print(json.dumps({{"rc": rc, "pandas": sys.modules.get("pandas") is not None}}))
+"""
+
+
+@pytest.mark.parametrize("as_command", [True, False])
+def test_the_replay_as_a_command_keeps_pandas_out(tmp_path: Path, as_command: bool) -> None:
+    """`stowaway replay` started as a program reads its logs without pandas, as the daemon does;
+    the same replay called from Python code imports it (pyarrow's first conversion)."""
+    repo = Path(__file__).resolve().parents[1]
+    rec = repo / "scheduler" / "demo_data" / "geo_lookup"
+    r = subprocess.run([sys.executable, "-c", _REPLAY.format(as_command=as_command), str(rec),
+                        str(tmp_path / "alerts.jsonl")],
+                       cwd=repo, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"rc": 0, "pandas": not as_command}
+    assert (tmp_path / "alerts.jsonl").read_text().count("location_discovery") >= 2

@@ -63,12 +63,14 @@ def _add_broken(sub, module_name: str, fallback: str, exc: Exception) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None and getattr(args, "command", "") == "run":
-        # The daemon started as a command (not called from other Python code): libraries it
-        # never uses stay out of its memory (scheduler/memtrim.py says why).
-        from scheduler.memtrim import keep_unused_libraries_out
+    if argv is None:
+        # Started as a program, not called from other Python code: the process is this command
+        # alone (scheduler/memtrim.py says what that changes, and why).
+        from scheduler.memtrim import start_command
 
-        keep_unused_libraries_out()
+        start_command(getattr(args, "command", "") or "",
+                      dask=bool(getattr(args, "dask_scheduler", None) or
+                                getattr(args, "dask_local", None)))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

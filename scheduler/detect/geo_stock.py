@@ -98,6 +98,9 @@ def _default_indicators() -> tuple[list[Any], Callable[[str], Any], Callable[[st
     of truth with the osquery extension and, through zeek_scripts/data, the Zeek package)."""
     from osquery_ext import classifier, indicators
 
+    # read now, not at the first record: a broken list fails at start (the lists are cached, so
+    # match_domain reads this one)
+    indicators.load_geo_services()
     hosts = frozenset(e.host.lower() for e in indicators.load_metadata_endpoints())
     return (list(indicators.load_container_subnets()), classifier.match_domain,
             classifier.match_metadata, hosts)
