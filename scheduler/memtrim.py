@@ -72,15 +72,18 @@ def configure_allocator(arenas: int = ARENA_MAX,
     the daemon starts threads: an arena is made when a thread first allocates. Says which
     setting glibc took; elsewhere (musl, macOS) nothing is set. An operator's MALLOC_ARENA_MAX /
     MALLOC_MMAP_THRESHOLD_ environment variables win: glibc read them at start-up."""
-    out = {"arena_max": False, "mmap_threshold": False}
+    return _mallopt({"arena_max": ("MALLOC_ARENA_MAX", M_ARENA_MAX, arenas),
+                     "mmap_threshold": ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD,
+                                        mmap_threshold)})
+
+
+def _mallopt(settings: dict[str, tuple[str, int, int]]) -> dict[str, bool]:
+    """mallopt each of `settings` (name -> (the environment variable that overrides it, glibc's
+    parameter, value)) unless the operator set its variable; which ones glibc took. Nothing
+    without glibc."""
     libc = _glibc()
-    if libc is None:
-        return out
-    if "MALLOC_ARENA_MAX" not in os.environ:
-        out["arena_max"] = bool(libc.mallopt(M_ARENA_MAX, arenas))
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        out["mmap_threshold"] = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
-    return out
+    return {name: libc is not None and env not in os.environ and bool(libc.mallopt(param, value))
+            for name, (env, param, value) in settings.items()}
 
 
 #: mallopt parameters for a batch run (see the module docstring)
@@ -96,15 +99,10 @@ def configure_batch_allocator(mmap_threshold: int = BATCH_MMAP_THRESHOLD_BYTES,
     process that reads batches and exits, not for the daemon. Says which setting glibc took;
     elsewhere nothing is set. The operator's MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
     win."""
-    out = {"mmap_threshold": False, "trim_threshold": False}
-    libc = _glibc()
-    if libc is None:
-        return out
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        out["mmap_threshold"] = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        out["trim_threshold"] = bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    return out
+    return _mallopt({"mmap_threshold": ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD,
+                                        mmap_threshold),
+                     "trim_threshold": ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD,
+                                        trim_threshold)})
 
 
 def start_command(command: str, *, dask: bool = False) -> dict[str, Any]:

@@ -63,6 +63,21 @@ def test_pyarrow_pool_is_asked() -> None:
     assert release_free_memory()["pyarrow"] is True
 
 
+def _in_fresh_process(func: str, configured: bool) -> dict:
+    """This module's `func(configured)` run in a fresh interpreter (allocator settings are per
+    process and must come before the allocations), with no allocator settings from the
+    environment; its JSON result."""
+    here = Path(__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    code = ("import json, sys; sys.path[:0] = sys.argv[3:]; import test_memtrim; "
+            "print(json.dumps(getattr(test_memtrim, sys.argv[1])(sys.argv[2] == 'configured')))")
+    out = subprocess.run([sys.executable, "-c", code, func,
+                          "configured" if configured else "plain", str(here), str(here.parent)],
+                         env=env, check=True, capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout)
+
+
 def _freed_column_blocks(configured: bool) -> dict:
     """Run in a fresh child process (allocator settings are per process and must come before
     the allocations): free 1 MiB column-sized blocks that sit between small live ones, after an
@@ -89,17 +104,7 @@ def test_configured_allocator_gives_freed_column_blocks_back_at_once() -> None:
     """With the daemon's allocator settings, MiB-sized blocks freed between live small ones go
     back to the OS on free; with glibc's defaults (its threshold raised by an earlier large
     free) they stay resident until a trim."""
-    here = Path(__file__).resolve().parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_memtrim; "
-            "print(json.dumps(test_memtrim._freed_column_blocks(sys.argv[1] == 'configured')))")
-
-    def child(mode: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", code, mode, str(here), str(here.parent)],
-                             env=env, check=True, capture_output=True, text=True, timeout=60)
-        return json.loads(out.stdout)
-
-    plain, configured = child("plain"), child("configured")
+    plain, configured = (_in_fresh_process("_freed_column_blocks", c) for c in (False, True))
     assert configured["took"] == {"arena_max": True, "mmap_threshold": True}
     assert configured["freed_kib"] > 120 * 1024, configured
     assert plain["freed_kib"] < 30 * 1024, plain
@@ -142,18 +147,7 @@ def test_batch_allocator_keeps_freed_batches_for_the_next() -> None:
     """With the replay's allocator, the memory one batch frees serves the next without a page
     fault; with glibc's defaults the freed top of the heap goes back to the OS and every page of
     the next batch faults again (100 MiB: 25,600 pages)."""
-    here = Path(__file__).resolve().parent
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_memtrim; "
-            "print(json.dumps(test_memtrim._refaults(sys.argv[1] == 'configured')))")
-
-    def child(mode: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", code, mode, str(here), str(here.parent)],
-                             env=env, check=True, capture_output=True, text=True, timeout=60)
-        return json.loads(out.stdout)
-
-    plain, configured = child("plain"), child("configured")
+    plain, configured = (_in_fresh_process("_refaults", c) for c in (False, True))
     assert configured["took"] == {"mmap_threshold": True, "trim_threshold": True}
     assert configured["faults"] < 1000, configured
     assert plain["faults"] > 100 * 256 // 2, plain
