@@ -41,8 +41,9 @@ done before the clock starts:
   them). Alerts are flushed every replay chunk. As the replay does, the objects alive when
   the feed starts (imports, the set-up) are frozen out of the garbage collector's sight while it
   runs (`scheduler.gcfreeze`, on trees that have it). Only scoring is left out (no baselines: it is per
-  window, not per line; bench_model.py measures it). pandas is kept out of its process, as
-  `stowaway run` keeps it out of the daemon's (pyarrow would import it on its first conversion).
+  window, not per line; bench_model.py measures it). Its process starts as `stowaway replay`'s
+  does (`memtrim.start_command`: the allocator set for batches, pandas kept out, which pyarrow
+  would import on its first conversion).
 
 Threads: zat's contenders run in one thread; the bare parse uses pyarrow's default threads;
 the engine reads its next batches in a second thread while it works on the current one (the
@@ -206,21 +207,20 @@ def run_arrow(path: Path, own: bool = False) -> dict[str, Any]:
 
 
 def reader_batches(path: Path, stats: Any) -> Iterator[Any]:
-    """The engine's reader over `path`: ZeekBatches of the columns the engine reads (the same
-    for the `reader` contender and the engine's driver), those it reads for records only left
-    deferred and in the replay's batch size, on trees that have them."""
-    from scheduler.collect import zeekbatch
+    """The engine's reader over `path`, in the caller's thread (the same for the `reader`
+    contender and the engine's driver): the replay's own (`replay.zeek_reader(threads=False)`:
+    the columns the engine reads, those it reads for records only left deferred, the replay's
+    batch size) on trees that have it, else the columnar reader over the engine's columns."""
+    import inspect
     from scheduler import pipeline, replay
 
-    how: dict[str, Any] = {}
-    if hasattr(pipeline, "passive_fields"):
-        how["lazy"] = pipeline.passive_fields(STREAM)
-    if hasattr(pipeline, "kept_fields"):
-        how["kept"] = pipeline.kept_fields(STREAM)
-    if hasattr(replay, "FEED_BATCH_BYTES"):
-        how["batch_bytes"] = replay.FEED_BATCH_BYTES
+    reader = getattr(replay, "zeek_reader", None)
+    if reader is not None and "threads" in inspect.signature(reader).parameters:
+        return iter(reader(path, STREAM, stats, threads=False)())
+    from scheduler.collect import zeekbatch
+
     return zeekbatch.iter_batches(path, STREAM, fields=pipeline.ingest_fields(STREAM),
-                                  stats=stats, **how)
+                                  stats=stats)
 
 
 def run_reader(path: Path) -> dict[str, Any]:

@@ -273,7 +273,8 @@ def _csv_options(names: tuple[str, ...], include: tuple[str, ...], sep: str,
     as plain strings. Numbers are null where `unset`; text is never null."""
     a = _arrow()
     pa = a.pa
-    types = {"str": pa.string(), "kept": pa.string(), "dict": pa.dictionary(pa.int32(), pa.string()),
+    types = {"str": pa.string(), "kept": pa.string(),
+             "dict": pa.dictionary(pa.int32(), pa.string()),
              "dconv": pa.dictionary(pa.int32(), pa.string()),
              "float": pa.float64(), "int": pa.int64()}
     kinds = kinds if kinds is not None else ("str",) * len(include)
@@ -705,8 +706,9 @@ class BlockParser:
         "lazy" (a plain string field asked for as deferred) not parsed at all: read from the
         lines of the rows asked for (`DeferredText`, `_LineField`); "kept" (one asked for as
         kept) parsed as strings and left in pyarrow's hands (`deferred.ArrowText`: cheaper
-        where many rows are taken, as a conn.log's evidence samples take its uids); "dconv" (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted
-        once per distinct value (`_dict_convert`)."""
+        where many rows are taken, as a conn.log's evidence samples take its uids); "dconv"
+        (other typed fields: TTLs, bools, doubles) dictionary-encoded too, converted once per
+        distinct value (`_dict_convert`)."""
         p = self.parser
         out: list[str] = []
         for name in keep:

@@ -470,9 +470,8 @@ class WindowingMixin:
                 start = lo
             if hi > end:
                 end = hi
-            for cid in dict.fromkeys(cids):
+            for j, cid in enumerate(cids):
                 if cid not in infos:
-                    j = cids.index(cid)
                     infos[cid] = self._window_container(cid, origins[j],
                                                         lambda j=j: built.image[j])
         life = [r for r in self._life_recent if start <= r.ts < end]
